@@ -1,0 +1,136 @@
+// Float math on GCC vector extensions (SSF_VL lanes). This file is included inside an
+// instruction-set namespace (see kernels_impl.h), once per translation unit, so the same
+// source becomes AVX2+FMA code in one object and baseline x86-64 code in another.
+// It has no include guard and includes nothing on purpose.
+
+// SSF_VL lanes: 8 where 256-bit registers exist, 4 for the SSE2 baseline (wider vectors
+// there are split by the compiler into much slower code).
+constexpr int kVL = SSF_VL;
+typedef float vf __attribute__((vector_size(4 * SSF_VL)));
+typedef int32_t vi __attribute__((vector_size(4 * SSF_VL)));
+typedef uint32_t vu __attribute__((vector_size(4 * SSF_VL)));
+typedef uint16_t vh __attribute__((vector_size(2 * SSF_VL)));
+
+#define SSF_INLINE inline __attribute__((always_inline))
+
+template <class To, class From>
+SSF_INLINE To bit_cast(const From& f) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast size");
+  To t;
+  std::memcpy(&t, &f, sizeof(To));
+  return t;
+}
+
+SSF_INLINE vf vload(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+SSF_INLINE void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+SSF_INLINE vi vloadi(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof v); return v; }
+SSF_INLINE void vstorei(int32_t* p, vi v) { std::memcpy(p, &v, sizeof v); }
+SSF_INLINE vf vsplat(float x) { return vf{} + x; }
+SSF_INLINE vi vsplati(int32_t x) { return vi{} + x; }
+SSF_INLINE vf vselect(vi m, vf a, vf b) { return m ? a : b; }
+SSF_INLINE vi vselecti(vi m, vi a, vi b) { return m ? a : b; }
+SSF_INLINE bool vany(vi m) {
+  int32_t r = 0;
+  for (int i = 0; i < kVL; ++i) r |= m[i];
+  return r != 0;
+}
+
+// exp(x) to about 1 ulp. Results below the smallest normal float flush to 0; NaN propagates.
+// Range reduction x = n ln2 + r (ln2 split in two), then a degree-7 polynomial for exp(r).
+SSF_INLINE vf vexp(vf x) {
+  const float lo = -87.33654f;  // exp(lo) ~ FLT_MIN
+  const float hi = 88.3762626f;
+  const vi under = x < lo;
+  vf xc = x < lo ? vsplat(lo) : x;
+  xc = xc > hi ? vsplat(hi) : xc;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf kf = xc * 1.44269504088896341f + magic;
+  const vf n = kf - magic;
+  const vi ni = bit_cast<vi>(kf) - bit_cast<vi>(vsplat(magic));
+  vf r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf y = vsplat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const vf scale = bit_cast<vf>((ni + 127) << 23);
+  return vselect(under, vf{}, y * scale);
+}
+
+// Natural log for x > 0 (x = +inf gives +inf, NaN propagates), about 1 ulp.
+SSF_INLINE vf vlog(vf x) {
+  const vi bits = bit_cast<vi>(x);
+  vf e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, vf);
+  vf m = bit_cast<vf>((bits & 0x007fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  const vi small = m < 0.707106781186547524f;
+  e = vselect(small, e - 1.0f, e);
+  m = vselect(small, m + m - 1.0f, m - 1.0f);
+  const vf z = m * m;
+  vf y = vsplat(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y = y + e * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  vf r = m + y + e * 0.693359375f;
+  r = vselect(x == __builtin_inff(), x, r);
+  r = vselect(x != x, x, r);
+  return r;
+}
+
+// log(1 + x) for x >= 0, accurate for tiny x: log(u) corrected by the rounding of u = 1 + x.
+SSF_INLINE vf vlog1p(vf x) {
+  const vf u = x + 1.0f;
+  const vf d = u - 1.0f;
+  const vf corr = vselect(d == 0.0f, vf{}, (x - d) / u);
+  const vf r = vlog(u) + corr;
+  return vselect(d == 0.0f, x, r);
+}
+
+// ---- conversions between storage types and fp32 ----
+
+SSF_INLINE vf bf16_to_f32(vh h) {
+  const vu w = __builtin_convertvector(h, vu);
+  return bit_cast<vf>(w << 16);
+}
+
+SSF_INLINE vh f32_to_bf16(vf f) {
+  const vu b = bit_cast<vu>(f);
+  const vu rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const vu nan = vu{} + 0x7fc0u;
+  const vu out = (f != f) ? nan : rounded;
+  return __builtin_convertvector(out, vh);
+}
+
+SSF_INLINE vf f16_to_f32(vh h) {
+  const vu w = __builtin_convertvector(h, vu);
+  const vu o = (w & 0x7fffu) << 13;
+  vu r = bit_cast<vu>(bit_cast<vf>(o) * 5.192296858534828e+33f);  // * 2^112 re-biases, handles subnormals
+  r = ((w & 0x7c00u) == 0x7c00u) ? (r | 0x7f800000u) : r;           // inf / nan
+  return bit_cast<vf>(r | ((w & 0x8000u) << 16));
+}
+
+SSF_INLINE vh f32_to_f16(vf f) {
+  const vu b = bit_cast<vu>(f);
+  const vu sign = b & 0x80000000u;
+  const vu a = b ^ sign;
+  // overflow / inf / nan
+  const vu big = (a > 0x7f800000u) ? (vu{} + 0x7e00u) : (vu{} + 0x7c00u);
+  // subnormal half: let the fp32 adder round to nearest even
+  const float denorm_magic = bit_cast<float>(uint32_t(((127 - 15) + (23 - 10) + 1) << 23));
+  const vu sub = bit_cast<vu>(bit_cast<vf>(a) + denorm_magic) - bit_cast<uint32_t>(denorm_magic);
+  // normal half: re-bias and round to nearest even
+  const vu norm = (a + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  vu o = (a >= (uint32_t)(143u << 23)) ? big : ((a < (uint32_t)(113u << 23)) ? sub : norm);
+  o = o | (sign >> 16);
+  return __builtin_convertvector(o, vh);
+}

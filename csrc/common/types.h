@@ -1,0 +1,133 @@
+// Plain descriptions of the tensors a kernel reads and writes. No torch types here: the
+// kernels are compiled once per instruction set and must not depend on ATen headers.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace ssf {
+
+enum class DType : int { F32, F16, BF16, F64, U8, I8, I16, I32, I64, Bool };
+
+// A (N, C, H, W) tensor with arbitrary strides (in elements).
+struct Logits {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t sN = 0, sC = 0, sH = 0, sW = 0;
+};
+
+// A writable (N, C, H, W) tensor (the gradient).
+struct GradOut {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t sN = 0, sC = 0, sH = 0, sW = 0;
+};
+
+// A (N, H, W) per-pixel map: target, weight or ignore mask. data == nullptr means absent.
+struct PixelMap {
+  const void* data = nullptr;
+  DType dtype = DType::I64;
+  int64_t sN = 0, sH = 0, sW = 0;
+};
+
+struct Shape {
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  int64_t hw() const { return H * W; }
+};
+
+// Pixels are processed in tiles of `P` consecutive (h, w) positions of one image.
+struct Tiling {
+  int64_t P = 0;               // pixels per tile (multiple of 8)
+  int64_t tiles_per_image = 0;
+  int64_t num_tiles = 0;
+};
+
+inline Tiling make_tiling(const Shape& s, int64_t budget_floats = 4096) {
+  Tiling t;
+  int64_t p = budget_floats / (s.C > 0 ? s.C : 1);
+  p = (p / 8) * 8;
+  if (p < 8) p = 8;
+  if (p > 512) p = 512;
+  const int64_t hw = s.hw();
+  // Small images: do not pad a tile far beyond the image.
+  const int64_t hw_pad = ((hw + 7) / 8) * 8;
+  if (p > hw_pad) p = hw_pad > 0 ? hw_pad : 8;
+  t.P = p;
+  t.tiles_per_image = (hw + p - 1) / p;
+  t.num_tiles = t.tiles_per_image * s.N;
+  return t;
+}
+
+// Reports the first out-of-range target seen by any thread.
+struct BadTarget {
+  std::atomic<bool> claimed{false};
+  bool found = false;  // written only by the thread that claimed the report
+  int64_t value = 0;
+  int64_t n = 0, h = 0, w = 0;
+};
+
+struct PixelStatsArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits logits;
+  float inv_temperature = 1.f;
+  float* confidence = nullptr;  // (N, H, W) contiguous
+  void* label = nullptr;        // (N, H, W) contiguous, uint8 or int64
+  bool label_is_u8 = true;
+  float* entropy = nullptr;     // (N, H, W) contiguous
+};
+
+struct CrossEntropyArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits logits;
+  PixelMap target;
+  PixelMap weight;              // optional
+  int64_t ignore_index = 255;
+  float grad_scale = 1.f;       // multiplies every gradient entry (the mean's 1/denominator)
+  GradOut grad;                 // data == nullptr: no gradient wanted
+  float* loss_pixel = nullptr;  // optional (N, H, W): weight * ce, 0 where ignored
+  float* ce_pixel = nullptr;    // optional (N, H, W): unweighted ce, 0 where ignored
+  double* tile_loss = nullptr;  // [num_tiles]: sum of weight * ce per tile
+  BadTarget* bad = nullptr;     // first out-of-range target; must not be null
+};
+
+struct FixMatchArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits student;
+  Logits teacher;
+  PixelMap ignore_mask;         // optional
+  int64_t ignore_index = 255;
+  float threshold = 0.95f;
+  float grad_scale = 1.f;
+  GradOut grad;
+  double* tile_loss = nullptr;  // [num_tiles]
+  int64_t* tile_confident = nullptr;  // [num_tiles]: confident and not ignored
+};
+
+// Per-tile partial counts used for the mean's denominator.
+struct DenominatorArgs {
+  Shape shape;
+  Tiling tiling;
+  PixelMap target;       // cross-entropy: valid = target != ignore_index
+  PixelMap weight;       // optional, summed over valid pixels
+  PixelMap ignore_mask;  // fixmatch: valid = mask says "not ignored"
+  int64_t ignore_index = 255;
+  double* tile_valid = nullptr;
+  double* tile_weight = nullptr;
+};
+
+// Function table for one instruction set.
+struct KernelTable {
+  void (*pixel_stats)(const PixelStatsArgs&, int64_t, int64_t);
+  void (*cross_entropy)(const CrossEntropyArgs&, int64_t, int64_t);
+  void (*fixmatch)(const FixMatchArgs&, int64_t, int64_t);
+  void (*denominator)(const DenominatorArgs&, int64_t, int64_t);
+  const char* name;
+};
+
+const KernelTable& kernels_generic();
+const KernelTable& kernels_avx2();
+
+}  // namespace ssf

@@ -1,0 +1,28 @@
+// Schemas of the private kernel operators and the Python module stub of semiseg_fast._C.
+// The public ops are defined in Python (semiseg_fast/ops/) with torch.library.custom_op,
+// which owns argument checking, autograd, fake tensors and the choice of backend.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace ssf {
+std::string kernel_isa(const std::string& requested);
+}
+
+TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
+  m.def("_cpp_kernel_isa(str requested) -> str", &ssf::kernel_isa);
+  m.def("_cpp_pixel_stats(Tensor logits, float temperature) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_cpp_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, int reduction, "
+      "int norm_mode, float norm_value, bool need_grad, bool need_ce) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
+      "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "semiseg_fast CPU kernels (operators live in torch.ops)",
+                            -1, nullptr};
+  return PyModule_Create(&def);
+}

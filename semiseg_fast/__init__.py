@@ -1,0 +1,15 @@
+"""semiseg_fast: fused kernels for semi-supervised semantic segmentation."""
+from ._backend import BACKENDS, backend, get_backend
+from .ops import PixelStats, fixmatch_loss, pixel_stats, pseudo_label_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "PixelStats",
+    "backend",
+    "fixmatch_loss",
+    "get_backend",
+    "pixel_stats",
+    "pseudo_label_cross_entropy",
+]

@@ -1,0 +1,111 @@
+"""Argument checks shared by the public ops. Every error names the argument and what was expected."""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+NORMALIZERS = {"valid": 0, "weighted": 1, "total": 2, "confident": 4}
+NORM_VALUE = 3
+
+
+def tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def logits(x: object, name: str = "logits") -> torch.Tensor:
+    x = tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a floating dtype (float16, bfloat16, float32, float64), got {x.dtype}")
+    if x.shape[1] < 2:
+        raise ValueError(f"{name}: expected at least 2 classes in dim 1, got C={x.shape[1]}")
+    return x
+
+
+def same_device(x: torch.Tensor, other: torch.Tensor, name: str, ref_name: str) -> None:
+    if other.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device} like {ref_name}, got {other.device}")
+
+
+def pixel_map(
+    t: object, name: str, x: torch.Tensor, x_name: str, dtypes: Sequence[torch.dtype], expected: str
+) -> torch.Tensor:
+    t = tensor(t, name)
+    n, _, h, w = x.shape
+    if tuple(t.shape) != (n, h, w):
+        raise ValueError(f"{name}: expected shape (N, H, W) = {(n, h, w)} matching {x_name}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected {expected}, got {t.dtype}")
+    same_device(x, t, name, x_name)
+    return t
+
+
+def target(t: object, x: torch.Tensor, name: str = "target", x_name: str = "logits") -> torch.Tensor:
+    return pixel_map(t, name, x, x_name, INT_DTYPES, "an integer dtype (uint8, int8, int16, int32, int64)")
+
+
+def weight(t: Optional[object], x: torch.Tensor, x_name: str = "logits") -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return pixel_map(t, "weight", x, x_name, FLOAT_DTYPES + (torch.bool,), "a floating or bool dtype")
+
+
+def ignore_mask(t: Optional[object], x: torch.Tensor, x_name: str) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return pixel_map(t, "ignore_mask", x, x_name, INT_DTYPES + (torch.bool,), "a bool or integer dtype")
+
+
+def integer(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {v!r}")
+    return int(v)
+
+
+def number(v: object, name: str, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {v!r}")
+    f = float(v)
+    if f != f:
+        raise ValueError(f"{name}: expected a number, got nan")
+    if low is not None and (f < low or (low_open and f == low)):
+        raise ValueError(f"{name}: expected {'>' if low_open else '>='} {low}, got {f}")
+    if high is not None and f > high:
+        raise ValueError(f"{name}: expected <= {high}, got {f}")
+    return f
+
+
+def reduction(r: object) -> int:
+    if r not in REDUCTIONS:
+        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {r!r}")
+    return REDUCTIONS[r]  # type: ignore[index]
+
+
+def normalizer(n: object, allowed: Sequence[str]) -> tuple[int, float]:
+    """(mode code, value) of a mean's denominator: a name from ``allowed`` or a positive number."""
+    if isinstance(n, str):
+        if n not in allowed:
+            raise ValueError(f"normalizer: expected one of {', '.join(map(repr, allowed))} or a positive number, got {n!r}")
+        return NORMALIZERS[n], 0.0
+    return NORM_VALUE, number(n, "normalizer", low=0.0, low_open=True)
+
+
+def target_values(t: torch.Tensor, num_classes: int, ignore_index: int, name: str = "target") -> None:
+    """Raises if a target is outside [0, C) and is not ignore_index. Reads the tensor: a host sync on GPUs."""
+    bad = ((t < 0) | (t >= num_classes)) & (t != ignore_index)
+    if bool(bad.any()):
+        idx = bad.nonzero()[0].tolist()
+        raise IndexError(
+            f"{name}: expected class indices in [0, {num_classes}) or ignore_index={ignore_index}, "
+            f"got {int(t[tuple(idx)])} at (n={idx[0]}, h={idx[1]}, w={idx[2]})"
+        )

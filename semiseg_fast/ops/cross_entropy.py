@@ -1,0 +1,139 @@
+"""pseudo_label_cross_entropy: masked, weighted per-pixel cross-entropy with its gradient
+computed in the same pass (the only logits-sized tensor kept for backward)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _checks, reference
+from .._backend import resolve
+from ._grad import scaled_grad
+
+_NONE, _MEAN, _SUM = 0, 1, 2
+_VALID, _WEIGHTED, _TOTAL, _VALUE = 0, 1, 2, 3
+
+
+@torch.library.custom_op("semiseg_fast::pseudo_label_cross_entropy", mutates_args=())
+def _cross_entropy_op(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: int,
+    norm_mode: int,
+    norm_value: float,
+    need_grad: bool,
+    need_ce: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor)."""
+    if backend == "cpp":
+        return tuple(
+            torch.ops.semiseg_fast._cpp_cross_entropy(
+                logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce
+            )
+        )
+    if logits.device.type == "cpu":
+        _checks.target_values(target, logits.shape[1], ignore_index)
+    from ..triton.cross_entropy import cross_entropy as triton_cross_entropy
+
+    return triton_cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce)
+
+
+@_cross_entropy_op.register_fake
+def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce, backend):
+    n, _, h, w = logits.shape
+    f32 = dict(dtype=torch.float32)
+    loss = logits.new_empty((n, h, w) if reduction == _NONE else (), **f32)
+    grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
+    ce = logits.new_empty((n, h, w), **f32) if need_ce else logits.new_empty((0,), **f32)
+    return loss, grad, ce
+
+
+def _setup_context(ctx, inputs, output):
+    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce, _ = inputs
+    loss, grad, ce = output
+    ctx.mark_non_differentiable(grad, ce)
+    ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
+    ctx.save_for_backward(grad, ce, weight, target, loss)
+
+
+def _weight_grad(ctx, g, ce, weight, target, loss):
+    valid = target != ctx.ignore_index
+    if ctx.reduction == _NONE:
+        return (g * ce).to(weight.dtype)
+    if ctx.reduction == _SUM:
+        return (g * ce).to(weight.dtype)
+    wf = weight.float()
+    if ctx.norm_mode == _VALID:
+        denom = valid.sum().float()
+    elif ctx.norm_mode == _WEIGHTED:
+        denom = (wf * valid).sum()
+    elif ctx.norm_mode == _TOTAL:
+        denom = torch.tensor(float(ce.numel()), device=ce.device)
+    else:
+        denom = torch.tensor(ctx.norm_value, device=ce.device)
+    inv = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    d = ce - loss if ctx.norm_mode == _WEIGHTED else ce  # d (sum w ce / sum w) / d w = (ce - L) / sum w
+    return (g * torch.where(valid, d, torch.zeros_like(d)) * inv).to(weight.dtype)
+
+
+def _backward(ctx, g_loss, _g_grad, _g_ce):
+    grad, ce, weight, target, loss = ctx.saved_tensors
+    grad_logits = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = scaled_grad(grad, g_loss)
+    if ctx.needs_input_grad[2]:
+        grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss)
+    return grad_logits, None, grad_weight, None, None, None, None, None, None, None
+
+
+_cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pseudo_label_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = 255,
+    reduction: str = "mean",
+    normalizer: Union[str, float] = "valid",
+) -> torch.Tensor:
+    """Cross-entropy of (N, C, H, W) logits against integer (pseudo-)labels, in one pass.
+
+    Args:
+        logits: (N, C, H, W), float16/bfloat16/float32/float64, any strides. Computed in fp32.
+        target: (N, H, W) integer class indices (uint8 preferred); ``ignore_index`` marks
+            pixels that contribute nothing. Other values outside [0, C) raise IndexError (on
+            CUDA, where checking would need a host sync, they give a NaN loss instead).
+        weight: optional (N, H, W) per-pixel weight or bool mask; the pixel loss is
+            ``weight * ce``. Differentiable when it requires grad.
+        ignore_index: the target value to ignore (255, as in every segmentation codebase).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-pixel (N, H, W) loss, 0 where ignored).
+        normalizer: the denominator of ``"mean"``: ``"valid"`` = non-ignored pixels,
+            ``"weighted"`` = sum of their weights, ``"total"`` = all N*H*W pixels, or a positive
+            number. A zero denominator gives a loss of 0.
+
+    Returns:
+        The fp32 loss. Its gradient is computed in the forward pass and kept (one tensor the
+        size of ``logits``); nothing else logits-sized is saved.
+    """
+    logits = _checks.logits(logits)
+    target = _checks.target(target, logits)
+    weight = _checks.weight(weight, logits)
+    ignore_index = _checks.integer(ignore_index, "ignore_index")
+    red = _checks.reduction(reduction)
+    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "weighted", "total"))
+    impl = resolve(logits.device)
+    if impl == "reference":
+        if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+            _checks.target_values(target, logits.shape[1], ignore_index)
+        return reference.pseudo_label_cross_entropy(logits, target, weight, ignore_index, reduction, normalizer)
+    grad_on = torch.is_grad_enabled()
+    need_grad = grad_on and logits.requires_grad
+    need_ce = grad_on and weight is not None and weight.requires_grad
+    loss, _, _ = _cross_entropy_op(
+        logits, target, weight, ignore_index, red, norm_mode, norm_value, need_grad, need_ce, impl
+    )
+    return loss

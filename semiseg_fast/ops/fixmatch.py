@@ -1,0 +1,109 @@
+"""fixmatch_loss: UniMatch/FixMatch's unlabeled loss with the teacher statistics and the student
+cross-entropy fused: each logits tensor is read once and the teacher never gets a gradient."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _checks, reference
+from .._backend import resolve
+from ._grad import scaled_grad
+
+
+@torch.library.custom_op("semiseg_fast::fixmatch_loss", mutates_args=())
+def _fixmatch_op(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    threshold: float,
+    ignore_mask: Optional[torch.Tensor],
+    ignore_index: int,
+    norm_mode: int,
+    norm_value: float,
+    need_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss, mask ratio, gradient or an empty tensor, scale still owed by the gradient)."""
+    if backend == "cpp":
+        return tuple(
+            torch.ops.semiseg_fast._cpp_fixmatch(
+                student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad
+            )
+        )
+    from ..triton.fixmatch import fixmatch as triton_fixmatch
+
+    return triton_fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad)
+
+
+@_fixmatch_op.register_fake
+def _(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad, backend):
+    scalar = student.new_empty((), dtype=torch.float32)
+    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
+    return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
+
+
+def _setup_context(ctx, inputs, output):
+    _, ratio, grad, post_scale = output
+    ctx.mark_non_differentiable(ratio, grad, post_scale)
+    ctx.save_for_backward(grad, post_scale)
+
+
+def _backward(ctx, g_loss, _g_ratio, _g_grad, _g_scale):
+    grad, post_scale = ctx.saved_tensors
+    grad_student = None
+    if ctx.needs_input_grad[0]:
+        grad_student = scaled_grad(grad, g_loss * post_scale)
+    return grad_student, None, None, None, None, None, None, None, None
+
+
+_fixmatch_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fixmatch_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    threshold: float = 0.95,
+    ignore_mask: Optional[torch.Tensor] = None,
+    ignore_index: int = 255,
+    normalizer: Union[str, float] = "valid",
+    return_mask_ratio: bool = False,
+):
+    """UniMatch-style unlabeled loss: ``sum(CE(student, argmax teacher) * [conf >= threshold] *
+    [not ignored]) / #not-ignored``, with ``conf`` the teacher's max softmax probability.
+
+    Args:
+        student_logits: (N, C, H, W) logits of the strong view (gets the gradient).
+        teacher_logits: (N, C, H, W) logits of the weak view; treated as detached.
+        threshold: confidence threshold in [0, 1] (UniMatch: 0.95).
+        ignore_mask: optional (N, H, W); bool (True = ignored) or integer (``== ignore_index``
+            = ignored, UniMatch's padding convention).
+        normalizer: ``"valid"`` (non-ignored pixels, UniMatch), ``"confident"`` (pixels that pass
+            the threshold), ``"total"`` (N*H*W) or a positive number. Zero denominators give 0.
+        return_mask_ratio: also return the fraction of non-ignored pixels that pass the threshold.
+
+    Pixels that are ignored or below the threshold contribute exactly 0 (even with non-finite
+    student logits there).
+    """
+    student_logits = _checks.logits(student_logits, "student_logits")
+    teacher_logits = _checks.logits(teacher_logits, "teacher_logits")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher_logits: expected the shape of student_logits {tuple(student_logits.shape)}, "
+            f"got {tuple(teacher_logits.shape)}"
+        )
+    _checks.same_device(student_logits, teacher_logits, "teacher_logits", "student_logits")
+    threshold = _checks.number(threshold, "threshold", low=0.0, high=1.0)
+    ignore_mask = _checks.ignore_mask(ignore_mask, student_logits, "student_logits")
+    ignore_index = _checks.integer(ignore_index, "ignore_index")
+    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
+    impl = resolve(student_logits.device)
+    if impl == "reference":
+        return reference.fixmatch_loss(
+            student_logits, teacher_logits.detach(), threshold, ignore_mask, ignore_index, normalizer, return_mask_ratio
+        )
+    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    loss, ratio, _, _ = _fixmatch_op(
+        student_logits, teacher_logits.detach(), threshold, ignore_mask, ignore_index, norm_mode, norm_value,
+        need_grad, impl,
+    )
+    return (loss, ratio) if return_mask_ratio else loss

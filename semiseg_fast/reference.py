@@ -1,0 +1,109 @@
+"""Plain PyTorch versions of every op, written the way the research code writes them.
+
+They are the ground truth of the tests, the ``reference`` backend, and the baseline of the
+benchmarks. Each one computes in fp32 (fp64 for fp64 inputs), like the official code that
+calls ``.float()`` or runs without autocast. They make no host syncs, so that
+``torch.compile(fullgraph=True)`` of them is a fair baseline.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """uint8 labels while every class fits next to the ignore value 255, else int64."""
+    return torch.uint8 if num_classes <= 255 else torch.int64
+
+
+def pixel_stats(logits: torch.Tensor, temperature: float = 1.0):
+    """Teacher statistics as UniMatch/U2PL compute them: softmax, max, argmax, entropy."""
+    x = logits.to(_compute_dtype(logits))
+    prob = torch.softmax(x / temperature, dim=1)
+    confidence, _ = prob.max(dim=1)
+    label = x.argmax(dim=1)
+    entropy = -torch.sum(prob * torch.log(prob + 1e-10), dim=1)  # U2PL's formula
+    return confidence.float(), label.to(label_dtype(x.shape[1])), entropy.float()
+
+
+def _mean_denominator(valid, w, normalizer, numel):
+    if normalizer == "valid":
+        return valid.sum().to(w.dtype if w is not None else torch.float32)
+    if normalizer == "weighted":
+        return (w * valid).sum() if w is not None else valid.sum().float()
+    if normalizer == "total":
+        return torch.tensor(float(numel))
+    return torch.tensor(float(normalizer))
+
+
+def _safe_div(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    denom = denom.to(total.device, total.dtype)
+    return torch.where(denom != 0, total / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(total))
+
+
+def pseudo_label_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = 255,
+    reduction: str = "mean",
+    normalizer="valid",
+):
+    """Per-pixel CE with ignore_index, times an optional weight, then reduced."""
+    x = logits.to(_compute_dtype(logits))
+    t = target.long()
+    valid = t != ignore_index
+    ce = F.cross_entropy(x, torch.where(valid, t, torch.zeros_like(t)), reduction="none")
+    w = weight.to(x.dtype) if weight is not None else None
+    loss = torch.where(valid, ce * w if w is not None else ce, torch.zeros_like(ce))
+    if reduction == "none":
+        return loss.float()
+    total = loss.sum()
+    if reduction == "sum":
+        return total.float()
+    return _safe_div(total, _mean_denominator(valid, w, normalizer, t.numel())).float()
+
+
+def fixmatch_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    threshold: float = 0.95,
+    ignore_mask: Optional[torch.Tensor] = None,
+    ignore_index: int = 255,
+    normalizer="valid",
+    return_mask_ratio: bool = False,
+):
+    """UniMatch's unlabeled loss: CE against the teacher's argmax where its confidence is at
+    least ``threshold`` and the pixel is not ignored, summed over the non-ignored pixels' count."""
+    with torch.no_grad():
+        prob = teacher_logits.to(_compute_dtype(teacher_logits)).softmax(dim=1)
+        conf, pseudo = prob.max(dim=1)
+        if ignore_mask is None:
+            valid = torch.ones_like(pseudo, dtype=torch.bool)
+        elif ignore_mask.dtype == torch.bool:
+            valid = ~ignore_mask
+        else:
+            valid = ignore_mask != ignore_index
+        mask = (conf >= threshold) & valid
+    x = student_logits.to(_compute_dtype(student_logits))
+    ce = F.cross_entropy(x, pseudo, reduction="none")
+    total = torch.where(mask, ce, torch.zeros_like(ce)).sum()
+    if normalizer == "valid":
+        denom = valid.sum()
+    elif normalizer == "confident":
+        denom = mask.sum()
+    elif normalizer == "total":
+        denom = torch.tensor(float(valid.numel()))
+    else:
+        denom = torch.tensor(float(normalizer))
+    loss = _safe_div(total, denom).float()
+    if not return_mask_ratio:
+        return loss
+    ratio = _safe_div(mask.sum().double(), valid.sum().double()).float()
+    return loss, ratio

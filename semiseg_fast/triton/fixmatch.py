@@ -1,0 +1,102 @@
+"""Triton kernel of fixmatch_loss: teacher statistics and student cross-entropy in one program."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import block_config, ce_from_stats, flat_pixels, pixel_offsets, row_stats, store_grad
+
+_VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4
+
+
+@triton.jit
+def fixmatch_kernel(
+    s_ptr, t_ptr, mask_ptr, g_ptr, partial_ptr, count_ptr, gscale_ptr,
+    C, HW, W, threshold, ignore_index,
+    ssN, ssC, ssH, ssW, stN, stC, stH, stW, smN, smH, smW, sgN, sgC, sgH, sgW,
+    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, NEED_GRAD: tl.constexpr,
+    FLAT_S: tl.constexpr, FLAT_T: tl.constexpr, FLAT_M: tl.constexpr, FLAT_G: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = hw < HW
+    valid = pmask
+    if HAS_MASK:
+        mv = tl.load(mask_ptr + n * smN + pixel_offsets(hw, W, smH, smW, FLAT_M), mask=pmask, other=0)
+        if MASK_IS_BOOL:
+            valid = valid & (mv == 0)
+        else:
+            valid = valid & (mv.to(tl.int64) != ignore_index)
+    zero = tl.zeros((BLOCK_P,), tl.int32)
+    tm, ts, _r, _t, label, _xy, _x = row_stats(
+        t_ptr + n * stN, pixel_offsets(hw, W, stH, stW, FLAT_T), pmask, zero, C, stC, 1.0,
+        False, False, BLOCK_P, BLOCK_C, NUM_CHUNKS,
+    )
+    active = valid & ((1.0 / ts) >= threshold)
+    poff = pixel_offsets(hw, W, ssH, ssW, FLAT_S)
+    m, s, rest, t, idx, xy, x_last = row_stats(
+        s_ptr + n * ssN, poff, pmask, label, C, ssC, 1.0, True, False, BLOCK_P, BLOCK_C, NUM_CHUNKS
+    )
+    ce = tl.where(active, ce_from_stats(m, s, rest, xy), 0.0)
+    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(partial_ptr + pid, tl.sum(ce, axis=0))
+    tl.store(count_ptr + pid, tl.sum(active.to(tl.int32), axis=0))
+    if NEED_GRAD:
+        scale = tl.where(active, tl.load(gscale_ptr), 0.0) / s
+        store_grad(s_ptr + n * ssN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
+                   x_last, m, label, scale, rest, C, ssC, sgC, BLOCK_C, NUM_CHUNKS)
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad):
+    n, c, h, w = student.shape
+    dev = student.device
+    block_p, block_c, chunks, warps = block_config(c)
+    grid = (triton.cdiv(h * w, block_p), n)
+    partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
+    counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
+    if ignore_mask is None:
+        valid = torch.tensor(float(n * h * w), device=dev)
+    elif ignore_mask.dtype == torch.bool:
+        valid = (~ignore_mask).sum().float()
+    else:
+        valid = (ignore_mask != ignore_index).sum().float()
+    if norm_mode == _VALID:
+        inv = _inverse(valid)
+    elif norm_mode == _TOTAL:
+        inv = _inverse(torch.tensor(float(n * h * w), device=dev))
+    elif norm_mode == _VALUE:
+        inv = _inverse(torch.tensor(float(norm_value), device=dev))
+    else:
+        inv = torch.ones((), device=dev)  # "confident": known only after the kernel
+    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
+    if n * h * w > 0:
+        mask = ignore_mask if ignore_mask is not None else partial
+        g = grad if need_grad else student
+        m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
+        fixmatch_kernel[grid](
+            student, teacher, mask, g, partial, counts, inv.float(),
+            c, h * w, w, threshold, ignore_index,
+            *student.stride(), *teacher.stride(), *m_strides, *g.stride(),
+            HAS_MASK=ignore_mask is not None,
+            MASK_IS_BOOL=ignore_mask is not None and ignore_mask.dtype == torch.bool,
+            NEED_GRAD=need_grad,
+            FLAT_S=flat_pixels(h, w, student.stride(2), student.stride(3)),
+            FLAT_T=flat_pixels(h, w, teacher.stride(2), teacher.stride(3)),
+            FLAT_M=flat_pixels(h, w, m_strides[1], m_strides[2]),
+            FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
+            BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+        )
+    confident = counts.sum().float()
+    post = torch.ones((), device=dev)
+    if norm_mode == _CONFIDENT:
+        inv = _inverse(confident)
+        post = inv
+    loss = (partial.double().sum() * inv).float()
+    ratio = (confident.double() * _inverse(valid).double()).float()
+    return loss, ratio, grad, post.float()
