@@ -73,9 +73,17 @@ def triton_interpret() -> bool:
 
 
 def resolve(device: torch.device) -> str:
-    """The concrete backend ('reference', 'cpp' or 'triton') for tensors on ``device``."""
+    """The concrete backend ('reference', 'cpp' or 'triton') for tensors on ``device``.
+
+    Under torch.compile the choice is made once, when the function is traced.
+    """
+    return _resolve_kind(device.type)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_kind(kind: str) -> str:
     name = get_backend()
-    kind = device.type
+    device = kind
     if name == "auto":
         if kind == "cpu" and cpp_available():
             return "cpp"

@@ -56,7 +56,8 @@ def _setup_context(ctx, inputs, output):
     loss, grad, ce = output
     ctx.mark_non_differentiable(grad, ce)
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
-    ctx.save_for_backward(grad, ce, weight, target, loss)
+    # The weight's gradient needs the per-pixel ce; otherwise only the logits' gradient is kept.
+    ctx.save_for_backward(grad, *((ce, weight, target, loss) if need_ce else (None,) * 4))
 
 
 def _weight_grad(ctx, g, ce, weight, target, loss):

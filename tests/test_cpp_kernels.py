@@ -1,0 +1,79 @@
+"""Properties of the C++ CPU kernels beyond op-level correctness."""
+import pytest
+import torch
+
+import semiseg_fast as sf
+from tests.helpers import ce64, make_logits
+
+ops = torch.ops.semiseg_fast
+
+
+@pytest.fixture
+def isa():
+    before = ops._cpp_kernel_isa("")
+    yield ops._cpp_kernel_isa
+    ops._cpp_kernel_isa(before)
+
+
+def all_ops(x, t, teacher):
+    with sf.backend("cpp"):
+        xs = x.detach().requires_grad_()
+        ps = sf.pixel_stats(x)
+        ce = sf.pseudo_label_cross_entropy(xs, t)
+        g = torch.autograd.grad(ce, xs)[0]
+        fm = sf.fixmatch_loss(xs, teacher, 0.8)
+        gf = torch.autograd.grad(fm, xs)[0]
+    return ps.confidence, ps.label, ps.entropy, ce, g, fm, gf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "view"])
+def test_generic_and_avx2_kernels_agree(isa, dtype, layout):
+    if isa("") != "avx2":
+        pytest.skip("CPU without AVX2: only the generic kernels exist")
+    x = make_logits(2, 21, 9, 11, dtype=dtype, layout=layout)
+    t = torch.randint(0, 21, (2, 9, 11), dtype=torch.uint8)
+    teacher = make_logits(2, 21, 9, 11, dtype=dtype, scale=6.0)
+    fast = all_ops(x, t, teacher)
+    isa("generic")
+    base = all_ops(x, t, teacher)
+    for a, b in zip(fast, base):
+        if a.dtype.is_floating_point:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(a, b)
+
+
+def test_results_do_not_depend_on_thread_count():
+    x = make_logits(3, 19, 40, 41)
+    t = torch.randint(0, 19, (3, 40, 41), dtype=torch.uint8)
+    teacher = make_logits(3, 19, 40, 41, scale=6.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = all_ops(x, t, teacher)
+        torch.set_num_threads(max(2, threads))
+        many = all_ops(x, t, teacher)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 5, 1, 37), (2, 5, 37, 1), (1, 2, 3, 700), (1, 4, 0, 5)])
+def test_degenerate_spatial_shapes(shape):
+    n, c, h, w = shape
+    x = make_logits(n, c, h, w, requires_grad=True)
+    t = torch.randint(0, c, (n, h, w), dtype=torch.uint8)
+    with sf.backend("cpp"):
+        loss = sf.pseudo_label_cross_entropy(x, t)
+        g = torch.autograd.grad(loss, x)[0]
+    ref, ref_g = ce64(x, t)
+    torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(g.double(), ref_g, rtol=1e-4, atol=1e-7)
+
+
+def test_reported_isa_is_known():
+    assert ops._cpp_kernel_isa("") in ("avx2", "generic")
+    with pytest.raises(RuntimeError, match="kernel_isa: expected 'avx2', 'generic'"):
+        ops._cpp_kernel_isa("sse9")
