@@ -17,11 +17,13 @@
 SSF_INLINE void max_argmax(const float* tile, int64_t C, int64_t P, int64_t v, vf& m, vi& idx) {
   m = vload(tile + v);
   idx = vi{};
+  vi cv = vi{};
   for (int64_t c = 1; c < C; ++c) {
+    cv += 1;
     const vf xc = vload(tile + c * P + v);
     const vi take = (xc > m) | ((xc != xc) & (m == m));
     m = vselect(take, xc, m);
-    idx = vselecti(take, vsplati((int32_t)c), idx);
+    idx = vselecti(take, cv, idx);
   }
 }
 
@@ -33,13 +35,14 @@ inline void tile_softmax_stats(const float* tile, int64_t C, int64_t P, float in
     vi idx;
     max_argmax(tile, C, P, v, m, idx);
     vf s{}, t{}, rest{};
-    for (int64_t c = 0; c < C; ++c) {
+    vi cv = vi{};
+    for (int64_t c = 0; c < C; ++c, cv += 1) {
       const vf d = (vload(tile + c * P + v) - m) * inv_t;
       const vf e = vexp(d);
       s += e;
       if (entropy) {
         t += e * d;
-        rest += vselect(idx == (int32_t)c, vf{}, e);
+        rest += vselect(idx == cv, vf{}, e);
       }
     }
     vstore(conf + v, 1.0f / s);

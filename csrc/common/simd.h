@@ -35,14 +35,24 @@ SSF_INLINE bool vany(vi m) {
   return r != 0;
 }
 
-// exp(x) to about 1 ulp. Results below the smallest normal float flush to 0; NaN propagates.
+// max(lo, x) that returns x when x is NaN (the x86 max instruction's operand order).
+SSF_INLINE vf vmax_keep_nan(vf lo, vf x) {
+#if defined(__AVX__) && SSF_VL == 8
+  return (vf)_mm256_max_ps((__m256)lo, (__m256)x);
+#elif defined(__SSE__) && SSF_VL == 4
+  return (vf)_mm_max_ps((__m128)lo, (__m128)x);
+#else
+  return vselect(x < lo, lo, x);
+#endif
+}
+
+// exp(x) for x <= 0 (the kernels only exponentiate x - max), to about 1 ulp. Results below
+// the smallest normal float flush to 0; NaN propagates.
 // Range reduction x = n ln2 + r (ln2 split in two), then a degree-7 polynomial for exp(r).
 SSF_INLINE vf vexp(vf x) {
   const float lo = -87.33654f;  // exp(lo) ~ FLT_MIN
-  const float hi = 88.3762626f;
   const vi under = x < lo;
-  vf xc = x < lo ? vsplat(lo) : x;
-  xc = xc > hi ? vsplat(hi) : xc;
+  const vf xc = vmax_keep_nan(vsplat(lo), x);
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vf kf = xc * 1.44269504088896341f + magic;
   const vf n = kf - magic;
@@ -133,4 +143,39 @@ SSF_INLINE vh f32_to_f16(vf f) {
   vu o = (a >= (uint32_t)(143u << 23)) ? big : ((a < (uint32_t)(113u << 23)) ? sub : norm);
   o = o | (sign >> 16);
   return __builtin_convertvector(o, vh);
+}
+
+// ---- in-register transpose of a kVL x kVL block: r[i][j] -> r[j][i] ----
+
+SSF_INLINE void transpose_block(vf* r) {
+#if SSF_VL == 8
+  typedef vi idx;
+  vf t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], idx{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], idx{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], idx{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], idx{2, 3, 10, 11, 6, 7, 14, 15});
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], idx{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], idx{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], idx{0, 1, 2, 3, 8, 9, 10, 11});
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], idx{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+#elif SSF_VL == 4
+  typedef vi idx;
+  const vf t0 = __builtin_shuffle(r[0], r[1], idx{0, 4, 1, 5});
+  const vf t1 = __builtin_shuffle(r[0], r[1], idx{2, 6, 3, 7});
+  const vf t2 = __builtin_shuffle(r[2], r[3], idx{0, 4, 1, 5});
+  const vf t3 = __builtin_shuffle(r[2], r[3], idx{2, 6, 3, 7});
+  r[0] = __builtin_shuffle(t0, t2, idx{0, 1, 4, 5});
+  r[1] = __builtin_shuffle(t0, t2, idx{2, 3, 6, 7});
+  r[2] = __builtin_shuffle(t1, t3, idx{0, 1, 4, 5});
+  r[3] = __builtin_shuffle(t1, t3, idx{2, 3, 6, 7});
+#else
+#error "SSF_VL must be 4 or 8"
+#endif
 }

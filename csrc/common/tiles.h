@@ -56,6 +56,28 @@ inline void from_f32(typename Storage<D>::type* dst, const float* src, int64_t n
   }
 }
 
+// kVL storage elements <-> one fp32 vector.
+template <DType D>
+SSF_INLINE vf load_vec(const typename Storage<D>::type* src) {
+  if constexpr (D == DType::F32) {
+    return vload(src);
+  } else {
+    vh h;
+    std::memcpy(&h, src, sizeof h);
+    return D == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+  }
+}
+
+template <DType D>
+SSF_INLINE void store_vec(typename Storage<D>::type* dst, vf v) {
+  if constexpr (D == DType::F32) {
+    vstore(dst, v);
+  } else {
+    const vh h = D == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+    std::memcpy(dst, &h, sizeof h);
+  }
+}
+
 // Element offsets of pixels hw0 .. hw0 + np - 1 of image n.
 inline void pixel_offsets(int64_t* off, int64_t n, int64_t hw0, int64_t np, int64_t W,
                           int64_t sN, int64_t sH, int64_t sW) {
@@ -97,9 +119,25 @@ inline void load_tile_t(float* tile, int64_t P, int64_t np, int64_t C, const Log
     }
     return;
   }
+  int64_t p0 = 0;
+  if constexpr (D != DType::F64) {
+    // Class-contiguous rows (channels_last): transpose kVL pixels x kVL classes at a time.
+    // The last class block is shifted back to end at C and overlaps the previous one.
+    if (x.sC == 1 && C >= kVL) {
+      for (; p0 + kVL <= np; p0 += kVL) {
+        for (int64_t c0 = 0; c0 < C; c0 += kVL) {
+          const int64_t cb = c0 + kVL <= C ? c0 : C - kVL;
+          vf r[kVL];
+          for (int i = 0; i < kVL; ++i) r[i] = load_vec<D>(base + off[p0 + i] + cb);
+          transpose_block(r);
+          for (int j = 0; j < kVL; ++j) vstore(tile + (cb + j) * P + p0, r[j]);
+        }
+      }
+    }
+  }
   T* raw = reinterpret_cast<T*>(sc.raw.data());
   float* row = sc.row.data();
-  for (int64_t p = 0; p < np; ++p) {
+  for (int64_t p = p0; p < np; ++p) {
     const T* src = base + off[p];
     if (x.sC == 1) {
       to_f32<D>(row, src, C);
@@ -136,9 +174,23 @@ inline void store_tile_t(const float* tile, int64_t P, int64_t np, int64_t C, co
     for (int64_t c = 0; c < C; ++c) from_f32<D>(base + off[0] + c * g.sC, tile + c * P, np);
     return;
   }
+  int64_t p0 = 0;
+  if constexpr (D != DType::F64) {
+    if (g.sC == 1 && C >= kVL) {
+      for (; p0 + kVL <= np; p0 += kVL) {
+        for (int64_t c0 = 0; c0 < C; c0 += kVL) {
+          const int64_t cb = c0 + kVL <= C ? c0 : C - kVL;
+          vf r[kVL];
+          for (int j = 0; j < kVL; ++j) r[j] = vload(tile + (cb + j) * P + p0);
+          transpose_block(r);
+          for (int i = 0; i < kVL; ++i) store_vec<D>(base + off[p0 + i] + cb, r[i]);
+        }
+      }
+    }
+  }
   T* raw = reinterpret_cast<T*>(sc.raw.data());
   float* row = sc.row.data();
-  for (int64_t p = 0; p < np; ++p) {
+  for (int64_t p = p0; p < np; ++p) {
     for (int64_t c = 0; c < C; ++c) row[c] = tile[c * P + p];
     T* dst = base + off[p];
     if (g.sC == 1) {
