@@ -6,13 +6,22 @@
 
 #include <string>
 
+#include "cpu/buffer_pool.h"
+
 namespace ssf {
 std::string kernel_isa(const std::string& requested);
 }
 
 TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
   m.def("_cpp_kernel_isa(str requested) -> str", &ssf::kernel_isa);
+  m.def("_cpp_cache_empty() -> ()", &ssf::pool_empty_cache);
+  m.def("_cpp_cache_bytes() -> int", &ssf::pool_cached_bytes);
+  m.def("_cpp_cache_limit() -> int", &ssf::pool_limit_bytes);
+  m.def("_cpp_cache_set_limit(int limit_bytes) -> ()", &ssf::pool_set_limit_bytes);
   m.def("_cpp_pixel_stats(Tensor logits, float temperature) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_cpp_pixel_stats_backward(Tensor logits, Tensor confidence, Tensor label, Tensor entropy, Tensor? grad_conf, "
+      "Tensor? grad_ent, float temperature) -> Tensor");
   m.def(
       "_cpp_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, int reduction, "
       "int norm_mode, float norm_value, bool need_grad, bool need_ce) -> (Tensor, Tensor, Tensor)");

@@ -34,7 +34,8 @@ def make_logits(n, c, h, w, dtype=torch.float32, layout="nchw", scale=3.0, requi
 
 
 def stats64(x, temperature=1.0):
-    xd = x.detach().double() / temperature
+    """fp64 (confidence, label, entropy); differentiable when x is an fp64 tensor requiring grad."""
+    xd = (x if x.dtype == torch.float64 else x.detach().double()) / temperature
     logp = F.log_softmax(xd, dim=1)
     p = logp.exp()
     conf = p.max(dim=1).values

@@ -77,3 +77,41 @@ def test_reported_isa_is_known():
     assert ops._cpp_kernel_isa("") in ("avx2", "generic")
     with pytest.raises(RuntimeError, match="kernel_isa: expected 'avx2', 'generic'"):
         ops._cpp_kernel_isa("sse9")
+
+
+def test_large_outputs_are_recycled():
+    sf.empty_cpu_cache()
+    limit = sf.cpu_cache_info()["limit_bytes"]
+    try:
+        sf.set_cpu_cache_limit(64 << 20)
+        x = make_logits(1, 21, 128, 128, requires_grad=True)  # 1.4 MB of fp32 logits
+        t = torch.randint(0, 21, (1, 128, 128), dtype=torch.uint8)
+        with sf.backend("cpp"):
+            g1 = torch.autograd.grad(sf.pseudo_label_cross_entropy(x, t), x)[0]
+            ptr = g1.data_ptr()
+            ref = g1.clone()
+            del g1
+            assert sf.cpu_cache_info()["cached_bytes"] >= x.numel() * 4
+            g2 = torch.autograd.grad(sf.pseudo_label_cross_entropy(x, t), x)[0]
+        assert g2.data_ptr() == ptr  # the same block, handed out again
+        assert torch.equal(g2, ref)
+        del g2
+        sf.empty_cpu_cache()
+        assert sf.cpu_cache_info()["cached_bytes"] == 0
+        sf.set_cpu_cache_limit(0)
+        with sf.backend("cpp"):
+            g3 = torch.autograd.grad(sf.pseudo_label_cross_entropy(x, t), x)[0]
+        del g3
+        assert sf.cpu_cache_info()["cached_bytes"] == 0
+    finally:
+        sf.set_cpu_cache_limit(limit)
+    with pytest.raises(ValueError, match="limit_bytes: expected an int >= 0"):
+        sf.set_cpu_cache_limit(-1)
+
+
+def test_recycled_gradient_keeps_channels_last_layout():
+    x = make_logits(1, 21, 128, 96, layout="channels_last", requires_grad=True)
+    t = torch.randint(0, 21, (1, 128, 96), dtype=torch.uint8)
+    with sf.backend("cpp"):
+        g = torch.autograd.grad(sf.pseudo_label_cross_entropy(x, t), x)[0]
+    assert g.is_contiguous(memory_format=torch.channels_last)

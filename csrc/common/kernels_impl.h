@@ -256,8 +256,60 @@ void denominator_range(const DenominatorArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+// With y the forward's argmax, p_c = conf * exp((x_c - x_y) / T) and log p_c = (x_c - x_y) / T + log conf:
+//   d conf / d x_c = conf (1[c = y] - p_c) / T,   d H / d x_c = -p_c (log p_c + H) / T.
+void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int64_t t1) {
+  const Shape& S = a.shape;
+  const int64_t P = a.tiling.P;
+  Scratch sc(S.C, P);
+  std::vector<float> conf(P), ent(P), gc(P), ge(P), xy(P);
+  std::vector<int32_t> y(P);
+  const float inv_t = a.inv_temperature;
+  for (int64_t t = t0; t < t1; ++t) {
+    const TilePos tp = tile_pos(S, a.tiling, t);
+    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
+    auto load_map = [&](const PixelMap& m, float* dst, float fill) {
+      if (!m.data) {
+        for (int64_t p = 0; p < P; ++p) dst[p] = fill;
+        return;
+      }
+      const int64_t* offs = map_offsets(m, S, tp.n, tp.hw0, tp.np, sc);
+      for (int64_t p = 0; p < P; ++p) dst[p] = p < tp.np ? map_float(m, offs[p]) : fill;
+    };
+    load_map(a.confidence, conf.data(), 1.f);
+    load_map(a.entropy, ent.data(), 0.f);
+    load_map(a.grad_conf, gc.data(), 0.f);
+    load_map(a.grad_ent, ge.data(), 0.f);
+    const int64_t* offs = map_offsets(a.label, S, tp.n, tp.hw0, tp.np, sc);
+    for (int64_t p = 0; p < P; ++p) {
+      int64_t yy = p < tp.np ? map_int(a.label, offs[p]) : 0;
+      if (yy < 0 || yy >= S.C) yy = 0;
+      y[p] = (int32_t)yy;
+      xy[p] = sc.tile[yy * P + p];
+    }
+    float* tile = sc.tile.data();
+    for (int64_t v = 0; v < P; v += kVL) {
+      const vf cf = vload(conf.data() + v);
+      const vf h = vload(ent.data() + v);
+      const vf a_conf = vload(gc.data() + v) * cf * inv_t;
+      const vf b_ent = vload(ge.data() + v) * inv_t;
+      const vf lconf = vlog(cf);
+      const vf x_y = vload(xy.data() + v);
+      const vi yv = vloadi(y.data() + v);
+      vi cv = vi{};
+      for (int64_t c = 0; c < S.C; ++c, cv += 1) {
+        const vf d = (vload(tile + c * P + v) - x_y) * inv_t;
+        const vf pc = cf * vexp(d);
+        const vf onehot = vselect(yv == cv, vsplat(1.f), vf{});
+        vstore(tile + c * P + v, a_conf * (onehot - pc) - b_ent * pc * (d + lconf + h));
+      }
+    }
+    store_tile(tile, S, P, tp.n, tp.hw0, tp.np, a.grad, sc);
+  }
+}
+
 const KernelTable& table() {
-  static const KernelTable t = {pixel_stats_range, cross_entropy_range, fixmatch_range, denominator_range,
-                                SSF_ISA_NAME};
+  static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
+                                pixel_stats_backward_range, SSF_ISA_NAME};
   return t;
 }

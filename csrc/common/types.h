@@ -106,6 +106,20 @@ struct FixMatchArgs {
   int64_t* tile_confident = nullptr;  // [num_tiles]: confident and not ignored
 };
 
+// Backward of pixel_stats: d/dx of sum(g_conf * confidence + g_ent * entropy).
+struct PixelStatsBackwardArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits logits;
+  PixelMap confidence;   // fp32 (N, H, W) from the forward
+  PixelMap label;        // argmax from the forward
+  PixelMap entropy;      // fp32 (N, H, W) from the forward
+  PixelMap grad_conf;    // optional
+  PixelMap grad_ent;     // optional
+  float inv_temperature = 1.f;
+  GradOut grad;
+};
+
 // Per-tile partial counts used for the mean's denominator.
 struct DenominatorArgs {
   Shape shape;
@@ -124,6 +138,7 @@ struct KernelTable {
   void (*cross_entropy)(const CrossEntropyArgs&, int64_t, int64_t);
   void (*fixmatch)(const FixMatchArgs&, int64_t, int64_t);
   void (*denominator)(const DenominatorArgs&, int64_t, int64_t);
+  void (*pixel_stats_backward)(const PixelStatsBackwardArgs&, int64_t, int64_t);
   const char* name;
 };
 

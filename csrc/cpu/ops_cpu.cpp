@@ -9,11 +9,9 @@
 #include <cstdlib>
 #include <string>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "../common/types.h"
+#include "buffer_pool.h"
 
 namespace ssf {
 namespace {
@@ -114,34 +112,11 @@ PixelMap map_view(const c10::optional<at::Tensor>& t, const Shape& s, const char
   return m;
 }
 
-// A fresh output buffer is mostly page faults: 4 KiB pages cost ~40 ms for 88 MB here.
-// Asking for transparent huge pages on its 2 MiB-aligned interior (a no-op where THP is off)
-// makes the first write about 5x cheaper.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const size_t bytes = t.numel() * t.element_size();
-  if (bytes < (size_t(4) << 20)) return;
-  const uintptr_t huge = uintptr_t(1) << 21;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + huge - 1) & ~(huge - 1);
-  const uintptr_t end = (p + bytes) & ~(huge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  advise_huge_pages(t);
-  return t;
+  return pooled_empty(sizes, options.dtype().toScalarType());
 }
 
-at::Tensor empty_output_like(const at::Tensor& x) {
-  at::Tensor t = at::empty_like(x);
-  advise_huge_pages(t);
-  return t;
-}
+at::Tensor empty_output_like(const at::Tensor& x) { return pooled_empty_like(x); }
 
 Shape shape_of(const at::Tensor& x) {
   return Shape{x.size(0), x.size(1), x.size(2), x.size(3)};
@@ -181,6 +156,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_stats_cpu(const at::Tensor&
   const auto& k = table();
   run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pixel_stats(a, b, e); });
   return {conf, label, ent};
+}
+
+at::Tensor pixel_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& confidence, const at::Tensor& label,
+                                    const at::Tensor& entropy, const c10::optional<at::Tensor>& grad_conf,
+                                    const c10::optional<at::Tensor>& grad_ent, double temperature) {
+  check_logits(logits, "logits");
+  TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
+  const Shape S = shape_of(logits);
+  PixelStatsBackwardArgs a;
+  a.shape = S;
+  a.tiling = make_tiling(S);
+  a.logits = logits_view(logits);
+  a.confidence = map_view(confidence, S, "confidence");
+  a.label = map_view(label, S, "label");
+  a.entropy = map_view(entropy, S, "entropy");
+  a.grad_conf = map_view(grad_conf, S, "grad_conf");
+  a.grad_ent = map_view(grad_ent, S, "grad_ent");
+  a.inv_temperature = (float)(1.0 / temperature);
+  at::Tensor grad = empty_output_like(logits);
+  a.grad = grad_view(grad);
+  if (S.N * S.H * S.W > 0) {
+    const auto& k = table();
+    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pixel_stats_backward(a, b, e); });
+  }
+  return grad;
 }
 
 enum Reduction { kNone = 0, kMean = 1, kSum = 2 };
@@ -308,6 +308,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
 
 TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_pixel_stats", &ssf::pixel_stats_cpu);
+  m.impl("_cpp_pixel_stats_backward", &ssf::pixel_stats_backward_cpu);
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
 }

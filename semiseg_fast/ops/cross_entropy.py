@@ -55,6 +55,7 @@ def _setup_context(ctx, inputs, output):
     logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce, _ = inputs
     loss, grad, ce = output
     ctx.mark_non_differentiable(grad, ce)
+    ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
     # The weight's gradient needs the per-pixel ce; otherwise only the logits' gradient is kept.
     ctx.save_for_backward(grad, *((ce, weight, target, loss) if need_ce else (None,) * 4))
@@ -83,6 +84,8 @@ def _weight_grad(ctx, g, ce, weight, target, loss):
 def _backward(ctx, g_loss, _g_grad, _g_ce):
     grad, ce, weight, target, loss = ctx.saved_tensors
     grad_logits = grad_weight = None
+    if g_loss is None:
+        return grad_logits, None, grad_weight, None, None, None, None, None, None, None
     if ctx.needs_input_grad[0]:
         grad_logits = scaled_grad(grad, g_loss)
     if ctx.needs_input_grad[2]:

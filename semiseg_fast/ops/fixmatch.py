@@ -45,13 +45,14 @@ def _(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_va
 def _setup_context(ctx, inputs, output):
     _, ratio, grad, post_scale = output
     ctx.mark_non_differentiable(ratio, grad, post_scale)
+    ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.save_for_backward(grad, post_scale)
 
 
 def _backward(ctx, g_loss, _g_ratio, _g_grad, _g_scale):
     grad, post_scale = ctx.saved_tensors
     grad_student = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and g_loss is not None:
         grad_student = scaled_grad(grad, g_loss * post_scale)
     return grad_student, None, None, None, None, None, None, None, None
 

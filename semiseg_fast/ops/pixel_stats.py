@@ -1,10 +1,9 @@
 """pixel_stats: confidence, label and entropy of softmax(logits / T) from one read of the logits."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks, reference
 from .._backend import resolve
@@ -35,29 +34,41 @@ def _(logits, temperature, backend):
     )
 
 
+@torch.library.custom_op("semiseg_fast::pixel_stats_backward", mutates_args=())
+def _pixel_stats_backward_op(
+    logits: torch.Tensor, confidence: torch.Tensor, label: torch.Tensor, entropy: torch.Tensor,
+    grad_conf: Optional[torch.Tensor], grad_ent: Optional[torch.Tensor], temperature: float, backend: str,
+) -> torch.Tensor:
+    """d/d logits of sum(grad_conf * confidence + grad_ent * entropy), in one pass over the logits."""
+    if backend == "cpp":
+        return torch.ops.semiseg_fast._cpp_pixel_stats_backward(
+            logits, confidence, label, entropy, grad_conf, grad_ent, temperature
+        )
+    from ..triton.pixel_stats import pixel_stats_backward as triton_backward
+
+    return triton_backward(logits, confidence, label, entropy, grad_conf, grad_ent, temperature)
+
+
+@_pixel_stats_backward_op.register_fake
+def _(logits, confidence, label, entropy, grad_conf, grad_ent, temperature, backend):
+    return torch.empty_like(logits)
+
+
 def _setup_context(ctx, inputs, output):
-    logits, temperature, _ = inputs
+    logits, temperature, backend = inputs
     confidence, label, entropy = output
     ctx.mark_non_differentiable(label)
-    ctx.temperature = temperature
-    ctx.save_for_backward(logits, confidence, entropy)
+    ctx.set_materialize_grads(False)
+    ctx.temperature, ctx.backend = temperature, backend
+    ctx.save_for_backward(logits, confidence, label, entropy)
 
 
 def _backward(ctx, g_conf, g_label, g_ent):
-    # Rarely needed (entropy minimisation, confidence penalties), so written in plain PyTorch:
-    #   d conf / d x_c = conf (1[c = argmax] - p_c) / T
-    #   d H / d x_c    = -p_c (log p_c + H) / T
-    logits, confidence, entropy = ctx.saved_tensors
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32)) / ctx.temperature
-    logp = F.log_softmax(x, dim=1)
-    p = logp.exp()
-    grad = torch.zeros_like(x)
-    if g_conf is not None:
-        onehot = F.one_hot(x.argmax(dim=1), x.shape[1]).permute(0, 3, 1, 2).to(x.dtype)
-        grad = grad + (g_conf * confidence).unsqueeze(1).to(x.dtype) * (onehot - p)
-    if g_ent is not None:
-        grad = grad - g_ent.unsqueeze(1).to(x.dtype) * p * (logp + entropy.unsqueeze(1).to(x.dtype))
-    return (grad / ctx.temperature).to(logits.dtype), None, None
+    if g_conf is None and g_ent is None:
+        return None, None, None
+    logits, confidence, label, entropy = ctx.saved_tensors
+    grad = _pixel_stats_backward_op(logits, confidence, label, entropy, g_conf, g_ent, ctx.temperature, ctx.backend)
+    return grad, None, None
 
 
 _pixel_stats_op.register_autograd(_backward, setup_context=_setup_context)

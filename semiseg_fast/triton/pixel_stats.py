@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..reference import label_dtype
-from ._common import block_config, flat_pixels, log1p_pos, pixel_offsets, row_stats
+from ._common import block_config, flat_pixels, load_chunk, log1p_pos, pixel_offsets, row_stats
 
 
 @triton.jit
@@ -44,3 +44,63 @@ def pixel_stats(logits: torch.Tensor, temperature: float):
         FLAT=flat_pixels(h, w, s_h, s_w), BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
     )
     return conf, label, ent
+
+
+@triton.jit
+def pixel_stats_backward_kernel(
+    x_ptr, conf_ptr, label_ptr, ent_ptr, gc_ptr, ge_ptr, g_ptr,
+    C, HW, W, sN, sC, sH, sW, gN, gC, gH, gW, gcN, gcH, gcW, geN, geH, geW, inv_t,
+    HAS_GC: tl.constexpr, HAS_GE: tl.constexpr, FLAT: tl.constexpr, FLAT_G: tl.constexpr,
+    FLAT_GC: tl.constexpr, FLAT_GE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+):
+    # p_c = conf * exp((x_c - x_y) / T) with y the forward's argmax; see the C++ kernel.
+    n = tl.program_id(1).to(tl.int64)
+    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = hw < HW
+    out = n * HW + hw
+    conf = tl.load(conf_ptr + out, mask=pmask, other=1.0)
+    ent = tl.load(ent_ptr + out, mask=pmask, other=0.0)
+    y = tl.load(label_ptr + out, mask=pmask, other=0).to(tl.int32)
+    a = tl.zeros((BLOCK_P,), tl.float32)
+    b = tl.zeros((BLOCK_P,), tl.float32)
+    if HAS_GC:
+        a = tl.load(gc_ptr + n * gcN + pixel_offsets(hw, W, gcH, gcW, FLAT_GC), mask=pmask, other=0.0) * conf * inv_t
+    if HAS_GE:
+        b = tl.load(ge_ptr + n * geN + pixel_offsets(hw, W, geH, geW, FLAT_GE), mask=pmask, other=0.0) * inv_t
+    base = x_ptr + n * sN
+    poff = pixel_offsets(hw, W, sH, sW, FLAT)
+    goff = pixel_offsets(hw, W, gH, gW, FLAT_G)
+    xy = tl.load(base + poff + y.to(tl.int64) * sC, mask=pmask, other=0.0).to(tl.float32)
+    lconf = tl.log(conf)
+    for k in tl.static_range(NUM_CHUNKS):
+        x, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
+        d = (x - xy[:, None]) * inv_t
+        p = conf[:, None] * tl.exp(d)
+        onehot = tl.where(c[None, :] == y[:, None], 1.0, 0.0)
+        logp = tl.where(x == float("-inf"), 0.0, d + lconf[:, None])
+        g = a[:, None] * (onehot - p) - b[:, None] * p * (logp + ent[:, None])
+        tl.store(g_ptr + n * gN + goff[:, None] + c[None, :].to(tl.int64) * gC, g.to(g_ptr.dtype.element_ty),
+                 mask=pmask[:, None] & (c < C)[None, :])
+
+
+def pixel_stats_backward(logits, confidence, label, entropy, grad_conf, grad_ent, temperature):
+    n, c, h, w = logits.shape
+    grad = torch.empty_like(logits)
+    if n * h * w == 0:
+        return grad
+    block_p, block_c, chunks, warps = block_config(c)
+    gc = grad_conf if grad_conf is not None else confidence
+    ge = grad_ent if grad_ent is not None else entropy
+    grid = (triton.cdiv(h * w, block_p), n)
+    pixel_stats_backward_kernel[grid](
+        logits, confidence.contiguous(), label.contiguous(), entropy.contiguous(), gc, ge, grad,
+        c, h * w, w, *logits.stride(), *grad.stride(), *gc.stride(), *ge.stride(), 1.0 / temperature,
+        HAS_GC=grad_conf is not None, HAS_GE=grad_ent is not None,
+        FLAT=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
+        FLAT_G=flat_pixels(h, w, grad.stride(2), grad.stride(3)),
+        FLAT_GC=flat_pixels(h, w, gc.stride(1), gc.stride(2)),
+        FLAT_GE=flat_pixels(h, w, ge.stride(1), ge.stride(2)),
+        BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+    )
+    return grad

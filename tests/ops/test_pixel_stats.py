@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import semiseg_fast as sf
-from tests.helpers import ALL, DTYPES, FUSED, LAYOUTS, make_logits, stats64, tol
+from tests.helpers import ALL, DTYPES, FUSED, LAYOUTS, grad_tol, make_logits, stats64, tol
 
 
 def run(backend, x, temperature=1.0):
@@ -102,15 +102,29 @@ def test_half_precision_inputs_decode_exactly(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_gradients_of_confidence_and_entropy(backend):
-    x = make_logits(2, 7, 3, 4, requires_grad=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradients_of_confidence_and_entropy(backend, dtype, layout):
+    x = make_logits(2, 21, 3, 4, dtype=dtype, layout=layout, requires_grad=True)
     gc, ge = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    out = run(backend, x)
-    g = torch.autograd.grad((out.confidence * gc).sum() + (out.entropy * ge).sum(), x)[0]
-    with sf.backend("reference"):
-        ref = sf.pixel_stats(x)
-    g_ref = torch.autograd.grad((ref.confidence * gc).sum() + (ref.entropy * ge).sum(), x)[0]
-    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    for temperature in (1.0, 0.5):
+        out = run(backend, x, temperature)
+        g = torch.autograd.grad((out.confidence * gc).sum() + (out.entropy * ge).sum(), x)[0]
+        xd = x.detach().double().requires_grad_()
+        conf, _, ent = stats64(xd, temperature)
+        g_ref = torch.autograd.grad((conf * gc).sum() + (ent * ge).sum(), xd)[0]
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.double(), g_ref, rtol=grad_tol(dtype)[0], atol=grad_tol(dtype)[1] * 10)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_gradient_of_entropy_alone(backend):
+    # Entropy minimisation: only one output used, its incoming gradient an expanded scalar.
+    x = make_logits(2, 19, 5, 3, requires_grad=True)
+    g = torch.autograd.grad(run(backend, x).entropy.mean(), x)[0]
+    xd = x.detach().double().requires_grad_()
+    g_ref = torch.autograd.grad(stats64(xd)[2].mean(), xd)[0]
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("backend", FUSED)

@@ -1,0 +1,28 @@
+"""Cross-entropy against (pseudo-)labels as a module: a drop-in for nn.CrossEntropyLoss(ignore_index=255)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ..ops import pseudo_label_cross_entropy
+
+
+class PseudoLabelCrossEntropy(nn.Module):
+    """``PseudoLabelCrossEntropy()(logits, target)`` equals
+    ``nn.CrossEntropyLoss(ignore_index=255)(logits, target)`` for (N, C, H, W) logits, in one
+    fused pass, with uint8 targets accepted and an optional per-pixel ``weight`` in ``forward``.
+    See :func:`semiseg_fast.pseudo_label_cross_entropy` for the arguments."""
+
+    def __init__(self, ignore_index: int = 255, reduction: str = "mean", normalizer: Union[str, float] = "valid"):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.normalizer = normalizer
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None):
+        return pseudo_label_cross_entropy(logits, target, weight, self.ignore_index, self.reduction, self.normalizer)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, normalizer={self.normalizer!r}"
