@@ -84,7 +84,7 @@ def _input_of(op: str, inp: Inputs) -> torch.Tensor:
 
 
 def make_runner(op: str, impl: str, mode: str, inp: Inputs) -> Callable[[], object]:
-    call = _fused_call(op) if impl == "fused" else _reference_call(op)
+    call = _fused_call(op) if impl.startswith("fused") else _reference_call(op)
     if impl == "compile":
         call = torch.compile(call, fullgraph=True, dynamic=False)
     x = _input_of(op, inp).detach().requires_grad_(mode == "fwd+bwd")
