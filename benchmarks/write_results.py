@@ -1,4 +1,5 @@
-"""Runs the benchmarks and writes benchmarks/RESULTS.md from what that run measured.
+"""Runs the benchmarks and writes benchmarks/RESULTS.md from what that run measured (the GPU
+readiness section, written by `python -m semiseg_fast.gpu_check --write-results`, is kept).
 
     python benchmarks/write_results.py               # run everything (about 30-40 min on 2 CPU cores)
     python benchmarks/write_results.py --json FILE   # only re-render from an earlier --benchmark-json
@@ -221,6 +222,18 @@ def render(data, rows, mem) -> str:
     return "\n".join(lines)
 
 
+def gpu_section(path: str) -> str:
+    """The section semiseg_fast.gpu_check maintains in the same file, kept across regenerations."""
+    from semiseg_fast.gpu_check import RESULTS_BEGIN, RESULTS_END
+
+    if not os.path.exists(path):
+        return ""
+    text = open(path).read()
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        return ""
+    return text[text.index(RESULTS_BEGIN): text.index(RESULTS_END) + len(RESULTS_END)]
+
+
 def fl_shape_name(fl, table):
     for k, c in table.items():
         if "fused" in c and c["fused"]["shape"] == fl["shape"]:
@@ -240,8 +253,10 @@ def main():
         run_benchmarks(json_path)
     data, rows = load(json_path)
     mem = [] if args.no_memory else measure_memory()
+    text = render(data, rows, mem)
+    gpu = gpu_section(args.out)
     with open(args.out, "w") as f:
-        f.write(render(data, rows, mem))
+        f.write(text + ("\n" + gpu + "\n" if gpu else ""))
     print("wrote", args.out)
 
 

@@ -1,9 +1,12 @@
 """Pieces shared by the Triton kernels.
 
 A program owns BLOCK_P consecutive pixels of one image (grid = (pixel blocks, N)) and all C
-classes, read in NUM_CHUNKS chunks of BLOCK_C. With one chunk (C <= 256, the usual case) the
-tile stays in registers between the statistics and the gradient; with more, statistics are
-accumulated online (running max, rescaled sums) and the gradient pass reads the chunks again.
+classes, read in num_chunks chunks of BLOCK_C. With one chunk (C <= 64, the usual case;
+SINGLE_CHUNK) the tile stays in registers between the statistics and the gradient; with more,
+statistics are accumulated online (running max, rescaled sums) in a runtime loop, so every
+class count above 64 shares one compiled kernel, and the gradient pass reads the chunks again.
+
+Tiles hold 1024 elements, 4 per thread at 8 warps (see block_config for why).
 
 Numerics match the C++ kernels: fp32 math, and the probability mass outside the argmax /
 target class (``rest``) is accumulated directly so confident pixels keep full precision.
@@ -13,16 +16,34 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MAX_BLOCK_C = 256
-TILE_ELEMS = 4096
+MAX_BLOCK_C = 64
+TILE_ELEMS = 1024
+
+# When a list, launches are appended to it instead of run (see semiseg_fast.gpu_check).
+_recorded_launches = None
+
+
+def launch(kernel, grid, *args, **kwargs) -> None:
+    """Every kernel launch of the library goes through here, so that the ahead-of-time GPU check
+    can compile exactly the specialisations the library uses."""
+    if _recorded_launches is not None:
+        _recorded_launches.append((kernel, tuple(grid), args, kwargs))
+        return
+    kernel[grid](*args, **kwargs)
 
 
 def block_config(num_classes: int) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_C, NUM_CHUNKS, num_warps) for C classes."""
-    block_c = min(triton.next_power_of_2(num_classes), MAX_BLOCK_C)
-    num_chunks = triton.cdiv(num_classes, block_c)
-    block_p = max(16, TILE_ELEMS // block_c)
-    return block_p, block_c, num_chunks, 4
+    """(BLOCK_P, BLOCK_C, num_chunks, num_warps) for C classes.
+
+    Tiles of 1024 elements at 8 warps, 4 elements per thread: one chunk up to 64 classes, else
+    chunks of 64 classes x 16 pixels. The AOT check (semiseg_fast.gpu_check) found 4096-element
+    tiles at 150-255 registers per thread, and 8 elements per thread making ptxas spill
+    predicate registers on sm_80.
+    """
+    if num_classes <= MAX_BLOCK_C:
+        block_c = triton.next_power_of_2(num_classes)
+        return max(16, TILE_ELEMS // block_c), block_c, 1, 8
+    return 16, MAX_BLOCK_C, triton.cdiv(num_classes, MAX_BLOCK_C), 8
 
 
 def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
@@ -56,17 +77,45 @@ def log1p_pos(r):
 
 
 @triton.jit
+def _update_stats(x, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y: tl.constexpr, NEED_T: tl.constexpr):
+    """Folds one chunk of logits x (classes c) into the running statistics."""
+    cmax = tl.max(x, axis=1)
+    # First argmax as the smallest class attaining the max: tl.argmax's index tracking made
+    # ptxas spill predicate registers on sm_80.
+    cidx = tl.min(tl.where(x == cmax[:, None], c[None, :], 2147483647), axis=1).to(tl.int32)
+    take = cmax > m
+    new_m = tl.maximum(m, cmax)
+    first = m == float("-inf")
+    shift = tl.where(first, 0.0, (m - new_m) * inv_t)
+    alpha = tl.where(first, 0.0, tl.exp(shift))
+    d = (x - new_m[:, None]) * inv_t
+    e = tl.where(x == float("-inf"), 0.0, tl.exp(d))
+    if USE_Y:
+        is_y = c[None, :] == y[:, None]
+        xy += tl.sum(tl.where(is_y, x, 0.0), axis=1)
+        rest = rest * alpha + tl.sum(tl.where(is_y, 0.0, e), axis=1)
+    else:
+        others = tl.sum(tl.where(c[None, :] == cidx[:, None], 0.0, e), axis=1)
+        rest = tl.where(take, (rest + 1.0) * alpha + others, rest * alpha + tl.sum(e, axis=1))
+    if NEED_T:
+        t = alpha * (t + shift * s) + tl.sum(e * tl.where(x == float("-inf"), 0.0, d), axis=1)
+    s = s * alpha + tl.sum(e, axis=1)
+    idx = tl.where(take, cidx, idx)
+    return new_m, s, rest, t, xy, idx
+
+
+@triton.jit
 def row_stats(base, poff, pmask, y, C, sC, inv_t,
-              USE_Y: tl.constexpr, NEED_T: tl.constexpr,
-              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr):
+              num_chunks, USE_Y: tl.constexpr, NEED_T: tl.constexpr,
+              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr):
     """Softmax statistics of softmax(x * inv_t) over classes, per pixel.
 
-    Returns (m, s, rest, t, idx, xy, x_last):
+    Returns (m, s, rest, t, idx, xy, x):
       m     max_c x_c (untempered);  s = sum_c exp((x_c - m) inv_t)
       rest  sum of the exp terms except class y (USE_Y) or except the first argmax
       t     sum_c e_c (x_c - m) inv_t (NEED_T), for the entropy log1p(rest) - t / s
       idx   first argmax;  xy = x_y (USE_Y)
-      x_last  the last chunk's logits (the whole row when NUM_CHUNKS == 1)
+      x     the whole row when SINGLE_CHUNK (reused by the gradient pass), else unused
     """
     m = tl.full((BLOCK_P,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_P,), tl.float32)
@@ -74,33 +123,14 @@ def row_stats(base, poff, pmask, y, C, sC, inv_t,
     t = tl.zeros((BLOCK_P,), tl.float32)
     xy = tl.zeros((BLOCK_P,), tl.float32)
     idx = tl.zeros((BLOCK_P,), tl.int32)
-    x = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for k in tl.static_range(NUM_CHUNKS):
-        x, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
-        cmax = tl.max(x, axis=1)
-        cidx = tl.argmax(x, axis=1, tie_break_left=True).to(tl.int32) + k * BLOCK_C
-        take = cmax > m
-        new_m = tl.maximum(m, cmax)
-        if k == 0:
-            alpha = tl.zeros((BLOCK_P,), tl.float32)
-            shift = tl.zeros((BLOCK_P,), tl.float32)
-        else:
-            shift = (m - new_m) * inv_t
-            alpha = tl.exp(shift)
-        d = (x - new_m[:, None]) * inv_t
-        e = tl.where(x == float("-inf"), 0.0, tl.exp(d))
-        if USE_Y:
-            is_y = c[None, :] == y[:, None]
-            xy += tl.sum(tl.where(is_y, x, 0.0), axis=1)
-            rest = rest * alpha + tl.sum(tl.where(is_y, 0.0, e), axis=1)
-        else:
-            others = tl.sum(tl.where(c[None, :] == cidx[:, None], 0.0, e), axis=1)
-            rest = tl.where(take, (rest + 1.0) * alpha + others, rest * alpha + tl.sum(e, axis=1))
-        if NEED_T:
-            t = alpha * (t + shift * s) + tl.sum(e * tl.where(x == float("-inf"), 0.0, d), axis=1)
-        s = s * alpha + tl.sum(e, axis=1)
-        idx = tl.where(take, cidx, idx)
-        m = new_m
+    if SINGLE_CHUNK:
+        x, c = load_chunk(base, poff, pmask, 0, C, sC, BLOCK_C)
+        m, s, rest, t, xy, idx = _update_stats(x, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y, NEED_T)
+    else:
+        x = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        for k in range(num_chunks):
+            xk, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
+            m, s, rest, t, xy, idx = _update_stats(xk, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y, NEED_T)
     return m, s, rest, t, idx, xy, x
 
 
@@ -111,17 +141,20 @@ def ce_from_stats(m, s, rest, xy):
 
 
 @triton.jit
-def store_grad(base_x, base_g, poff_x, poff_g, pmask, x_last, m, y, scale, rest, C, sCx, sCg,
-               BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr):
+def store_grad(base_x, base_g, poff_x, poff_g, pmask, x_last, m, y, scale, rest, C, sCx, sCg, num_chunks,
+               BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr):
     """g_c = scale * p_c for c != y and -scale * rest / s for c = y (scale already holds 1/s)."""
-    for k in tl.static_range(NUM_CHUNKS):
-        if NUM_CHUNKS == 1:
-            x = x_last
-            c = tl.arange(0, BLOCK_C)
-        else:
+    if SINGLE_CHUNK:
+        _store_grad_chunk(base_g, poff_g, pmask, x_last, tl.arange(0, BLOCK_C), m, y, scale, rest, C, sCg)
+    else:
+        for k in range(num_chunks):
             x, c = load_chunk(base_x, poff_x, pmask, k, C, sCx, BLOCK_C)
-        e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m[:, None]))
-        g = tl.where(c[None, :] == y[:, None], -(scale * rest)[:, None], scale[:, None] * e)
-        cmask = c < C
-        ptr = base_g + poff_g[:, None] + c[None, :].to(tl.int64) * sCg
-        tl.store(ptr, g.to(base_g.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+            _store_grad_chunk(base_g, poff_g, pmask, x, c, m, y, scale, rest, C, sCg)
+
+
+@triton.jit
+def _store_grad_chunk(base_g, poff_g, pmask, x, c, m, y, scale, rest, C, sCg):
+    e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m[:, None]))
+    g = tl.where(c[None, :] == y[:, None], -(scale * rest)[:, None], scale[:, None] * e)
+    ptr = base_g + poff_g[:, None] + c[None, :].to(tl.int64) * sCg
+    tl.store(ptr, g.to(base_g.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, pixel_offsets, row_stats, store_grad
+from ._common import block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
 
 _NONE, _MEAN, _SUM = 0, 1, 2
 _VALID, _WEIGHTED, _TOTAL, _VALUE = 0, 1, 2, 3
@@ -14,11 +14,11 @@ _VALID, _WEIGHTED, _TOTAL, _VALUE = 0, 1, 2, 3
 @triton.jit
 def cross_entropy_kernel(
     x_ptr, t_ptr, w_ptr, g_ptr, loss_ptr, ce_ptr, partial_ptr, gscale_ptr,
-    C, HW, W, ignore_index,
+    C, HW, W, ignore_index, num_chunks,
     sxN, sxC, sxH, sxW, stN, stH, stW, swN, swH, swW, sgN, sgC, sgH, sgW,
     HAS_W: tl.constexpr, NEED_GRAD: tl.constexpr, PIXEL_LOSS: tl.constexpr, NEED_CE: tl.constexpr,
     FLAT_X: tl.constexpr, FLAT_T: tl.constexpr, FLAT_W: tl.constexpr, FLAT_G: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -26,21 +26,23 @@ def cross_entropy_kernel(
     y = tl.load(t_ptr + n * stN + pixel_offsets(hw, W, stH, stW, FLAT_T), mask=pmask, other=ignore_index).to(tl.int64)
     valid = pmask & (y != ignore_index)
     in_range = (y >= 0) & (y < C)
-    bad = valid & ~in_range  # out-of-range target: poisons the loss with NaN (no host sync to raise)
     y32 = tl.where(in_range, y, 0).to(tl.int32)
     if HAS_W:
         w = tl.load(w_ptr + n * swN + pixel_offsets(hw, W, swH, swW, FLAT_W), mask=pmask, other=0).to(tl.float32)
     else:
         w = tl.full((BLOCK_P,), 1.0, tl.float32)
-    active = valid & in_range & (w != 0.0)
+    # Masks are carried as floats: live predicates across the inlined log made ptxas spill on sm_80.
+    # wa = the pixel's weight where it counts, else 0; poison = NaN for an out-of-range target
+    # (there is no host sync here to raise), else 0.
+    wa = tl.where(valid & in_range, w, 0.0)
+    poison = tl.where(valid & ~in_range, float("nan"), 0.0)
     poff = pixel_offsets(hw, W, sxH, sxW, FLAT_X)
     m, s, rest, t, idx, xy, x_last = row_stats(
-        x_ptr + n * sxN, poff, pmask, y32, C, sxC, 1.0, True, False, BLOCK_P, BLOCK_C, NUM_CHUNKS
+        x_ptr + n * sxN, poff, pmask, y32, C, sxC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
-    ce = tl.where(active, ce_from_stats(m, s, rest, xy), 0.0)
-    ce = tl.where(bad, float("nan"), ce)
-    lp = tl.where(active, w * ce, 0.0)
-    lp = tl.where(bad, float("nan"), lp)
+    ce_all = ce_from_stats(m, s, rest, xy)
+    ce = tl.where(wa != 0.0, ce_all, 0.0) + poison
+    lp = tl.where(wa != 0.0, wa * ce_all, 0.0) + poison
     out = n * HW + hw
     if PIXEL_LOSS:
         tl.store(loss_ptr + out, lp, mask=pmask)
@@ -48,10 +50,9 @@ def cross_entropy_kernel(
         tl.store(ce_ptr + out, ce, mask=pmask)
     tl.store(partial_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), tl.sum(lp, axis=0))
     if NEED_GRAD:
-        scale = tl.where(active, w * tl.load(gscale_ptr), 0.0) / s
-        scale = tl.where(bad, float("nan"), scale)
+        scale = wa * tl.load(gscale_ptr) / s + poison
         store_grad(x_ptr + n * sxN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
-                   x_last, m, y32, scale, rest, C, sxC, sgC, BLOCK_C, NUM_CHUNKS)
+                   x_last, m, y32, scale, rest, C, sxC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -86,16 +87,17 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
     if n * h * w > 0:
         wt = weight if weight is not None else target
         g = grad if need_grad else logits
-        cross_entropy_kernel[grid](
+        launch(
+            cross_entropy_kernel, grid,
             logits, target, wt, g, loss_pixel, ce, partial, inv.float(),
-            c, h * w, w, ignore_index,
+            c, h * w, w, ignore_index, chunks,
             *logits.stride(), *target.stride(), *wt.stride(), *g.stride(),
             HAS_W=weight is not None, NEED_GRAD=need_grad, PIXEL_LOSS=reduction == _NONE, NEED_CE=need_ce,
             FLAT_X=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
             FLAT_T=flat_pixels(h, w, target.stride(1), target.stride(2)),
             FLAT_W=flat_pixels(h, w, wt.stride(1), wt.stride(2)),
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
-            BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
         )
     if reduction == _NONE:
         loss = loss_pixel

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, pixel_offsets, row_stats, store_grad
+from ._common import block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
 
 _VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4
 
@@ -13,11 +13,11 @@ _VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4
 @triton.jit
 def fixmatch_kernel(
     s_ptr, t_ptr, mask_ptr, g_ptr, partial_ptr, count_ptr, gscale_ptr,
-    C, HW, W, threshold, ignore_index,
+    C, HW, W, threshold, ignore_index, num_chunks,
     ssN, ssC, ssH, ssW, stN, stC, stH, stW, smN, smH, smW, sgN, sgC, sgH, sgW,
     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, NEED_GRAD: tl.constexpr,
     FLAT_S: tl.constexpr, FLAT_T: tl.constexpr, FLAT_M: tl.constexpr, FLAT_G: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -32,21 +32,22 @@ def fixmatch_kernel(
     zero = tl.zeros((BLOCK_P,), tl.int32)
     tm, ts, _r, _t, label, _xy, _x = row_stats(
         t_ptr + n * stN, pixel_offsets(hw, W, stH, stW, FLAT_T), pmask, zero, C, stC, 1.0,
-        False, False, BLOCK_P, BLOCK_C, NUM_CHUNKS,
+        num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK,
     )
-    active = valid & ((1.0 / ts) >= threshold)
+    # Carried as a float: live predicates across the inlined log made ptxas spill on sm_80.
+    active = tl.where(valid & ((1.0 / ts) >= threshold), 1.0, 0.0)
     poff = pixel_offsets(hw, W, ssH, ssW, FLAT_S)
     m, s, rest, t, idx, xy, x_last = row_stats(
-        s_ptr + n * ssN, poff, pmask, label, C, ssC, 1.0, True, False, BLOCK_P, BLOCK_C, NUM_CHUNKS
+        s_ptr + n * ssN, poff, pmask, label, C, ssC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
-    ce = tl.where(active, ce_from_stats(m, s, rest, xy), 0.0)
+    ce = tl.where(active != 0.0, ce_from_stats(m, s, rest, xy), 0.0)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(partial_ptr + pid, tl.sum(ce, axis=0))
-    tl.store(count_ptr + pid, tl.sum(active.to(tl.int32), axis=0))
+    tl.store(count_ptr + pid, tl.sum(active, axis=0).to(tl.int32))
     if NEED_GRAD:
-        scale = tl.where(active, tl.load(gscale_ptr), 0.0) / s
+        scale = active * tl.load(gscale_ptr) / s
         store_grad(s_ptr + n * ssN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
-                   x_last, m, label, scale, rest, C, ssC, sgC, BLOCK_C, NUM_CHUNKS)
+                   x_last, m, label, scale, rest, C, ssC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,10 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
         mask = ignore_mask if ignore_mask is not None else partial
         g = grad if need_grad else student
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
-        fixmatch_kernel[grid](
+        launch(
+            fixmatch_kernel, grid,
             student, teacher, mask, g, partial, counts, inv.float(),
-            c, h * w, w, threshold, ignore_index,
+            c, h * w, w, threshold, ignore_index, chunks,
             *student.stride(), *teacher.stride(), *m_strides, *g.stride(),
             HAS_MASK=ignore_mask is not None,
             MASK_IS_BOOL=ignore_mask is not None and ignore_mask.dtype == torch.bool,
@@ -90,7 +92,7 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
             FLAT_T=flat_pixels(h, w, teacher.stride(2), teacher.stride(3)),
             FLAT_M=flat_pixels(h, w, m_strides[1], m_strides[2]),
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
-            BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
         )
     confident = counts.sum().float()
     post = torch.ones((), device=dev)

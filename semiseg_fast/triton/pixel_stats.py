@@ -6,14 +6,14 @@ import triton
 import triton.language as tl
 
 from ..reference import label_dtype
-from ._common import block_config, flat_pixels, load_chunk, log1p_pos, pixel_offsets, row_stats
+from ._common import block_config, flat_pixels, launch, load_chunk, log1p_pos, pixel_offsets, row_stats
 
 
 @triton.jit
 def pixel_stats_kernel(
     x_ptr, conf_ptr, label_ptr, ent_ptr,
     C, HW, W, sN, sC, sH, sW, inv_t,
-    FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    num_chunks, FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -21,7 +21,7 @@ def pixel_stats_kernel(
     poff = pixel_offsets(hw, W, sH, sW, FLAT)
     y = tl.zeros((BLOCK_P,), tl.int32)
     m, s, rest, t, idx, xy, x_last = row_stats(
-        x_ptr + n * sN, poff, pmask, y, C, sC, inv_t, False, True, BLOCK_P, BLOCK_C, NUM_CHUNKS
+        x_ptr + n * sN, poff, pmask, y, C, sC, inv_t, num_chunks, False, True, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     out = n * HW + hw
     tl.store(conf_ptr + out, 1.0 / s, mask=pmask)
@@ -39,9 +39,10 @@ def pixel_stats(logits: torch.Tensor, temperature: float):
     block_p, block_c, chunks, warps = block_config(c)
     s_n, s_c, s_h, s_w = logits.stride()
     grid = (triton.cdiv(h * w, block_p), n)
-    pixel_stats_kernel[grid](
-        logits, conf, label, ent, c, h * w, w, s_n, s_c, s_h, s_w, 1.0 / temperature,
-        FLAT=flat_pixels(h, w, s_h, s_w), BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+    launch(
+        pixel_stats_kernel, grid,
+        logits, conf, label, ent, c, h * w, w, s_n, s_c, s_h, s_w, 1.0 / temperature, chunks,
+        FLAT=flat_pixels(h, w, s_h, s_w), BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
     )
     return conf, label, ent
 
@@ -49,10 +50,10 @@ def pixel_stats(logits: torch.Tensor, temperature: float):
 @triton.jit
 def pixel_stats_backward_kernel(
     x_ptr, conf_ptr, label_ptr, ent_ptr, gc_ptr, ge_ptr, g_ptr,
-    C, HW, W, sN, sC, sH, sW, gN, gC, gH, gW, gcN, gcH, gcW, geN, geH, geW, inv_t,
+    C, HW, W, sN, sC, sH, sW, gN, gC, gH, gW, gcN, gcH, gcW, geN, geH, geW, inv_t, num_chunks,
     HAS_GC: tl.constexpr, HAS_GE: tl.constexpr, FLAT: tl.constexpr, FLAT_G: tl.constexpr,
     FLAT_GC: tl.constexpr, FLAT_GE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
 ):
     # p_c = conf * exp((x_c - x_y) / T) with y the forward's argmax; see the C++ kernel.
     n = tl.program_id(1).to(tl.int64)
@@ -73,7 +74,7 @@ def pixel_stats_backward_kernel(
     goff = pixel_offsets(hw, W, gH, gW, FLAT_G)
     xy = tl.load(base + poff + y.to(tl.int64) * sC, mask=pmask, other=0.0).to(tl.float32)
     lconf = tl.log(conf)
-    for k in tl.static_range(NUM_CHUNKS):
+    for k in range(num_chunks):
         x, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
         d = (x - xy[:, None]) * inv_t
         p = conf[:, None] * tl.exp(d)
@@ -93,14 +94,15 @@ def pixel_stats_backward(logits, confidence, label, entropy, grad_conf, grad_ent
     gc = grad_conf if grad_conf is not None else confidence
     ge = grad_ent if grad_ent is not None else entropy
     grid = (triton.cdiv(h * w, block_p), n)
-    pixel_stats_backward_kernel[grid](
+    launch(
+        pixel_stats_backward_kernel, grid,
         logits, confidence.contiguous(), label.contiguous(), entropy.contiguous(), gc, ge, grad,
-        c, h * w, w, *logits.stride(), *grad.stride(), *gc.stride(), *ge.stride(), 1.0 / temperature,
+        c, h * w, w, *logits.stride(), *grad.stride(), *gc.stride(), *ge.stride(), 1.0 / temperature, chunks,
         HAS_GC=grad_conf is not None, HAS_GE=grad_ent is not None,
         FLAT=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
         FLAT_G=flat_pixels(h, w, grad.stride(2), grad.stride(3)),
         FLAT_GC=flat_pixels(h, w, gc.stride(1), gc.stride(2)),
         FLAT_GE=flat_pixels(h, w, ge.stride(1), ge.stride(2)),
-        BLOCK_P=block_p, BLOCK_C=block_c, NUM_CHUNKS=chunks, num_warps=warps,
+        BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
     )
     return grad

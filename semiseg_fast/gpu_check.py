@@ -1,0 +1,391 @@
+"""GPU readiness without a GPU: compile every Triton kernel the library launches for sm_80 and
+sm_90 ahead of time, read each cubin's resources with cuobjdump, and fail on a compile error,
+on local memory (register spills) or on more registers than the kernel's budget.
+
+    python -m semiseg_fast.gpu_check                  # check; exit status 1 on any failure
+    python -m semiseg_fast.gpu_check --write-results  # also refresh the section of benchmarks/RESULTS.md
+
+What is compiled is what the library really launches: the Triton wrappers are run on meta
+tensors at real shapes (so strides and sizes get the divisibility specialisations a real
+launch gets) with launching replaced by recording, over every dtype, class-count bucket,
+memory layout and option the wrappers distinguish. Duplicates are compiled once.
+
+Register budgets. All kernels are memory-bound streaming kernels launched with 8 warps per
+block, 4 tile elements per thread. The budget is 80 registers per thread for every kernel: at
+8 warps that still allows 3 blocks (24 warps, 37.5% occupancy) per H100 SM; at 81 to 128 it
+drops to 2 blocks (25%), which leaves too few loads in flight to cover DRAM latency.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import importlib
+import math
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Iterable, Optional
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the runtime default, stated to keep results stable
+
+import torch  # noqa: E402
+
+TARGETS = (80, 90)
+DEFAULT_BUDGET = 80
+BUDGETS = {
+    "pixel_stats_kernel": 80,
+    "pixel_stats_backward_kernel": 80,
+    "cross_entropy_kernel": 80,
+    "fixmatch_kernel": 80,
+}
+H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3 (NVIDIA's figure)
+ROOFLINE_SHAPES = {"VOC": (16, 21, 513, 513), "Cityscapes": (8, 19, 1024, 1024)}
+RESULTS_BEGIN = "<!-- gpu-check:begin -->"
+RESULTS_END = "<!-- gpu-check:end -->"
+
+
+# ---------------------------------------------------------------- recording launches
+
+def record_launches(fn: Callable[[], object]) -> list:
+    """Runs fn() with every library kernel launch recorded instead of executed."""
+    from .triton import _common
+
+    saved = _common._recorded_launches
+    _common._recorded_launches = []
+    try:
+        fn()
+        return _common._recorded_launches
+    finally:
+        _common._recorded_launches = saved
+
+
+def _meta(shape, dtype, layout="nchw"):
+    t = torch.empty(shape, dtype=dtype, device="meta")
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+SWEEP_SHAPES = [(16, 513, 513), (8, 1024, 1024)]  # VOC-like (odd sizes) and Cityscapes-like (multiples of 16)
+SWEEP_CLASSES = [2, 4, 8, 16, 21, 64, 150, 1024]  # every BLOCK_C bucket, single-chunk and chunked
+SWEEP_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SWEEP_LAYOUTS = ["nchw", "channels_last"]
+
+
+def sweep() -> list:
+    """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make."""
+    from .triton.cross_entropy import cross_entropy
+    from .triton.fixmatch import fixmatch
+    from .triton.pixel_stats import pixel_stats, pixel_stats_backward
+
+    calls = []  # (label, thunk)
+    for (n, h, w) in SWEEP_SHAPES:
+        for c in SWEEP_CLASSES:
+            for dt in SWEEP_DTYPES:
+                for lay in SWEEP_LAYOUTS:
+                    label = f"C={c} {str(dt)[6:]} {lay} {h}x{w}"
+                    x = _meta((n, c, h, w), dt, lay)
+                    u8 = torch.empty((n, h, w), dtype=torch.uint8, device="meta")
+                    f32 = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+                    lab = torch.empty((n, h, w), dtype=torch.uint8 if c <= 255 else torch.int64, device="meta")
+                    calls += [
+                        (label, lambda x=x: pixel_stats(x, 1.0)),
+                        (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, f, f, 1.0)),
+                        (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, None, f, 1.0)),
+                        (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, True, False)),
+                        (label, lambda x=x, t=u8: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True)),
+                    ]
+    # Options, at the most common class count.
+    n, h, w = SWEEP_SHAPES[0]
+    for dt in SWEEP_DTYPES:
+        for lay in SWEEP_LAYOUTS:
+            x = _meta((n, 21, h, w), dt, lay)
+            label = f"C=21 {str(dt)[6:]} {lay} {h}x{w} options"
+            for tdt in (torch.uint8, torch.int64):
+                t = torch.empty((n, h, w), dtype=tdt, device="meta")
+                for weight in (None, torch.float32, torch.bool):
+                    wt = None if weight is None else torch.empty((n, h, w), dtype=weight, device="meta")
+                    for red, need_grad, need_ce in [(1, True, False), (1, False, False), (0, True, False),
+                                                    (2, True, True)]:
+                        if need_ce and wt is None:
+                            continue
+                        calls.append((label, lambda x=x, t=t, wt=wt, r=red, g=need_grad, ce=need_ce:
+                                      cross_entropy(x, t, wt, 255, r, 0, 0.0, g, ce)))
+            for mask in (None, torch.bool, torch.int64):
+                m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
+                for need_grad in (True, False):
+                    calls.append((label, lambda x=x, m=m, g=need_grad: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g)))
+    out = []
+    for label, thunk in calls:
+        for kernel, grid, args, kwargs in record_launches(thunk):
+            out.append((label, kernel, grid, args, kwargs))
+    return out
+
+
+# ---------------------------------------------------------------- compiling
+
+@dataclasses.dataclass
+class Job:
+    module: str
+    name: str
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    options: dict
+    cc: int
+    labels: list
+
+
+def _target(cc: int):
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", cc, 32)
+
+
+def specialize(kernel, args, kwargs, cc: int):
+    """What triton's launcher would compile for these arguments: (signature, constexprs, attrs, options)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(_target(cc))
+    kwargs = dict(kwargs, debug=False)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    opts = {k: v for k, v in kwargs.items() if k in ("num_warps", "num_stages", "num_ctas", "maxnreg")}
+    return signature, constexprs, attrs, opts
+
+
+def jobs_for(launches: Iterable, targets=TARGETS) -> list:
+    jobs: dict = {}
+    for label, kernel, _grid, args, kwargs in launches:
+        for cc in targets:
+            sig, const, attrs, opts = specialize(kernel, args, kwargs, cc)
+            key = (kernel.fn.__module__, kernel.fn.__name__, cc, repr(sorted(sig.items())), repr(sorted(const.items())),
+                   repr(sorted(attrs.items())), repr(sorted(opts.items())))
+            if key not in jobs:
+                jobs[key] = Job(kernel.fn.__module__, kernel.fn.__name__, sig, const, attrs, opts, cc, [])
+            if label not in jobs[key].labels:
+                jobs[key].labels.append(label)
+    return list(jobs.values())
+
+
+def cuobjdump_path() -> str:
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(path):
+        raise RuntimeError(f"cuobjdump not found at {path} (it ships with the triton wheel)")
+    return path
+
+
+_USAGE = re.compile(r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """{function name: dict(regs, stack, shared, local)} as cuobjdump --dump-resource-usage reports."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        out = subprocess.run([cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.unlink(path)
+    return {m.group(1): dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)),
+                             local=int(m.group(5))) for m in _USAGE.finditer(out)}
+
+
+def compile_job(job: Job) -> dict:
+    """Compiles one specialisation; returns its resources or its error."""
+    from triton.compiler import ASTSource, compile as triton_compile, make_backend
+
+    result = dict(kernel=job.name, cc=job.cc, labels=job.labels, num_warps=job.options.get("num_warps", 4),
+                  constexprs={str(k): v for k, v in job.constexprs.items()}, error=None)
+    t0 = time.time()
+    try:
+        fn = getattr(importlib.import_module(job.module), job.name)
+        backend = make_backend(_target(job.cc))
+        options = backend.parse_options(dict(job.options, debug=False))
+        ck = triton_compile(ASTSource(fn, job.signature, job.constexprs, job.attrs), target=_target(job.cc),
+                            options=options.__dict__)
+        usage = resource_usage(ck.asm["cubin"])
+        if job.name not in usage:
+            raise RuntimeError(f"cuobjdump reported no function {job.name}: {sorted(usage)}")
+        result.update(usage[job.name])
+        result["shared"] = max(result["shared"], int(getattr(ck.metadata, "shared", 0) or 0))
+    except Exception as e:  # a compile error is a finding, not a crash of the check
+        result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    result["seconds"] = time.time() - t0
+    return result
+
+
+def compile_all(jobs: list, workers: int) -> list:
+    if workers <= 1:
+        return [compile_job(j) for j in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(pool.map(compile_job, jobs, chunksize=4))
+
+
+# ---------------------------------------------------------------- judging
+
+def occupancy_h100(regs: int, num_warps: int, shared: int) -> float:
+    """Resident warps / 64 on an H100 SM: 65536 registers (allocated per warp in units of 256),
+    64 warps, 32 blocks and 228 KiB of shared memory (1 KiB reserved per block)."""
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
+    by_regs = 65536 // (regs_per_warp * num_warps)
+    by_warps = 64 // num_warps
+    by_smem = (228 * 1024) // (shared + 1024) if shared else 32
+    blocks = min(by_regs, by_warps, by_smem, 32)
+    return blocks * num_warps / 64
+
+
+def judge(result: dict, budgets: Optional[dict] = None) -> list:
+    """The reasons this compiled kernel fails the check (empty when it passes)."""
+    budgets = BUDGETS if budgets is None else budgets
+    if result["error"]:
+        return [f"does not compile: {result['error']}"]
+    problems = []
+    if result["local"] > 0 or result["stack"] > 0:
+        problems.append(f"uses local memory ({result['local']} B local, {result['stack']} B stack): register spills")
+    budget = budgets.get(result["kernel"], DEFAULT_BUDGET)
+    if result["regs"] > budget:
+        problems.append(f"{result['regs']} registers > budget {budget}")
+    return problems
+
+
+# ---------------------------------------------------------------- the report
+
+def minimal_bytes(op: str, shape, esize: int = 2) -> int:
+    """Bytes each op must move at (N, C, H, W) with bf16 logits and uint8 labels/masks."""
+    n, c, h, w = shape
+    logits = n * c * h * w * esize
+    px = n * h * w
+    return {
+        "pixel_stats": logits + 9 * px,                         # read logits; write conf, label, entropy
+        "pixel_stats_backward": logits + 17 * px + logits,       # logits, 4 per-pixel inputs; write grad
+        "cross_entropy (fwd+grad)": logits + px + logits,        # logits, target; write grad
+        "fixmatch (fwd+grad)": 2 * logits + px + logits,         # student, teacher, mask; write grad
+        "grad_output scaling (CUDA backward)": 2 * logits,       # read + write the gradient
+    }[op]
+
+
+def render(results: list, seconds: float) -> str:
+    lines = [RESULTS_BEGIN, "## GPU readiness: ahead-of-time compile of every Triton kernel", ""]
+    w = lines.append
+    w("Generated by `python -m semiseg_fast.gpu_check --write-results` on a machine without a GPU: every")
+    w("specialisation the library launches is compiled with Triton for sm_80 and sm_90 and its cubin")
+    w("read with `cuobjdump --dump-resource-usage`. A kernel fails the check if it does not compile,")
+    w("uses local memory (spills) or exceeds its register budget (80 for all kernels: at 8 warps per")
+    w("block that keeps 3 blocks, 37.5% occupancy, per H100 SM; see the module docstring).")
+    w("")
+    w(f"{len(results)} compilations in {seconds:.0f} s.")
+    w("")
+    w("| kernel | target | specialisations | registers (min-max) | local B | shared B (max) | H100 occupancy (min) | budget | status |")
+    w("|---|---|---:|---|---:|---:|---:|---:|---|")
+    by = {}
+    for r in results:
+        by.setdefault((r["kernel"], r["cc"]), []).append(r)
+    for (kernel, cc), rs in sorted(by.items()):
+        ok = [r for r in rs if not r["error"]]
+        fails = sum(1 for r in rs if judge(r))
+        regs = [r["regs"] for r in ok]
+        occ = min((occupancy_h100(r["regs"], r["num_warps"], r["shared"]) for r in ok), default=0)
+        w(f"| {kernel} | sm_{cc} | {len(rs)} | {min(regs, default=0)}-{max(regs, default=0)} | "
+          f"{max((r['local'] for r in ok), default=0)} | {max((r['shared'] for r in ok), default=0)} | "
+          f"{100 * occ:.0f}% | {BUDGETS.get(kernel, DEFAULT_BUDGET)} | "
+          f"{'ok' if not fails else f'{fails} FAIL'} |")
+    w("")
+    w("Registers by class-count bucket (sm_90, all dtypes and layouts):")
+    w("")
+    w("| kernel | tile (classes x pixels) | registers | H100 occupancy |")
+    w("|---|---|---|---:|")
+    buckets = {}
+    for r in results:
+        if r["cc"] != 90 or r["error"]:
+            continue
+        key = (r["kernel"], _bucket(r["labels"]))
+        buckets.setdefault(key, []).append(r)
+    for (kernel, bucket), rs in sorted(buckets.items()):
+        regs = [r["regs"] for r in rs]
+        occ = min(occupancy_h100(r["regs"], r["num_warps"], r["shared"]) for r in rs)
+        w(f"| {kernel} | {bucket} | {min(regs)}-{max(regs)} | {100 * occ:.0f}% |")
+    w("")
+    w("Roofline on H100 SXM (3.35 TB/s HBM3): minimal bytes each op moves with bf16 logits and")
+    w("uint8 labels, and the time that takes at full bandwidth. The GPU column stays empty until a")
+    w("run on a GPU fills it.")
+    w("")
+    w("| op | shape (N, C, H, W) | minimal MB | roofline us | GPU us |")
+    w("|---|---|---:|---:|---:|")
+    for op in ("pixel_stats", "pixel_stats_backward", "cross_entropy (fwd+grad)", "fixmatch (fwd+grad)",
+               "grad_output scaling (CUDA backward)"):
+        for name, shape in ROOFLINE_SHAPES.items():
+            b = minimal_bytes(op, shape)
+            w(f"| {op} | {name} {shape} | {b / 1e6:.1f} | {b / H100_BANDWIDTH * 1e6:.1f} | |")
+    w("")
+    w("On CUDA the losses' backward multiplies the saved gradient by the incoming gradient (one read")
+    w("and one write of it), because testing that gradient for 1 would need a host sync; on the CPU")
+    w("that test is free and the usual `loss.backward()` skips the pass.")
+    w("")
+    w("CUDA C++ sources: none. The CUDA path is Triton only, so there is nothing for `nvcc -c`.")
+    w(RESULTS_END)
+    return "\n".join(lines)
+
+
+def _bucket(labels: list) -> str:
+    """The tile configuration a launch label's class count selects, e.g. '32 classes x 32 px, 4 warps'."""
+    from .triton._common import block_config
+
+    c = int(labels[0].split()[0].split("=")[1])
+    block_p, block_c, chunks, warps = block_config(c)
+    kind = "1 chunk" if chunks == 1 else "chunked"
+    return f"{block_c} x {block_p} px, {kind}, {warps} warps"
+
+
+def write_results_section(section: str, path: str) -> None:
+    text = open(path).read() if os.path.exists(path) else ""
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        head = text[: text.index(RESULTS_BEGIN)]
+        tail = text[text.index(RESULTS_END) + len(RESULTS_END):]
+        text = head + section + tail
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="compute capabilities, e.g. 80,90")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
+    ap.add_argument("--write-results", action="store_true", help="refresh the section in benchmarks/RESULTS.md")
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      "benchmarks", "RESULTS.md"))
+    args = ap.parse_args(argv)
+    targets = tuple(int(t) for t in args.targets.split(","))
+    t0 = time.time()
+    launches = sweep()
+    jobs = jobs_for(launches, targets)
+    print(f"gpu_check: {len(launches)} recorded launches -> {len(jobs)} distinct compilations "
+          f"for {', '.join(f'sm_{t}' for t in targets)}", flush=True)
+    results = compile_all(jobs, args.jobs)
+    seconds = time.time() - t0
+    failures = [(r, judge(r)) for r in results if judge(r)]
+    for r, problems in failures:
+        print(f"FAIL {r['kernel']} sm_{r['cc']} [{'; '.join(r['labels'][:3])}]: {'; '.join(problems)}")
+    print(render(results, seconds).replace(RESULTS_BEGIN, "").replace(RESULTS_END, ""))
+    if args.write_results:
+        write_results_section(render(results, seconds), args.results)
+        print("wrote", args.results)
+    print(f"gpu_check: {len(results) - len(failures)}/{len(results)} ok in {seconds:.0f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
