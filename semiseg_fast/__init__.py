@@ -1,7 +1,15 @@
 """semiseg_fast: fused kernels for semi-supervised semantic segmentation."""
+from . import u2pl
 from ._backend import BACKENDS, backend, cpp_available, get_backend
-from .losses import FixMatchLoss, PseudoLabelCrossEntropy
-from .ops import PixelStats, fixmatch_loss, pixel_stats, pseudo_label_cross_entropy
+from .losses import FixMatchLoss, PseudoLabelCrossEntropy, U2PLLoss
+from .ops import (
+    PixelStats,
+    entropy_percentile,
+    fixmatch_loss,
+    negative_class_mask,
+    pixel_stats,
+    pseudo_label_cross_entropy,
+)
 from .utils import cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit
 
 __version__ = "0.1.0"
@@ -11,14 +19,18 @@ cpp_available()  # loads semiseg_fast._C (the CPU kernels) if it was built
 __all__ = [
     "BACKENDS",
     "FixMatchLoss",
-    "PseudoLabelCrossEntropy",
     "PixelStats",
+    "PseudoLabelCrossEntropy",
+    "U2PLLoss",
     "backend",
     "cpu_cache_info",
     "empty_cpu_cache",
+    "entropy_percentile",
     "fixmatch_loss",
     "get_backend",
+    "negative_class_mask",
     "pixel_stats",
     "pseudo_label_cross_entropy",
     "set_cpu_cache_limit",
+    "u2pl",
 ]

@@ -12,6 +12,7 @@ INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 NORMALIZERS = {"valid": 0, "weighted": 1, "total": 2, "confident": 4}
 NORM_VALUE = 3
+NORM_TENSOR = 5
 
 
 def tensor(x: object, name: str) -> torch.Tensor:
@@ -91,12 +92,18 @@ def reduction(r: object) -> int:
     return REDUCTIONS[r]  # type: ignore[index]
 
 
-def normalizer(n: object, allowed: Sequence[str]) -> tuple[int, float]:
-    """(mode code, value) of a mean's denominator: a name from ``allowed`` or a positive number."""
+def normalizer(n: object, allowed: Sequence[str], like: Optional[torch.Tensor] = None) -> tuple[int, float]:
+    """(mode code, value) of a mean's denominator: a name from ``allowed``, a positive number, or
+    (when ``like`` is given) a 0-dim tensor on ``like``'s device, read by the kernel itself."""
     if isinstance(n, str):
         if n not in allowed:
             raise ValueError(f"normalizer: expected one of {', '.join(map(repr, allowed))} or a positive number, got {n!r}")
         return NORMALIZERS[n], 0.0
+    if isinstance(n, torch.Tensor) and like is not None:
+        if n.dim() != 0 or not (n.dtype.is_floating_point or not n.dtype.is_complex):
+            raise ValueError(f"normalizer: expected a 0-dim real tensor, got shape {tuple(n.shape)} {n.dtype}")
+        same_device(like, n, "normalizer", "logits")
+        return NORM_TENSOR, 0.0
     return NORM_VALUE, number(n, "normalizer", low=0.0, low_open=True)
 
 

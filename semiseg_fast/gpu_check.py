@@ -42,6 +42,8 @@ BUDGETS = {
     "pixel_stats_backward_kernel": 80,
     "cross_entropy_kernel": 80,
     "fixmatch_kernel": 80,
+    "negative_mask_kernel": 80,
+    "radix_histogram_kernel": 80,
 }
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3 (NVIDIA's figure)
 ROOFLINE_SHAPES = {"VOC": (16, 21, 513, 513), "Cityscapes": (8, 19, 1024, 1024)}
@@ -81,6 +83,8 @@ def sweep() -> list:
     """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make."""
     from .triton.cross_entropy import cross_entropy
     from .triton.fixmatch import fixmatch
+    from .triton.negative_mask import negative_mask
+    from .triton.percentile import percentile
     from .triton.pixel_stats import pixel_stats, pixel_stats_backward
 
     calls = []  # (label, thunk)
@@ -97,8 +101,9 @@ def sweep() -> list:
                         (label, lambda x=x: pixel_stats(x, 1.0)),
                         (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, f, f, 1.0)),
                         (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, None, f, 1.0)),
-                        (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, True, False)),
+                        (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, None, True, False)),
                         (label, lambda x=x, t=u8: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True)),
+                        (label, lambda x=x: negative_mask(x, min(3, c - 1), 20)),
                     ]
     # Options, at the most common class count.
     n, h, w = SWEEP_SHAPES[0]
@@ -115,11 +120,19 @@ def sweep() -> list:
                         if need_ce and wt is None:
                             continue
                         calls.append((label, lambda x=x, t=t, wt=wt, r=red, g=need_grad, ce=need_ce:
-                                      cross_entropy(x, t, wt, 255, r, 0, 0.0, g, ce)))
+                                      cross_entropy(x, t, wt, 255, r, 0, 0.0, None, g, ce)))
             for mask in (None, torch.bool, torch.int64):
                 m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
                 for need_grad in (True, False):
                     calls.append((label, lambda x=x, m=m, g=need_grad: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g)))
+    # entropy_percentile: fp32 entropy maps, with and without a valid mask, 1 to 3 percentiles.
+    for (n, h, w) in SWEEP_SHAPES:
+        ent = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+        valid = torch.empty((n, h, w), dtype=torch.bool, device="meta")
+        for qs in ([80.0], [80.0, 20.0, 80.0]):
+            for v in (valid, None):
+                calls.append((f"entropy {h}x{w} q={len(qs)} valid={v is not None}",
+                              lambda e=ent, v=v, qs=qs: percentile(e, v, qs)))
     out = []
     for label, thunk in calls:
         for kernel, grid, args, kwargs in record_launches(thunk):
@@ -342,6 +355,8 @@ def _bucket(labels: list) -> str:
     """The tile configuration a launch label's class count selects, e.g. '32 classes x 32 px, 4 warps'."""
     from .triton._common import block_config
 
+    if not labels[0].startswith("C="):
+        return "per-element (no class tile)"
     c = int(labels[0].split()[0].split("=")[1])
     block_p, block_c, chunks, warps = block_config(c)
     kind = "1 chunk" if chunks == 1 else "chunked"

@@ -308,8 +308,35 @@ void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int
   }
 }
 
+// rank_c = #{c' : x_c' > x_c} + #{c' < c : x_c' == x_c}: the position of c in a stable
+// descending sort, found by comparisons alone (C^2 per pixel, all in registers).
+void negative_mask_range(const NegativeMaskArgs& a, int64_t t0, int64_t t1) {
+  const Shape& S = a.shape;
+  const int64_t P = a.tiling.P, C = S.C, HW = S.hw();
+  Scratch sc(C, P);
+  std::vector<int32_t> inside(C * P);
+  const float* tile = sc.tile.data();
+  for (int64_t t = t0; t < t1; ++t) {
+    const TilePos tp = tile_pos(S, a.tiling, t);
+    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
+    for (int64_t v = 0; v < P; v += kVL) {
+      for (int64_t c = 0; c < C; ++c) {
+        const vf xc = vload(tile + c * P + v);
+        vi rank{};
+        for (int64_t k = 0; k < c; ++k) rank -= vload(tile + k * P + v) >= xc;  // true is -1
+        for (int64_t k = c + 1; k < C; ++k) rank -= vload(tile + k * P + v) > xc;
+        vstorei(inside.data() + c * P + v, (rank >= (int32_t)a.low_rank) & (rank < (int32_t)a.high_rank));
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      uint8_t* dst = a.out + (tp.n * C + c) * HW + tp.hw0;
+      for (int64_t p = 0; p < tp.np; ++p) dst[p] = inside[c * P + p] != 0;
+    }
+  }
+}
+
 const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
-                                pixel_stats_backward_range, SSF_ISA_NAME};
+                                pixel_stats_backward_range, negative_mask_range, SSF_ISA_NAME};
   return t;
 }

@@ -120,6 +120,15 @@ struct PixelStatsBackwardArgs {
   GradOut grad;
 };
 
+// Classes whose rank by value (0 = largest, ties broken by class index) is in [low, high).
+struct NegativeMaskArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits logits;
+  int64_t low_rank = 0, high_rank = 0;
+  uint8_t* out = nullptr;  // (N, C, H, W) contiguous bool
+};
+
 // Per-tile partial counts used for the mean's denominator.
 struct DenominatorArgs {
   Shape shape;
@@ -139,6 +148,7 @@ struct KernelTable {
   void (*fixmatch)(const FixMatchArgs&, int64_t, int64_t);
   void (*denominator)(const DenominatorArgs&, int64_t, int64_t);
   void (*pixel_stats_backward)(const PixelStatsBackwardArgs&, int64_t, int64_t);
+  void (*negative_mask)(const NegativeMaskArgs&, int64_t, int64_t);
   const char* name;
 };
 

@@ -183,6 +183,26 @@ at::Tensor pixel_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& 
   return grad;
 }
 
+at::Tensor negative_mask_cpu(const at::Tensor& logits, int64_t low_rank, int64_t high_rank) {
+  check_logits(logits, "logits_or_probs");
+  const Shape S = shape_of(logits);
+  TORCH_CHECK(low_rank >= 0 && low_rank < S.C && low_rank < high_rank, "negative_class_mask: low_rank=", low_rank,
+              ", high_rank=", high_rank, " select nothing for C=", S.C);
+  NegativeMaskArgs a;
+  a.shape = S;
+  a.tiling = make_tiling(S);
+  a.logits = logits_view(logits);
+  a.low_rank = low_rank;
+  a.high_rank = high_rank;
+  at::Tensor out = empty_output({S.N, S.C, S.H, S.W}, at::TensorOptions().dtype(at::kBool));
+  a.out = reinterpret_cast<uint8_t*>(out.data_ptr<bool>());
+  if (S.N * S.H * S.W > 0) {
+    const auto& k = table();
+    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.negative_mask(a, b, e); });
+  }
+  return out;
+}
+
 enum Reduction { kNone = 0, kMean = 1, kSum = 2 };
 enum Normalizer { kValid = 0, kWeighted = 1, kTotal = 2, kValue = 3, kConfident = 4 };
 
@@ -309,6 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
 TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_pixel_stats", &ssf::pixel_stats_cpu);
   m.impl("_cpp_pixel_stats_backward", &ssf::pixel_stats_backward_cpu);
+  m.impl("_cpp_negative_mask", &ssf::negative_mask_cpu);
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
 }

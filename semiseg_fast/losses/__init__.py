@@ -1,5 +1,6 @@
 """nn.Module losses that drop into existing training code."""
 from .fixmatch import FixMatchLoss
 from .pseudo_label import PseudoLabelCrossEntropy
+from .u2pl import U2PLLoss, U2PLOutput
 
-__all__ = ["FixMatchLoss", "PseudoLabelCrossEntropy"]
+__all__ = ["FixMatchLoss", "PseudoLabelCrossEntropy", "U2PLLoss", "U2PLOutput"]

@@ -11,7 +11,7 @@ from .._backend import resolve
 from ._grad import scaled_grad
 
 _NONE, _MEAN, _SUM = 0, 1, 2
-_VALID, _WEIGHTED, _TOTAL, _VALUE = 0, 1, 2, 3
+_VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
 
 
 @torch.library.custom_op("semiseg_fast::pseudo_label_cross_entropy", mutates_args=())
@@ -23,12 +23,15 @@ def _cross_entropy_op(
     reduction: int,
     norm_mode: int,
     norm_value: float,
+    norm_tensor: Optional[torch.Tensor],
     need_grad: bool,
     need_ce: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor)."""
     if backend == "cpp":
+        if norm_mode == _TENSOR:  # a CPU scalar: reading it is free (0 still gives a loss of 0)
+            norm_mode, norm_value = _VALUE, float(norm_tensor)
         return tuple(
             torch.ops.semiseg_fast._cpp_cross_entropy(
                 logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce
@@ -38,11 +41,13 @@ def _cross_entropy_op(
         _checks.target_values(target, logits.shape[1], ignore_index)
     from ..triton.cross_entropy import cross_entropy as triton_cross_entropy
 
-    return triton_cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce)
+    return triton_cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor,
+                                need_grad, need_ce)
 
 
 @_cross_entropy_op.register_fake
-def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce, backend):
+def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce,
+      backend):
     n, _, h, w = logits.shape
     f32 = dict(dtype=torch.float32)
     loss = logits.new_empty((n, h, w) if reduction == _NONE else (), **f32)
@@ -52,16 +57,16 @@ def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, ne
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce, _ = inputs
+    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, _ = inputs
     loss, grad, ce = output
     ctx.mark_non_differentiable(grad, ce)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
     # The weight's gradient needs the per-pixel ce; otherwise only the logits' gradient is kept.
-    ctx.save_for_backward(grad, *((ce, weight, target, loss) if need_ce else (None,) * 4))
+    ctx.save_for_backward(grad, *((ce, weight, target, loss, norm_tensor) if need_ce else (None,) * 5))
 
 
-def _weight_grad(ctx, g, ce, weight, target, loss):
+def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
     valid = target != ctx.ignore_index
     if ctx.reduction == _NONE:
         return (g * ce).to(weight.dtype)
@@ -74,6 +79,8 @@ def _weight_grad(ctx, g, ce, weight, target, loss):
         denom = (wf * valid).sum()
     elif ctx.norm_mode == _TOTAL:
         denom = torch.tensor(float(ce.numel()), device=ce.device)
+    elif ctx.norm_mode == _TENSOR:
+        denom = norm_tensor.float()
     else:
         denom = torch.tensor(ctx.norm_value, device=ce.device)
     inv = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
@@ -82,15 +89,13 @@ def _weight_grad(ctx, g, ce, weight, target, loss):
 
 
 def _backward(ctx, g_loss, _g_grad, _g_ce):
-    grad, ce, weight, target, loss = ctx.saved_tensors
+    grad, ce, weight, target, loss, norm_tensor = ctx.saved_tensors
     grad_logits = grad_weight = None
-    if g_loss is None:
-        return grad_logits, None, grad_weight, None, None, None, None, None, None, None
-    if ctx.needs_input_grad[0]:
+    if g_loss is not None and ctx.needs_input_grad[0]:
         grad_logits = scaled_grad(grad, g_loss)
-    if ctx.needs_input_grad[2]:
-        grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss)
-    return grad_logits, None, grad_weight, None, None, None, None, None, None, None
+    if g_loss is not None and ctx.needs_input_grad[2]:
+        grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss, norm_tensor)
+    return grad_logits, None, grad_weight, None, None, None, None, None, None, None, None
 
 
 _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
@@ -116,8 +121,9 @@ def pseudo_label_cross_entropy(
         ignore_index: the target value to ignore (255, as in every segmentation codebase).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-pixel (N, H, W) loss, 0 where ignored).
         normalizer: the denominator of ``"mean"``: ``"valid"`` = non-ignored pixels,
-            ``"weighted"`` = sum of their weights, ``"total"`` = all N*H*W pixels, or a positive
-            number. A zero denominator gives a loss of 0.
+            ``"weighted"`` = sum of their weights, ``"total"`` = all N*H*W pixels, a positive
+            number, or a 0-dim tensor on the logits' device (a denominator computed on the
+            device, read by the kernel: no host sync). A zero denominator gives a loss of 0.
 
     Returns:
         The fp32 loss. Its gradient is computed in the forward pass and kept (one tensor the
@@ -128,7 +134,8 @@ def pseudo_label_cross_entropy(
     weight = _checks.weight(weight, logits)
     ignore_index = _checks.integer(ignore_index, "ignore_index")
     red = _checks.reduction(reduction)
-    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "weighted", "total"))
+    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "weighted", "total"), like=logits)
+    norm_tensor = normalizer if norm_mode == _TENSOR else None
     impl = resolve(logits.device)
     if impl == "reference":
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
@@ -138,6 +145,6 @@ def pseudo_label_cross_entropy(
     need_grad = grad_on and logits.requires_grad
     need_ce = grad_on and weight is not None and weight.requires_grad
     loss, _, _ = _cross_entropy_op(
-        logits, target, weight, ignore_index, red, norm_mode, norm_value, need_grad, need_ce, impl
+        logits, target, weight, ignore_index, red, norm_mode, norm_value, norm_tensor, need_grad, need_ce, impl
     )
     return loss

@@ -8,7 +8,7 @@ import triton.language as tl
 from ._common import block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
 
 _NONE, _MEAN, _SUM = 0, 1, 2
-_VALID, _WEIGHTED, _TOTAL, _VALUE = 0, 1, 2, 3
+_VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
 
 
 @triton.jit
@@ -59,8 +59,10 @@ def _inverse(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
 
 
-def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, numel, device):
+def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, numel, device):
     """The mean's denominator as a device tensor (no host sync)."""
+    if norm_mode == _TENSOR:
+        return norm_tensor.to(torch.float32)
     if norm_mode == _TOTAL:
         return torch.tensor(float(numel), device=device)
     if norm_mode == _VALUE:
@@ -71,14 +73,15 @@ def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, numel,
     return valid.sum().float()
 
 
-def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce):
+def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad,
+                  need_ce):
     n, c, h, w = logits.shape
     dev = logits.device
     block_p, block_c, chunks, warps = block_config(c)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     if reduction == _MEAN:
-        inv = _inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, n * h * w, dev))
+        inv = _inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev))
     else:
         inv = torch.ones((), device=dev)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))

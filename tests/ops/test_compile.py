@@ -64,7 +64,7 @@ def test_opcheck(op):
     cases = {
         "pixel_stats": (ops.pixel_stats.default, (x, 1.0, "cpp")),
         "pseudo_label_cross_entropy": (ops.pseudo_label_cross_entropy.default,
-                                       (x, t, w, 255, 1, 0, 0.0, True, False, "cpp")),
+                                       (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp")),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
     }
     fn, args = cases[op]

@@ -205,3 +205,21 @@ def test_logits_unchanged(backend):
     before = x.detach().clone()
     run(backend, x, make_target(2, 7, 3, 5)).backward()
     assert torch.equal(x.detach(), before)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_tensor_normalizer(backend):
+    x = make_logits(2, 7, 3, 5, requires_grad=True)
+    t = make_target(2, 7, 3, 5)
+    w = torch.rand(2, 3, 5, requires_grad=True)
+    denom = torch.tensor(3.25)
+    loss = run(backend, x, t, weight=w, normalizer=denom)
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = run("reference", x2, t, weight=w2, normalizer=3.25)
+    rx, rw = torch.autograd.grad(ref, (x2, w2))
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    zero = run(backend, x, t, normalizer=torch.tensor(0.0))
+    assert zero == 0 and torch.all(torch.autograd.grad(zero, x)[0] == 0)

@@ -1,14 +1,16 @@
-"""Plain PyTorch versions of every op, written the way the research code writes them.
+"""Plain PyTorch versions of the core ops, written the way the research code writes them.
 
 They are the ground truth of the tests, the ``reference`` backend, and the baseline of the
 benchmarks. Each one computes in fp32 (fp64 for fp64 inputs), like the official code that
-calls ``.float()`` or runs without autocast. They make no host syncs, so that
+calls ``.float()`` or runs without autocast. They make no host syncs (except
+``entropy_percentile``, which is NumPy on the host exactly as in U2PL), so that
 ``torch.compile(fullgraph=True)`` of them is a fair baseline.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +41,8 @@ def _mean_denominator(valid, w, normalizer, numel):
         return (w * valid).sum() if w is not None else valid.sum().float()
     if normalizer == "total":
         return torch.tensor(float(numel))
+    if isinstance(normalizer, torch.Tensor):
+        return normalizer
     return torch.tensor(float(normalizer))
 
 
@@ -107,3 +111,25 @@ def fixmatch_loss(
         return loss
     ratio = _safe_div(mask.sum().double(), valid.sum().double()).float()
     return loss, ratio
+
+
+def entropy_percentile(entropy: torch.Tensor, valid: Optional[torch.Tensor], q: list):
+    """U2PL's threshold: ``np.percentile`` of the valid entropies on the host (in float64 here, the
+    reference semantics of the fused op), NaN where NumPy has nothing to take a percentile of."""
+    x = entropy.detach()
+    if valid is not None:
+        x = x[valid]
+    a = x.double().cpu().numpy().reshape(-1)
+    if a.size == 0:
+        res = np.full(len(q), np.nan)
+    else:
+        res = np.percentile(a, q)
+    return torch.as_tensor(np.asarray(res, dtype=np.float64)).float().to(entropy.device)
+
+
+def negative_class_mask(x: torch.Tensor, low_rank: int, high_rank: int) -> torch.Tensor:
+    """U2PL's rank masks: sort the classes, then per class test whether it appears among the sorted
+    positions [low_rank, high_rank) (O(C^2 HW), as the official code builds them). The sort is
+    stable here so that ties have one defined answer."""
+    idx = torch.sort(x.detach(), dim=1, descending=True, stable=True).indices[:, low_rank:high_rank]
+    return torch.stack([(idx == c).any(dim=1) for c in range(x.shape[1])], dim=1)

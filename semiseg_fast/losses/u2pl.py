@@ -1,0 +1,127 @@
+"""U2PL's three losses with its epoch schedules, as one module for a user's training loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _checks
+from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
+from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
+from ..u2pl.unsupervised import _loss_from_entropy
+
+
+@dataclass
+class U2PLOutput:
+    total: torch.Tensor
+    supervised: torch.Tensor
+    unsupervised: torch.Tensor
+    contrastive: torch.Tensor
+    drop_percent: float  # the unsupervised loss's entropy percentile this epoch
+    alpha_t: float       # the contrastive term's reliable/unreliable percentage this epoch
+
+
+class U2PLLoss(nn.Module):
+    """U2PL (Wang et al., CVPR 2022): supervised CE + entropy-filtered unsupervised CE +
+    contrastive loss with unreliable pixels as negatives, with U2PL's per-epoch schedules.
+
+    Per step, given the student's predictions on the labeled and the (CutMix-ed) unlabeled
+    batch, the pseudo-labels, and the teacher's logits on the same unlabeled batch::
+
+        out = criterion(pred_l, label_l, pred_u, pseudo_u, teacher_u, epoch,
+                        rep=rep_all, rep_teacher=rep_all_teacher, prob_teacher=prob_all_teacher)
+        out.total.backward()
+
+    ``pred_*`` and ``teacher_u`` are full-resolution (N, C, H, W) logits; ``rep``, ``rep_teacher``
+    (B_l + B_u, D, h, w) and ``prob_teacher`` (B_l + B_u, C, h, w) are at feature resolution, labeled
+    images first, as in the official ``train_semi.py``. The contrastive term is skipped when
+    ``rep`` is None or the module was built with ``contrastive=False``.
+
+    Defaults follow the paper: contrastive weight 0.1 (the official code uses 1, divided by the
+    number of GPUs through an all_reduce that autograd does not see, so 0.25 on 4 GPUs), negatives
+    as the paper defines them; ``official_quirks=True`` switches the contrastive term to the
+    official code's behaviour (see :func:`semiseg_fast.u2pl.u2pl_contrastive_loss`). The memory
+    bank is a submodule: it moves with ``.to()`` and is saved in ``state_dict()``.
+    """
+
+    def __init__(self, num_classes: int, epochs: int, rep_dim: int = 256, ignore_index: int = 255,
+                 drop_percent: float = 80.0, unsupervised_weight: float = 1.0, contrastive: bool = True,
+                 contrastive_weight: float = 0.1, alpha_0: float = 20.0, low_rank: int = 3, high_rank: int = 20,
+                 current_class_threshold: float = 0.3, current_class_negative_threshold: float = 1.0,
+                 temperature: float = 0.5, num_queries: int = 256, num_negatives: int = 50,
+                 bank_capacity: int = 30000, first_class_capacity: Optional[int] = 50000, push_limit: int = 4096,
+                 sup_only_epochs: int = 0, official_quirks: bool = False):
+        super().__init__()
+        self.num_classes = _checks.integer(num_classes, "num_classes")
+        self.epochs = _checks.integer(epochs, "epochs")
+        if self.num_classes < 2 or self.epochs < 1:
+            raise ValueError(f"num_classes, epochs: expected >= 2 and >= 1, got {num_classes}, {epochs}")
+        if contrastive and low_rank >= num_classes:
+            raise ValueError(f"low_rank: expected < num_classes={num_classes}, got {low_rank}: the contrastive term "
+                             "would have no negatives (use low_rank=1 for 2- or 3-class datasets)")
+        if contrastive and high_rank <= low_rank:
+            raise ValueError(f"high_rank: expected > low_rank={low_rank}, got {high_rank}")
+        self.ignore_index = ignore_index
+        self.initial_drop_percent = drop_percent
+        self.unsupervised_weight = unsupervised_weight
+        self.contrastive_weight = contrastive_weight
+        self.alpha_0 = alpha_0
+        self.sup_only_epochs = sup_only_epochs
+        self.contrastive_kwargs = dict(
+            low_rank=low_rank, high_rank=high_rank, current_class_threshold=current_class_threshold,
+            current_class_negative_threshold=current_class_negative_threshold, temperature=temperature,
+            num_queries=num_queries, num_negatives=num_negatives, push_limit=push_limit, ignore_index=ignore_index,
+            official_quirks=official_quirks,
+        )
+        self.bank: Optional[ClassMemoryBank] = None
+        if contrastive:
+            caps = [bank_capacity] * num_classes
+            if first_class_capacity is not None:
+                caps[0] = first_class_capacity
+            self.bank = ClassMemoryBank(num_classes, rep_dim, capacity=caps)
+
+    def forward(self, pred_l: torch.Tensor, label_l: torch.Tensor, pred_u: torch.Tensor, pseudo_u: torch.Tensor,
+                teacher_u: torch.Tensor, epoch: int, rep: Optional[torch.Tensor] = None,
+                rep_teacher: Optional[torch.Tensor] = None, prob_teacher: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None,
+                draws: Optional[ContrastiveDraws] = None) -> U2PLOutput:
+        sup = pseudo_label_cross_entropy(pred_l, label_l, ignore_index=self.ignore_index)
+        percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
+        at = alpha_t(epoch, self.epochs, self.alpha_0)
+        zero = (pred_u.sum() * 0.0).float()
+        if epoch < self.sup_only_epochs:
+            return U2PLOutput(sup + zero, sup, zero, zero, percent, at)
+        with torch.no_grad():
+            entropy = pixel_stats(teacher_u.detach()).entropy
+            valid_u = pseudo_u != self.ignore_index
+            # one selection pass for the drop threshold and both contrastive thresholds
+            thresholds = entropy_percentile(entropy, valid_u, [percent, at, 100.0 - at])
+        unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index)
+        contra = zero
+        if self.bank is not None and rep is not None:
+            contra = self._contrastive(label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher,
+                                       prob_teacher, generator, draws)
+        total = sup + self.unsupervised_weight * unsup + self.contrastive_weight * contra
+        return U2PLOutput(total, sup, unsup, contra, percent, at)
+
+    def _contrastive(self, label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher, prob_teacher,
+                     generator, draws):
+        if rep_teacher is None or prob_teacher is None:
+            raise ValueError("rep_teacher, prob_teacher: required with rep for the contrastive term")
+        b_l = label_l.shape[0]
+        with torch.no_grad():
+            low_u = (entropy <= thresholds[1]) & valid_u
+            high_u = (entropy >= thresholds[2]) & valid_u
+            labeled_valid = label_l != self.ignore_index
+            size = rep.shape[-2:]
+            # U2PL downsamples masks and labels with PyTorch's (legacy) nearest rule
+            small = lambda t: F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0]
+            reliable = small(torch.cat([labeled_valid, low_u])) > 0.5
+            unreliable = small(torch.cat([labeled_valid, high_u])) > 0.5
+            labels = small(torch.cat([label_l.long(), pseudo_u.long()])).long()
+            is_labeled = torch.arange(rep.shape[0], device=rep.device) < b_l
+        return u2pl_contrastive_loss(rep, rep_teacher, prob_teacher, labels, reliable, unreliable, is_labeled,
+                                     self.bank, generator=generator, draws=draws, **self.contrastive_kwargs)

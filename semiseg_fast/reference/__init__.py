@@ -1,0 +1,23 @@
+"""Plain PyTorch (and, where the official code uses it, NumPy) versions of every op, written
+the way the research code writes them: the ground truth of the tests, the ``reference``
+backend, and the baseline of the benchmarks. ``reference.u2pl`` transcribes U2PL's official
+loss functions and memory bank."""
+from . import u2pl
+from .core import (
+    entropy_percentile,
+    fixmatch_loss,
+    label_dtype,
+    negative_class_mask,
+    pixel_stats,
+    pseudo_label_cross_entropy,
+)
+
+__all__ = [
+    "entropy_percentile",
+    "fixmatch_loss",
+    "label_dtype",
+    "negative_class_mask",
+    "pixel_stats",
+    "pseudo_label_cross_entropy",
+    "u2pl",
+]

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import semiseg_fast as sf
+from semiseg_fast.reference import u2pl as ref
+from semiseg_fast.u2pl import ContrastiveDraws, alpha_t, drop_percent
+from tests.u2pl.test_unsupervised import teacher_with_separated_entropies
+
+C, D, H, W, h, w = 5, 8, 17, 17, 5, 5
+BL, BU, Q, NEG = 2, 2, 8, 4
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pred_l = torch.randn(BL, C, H, W, generator=g, requires_grad=True)
+    label_l = torch.randint(0, C, (BL, H, W), generator=g)
+    label_l[:, :2] = 255
+    pred_u = torch.randn(BU, C, H, W, generator=g, requires_grad=True)
+    teacher_u = teacher_with_separated_entropies(BU, C, H, W, seed=seed)
+    pseudo_u = teacher_u.argmax(1)
+    rep = torch.randn(BL + BU, D, h, w, generator=g, requires_grad=True)
+    rep_t = torch.randn(BL + BU, D, h, w, generator=g)
+    prob_t = torch.softmax(torch.randn(BL + BU, C, h, w, generator=g) * 2, 1)
+    return pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_t, prob_t
+
+
+def official_composition(pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_t, prob_t, epoch, epochs, bank,
+                         draws, quirks):
+    """train_semi.py's loss block, from the official transcription and NumPy thresholds."""
+    sup = F.cross_entropy(pred_l, label_l, ignore_index=255)
+    percent = drop_percent(epoch, epochs)
+    unsup = ref.unsupervised_loss(pred_u, pseudo_u, percent, teacher_u)
+    at = alpha_t(epoch, epochs)
+    ent = ref.official_entropy(teacher_u)
+    valid = pseudo_u != 255
+    vals = ent[valid].numpy().astype(np.float64)
+    low_t, high_t = np.percentile(vals, at), np.percentile(vals, 100 - at)
+    low_u = ent.le(torch.tensor(low_t, dtype=torch.float32)) & valid
+    high_u = ent.ge(torch.tensor(high_t, dtype=torch.float32)) & valid
+    small = lambda t: F.interpolate(t[:, None].float(), size=(h, w), mode="nearest")[:, 0]
+    rel = small(torch.cat([label_l != 255, low_u])).bool()
+    unrel = small(torch.cat([label_l != 255, high_u])).bool()
+    labels = small(torch.cat([label_l, pseudo_u])).long()
+    isl = torch.tensor([True] * BL + [False] * BU)
+    contra = ref.contrastive_loss(rep, rep_t, prob_t, labels, rel, unrel, isl, bank,
+                                  {k: draws.anchors[k] for k in range(C)}, {k: draws.negatives[k] for k in range(C)},
+                                  low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG, official_quirks=quirks)
+    return sup + unsup + 0.1 * contra
+
+
+@pytest.mark.parametrize("official_quirks", [False, True])
+def test_matches_the_official_training_step(official_quirks):
+    epochs = 4
+    crit = sf.U2PLLoss(C, epochs, rep_dim=D, low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG,
+                       bank_capacity=30, first_class_capacity=40, official_quirks=official_quirks)
+    official_bank = ref.MemoryBank(C, D, [40] + [30] * (C - 1))
+    for epoch in range(epochs):
+        data = batch(epoch)
+        g = torch.Generator().manual_seed(epoch)
+        draws = ContrastiveDraws(torch.randint(0, 10**6, (C, Q), generator=g),
+                                 torch.randint(0, 10**6, (C, Q * NEG), generator=g))
+        out = crit(*data[:5], epoch, rep=data[5], rep_teacher=data[6], prob_teacher=data[7], draws=draws)
+        grads = torch.autograd.grad(out.total, [data[0], data[2], data[5]])
+        expected = official_composition(*data, epoch, epochs, official_bank, draws, official_quirks)
+        ref_grads = torch.autograd.grad(expected, [data[0], data[2], data[5]])
+        torch.testing.assert_close(out.total, expected, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        assert out.drop_percent == drop_percent(epoch, epochs) and out.alpha_t == alpha_t(epoch, epochs)
+
+
+def test_sup_only_epochs_and_no_contrastive():
+    data = batch()
+    crit = sf.U2PLLoss(C, 10, rep_dim=D, sup_only_epochs=1, low_rank=1, high_rank=4)
+    out = crit(*data[:5], 0, rep=data[5], rep_teacher=data[6], prob_teacher=data[7])
+    assert out.unsupervised == 0 and out.contrastive == 0
+    torch.testing.assert_close(out.total, F.cross_entropy(data[0], data[1], ignore_index=255))
+    plain = sf.U2PLLoss(C, 10, contrastive=False)
+    out = plain(*data[:5], 3)
+    assert out.contrastive == 0 and out.unsupervised > 0 and plain.bank is None
+
+
+def test_bank_is_saved_with_the_module():
+    data = batch()
+    crit = sf.U2PLLoss(C, 10, rep_dim=D, low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG)
+    crit(*data[:5], 2, rep=data[5], rep_teacher=data[6], prob_teacher=data[7])
+    state = crit.state_dict()
+    assert "bank.keys" in state and int(state["bank.length"].sum()) > 0
+
+
+def test_rank_settings_that_select_nothing_are_refused():
+    with pytest.raises(ValueError, match="low_rank: expected < num_classes=3, got 3"):
+        sf.U2PLLoss(3, 10)
