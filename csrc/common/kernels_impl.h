@@ -13,14 +13,26 @@
 #include "simd.h"
 #include "tiles.h"
 
+// A tile of C classes x P pixels as the kernels read it: element (c, v) at p[c * cs + v]. Either
+// the scratch tile (cs = P) or, for fp32 tiles whose pixels are contiguous, the tensor itself
+// (cs = its class stride), so the math streams from memory without a copy.
+struct TileIn {
+  const float* p;
+  int64_t cs;
+};
+struct TileOut {
+  float* p;  // nullptr: no gradient wanted
+  int64_t cs;
+};
+
 // Max and first argmax over classes, NaN-propagating like torch.max: the first NaN wins.
-SSF_INLINE void max_argmax(const float* tile, int64_t C, int64_t P, int64_t v, vf& m, vi& idx) {
-  m = vload(tile + v);
+SSF_INLINE void max_argmax(TileIn x, int64_t C, int64_t v, vf& m, vi& idx) {
+  m = vload(x.p + v);
   idx = vi{};
   vi cv = vi{};
   for (int64_t c = 1; c < C; ++c) {
     cv += 1;
-    const vf xc = vload(tile + c * P + v);
+    const vf xc = vload(x.p + c * x.cs + v);
     const vi take = (xc > m) | ((xc != xc) & (m == m));
     m = vselect(take, xc, m);
     idx = vselecti(take, cv, idx);
@@ -28,16 +40,16 @@ SSF_INLINE void max_argmax(const float* tile, int64_t C, int64_t P, int64_t v, v
 }
 
 // Teacher statistics of one tile: confidence, argmax, and (optionally) entropy of softmax(x / T).
-inline void tile_softmax_stats(const float* tile, int64_t C, int64_t P, float inv_t, float* conf, int32_t* label,
+inline void tile_softmax_stats(TileIn x, int64_t C, int64_t P, float inv_t, float* conf, int32_t* label,
                                float* entropy) {
   for (int64_t v = 0; v < P; v += kVL) {
     vf m;
     vi idx;
-    max_argmax(tile, C, P, v, m, idx);
+    max_argmax(x, C, v, m, idx);
     vf s{}, t{}, rest{};
     vi cv = vi{};
     for (int64_t c = 0; c < C; ++c, cv += 1) {
-      const vf d = (vload(tile + c * P + v) - m) * inv_t;
+      const vf d = (vload(x.p + c * x.cs + v) - m) * inv_t;
       const vf e = vexp(d);
       s += e;
       if (entropy) {
@@ -52,43 +64,45 @@ inline void tile_softmax_stats(const float* tile, int64_t C, int64_t P, float in
 }
 
 // Cross-entropy of one tile against targets y (0 where inactive). For active pixels writes
-// ce[p]; if `grad` is set, overwrites the tile with gscale[p] * d ce / d x (zero where inactive).
-inline void tile_cross_entropy(float* tile, int64_t C, int64_t P, const int32_t* y, const int32_t* active,
-                               const float* gscale, float* ce, bool grad) {
+// ce[p]; if g.p is set, writes gscale[p] * d ce / d x there (zero where inactive). g may be the
+// same memory as x: every element is read before it is written.
+inline void tile_cross_entropy(TileIn x, TileOut g, int64_t C, int64_t P, const int32_t* y, const int32_t* active,
+                               const float* gscale, float* ce) {
+  const bool grad = g.p != nullptr;
   for (int64_t v = 0; v < P; v += kVL) {
     const vi act = vloadi(active + v);
     if (!vany(act)) {
       vstore(ce + v, vf{});
       if (grad)
-        for (int64_t c = 0; c < C; ++c) vstore(tile + c * P + v, vf{});
+        for (int64_t c = 0; c < C; ++c) vstore(g.p + c * g.cs + v, vf{});
       continue;
     }
     const vi yv = vloadi(y + v);
-    vf m = vload(tile + v);
+    vf m = vload(x.p + v);
     vi nan = m != m;
     vf xy = m;
     for (int64_t c = 1; c < C; ++c) {
-      const vf xc = vload(tile + c * P + v);
+      const vf xc = vload(x.p + c * x.cs + v);
       m = vselect(xc > m, xc, m);
       nan |= xc != xc;
       xy = vselect(yv == (int32_t)c, xc, xy);
     }
     vf s{}, rest{};
     for (int64_t c = 0; c < C; ++c) {
-      const vf e = vexp(vload(tile + c * P + v) - m);
+      const vf e = vexp(vload(x.p + c * x.cs + v) - m);
       s += e;
       rest += vselect(yv == (int32_t)c, vf{}, e);
-      if (grad) vstore(tile + c * P + v, e);
+      if (grad) vstore(g.p + c * g.cs + v, e);
     }
     vf l = vselect(xy == m, vlog1p(rest), (m - xy) + vlog(s));
     l = vselect(nan, vsplat(__builtin_nanf("")), l);
     vstore(ce + v, vselect(act, l, vf{}));
     if (grad) {
-      const vf g = vselect(act, vload(gscale + v) / s, vf{});
-      const vf gy = -(g * rest);
+      const vf gs = vselect(act, vload(gscale + v) / s, vf{});
+      const vf gy = -(gs * rest);
       for (int64_t c = 0; c < C; ++c) {
-        const vf e = vload(tile + c * P + v);
-        vstore(tile + c * P + v, vselect(yv == (int32_t)c, gy, g * e));
+        const vf e = vload(g.p + c * g.cs + v);
+        vstore(g.p + c * g.cs + v, vselect(yv == (int32_t)c, gy, gs * e));
       }
     }
   }
@@ -106,6 +120,32 @@ inline TilePos tile_pos(const Shape& S, const Tiling& T, int64_t t) {
   return r;
 }
 
+// The tile's logits: read in place when they are fp32 with contiguous pixels and the tile is
+// full, else converted into the scratch tile.
+inline TileIn input_tile(const Logits& x, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
+  if (x.dtype == DType::F32 && tp.np == P && pixels_contiguous(S.H, S.W, x.sH, x.sW)) {
+    const float* base = static_cast<const float*>(x.data);
+    return {base + tp.n * x.sN + (tp.hw0 / S.W) * x.sH + (tp.hw0 % S.W) * x.sW, x.sC};
+  }
+  load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, x, sc);
+  return {sc.tile.data(), P};
+}
+
+// Where the tile's gradient goes: in place under the same conditions, else the scratch tile
+// (then written out by finish_output).
+inline TileOut output_tile(const GradOut& g, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
+  if (!g.data) return {nullptr, 0};
+  if (g.dtype == DType::F32 && tp.np == P && pixels_contiguous(S.H, S.W, g.sH, g.sW)) {
+    float* base = static_cast<float*>(g.data);
+    return {base + tp.n * g.sN + (tp.hw0 / S.W) * g.sH + (tp.hw0 % S.W) * g.sW, g.sC};
+  }
+  return {sc.tile.data(), P};
+}
+
+inline void finish_output(TileOut out, const GradOut& g, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
+  if (out.p == sc.tile.data()) store_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, g, sc);
+}
+
 void pixel_stats_range(const PixelStatsArgs& a, int64_t t0, int64_t t1) {
   const Shape& S = a.shape;
   const int64_t P = a.tiling.P;
@@ -114,9 +154,8 @@ void pixel_stats_range(const PixelStatsArgs& a, int64_t t0, int64_t t1) {
   std::vector<int32_t> label(P);
   for (int64_t t = t0; t < t1; ++t) {
     const TilePos tp = tile_pos(S, a.tiling, t);
-    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
-    tile_softmax_stats(sc.tile.data(), S.C, P, a.inv_temperature, conf.data(), label.data(),
-                       a.entropy ? ent.data() : nullptr);
+    const TileIn x = input_tile(a.logits, S, P, tp, sc);
+    tile_softmax_stats(x, S.C, P, a.inv_temperature, conf.data(), label.data(), a.entropy ? ent.data() : nullptr);
     const int64_t o = tp.n * S.hw() + tp.hw0;
     std::memcpy(a.confidence + o, conf.data(), tp.np * sizeof(float));
     if (a.entropy) std::memcpy(a.entropy + o, ent.data(), tp.np * sizeof(float));
@@ -144,19 +183,19 @@ inline void report_bad(BadTarget* bad, int64_t value, const Shape& S, int64_t n,
 void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
   const Shape& S = a.shape;
   const int64_t P = a.tiling.P;
-  const bool grad = a.grad.data != nullptr;
   Scratch sc(S.C, P);
   std::vector<int32_t> y(P), active(P);
+  std::vector<int64_t> target(P);
   std::vector<float> w(P), gscale(P), ce(P);
   for (int64_t t = t0; t < t1; ++t) {
     const TilePos tp = tile_pos(S, a.tiling, t);
-    const int64_t* offs = map_offsets(a.target, S, tp.n, tp.hw0, tp.np, sc);
+    load_map_ints(target.data(), a.target, S, tp.n, tp.hw0, tp.np, sc);
     for (int64_t p = 0; p < P; ++p) {
       y[p] = 0;
       active[p] = 0;
       w[p] = 0.f;
       if (p >= tp.np) continue;
-      const int64_t yy = map_int(a.target, offs[p]);
+      const int64_t yy = target[p];
       if (yy == a.ignore_index) continue;
       if (yy < 0 || yy >= S.C) {
         report_bad(a.bad, yy, S, tp.n, tp.hw0 + p);
@@ -167,16 +206,17 @@ void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
       active[p] = -1;
     }
     if (a.weight.data) {
-      offs = map_offsets(a.weight, S, tp.n, tp.hw0, tp.np, sc);
+      load_map_floats(gscale.data(), a.weight, S, tp.n, tp.hw0, tp.np, sc);
       for (int64_t p = 0; p < tp.np; ++p) {
         if (!active[p]) continue;
-        w[p] = map_float(a.weight, offs[p]);
+        w[p] = gscale[p];
         if (w[p] == 0.f) active[p] = 0;
       }
     }
     for (int64_t p = 0; p < P; ++p) gscale[p] = w[p] * a.grad_scale;
-    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
-    tile_cross_entropy(sc.tile.data(), S.C, P, y.data(), active.data(), gscale.data(), ce.data(), grad);
+    const TileIn x = input_tile(a.logits, S, P, tp, sc);
+    const TileOut g = output_tile(a.grad, S, P, tp, sc);
+    tile_cross_entropy(x, g, S.C, P, y.data(), active.data(), gscale.data(), ce.data());
     double sum = 0.0;
     const int64_t o = tp.n * S.hw() + tp.hw0;
     for (int64_t p = 0; p < tp.np; ++p) {
@@ -186,7 +226,7 @@ void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
       if (a.ce_pixel) a.ce_pixel[o + p] = active[p] ? ce[p] : 0.f;
     }
     a.tile_loss[t] = sum;
-    if (grad) store_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.grad, sc);
+    finish_output(g, a.grad, S, P, tp, sc);
   }
 }
 
@@ -196,10 +236,10 @@ inline void load_valid(int32_t* valid, const PixelMap& mask, int64_t ignore_inde
                        const TilePos& tp, Scratch& sc) {
   for (int64_t p = 0; p < P; ++p) valid[p] = p < tp.np ? -1 : 0;
   if (!mask.data) return;
-  const int64_t* offs = map_offsets(mask, S, tp.n, tp.hw0, tp.np, sc);
+  std::vector<int64_t>& v = sc.map_values;
+  load_map_ints(v.data(), mask, S, tp.n, tp.hw0, tp.np, sc);
   for (int64_t p = 0; p < tp.np; ++p) {
-    const int64_t v = map_int(mask, offs[p]);
-    const bool ignored = mask.dtype == DType::Bool ? v != 0 : v == ignore_index;
+    const bool ignored = mask.dtype == DType::Bool ? v[p] != 0 : v[p] == ignore_index;
     valid[p] = ignored ? 0 : -1;
   }
 }
@@ -207,27 +247,26 @@ inline void load_valid(int32_t* valid, const PixelMap& mask, int64_t ignore_inde
 void fixmatch_range(const FixMatchArgs& a, int64_t t0, int64_t t1) {
   const Shape& S = a.shape;
   const int64_t P = a.tiling.P;
-  const bool grad = a.grad.data != nullptr;
   Scratch sc(S.C, P);
   std::vector<int32_t> valid(P), label(P);
   std::vector<float> conf(P), gscale(P, a.grad_scale), ce(P);
   for (int64_t t = t0; t < t1; ++t) {
     const TilePos tp = tile_pos(S, a.tiling, t);
     load_valid(valid.data(), a.ignore_mask, a.ignore_index, S, P, tp, sc);
-    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.teacher, sc);
-    tile_softmax_stats(sc.tile.data(), S.C, P, 1.f, conf.data(), label.data(), nullptr);
+    tile_softmax_stats(input_tile(a.teacher, S, P, tp, sc), S.C, P, 1.f, conf.data(), label.data(), nullptr);
     int64_t confident = 0;
     for (int64_t p = 0; p < P; ++p) {
       valid[p] = (valid[p] && conf[p] >= a.threshold) ? -1 : 0;
       confident += valid[p] != 0;
     }
-    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.student, sc);
-    tile_cross_entropy(sc.tile.data(), S.C, P, label.data(), valid.data(), gscale.data(), ce.data(), grad);
+    const TileIn x = input_tile(a.student, S, P, tp, sc);
+    const TileOut g = output_tile(a.grad, S, P, tp, sc);
+    tile_cross_entropy(x, g, S.C, P, label.data(), valid.data(), gscale.data(), ce.data());
     double sum = 0.0;
     for (int64_t p = 0; p < tp.np; ++p) sum += ce[p];
     a.tile_loss[t] = sum;
     a.tile_confident[t] = confident;
-    if (grad) store_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.grad, sc);
+    finish_output(g, a.grad, S, P, tp, sc);
   }
 }
 
@@ -236,19 +275,20 @@ void denominator_range(const DenominatorArgs& a, int64_t t0, int64_t t1) {
   const int64_t P = a.tiling.P;
   Scratch sc(1, P);
   std::vector<int32_t> valid(P);
+  std::vector<float> weights(P);
   for (int64_t t = t0; t < t1; ++t) {
     const TilePos tp = tile_pos(S, a.tiling, t);
     if (a.target.data) {
-      const int64_t* offs = map_offsets(a.target, S, tp.n, tp.hw0, tp.np, sc);
-      for (int64_t p = 0; p < tp.np; ++p) valid[p] = map_int(a.target, offs[p]) != a.ignore_index;
+      load_map_ints(sc.map_values.data(), a.target, S, tp.n, tp.hw0, tp.np, sc);
+      for (int64_t p = 0; p < tp.np; ++p) valid[p] = sc.map_values[p] != a.ignore_index;
     } else {
       load_valid(valid.data(), a.ignore_mask, a.ignore_index, S, P, tp, sc);
     }
     double count = 0.0, wsum = 0.0;
     if (a.weight.data) {
-      const int64_t* offs = map_offsets(a.weight, S, tp.n, tp.hw0, tp.np, sc);
+      load_map_floats(weights.data(), a.weight, S, tp.n, tp.hw0, tp.np, sc);
       for (int64_t p = 0; p < tp.np; ++p)
-        if (valid[p]) wsum += map_float(a.weight, offs[p]);
+        if (valid[p]) wsum += weights[p];
     }
     for (int64_t p = 0; p < tp.np; ++p) count += valid[p] != 0;
     if (a.tile_valid) a.tile_valid[t] = count;
@@ -269,20 +309,16 @@ void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int
     const TilePos tp = tile_pos(S, a.tiling, t);
     load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
     auto load_map = [&](const PixelMap& m, float* dst, float fill) {
-      if (!m.data) {
-        for (int64_t p = 0; p < P; ++p) dst[p] = fill;
-        return;
-      }
-      const int64_t* offs = map_offsets(m, S, tp.n, tp.hw0, tp.np, sc);
-      for (int64_t p = 0; p < P; ++p) dst[p] = p < tp.np ? map_float(m, offs[p]) : fill;
+      for (int64_t p = 0; p < P; ++p) dst[p] = fill;
+      if (m.data) load_map_floats(dst, m, S, tp.n, tp.hw0, tp.np, sc);
     };
     load_map(a.confidence, conf.data(), 1.f);
     load_map(a.entropy, ent.data(), 0.f);
     load_map(a.grad_conf, gc.data(), 0.f);
     load_map(a.grad_ent, ge.data(), 0.f);
-    const int64_t* offs = map_offsets(a.label, S, tp.n, tp.hw0, tp.np, sc);
+    load_map_ints(sc.map_values.data(), a.label, S, tp.n, tp.hw0, tp.np, sc);
     for (int64_t p = 0; p < P; ++p) {
-      int64_t yy = p < tp.np ? map_int(a.label, offs[p]) : 0;
+      int64_t yy = p < tp.np ? sc.map_values[p] : 0;
       if (yy < 0 || yy >= S.C) yy = 0;
       y[p] = (int32_t)yy;
       xy[p] = sc.tile[yy * P + p];

@@ -102,8 +102,9 @@ struct Scratch {
   std::vector<int64_t> off;     // [P] element offsets, logits
   std::vector<int64_t> off_out; // [P] element offsets, gradient
   std::vector<int64_t> off_map; // [P] element offsets, per-pixel maps
+  std::vector<int64_t> map_values;  // [P] values read from a per-pixel map
   Scratch(int64_t C, int64_t P)
-      : tile(C * P), row(C), raw(C), off(P), off_out(P), off_map(P) {}
+      : tile(C * P), row(C), raw(C), off(P), off_out(P), off_map(P), map_values(P) {}
 };
 
 template <DType D>
@@ -215,34 +216,53 @@ inline void store_tile(const float* tile, const Shape& S, int64_t P, int64_t n, 
   }
 }
 
-// Reads one element of a per-pixel map as int64 / float.
-inline int64_t map_int(const PixelMap& m, int64_t o) {
-  switch (m.dtype) {
-    case DType::U8: return static_cast<const uint8_t*>(m.data)[o];
-    case DType::Bool: return static_cast<const uint8_t*>(m.data)[o] != 0;
-    case DType::I8: return static_cast<const int8_t*>(m.data)[o];
-    case DType::I16: return static_cast<const int16_t*>(m.data)[o];
-    case DType::I32: return static_cast<const int32_t*>(m.data)[o];
-    case DType::I64: return static_cast<const int64_t*>(m.data)[o];
-    default: return 0;
+// Per-pixel maps (targets, weights, masks) of any dtype and strides, read for a whole tile at
+// once: the dtype switch is outside the pixel loop, and contiguous rows are read directly.
+template <class T, class Out, class Conv>
+inline void read_map(Out* dst, const PixelMap& m, const Shape& S, int64_t n, int64_t hw0, int64_t np, Scratch& sc,
+                     Conv conv) {
+  const T* base = static_cast<const T*>(m.data);
+  if (pixels_contiguous(S.H, S.W, m.sH, m.sW)) {
+    const T* src = base + n * m.sN + (hw0 / S.W) * m.sH + (hw0 % S.W) * m.sW;
+    for (int64_t p = 0; p < np; ++p) dst[p] = conv(src[p]);
+  } else {
+    pixel_offsets(sc.off_map.data(), n, hw0, np, S.W, m.sN, m.sH, m.sW);
+    for (int64_t p = 0; p < np; ++p) dst[p] = conv(base[sc.off_map[p]]);
   }
 }
 
-inline float map_float(const PixelMap& m, int64_t o) {
+// dst[p] = map value as int64 (bool as 0/1), for the np pixels from hw0 of image n.
+inline void load_map_ints(int64_t* dst, const PixelMap& m, const Shape& S, int64_t n, int64_t hw0, int64_t np,
+                          Scratch& sc) {
+  auto id = [](auto v) { return (int64_t)v; };
   switch (m.dtype) {
-    case DType::F32: return static_cast<const float*>(m.data)[o];
-    case DType::F64: return (float)static_cast<const double*>(m.data)[o];
-    case DType::F16: { float f; to_f32<DType::F16>(&f, static_cast<const uint16_t*>(m.data) + o, 1); return f; }
-    case DType::BF16: { float f; to_f32<DType::BF16>(&f, static_cast<const uint16_t*>(m.data) + o, 1); return f; }
+    case DType::Bool: read_map<uint8_t>(dst, m, S, n, hw0, np, sc, [](uint8_t v) { return (int64_t)(v != 0); }); break;
+    case DType::U8: read_map<uint8_t>(dst, m, S, n, hw0, np, sc, id); break;
+    case DType::I8: read_map<int8_t>(dst, m, S, n, hw0, np, sc, id); break;
+    case DType::I16: read_map<int16_t>(dst, m, S, n, hw0, np, sc, id); break;
+    case DType::I32: read_map<int32_t>(dst, m, S, n, hw0, np, sc, id); break;
+    case DType::I64: read_map<int64_t>(dst, m, S, n, hw0, np, sc, id); break;
+    default: for (int64_t p = 0; p < np; ++p) dst[p] = 0;
+  }
+}
+
+// dst[p] = map value as float.
+inline void load_map_floats(float* dst, const PixelMap& m, const Shape& S, int64_t n, int64_t hw0, int64_t np,
+                            Scratch& sc) {
+  auto f = [](auto v) { return (float)v; };
+  auto half = [](uint16_t v) { float o; to_f32<DType::F16>(&o, &v, 1); return o; };
+  auto bf = [](uint16_t v) { float o; to_f32<DType::BF16>(&o, &v, 1); return o; };
+  switch (m.dtype) {
+    case DType::F32: read_map<float>(dst, m, S, n, hw0, np, sc, f); break;
+    case DType::F64: read_map<double>(dst, m, S, n, hw0, np, sc, f); break;
+    case DType::F16: read_map<uint16_t>(dst, m, S, n, hw0, np, sc, half); break;
+    case DType::BF16: read_map<uint16_t>(dst, m, S, n, hw0, np, sc, bf); break;
     case DType::Bool:
-    case DType::U8: return (float)static_cast<const uint8_t*>(m.data)[o];
-    default: return (float)map_int(m, o);
+    case DType::U8: read_map<uint8_t>(dst, m, S, n, hw0, np, sc, f); break;
+    default: {
+      std::vector<int64_t> tmp(np);
+      load_map_ints(tmp.data(), m, S, n, hw0, np, sc);
+      for (int64_t p = 0; p < np; ++p) dst[p] = (float)tmp[p];
+    }
   }
-}
-
-// Offsets of the tile's pixels in a per-pixel map.
-inline const int64_t* map_offsets(const PixelMap& m, const Shape& S, int64_t n, int64_t hw0, int64_t np,
-                                  Scratch& sc) {
-  pixel_offsets(sc.off_map.data(), n, hw0, np, S.W, m.sN, m.sH, m.sW);
-  return sc.off_map.data();
 }

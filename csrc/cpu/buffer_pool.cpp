@@ -1,8 +1,9 @@
 // A fresh large buffer costs its page faults on first write: about 35 ms for the 88 MB
 // gradient of a 4x21x513x513 fp32 loss on this kind of machine, as much as the rest of the op.
 // Training allocates the same sizes every step, so freed buffers are kept (by exact size, up
-// to a byte budget) and handed out again, the way the CUDA caching allocator does it. New
-// blocks are 2 MiB-aligned and advised to use transparent huge pages.
+// to a byte budget) and handed out again, the way the CUDA caching allocator does it.
+// (Transparent huge pages were tried for new blocks: with the kernel's default defrag=madvise
+// policy a fresh block could stall for 200+ ms in page compaction, worse than 4 KiB faults.)
 //
 // Budget: SEMISEG_FAST_CPU_CACHE_MB (default 1024; 0 disables caching), changeable at run
 // time; semiseg_fast.empty_cpu_cache() returns everything to the system.
@@ -14,15 +15,12 @@
 #include <unordered_map>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace ssf {
 namespace {
 
 constexpr size_t kMinPooledBytes = size_t(1) << 20;  // smaller buffers go to the default allocator
-constexpr size_t kAlign = size_t(2) << 20;           // huge-page size on x86-64
+constexpr size_t kAlign = 4096;                       // page-aligned blocks
 
 class Pool {
  public:
@@ -46,9 +44,6 @@ class Pool {
     }
     void* p = nullptr;
     if (posix_memalign(&p, kAlign, bytes) != 0 || !p) TORCH_CHECK(false, "semiseg_fast: out of memory allocating ", bytes, " bytes");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, bytes, MADV_HUGEPAGE);
-#endif
     std::lock_guard<std::mutex> g(mu_);
     size_of_[p] = bytes;
     return p;

@@ -161,11 +161,17 @@ def u2pl_contrastive_loss(
         negatives = bank.gather(queue_cls, n_idx).reshape(c, num_queries, num_negatives, d)
         positive = proto[anchor_slot_cls]
 
+        # Keys normalised once, in place (they carry no gradient); cosine similarity as in
+        # torch.cosine_similarity: each vector divided by max(norm, 1e-8), then the dot product.
+        negatives = negatives.div_(torch.linalg.vector_norm(negatives, dim=-1, keepdim=True).clamp_min(1e-8))
+        positive = positive / torch.linalg.vector_norm(positive, dim=-1, keepdim=True).clamp_min(1e-8)
+
     feats_s = rep.permute(0, 2, 3, 1).reshape(p, d)
     q = feats_s[anchor_pix]  # (C, Q, D): the gradient flows back to rep here
-    keys = torch.cat([positive[:, None, None, :].expand(c, num_queries, 1, d).to(q.dtype),
-                      negatives.to(q.dtype)], dim=2)
-    logits = torch.cosine_similarity(q[:, :, None, :], keys, dim=3) / temperature  # (C, Q, 1 + negatives)
+    q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-8)
+    pos_logit = (q * positive[:, None, :].to(q.dtype)).sum(-1, keepdim=True)  # (C, Q, 1)
+    neg_logit = torch.einsum("cqd,cqkd->cqk", q, negatives.to(q.dtype))  # (C, Q, negatives)
+    logits = torch.cat([pos_logit, neg_logit], dim=2) / temperature
     per_slot = F.cross_entropy(logits.reshape(c * num_queries, -1),
                                torch.zeros(c * num_queries, dtype=torch.long, device=dev),
                                reduction="none").reshape(c, num_queries).mean(1)

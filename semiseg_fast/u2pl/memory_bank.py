@@ -35,8 +35,9 @@ class ClassMemoryBank(nn.Module):
             raise ValueError(f"capacity: expected an int >= 1 or {num_classes} of them, got {capacity!r}")
         self.num_classes, self.dim = num_classes, dim
         cap = torch.tensor(caps, dtype=torch.int64, device=device)
-        # One extra row at the end absorbs the writes of keys that do not fit (no data-dependent shapes).
-        self.register_buffer("keys", torch.zeros(int(cap.sum()) + 1, dim, dtype=dtype, device=device))
+        # Two extra rows at the end: one absorbs the writes of keys that do not fit (no data-dependent
+        # shapes), one stays zero and is what an empty class reads.
+        self.register_buffer("keys", torch.zeros(int(cap.sum()) + 2, dim, dtype=dtype, device=device))
         self.register_buffer("capacity", cap)
         self.register_buffer("offset", torch.cumsum(cap, 0) - cap)
         self.register_buffer("head", torch.zeros(num_classes, dtype=torch.int64, device=device))
@@ -44,6 +45,10 @@ class ClassMemoryBank(nn.Module):
 
     @property
     def trash_row(self) -> int:
+        return self.keys.shape[0] - 2
+
+    @property
+    def zero_row(self) -> int:
         return self.keys.shape[0] - 1
 
     def push(self, keys: torch.Tensor, counts: torch.Tensor) -> None:
@@ -92,9 +97,8 @@ class ClassMemoryBank(nn.Module):
         length = self.length[classes][:, None]
         start = (self.head[classes][:, None] - length) % cap
         pos = (start + index % length.clamp_min(1)) % cap
-        rows = torch.where(length > 0, self.offset[classes][:, None] + pos, torch.full_like(pos, self.trash_row))
-        out = self.keys[rows.reshape(-1)].reshape(*index.shape, self.dim)
-        return torch.where(length[..., None] > 0, out, torch.zeros_like(out))
+        rows = torch.where(length > 0, self.offset[classes][:, None] + pos, torch.full_like(pos, self.zero_row))
+        return torch.index_select(self.keys, 0, rows.reshape(-1)).reshape(*index.shape, self.dim)
 
     def queue(self, c: int) -> torch.Tensor:
         """Class c's keys, oldest first (a copy; reads the length on the host, for inspection)."""
