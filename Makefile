@@ -1,3 +1,4 @@
+# make train      - create .venv as for the tests, then train with the defaults (python -m semiseg_fast.train)
 # make test       - create .venv, install the pinned dependencies, build the extension, run the
 #                   tests, then the ahead-of-time GPU check of every Triton kernel
 # make gpu-check  - only the GPU check (compile for sm_80/sm_90, registers, spills)
@@ -10,7 +11,7 @@ DEPS := $(VENV)/.deps-installed
 EXT := build/.ext-built
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h')
 
-.PHONY: all install test gpu-check bench results clean
+.PHONY: all install train test gpu-check bench results clean
 
 all: install
 
@@ -24,6 +25,9 @@ $(EXT): $(DEPS) setup.py pyproject.toml $(CSRC)
 	mkdir -p build && touch $@
 
 install: $(EXT)
+
+train: install
+	$(PY) -m semiseg_fast.train
 
 test: install
 	$(PY) -m pytest tests -q

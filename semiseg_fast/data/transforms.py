@@ -1,0 +1,126 @@
+"""Augmentations on uint8 tensors, every random choice drawn from an explicit torch.Generator so
+a sample's augmentation is a function of its seed (reproducible, resumable, worker-independent)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g))
+
+
+def _randint(g: torch.Generator, high: int) -> int:
+    """An integer in [0, high)."""
+    return int(torch.randint(high, (), generator=g))
+
+
+def _pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise ValueError(f"{name}: expected a positive int or (height, width), got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int, Sequence[int]],
+                 generator: torch.Generator, scale_range: Tuple[float, float] = (0.5, 2.0), flip: bool = True,
+                 ignore_index: int = 255) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random rescale (bilinear image, nearest label), padding to the crop size (image 0, label
+    ``ignore_index``), random crop and horizontal flip. image uint8 (3, H, W), label (H, W)."""
+    crop_h, crop_w = _pair(crop_size, "crop_size")
+    if image.dim() != 3 or label.shape != image.shape[1:]:
+        raise ValueError(f"image, label: expected (3, H, W) and (H, W), got {tuple(image.shape)} and {tuple(label.shape)}")
+    scale = _uniform(generator, *scale_range)
+    h, w = image.shape[1:]
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    lab = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
+    pad_h, pad_w = max(crop_h - nh, 0), max(crop_w - nw, 0)
+    if pad_h or pad_w:
+        img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
+        lab = F.pad(lab, (0, pad_w, 0, pad_h), value=float(ignore_index))
+    top = _randint(generator, img.shape[1] - crop_h + 1)
+    left = _randint(generator, img.shape[2] - crop_w + 1)
+    img = img[:, top:top + crop_h, left:left + crop_w]
+    lab = lab[top:top + crop_h, left:left + crop_w]
+    if flip and _uniform(generator, 0, 1) < 0.5:
+        img, lab = img.flip(-1), lab.flip(-1)
+    return img.round_().clamp_(0, 255).to(torch.uint8), lab.to(label.dtype)
+
+
+def _gray(img: torch.Tensor) -> torch.Tensor:
+    return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+
+
+def _rotate_hue(img: torch.Tensor, turns: float) -> torch.Tensor:
+    """Rotates colours about the grey axis by ``turns`` of a full circle (a hue shift)."""
+    a = 2 * math.pi * turns
+    c, s = math.cos(a), math.sin(a)
+    k = (1 - c) / 3
+    r = math.sqrt(1 / 3) * s
+    m = torch.tensor([[c + k, k - r, k + r], [k + r, c + k, k - r], [k - r, k + r, c + k]], dtype=img.dtype)
+    return torch.einsum("ij,jhw->ihw", m, img)
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    out = F.pad(img[None], (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+
+
+def strong_augment(image: torch.Tensor, generator: torch.Generator, jitter_p: float = 0.8, gray_p: float = 0.2,
+                   blur_p: float = 0.5) -> torch.Tensor:
+    """UniMatch's strong view: colour jitter (brightness, contrast, saturation 0.5, hue 0.25)
+    with probability 0.8, greyscale with 0.2, Gaussian blur (sigma 0.1-2) with 0.5."""
+    img = image.float() / 255.0
+    if _uniform(generator, 0, 1) < jitter_p:
+        img = img * _uniform(generator, 0.5, 1.5)
+        mean = _gray(img).mean()
+        img = (img - mean) * _uniform(generator, 0.5, 1.5) + mean
+        gray = _gray(img)
+        img = (img - gray) * _uniform(generator, 0.5, 1.5) + gray
+        img = _rotate_hue(img.clamp(0, 1), _uniform(generator, -0.25, 0.25))
+    if _uniform(generator, 0, 1) < gray_p:
+        img = _gray(img).expand(3, -1, -1)
+    if _uniform(generator, 0, 1) < blur_p:
+        img = _blur(img.contiguous(), _uniform(generator, 0.1, 2.0))
+    return (img.clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
+def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0.5, size_min: float = 0.02,
+               size_max: float = 0.4, ratio_min: float = 0.3, ratio_max: float = 1 / 0.3) -> torch.Tensor:
+    """bool (H, W), True inside a random box of area fraction in [size_min, size_max] and aspect
+    ratio in [ratio_min, ratio_max] that lies inside the image; all False with probability 1 - p."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    if _uniform(generator, 0, 1) >= p:
+        return mask
+    area = _uniform(generator, size_min, size_max) * height * width
+    ratio = _uniform(generator, ratio_min, ratio_max)
+    box_w = max(1, min(width, int(math.sqrt(area / ratio))))
+    box_h = max(1, min(height, int(math.sqrt(area * ratio))))
+    top, left = _randint(generator, height - box_h + 1), _randint(generator, width - box_w + 1)
+    mask[top:top + box_h, left:left + box_w] = True
+    return mask
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) or (N, 3, H, W) -> float32 with ImageNet mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    return ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,79 @@
+"""A small DeepLabv3+: residual backbone at output stride 8, ASPP, a decoder that fuses the
+stride-4 features, and U2PL's representation head. Sized for CPU training on small images; every
+layer is a plain conv/BN/ReLU, so the model runs in channels_last without layout changes."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel // 2)
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn_relu(cin, cout, 3, stride, dilation),
+            nn.Conv2d(cout, cout, 3, 1, dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class ASPP(nn.Module):
+    """Parallel dilated 3x3 convolutions plus image pooling, projected back to ``cout``."""
+
+    def __init__(self, cin: int, cout: int, dilations: Sequence[int]):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, 1, d) for d in dilations])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = conv_bn_relu(cout * (len(dilations) + 2), cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """``forward(x)`` returns ``{"pred": logits, "rep": features}``, both at 1/4 of the input
+    resolution (the training loop upsamples the logits, as UniMatch and U2PL do).
+    ``rep_dim=None`` leaves out the representation head (methods without a contrastive term)."""
+
+    def __init__(self, num_classes: int, width: int = 32, rep_dim: Optional[int] = 64,
+                 dilations: Sequence[int] = (2, 4, 6)):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
+        if width < 4 or width % 2:
+            raise ValueError(f"width: expected an even integer >= 4, got {width}")
+        w = width
+        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3))          # 1/2
+        self.layer1 = nn.Sequential(ResidualBlock(w, w, 2), ResidualBlock(w, w))                         # 1/4
+        self.layer2 = nn.Sequential(ResidualBlock(w, 2 * w, 2), ResidualBlock(2 * w, 2 * w))             # 1/8
+        self.layer3 = nn.Sequential(ResidualBlock(2 * w, 4 * w, 1, 2), ResidualBlock(4 * w, 4 * w, 1, 2))  # 1/8, dilated
+        self.aspp = ASPP(4 * w, 2 * w, dilations)
+        self.reduce = conv_bn_relu(w, w // 2, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(2 * w + w // 2, 2 * w), conv_bn_relu(2 * w, 2 * w))
+        self.classifier = nn.Conv2d(2 * w, num_classes, 1)
+        self.representation = (nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1))
+                               if rep_dim else None)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        low = self.layer1(self.stem(x))
+        high = self.aspp(self.layer3(self.layer2(low)))
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        feats = self.fuse(torch.cat([self.reduce(low), high], dim=1))
+        out = {"pred": self.classifier(feats)}
+        if self.representation is not None:
+            out["rep"] = self.representation(feats)
+        return out

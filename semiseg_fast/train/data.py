@@ -1,0 +1,102 @@
+"""Datasets of a run (labeled, unlabeled, validation) and their per-step loaders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import SegmentationFolder, SyntheticScenes, cutmix_box, strong_augment, weak_augment
+from ..data import synthetic
+from .batches import StepBatches
+
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED, SPLIT_SEED = 0, 1, 2024  # fixed: the data does not change with the run's seed
+
+
+@dataclass
+class RunData:
+    labeled: Dataset
+    unlabeled: Optional[Dataset]
+    val: Dataset
+    num_classes: int
+    class_names: List[str]
+
+
+def build_datasets(data_cfg: Dict[str, Any], with_unlabeled: bool = True) -> RunData:
+    """The synthetic pool split by ``labeled_fraction`` (a fixed split, the same for every seed
+    and method), or a voc / cityscapes folder with its split files."""
+    if data_cfg["name"] == "synthetic":
+        size = int(data_cfg["image_size"])
+        pool = SyntheticScenes(int(data_cfg["synthetic_train"]), (size, size), seed=SYNTHETIC_TRAIN_SEED)
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        n_labeled = max(1, round(len(pool) * float(data_cfg["labeled_fraction"])))
+        labeled = Subset(pool, order[:n_labeled])
+        unlabeled = Subset(pool, order[n_labeled:]) if n_labeled < len(pool) else None
+        val = SyntheticScenes(int(data_cfg["synthetic_val"]), (size, size), seed=SYNTHETIC_VAL_SEED)
+        return RunData(labeled, unlabeled if with_unlabeled else None, val, synthetic.NUM_CLASSES,
+                       list(synthetic.CLASS_NAMES))
+    num_classes = data_cfg["num_classes"]
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"config: data.num_classes expected an integer >= 2 for {data_cfg['name']} folders, "
+                         f"got {num_classes!r}")
+    root, ignore = data_cfg["root"], int(data_cfg["ignore_index"])
+    folder = lambda split, labels=True: SegmentationFolder(root, data_cfg[split], layout=data_cfg["name"],
+                                                           ignore_index=ignore, labels=labels)
+    unlabeled = folder("unlabeled_split", labels=False) if with_unlabeled else None
+    return RunData(folder("labeled_split"), unlabeled, folder("val_split"), num_classes,
+                   [str(i) for i in range(num_classes)])
+
+
+class Subset(Dataset):
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+class LabeledView(Dataset):
+    """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)``."""
+
+    def __init__(self, base: Dataset, data_cfg: Dict[str, Any]):
+        self.base, self.cfg = base, data_cfg
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _weak(self, index: int, seed: int, keep_label: bool):
+        g = torch.Generator().manual_seed(seed)
+        image, label = self.base[index]
+        if not keep_label:  # only the padding added by the crop stays ignored
+            label = torch.zeros_like(label)
+        image, label = weak_augment(image, label, self.cfg["crop_size"], g, scale_range=tuple(self.cfg["scale_range"]),
+                                    ignore_index=self.cfg["ignore_index"])
+        return image, label, g
+
+    def __getitem__(self, item: Tuple[int, int]):
+        image, label, _ = self._weak(*item, keep_label=True)
+        return image, label
+
+
+class UnlabeledView(LabeledView):
+    """Weak view, strong view, padding mask (True = ignore) and a CutMix box per image."""
+
+    def __init__(self, base: Dataset, data_cfg: Dict[str, Any], strong_color: bool, cutmix_p: float):
+        super().__init__(base, data_cfg)
+        self.strong_color, self.cutmix_p = strong_color, cutmix_p
+
+    def __getitem__(self, item: Tuple[int, int]):
+        weak, pad, g = self._weak(*item, keep_label=False)
+        strong = strong_augment(weak, g) if self.strong_color else weak
+        box = cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
+        return weak, strong, pad == self.cfg["ignore_index"], box
+
+
+def step_loader(view: Dataset, batch_size: int, seed: int, stream: int, start: int, stop: int, rank: int,
+                world: int, num_workers: int) -> DataLoader:
+    sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world)
+    return DataLoader(view, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

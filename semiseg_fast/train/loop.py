@@ -1,0 +1,282 @@
+"""The training loop: builds everything from a config, trains, evaluates, checkpoints."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import normalize
+from ..losses import U2PLLoss
+from ..models import build_model
+from . import report
+from .batches import mix_seed
+from .checkpoint import load_checkpoint, save_atomic
+from .config import dump
+from .data import LabeledView, UnlabeledView, build_datasets, step_loader
+from .distributed import World, all_reduce_sum, init_world, shutdown
+from .evaluate import evaluate, format_iou_table, predict_labels
+from .methods import STEPS, StepContext, ema_update
+
+CSV_FIELDS = ["step", "epoch", "lr", "loss", "loss_sup", "loss_unsup", "mask_ratio", "img_per_s", "miou"]
+LOG_EVERY = 10
+
+
+def resolve_amp(setting: Any, device: torch.device) -> Optional[torch.dtype]:
+    """auto: bf16 where the hardware has it (CUDA with bf16, CPUs with native bf16 such as
+    AVX512-BF16/AMX), fp16 on older CUDA GPUs, otherwise off: on CPUs without native bf16, autocast
+    runs convolutions through conversions and trains several times slower than fp32."""
+    if setting in ("off", False):
+        return None
+    if setting == "fp16":
+        if device.type != "cuda":
+            raise ValueError("config: train.amp=fp16 expected a CUDA device; use bf16 or off on CPU")
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
+    kwargs = dict(config["model"]["kwargs"] or {})
+    if config["method"] != "u2pl" and config["model"]["name"] == "deeplabv3plus":
+        kwargs["rep_dim"] = None  # no representation head to train (and no unused DDP parameters)
+    return build_model(config["model"]["name"], num_classes, **kwargs)
+
+
+def poly_lr(step: int, total: int, optim: Dict[str, Any]) -> float:
+    warm = int(optim["warmup_steps"])
+    if step < warm:
+        return optim["lr"] * (step + 1) / warm
+    return optim["lr"] * (1.0 - step / total) ** optim["poly_power"]
+
+
+def set_determinism(config: Dict[str, Any]) -> None:
+    torch.manual_seed(config["seed"])
+    if config["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+class Trainer:
+    def __init__(self, config: Dict[str, Any], resume: Optional[str] = None):
+        self.config = config
+        self.world = init_world(config["device"])
+        set_determinism(config)
+        dc, tc, sc = config["data"], config["train"], config["semi"]
+        self.method = config["method"]
+        self.out_dir = config["out_dir"].format(method=self.method, seed=config["seed"])
+        # the synthetic pool's unlabeled part also sets a supervised run's epoch length, so every
+        # method gets the same number of steps for the same config
+        self.data = build_datasets(dc, with_unlabeled=self.method != "supervised" or dc["name"] == "synthetic")
+        if self.method != "supervised" and self.data.unlabeled is None:
+            raise ValueError("config: this method needs unlabeled images; data.labeled_fraction is 1")
+        pool = self.data.unlabeled if self.data.unlabeled is not None else self.data.labeled
+        batch = dc["unlabeled_batch_size"] if self.data.unlabeled is not None else dc["batch_size"]
+        self.steps_per_epoch = math.ceil(len(pool) / (batch * self.world.size))
+        self.total_steps = tc["epochs"] * self.steps_per_epoch
+        self.amp_dtype = resolve_amp(tc["amp"], self.world.device)
+        self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
+
+        self.model = build_run_model(config, self.data.num_classes)
+        self.model.to(self.world.device, memory_format=self.memory_format)
+        self.teacher: Optional[nn.Module] = None
+        if self.method != "supervised" and sc["teacher"] == "ema":
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.criterion: Optional[U2PLLoss] = None
+        if self.method == "u2pl":
+            u = sc["u2pl"]
+            self.criterion = U2PLLoss(
+                self.data.num_classes, tc["epochs"], rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64), ignore_index=dc["ignore_index"],
+                drop_percent=u["drop_percent"], unsupervised_weight=sc["unsupervised_weight"],
+                contrastive=u["contrastive"], contrastive_weight=u["contrastive_weight"], low_rank=u["low_rank"],
+                high_rank=u["high_rank"], num_queries=u["num_queries"], num_negatives=u["num_negatives"],
+                bank_capacity=u["bank_capacity"], first_class_capacity=u["bank_capacity"],
+                sup_only_epochs=u["sup_only_epochs"]).to(self.world.device)
+        o = config["optim"]
+        if o["name"] == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
+                                             weight_decay=o["weight_decay"], nesterov=True)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step, self.best_miou = 0, -1.0
+        if resume:
+            self._load(resume)
+        self.student: nn.Module = self.model
+        if self.world.size > 1:
+            self.student = DistributedDataParallel(self.model, device_ids=[self.world.device.index]
+                                                   if self.world.device.type == "cuda" else None)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state(self, miou: float) -> Dict[str, Any]:
+        return {"config": self.config, "step": self.step, "best_miou": self.best_miou, "miou": miou,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "criterion": self.criterion.state_dict() if self.criterion is not None else None,
+                "class_names": self.data.class_names, "num_classes": self.data.num_classes}
+
+    def _load(self, path: str) -> None:
+        if os.path.isdir(path):
+            path = os.path.join(path, "last.pt")
+        state = load_checkpoint(path, map_location=self.world.device)
+        if state["config"]["method"] != self.method:
+            raise ValueError(f"--resume: {path!r} was trained with method={state['config']['method']!r}, "
+                             f"not {self.method!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        if self.criterion is not None:
+            self.criterion.load_state_dict(state["criterion"])
+        self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.teacher if self.teacher is not None else self.model
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loaders(self):
+        dc, sc, w = self.config["data"], self.config["semi"], self.world
+        seed, start, stop = self.config["seed"], self.step, self.total_steps
+        labeled = step_loader(LabeledView(self.data.labeled, dc), dc["batch_size"], seed, 0, start, stop,
+                              w.rank, w.size, dc["num_workers"])
+        if self.method == "supervised":
+            return zip(labeled, [None] * (stop - start))
+        unlabeled = step_loader(UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"]),
+                                dc["unlabeled_batch_size"], seed, 1, start, stop, w.rank, w.size, dc["num_workers"])
+        return zip(labeled, unlabeled)
+
+    def _to_device(self, batch):
+        if batch is None:
+            return None
+        dev, fmt = self.world.device, self.memory_format
+        out = []
+        for t in batch:
+            if t.dtype == torch.uint8 and t.dim() == 4:  # images
+                t = normalize(t).to(dev, non_blocking=True).contiguous(memory_format=fmt)
+            else:
+                t = t.to(dev, non_blocking=True)
+            out.append(t)
+        return out
+
+    def train(self) -> Dict[str, Any]:
+        cfg, tc, w = self.config, self.config["train"], self.world
+        if w.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+                f.write(dump(cfg))
+            print(dump(cfg), file=sys.stderr)
+            print(f"{self.method}: {len(self.data.labeled)} labeled, "
+                  f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
+                  f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), {w.size} process(es), device {w.device}, "
+                  f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}", file=sys.stderr)
+        csv = report.MetricsCSV(os.path.join(self.out_dir, "metrics.csv"), CSV_FIELDS) if w.is_main else None
+        if csv is not None and self.step > 0:
+            csv.truncate_after(self.step)  # rows a killed run logged after its last checkpoint
+        step_fn = STEPS[self.method]
+        sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, images
+        images_per_step = (self.config["data"]["batch_size"] + (0 if self.method == "supervised" else
+                           self.config["data"]["unlabeled_batch_size"])) * w.size
+        last_result = None
+        bar = report.ProgressBar(self.total_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
+        t_log = time.perf_counter()
+        for labeled, unlabeled in self._loaders():
+            step = self.step
+            lr = poly_lr(step, self.total_steps, cfg["optim"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
+            gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
+            ctx = StepContext(self.student, self.teacher if self.teacher is not None else self.model,
+                              cfg["semi"], cfg["data"]["ignore_index"], min(step // self.steps_per_epoch,
+                              tc["epochs"] - 1), gen, self.criterion)
+            with torch.autocast(w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                out = step_fn(ctx, self._to_device(labeled), self._to_device(unlabeled))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.teacher is not None:
+                ema_update(self.teacher, self.model, min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"]))
+            sums += torch.stack([out.loss.detach().float(), out.supervised.float(), out.unsupervised.float(),
+                                 out.mask_ratio.float().to(w.device), torch.tensor(1.0, device=w.device)])
+            self.step = step + 1
+            last = self.step == self.total_steps
+            bar.update(1, images=images_per_step)
+            if self.step % LOG_EVERY == 0 or last or self.step % tc["eval_every"] == 0:
+                totals = all_reduce_sum(sums.clone()).tolist()
+                n = totals[4]
+                elapsed = time.perf_counter() - t_log
+                row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), "lr": lr,
+                       "loss": totals[0] / n, "loss_sup": totals[1] / n, "loss_unsup": totals[2] / n,
+                       "mask_ratio": totals[3] / n, "img_per_s": n / w.size * images_per_step / elapsed, "miou": ""}
+                bar.set_metrics(loss=row["loss"], mask=row["mask_ratio"])
+                sums.zero_()
+                if self.step % tc["eval_every"] == 0 or last:
+                    last_result = self._evaluate()
+                    row["miou"] = last_result.miou
+                    if w.is_main:
+                        bar.write(f"step {self.step}: mIoU {100 * last_result.miou:.2f}")
+                if csv is not None:
+                    csv.write(row)
+                if last_result is not None and row["miou"] != "" and last_result.miou > self.best_miou:
+                    self.best_miou = last_result.miou
+                    if w.is_main:
+                        save_atomic(self._state(last_result.miou), os.path.join(self.out_dir, "best.pt"))
+                t_log = time.perf_counter()
+            if (self.step % tc["checkpoint_every"] == 0 or last) and w.is_main:
+                save_atomic(self._state(last_result.miou if last_result else float("nan")),
+                            os.path.join(self.out_dir, "last.pt"))
+        bar.close()
+        if last_result is None:  # resumed at the end: nothing left to train
+            last_result = self._evaluate()
+        if w.is_main:
+            self._write_figures()
+            print(format_iou_table(last_result, self.data.class_names))
+        return {"miou": last_result.miou, "per_class": last_result.per_class.tolist(), "out_dir": self.out_dir,
+                "best_miou": self.best_miou, "steps": self.step}
+
+    def _evaluate(self):
+        ec, w = self.config["eval"], self.world
+        return evaluate(self.eval_model, self.data.val, self.data.num_classes, w.device, ec["mode"], ec["window"],
+                        ec["stride"], ec["batch_size"], self.config["data"]["ignore_index"],
+                        self.config["train"]["channels_last"], self.amp_dtype, w.rank, w.size)
+
+    def _write_figures(self) -> None:
+        n = min(self.config["train"]["grid_images"], len(self.data.val))
+        if n > 0:
+            samples = [self.data.val[i] for i in range(n)]
+            same = all(s[0].shape == samples[0][0].shape for s in samples)
+            samples = samples if same else samples[:1]
+            images = torch.stack([s[0] for s in samples])
+            labels = torch.stack([s[1] for s in samples])
+            ec = self.config["eval"]
+            preds = predict_labels(self.eval_model.eval(), images, self.world.device, ec["mode"], ec["window"],
+                                   ec["stride"], self.config["train"]["channels_last"], self.amp_dtype).cpu()
+            report.save_prediction_grid(os.path.join(self.out_dir, "predictions.png"), images, labels, preds,
+                                        self.data.num_classes, self.config["data"]["ignore_index"])
+        rows = report.read_csv(os.path.join(self.out_dir, "metrics.csv"))
+        report.save_curves(os.path.join(self.out_dir, "curves.png"), rows)
+
+
+def train(config: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
+    """Train with a resolved config (see :func:`semiseg_fast.train.load_config`); returns the
+    final validation mIoU, per-class IoU and the run folder."""
+    try:
+        return Trainer(config, resume).train()
+    finally:
+        shutdown()

@@ -1,0 +1,109 @@
+"""End to end: the training and evaluation CLIs on a tiny configuration, under torchrun with two
+gloo processes, and a run killed mid-way then resumed."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from .helpers import run_module
+
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "predictions.png", "curves.png")
+
+
+def _train(tiny_config, out_dir, *overrides, module="semiseg_fast.train"):
+    result = run_module(module, "--config", tiny_config, f"out_dir={out_dir}", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _rows(out_dir):
+    with open(os.path.join(out_dir, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "u2pl"])
+def test_train_then_eval(tiny_config, tmp_path, method):
+    out = tmp_path / method
+    result = _train(tiny_config, out, f"method={method}")
+    assert "mIoU" in result.stdout and "background" in result.stdout
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert Image.open(out / "predictions.png").size[0] > 0
+    rows = _rows(out)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == 18  # 18 unlabeled images / 2 per step * 2 epochs
+    assert all(float(r["loss"]) > 0 for r in rows)
+    assert sum(r["miou"] != "" for r in rows) == 3  # steps 6, 12, 18
+    if method != "supervised":
+        assert any(float(r["mask_ratio"]) > 0 for r in rows)
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 18 and (state["teacher"] is None) == (method == "supervised")
+
+    evaluated = run_module("semiseg_fast.eval", "--checkpoint", str(out / "best.pt"), "--mode", "slide",
+                           "--window", "24", "--stride", "16")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "mIoU" in evaluated.stdout
+
+
+def test_torchrun_two_processes(tiny_config, tmp_path):
+    out = tmp_path / "ddp"
+    result = run_module("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "semiseg_fast.train",
+                        "--config", tiny_config, f"out_dir={out}", "method=u2pl", "semi.u2pl.sup_only_epochs=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("mIoU") == 1  # only rank 0 reports and writes
+    steps = [int(r["step"]) for r in _rows(out)]
+    assert steps[-1] == 10  # 18 unlabeled images / (2 per process * 2 processes), rounded up, * 2 epochs
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert int(state["criterion"]["bank.length"].sum()) > 0  # the contrastive term ran and filled the bank
+
+
+def _weights(path):
+    state = torch.load(path, weights_only=False)
+    return {**{f"model.{k}": v for k, v in state["model"].items()},
+            **{f"teacher.{k}": v for k, v in state["teacher"].items()}}
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "u2pl"])
+def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, method):
+    common = [f"method={method}", "deterministic=true", "train.epochs=6", "train.checkpoint_every=3"]
+    _train(tiny_config, tmp_path / "whole", *common)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "semiseg_fast.train", "--config", tiny_config,
+                             f"out_dir={killed}", *common], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = torch.load(killed / "last.pt", weights_only=False)["step"]
+    assert 0 < step_at_kill < 54
+
+    _train(tiny_config, killed, *common, "--resume", str(killed))
+    whole, resumed = _weights(tmp_path / "whole" / "last.pt"), _weights(killed / "last.pt")
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+    steps = [int(r["step"]) for r in _rows(killed)]
+    assert steps == sorted(set(steps)) and steps[-1] == 54
+
+
+def test_bad_arguments_exit_with_a_message(tiny_config, tmp_path):
+    result = run_module("semiseg_fast.train", "--config", tiny_config, "train.epochz=3")
+    assert result.returncode != 0 and "unknown key 'train.epochz'" in result.stderr
+    result = run_module("semiseg_fast.train", "data.name=voc", f"data.root={tmp_path}", "data.num_classes=3")
+    assert result.returncode != 0 and "labeled.txt" in result.stderr
+    result = run_module("semiseg_fast.eval", "--checkpoint", str(tmp_path / "missing.pt"))
+    assert result.returncode != 0 and "missing.pt" in result.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    result = run_module("semiseg_fast.eval", "--checkpoint", str(tmp_path / "junk.pt"))
+    assert result.returncode != 0 and "junk.pt" in result.stderr

@@ -1,0 +1,88 @@
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semiseg_fast.metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
+from semiseg_fast.train.report import MetricsCSV, ProgressBar, palette, read_csv, save_curves, save_prediction_grid
+
+
+def test_confusion_matrix_counts_and_ignores():
+    target = torch.tensor([[0, 1, 2, 255], [1, 1, 0, 2]], dtype=torch.uint8)
+    pred = torch.tensor([[0, 2, 2, 1], [1, 0, 0, 2]])
+    cm = confusion_matrix(pred, target, 3)
+    expected = torch.zeros(3, 3, dtype=torch.int64)
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            expected[t, p] += 1
+    assert torch.equal(cm, expected)
+    miou, per_class = iou_from_confusion(cm)
+    assert per_class[0] == pytest.approx(2 / 3) and per_class[1] == pytest.approx(1 / 3)
+    assert miou == pytest.approx(float(per_class.mean()))
+    assert pixel_accuracy(cm) == pytest.approx(5 / 7)
+
+
+def test_absent_class_is_nan_and_left_out():
+    cm = confusion_matrix(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 3)
+    miou, per_class = iou_from_confusion(cm)
+    assert per_class[0] == 1.0 and math.isnan(per_class[1]) and miou == 1.0
+
+
+def test_confusion_matrix_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        confusion_matrix(torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match="pred"):
+        confusion_matrix(torch.zeros(2), torch.zeros(2, dtype=torch.long), 2)
+
+
+def test_progress_bar_on_a_pipe():
+    stream = io.StringIO()
+    bar = ProgressBar(4, desc="fixmatch", stream=stream, log_interval=0.0)
+    bar.set_metrics(loss=0.5, mask=0.25)
+    for _ in range(4):
+        bar.update(1, images=16)
+    bar.write("step 4: mIoU 10.00")
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[-2].startswith("fixmatch 4/4 loss=0.5000 mask=0.2500") and "img/s" in lines[-2] and "eta 0:00" in lines[-2]
+    assert lines[-1] == "step 4: mIoU 10.00" and "\r" not in stream.getvalue()
+    quiet = io.StringIO()
+    off = ProgressBar(4, stream=quiet, enabled=False)
+    off.update(4)
+    off.write("x")
+    assert quiet.getvalue() == ""
+
+
+def test_metrics_csv_resume(tmp_path):
+    path = str(tmp_path / "m.csv")
+    csv = MetricsCSV(path, ["step", "loss", "miou"])
+    for step in (10, 20, 30):
+        csv.write({"step": step, "loss": 1.0 / step, "miou": "" if step != 20 else 0.5})
+    MetricsCSV(path, ["step", "loss", "miou"]).truncate_after(20)
+    rows = read_csv(path)
+    assert [r["step"] for r in rows] == [10.0, 20.0] and rows[1]["miou"] == 0.5 and math.isnan(rows[0]["miou"])
+    with pytest.raises(ValueError, match="columns"):
+        MetricsCSV(path, ["step"])
+    with pytest.raises(KeyError, match="unknown columns"):
+        csv.write({"step": 1, "acc": 2})
+
+
+def test_palette_is_the_voc_colour_map():
+    assert palette(5).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+
+
+def test_pngs(tmp_path):
+    images = torch.randint(0, 256, (2, 3, 8, 10), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (2, 8, 10))
+    labels[0, 0, 0] = 255
+    save_prediction_grid(str(tmp_path / "grid.png"), images, labels, labels, num_classes=3)
+    grid = np.array(Image.open(tmp_path / "grid.png"))
+    assert grid.shape[1] == 30 and grid.shape[0] > 16
+    save_curves(str(tmp_path / "curves.png"), [{"step": 1.0, "loss": 2.0, "miou": float("nan")},
+                                               {"step": 2.0, "loss": 1.0, "miou": 0.3}])
+    assert Image.open(tmp_path / "curves.png").size == (720, 300)
+    save_curves(str(tmp_path / "empty.png"), [])
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp-")]
