@@ -26,7 +26,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     import torch
 
     from .train.checkpoint import load_checkpoint
-    from .train.config import _merge, _override, validate
+    from .train.config import merge, parse_override, validate
     from .train.data import build_datasets
     from .train.evaluate import evaluate, format_iou_table
     from .train.loop import build_run_model
@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for text in args.overrides:
             if not text.startswith("data."):
                 raise ValueError(f"override: only data.* keys apply to evaluation, got {text!r}")
-            _merge(config, _override(text), "")
+            merge(config, parse_override(text), "")
         validate(config)
     except (FileNotFoundError, RuntimeError, KeyError, ValueError, TypeError) as e:
         sys.exit(f"error: {e}")

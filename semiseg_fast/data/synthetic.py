@@ -21,7 +21,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 TYPICAL_TEXTURE_P = 1.0  # how often an object wears its class's texture
 DISTRACTOR_P = 0.6  # how often the background holds a patch of object-like texture
 CLASS_HUES = (0.0, 0.2, 0.4, 0.6, 0.8)  # typical hue of classes 1..5, worn with a spread
-TYPICAL_HUE_P, HUE_SPREAD = 0.8, 0.08
+TYPICAL_HUE_P, HUE_SPREAD = 0.0, 0.08
 TEXTURES = ("stripes", "checker", "dots", "smooth", "noise")  # typical texture of classes 1..5
 
 

@@ -31,9 +31,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         config = load_config(args.config, args.overrides)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    from ..data import DataError
     from .loop import train  # after argument errors: importing torch takes a while
 
-    train(config, resume=args.resume)
+    try:
+        train(config, resume=args.resume)
+    except (FileNotFoundError, DataError) as e:  # missing or unreadable data: the message names the file
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

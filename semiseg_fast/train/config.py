@@ -59,7 +59,7 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-def _merge(base: Dict[str, Any], update: Dict[str, Any], where: str) -> None:
+def merge(base: Dict[str, Any], update: Dict[str, Any], where: str) -> None:
     for key, value in update.items():
         path = f"{where}{key}"
         if key not in base:
@@ -67,12 +67,12 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], where: str) -> None:
         if isinstance(base[key], dict) and path != "model.kwargs":
             if not isinstance(value, dict):
                 raise TypeError(f"config: {path!r} expects a mapping, got {value!r}")
-            _merge(base[key], value, path + ".")
+            merge(base[key], value, path + ".")
         else:
             base[key] = value
 
 
-def _override(text: str) -> Dict[str, Any]:
+def parse_override(text: str) -> Dict[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"override: expected key.sub=value, got {text!r}")
@@ -96,9 +96,9 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             raise FileNotFoundError(f"config: cannot read {path!r}: {e.strerror}") from e
         if not isinstance(loaded, dict):
             raise TypeError(f"config: {path!r} must hold a mapping at the top level")
-        _merge(config, loaded, "")
+        merge(config, loaded, "")
     for text in overrides:
-        _merge(config, _override(text), "")
+        merge(config, parse_override(text), "")
     validate(config)
     return config
 

@@ -20,7 +20,7 @@ from .batches import mix_seed
 from .checkpoint import load_checkpoint, save_atomic
 from .config import dump
 from .data import LabeledView, UnlabeledView, build_datasets, step_loader
-from .distributed import World, all_reduce_sum, init_world, shutdown
+from .distributed import all_reduce_sum, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
 from .methods import STEPS, StepContext, ema_update
 

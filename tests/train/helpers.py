@@ -2,7 +2,6 @@ import os
 import subprocess
 import sys
 
-import yaml
 
 TINY = {
     "data": {"synthetic_train": 24, "synthetic_val": 6, "image_size": 32, "crop_size": 32, "batch_size": 2,
