@@ -1,13 +1,13 @@
 """An embedded segmentation dataset, generated procedurally and deterministically from
 (seed, index): no files, no downloads.
 
-Five object classes over a structured background. A class is a shape with a typical surface
-texture (the texture is the class's own in 70% of instances, another class's otherwise), so
-neither shape nor texture alone is enough; colour is random per instance and never tells the
-class. Objects vary in size (10-45% of the side), aspect and rotation, overlap (later objects
-occlude earlier ones) and are lit by a random illumination gradient with noise. The background
-mixes smooth gradients, low-frequency blobs and, often, a patch of object-like texture as a
-distractor, so that a few labeled images leave the model guessing and unlabeled ones help."""
+Five object classes over a structured background. A class is a shape with its own surface
+texture (stripes, checkers, dots, a smooth ramp, blotches), two cues at different scales;
+colour is random per instance and never tells the class. One to four objects per image vary in
+size (20-60% of the side), aspect and rotation and may overlap (later objects occlude earlier
+ones); a random illumination gradient, brightness, contrast and noise are applied on top. The
+background mixes smooth gradients, low-frequency blobs and, in 60% of images, a patch of
+object-like texture as a distractor, so that a few labeled images do not cover the variation."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -18,17 +18,13 @@ from torch.utils.data import Dataset
 
 CLASS_NAMES = ("background", "disc", "box", "triangle", "ring", "cross")
 NUM_CLASSES = len(CLASS_NAMES)
-TYPICAL_TEXTURE_P = 1.0  # how often an object wears its class's texture
 DISTRACTOR_P = 0.6  # how often the background holds a patch of object-like texture
-CLASS_HUES = (0.0, 0.2, 0.4, 0.6, 0.8)  # typical hue of classes 1..5, worn with a spread
-TYPICAL_HUE_P, HUE_SPREAD = 0.0, 0.08
-TEXTURES = ("stripes", "checker", "dots", "smooth", "noise")  # typical texture of classes 1..5
+TEXTURES = ("stripes", "checker", "dots", "smooth", "noise")  # the texture of classes 1..5
 
 
-def _random_colour(rng: np.random.Generator, hue: Optional[float] = None) -> np.ndarray:
-    """An RGB colour in [0, 1] from a hue (random unless given), random saturation and value."""
-    h = rng.random() if hue is None else hue % 1.0
-    s, v = rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A random RGB colour in [0, 1] from a random hue, saturation and value."""
+    h, s, v = rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)
     k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -106,9 +102,8 @@ def render_scene(seed: int, index: int, size: Tuple[int, int]) -> Tuple[np.ndarr
         u = np.cos(angle) * dx + np.sin(angle) * dy
         v = -np.sin(angle) * dx + np.cos(angle) * dy
         mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
-        kind = TEXTURES[cls - 1] if rng.random() < TYPICAL_TEXTURE_P else TEXTURES[rng.integers(len(TEXTURES))]
-        tex = _texture(kind, rng, u, v, r)[..., None]
-        a = _random_colour(rng, CLASS_HUES[cls - 1] + rng.normal(0, HUE_SPREAD) if rng.random() < TYPICAL_HUE_P else None)
+        tex = _texture(TEXTURES[cls - 1], rng, u, v, r)[..., None]
+        a = _random_colour(rng)
         b = a * rng.uniform(0.25, 0.6) if rng.random() < 0.5 else _random_colour(rng)
         image = np.where(mask[..., None], a * (1 - tex) + b * tex, image)
         label[mask] = cls
