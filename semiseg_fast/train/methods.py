@@ -50,7 +50,7 @@ def _teacher_predict(ctx: StepContext, images: torch.Tensor):
 
 
 def _mix(box: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """CutMix within the batch: inside each image's box, take the next image of the batch."""
+    """CutMix within the batch: inside image i's box, take image i - 1 (cyclically)."""
     b = box[:, None] if t.dim() == 4 else box
     return torch.where(b, t.roll(1, dims=0), t)
 
