@@ -1,34 +1,17 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, flushed to disk, then
-renamed over the old one, so a run killed at any moment leaves either the previous or the new
-checkpoint, never a truncated one."""
+"""Checkpoints, written atomically (see :mod:`semiseg_fast.train.atomic`)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict
 
 import torch
 
+from .atomic import atomic_open
+
 
 def save_atomic(state: Dict[str, Any], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -98,7 +98,8 @@ class Trainer:
         if self.method == "u2pl":
             u = sc["u2pl"]
             self.criterion = U2PLLoss(
-                self.data.num_classes, tc["epochs"], rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64), ignore_index=dc["ignore_index"],
+                self.data.num_classes, tc["epochs"], rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64),
+                ignore_index=dc["ignore_index"],
                 drop_percent=u["drop_percent"], unsupervised_weight=sc["unsupervised_weight"],
                 contrastive=u["contrastive"], contrastive_weight=u["contrastive_weight"], low_rank=u["low_rank"],
                 high_rank=u["high_rank"], num_queries=u["num_queries"], num_negatives=u["num_negatives"],
@@ -201,7 +202,7 @@ class Trainer:
                 group["lr"] = lr
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
-            ctx = StepContext(self.student, self.teacher if self.teacher is not None else self.model,
+            ctx = StepContext(self.student, self.eval_model,
                               cfg["semi"], cfg["data"]["ignore_index"], min(step // self.steps_per_epoch,
                               tc["epochs"] - 1), gen, self.criterion)
             with torch.autocast(w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -231,12 +232,12 @@ class Trainer:
                     row["miou"] = last_result.miou
                     if w.is_main:
                         bar.write(f"step {self.step}: mIoU {100 * last_result.miou:.2f}")
+                    if last_result.miou > self.best_miou:
+                        self.best_miou = last_result.miou
+                        if w.is_main:
+                            save_atomic(self._state(last_result.miou), os.path.join(self.out_dir, "best.pt"))
                 if csv is not None:
                     csv.write(row)
-                if last_result is not None and row["miou"] != "" and last_result.miou > self.best_miou:
-                    self.best_miou = last_result.miou
-                    if w.is_main:
-                        save_atomic(self._state(last_result.miou), os.path.join(self.out_dir, "best.pt"))
                 t_log = time.perf_counter()
             if (self.step % tc["checkpoint_every"] == 0 or last) and w.is_main:
                 save_atomic(self._state(last_result.miou if last_result else float("nan")),

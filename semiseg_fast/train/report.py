@@ -6,13 +6,14 @@ import csv
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .atomic import atomic_open
 
 
 class ProgressBar:
@@ -101,13 +102,10 @@ class MetricsCSV:
             return
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=folder)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, self.fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
 
 def read_csv(path: str) -> List[Dict[str, float]]:
@@ -130,13 +128,9 @@ def palette(num_classes: int) -> np.ndarray:
     return colours
 
 
-def _save_atomic(image: Image.Image, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _save_png(image: Image.Image, path: str) -> None:
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
 
 
 def colourize(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> np.ndarray:
@@ -159,7 +153,7 @@ def save_prediction_grid(path: str, images: torch.Tensor, labels: torch.Tensor, 
                  colourize(preds[i], num_classes, ignore_index)]
         for col, tile in enumerate(tiles):
             grid.paste(Image.fromarray(np.ascontiguousarray(tile)), (col * w, title + i * h))
-    _save_atomic(grid, path)
+    _save_png(grid, path)
 
 
 def _panel(draw: ImageDraw.ImageDraw, box, xs: List[float], ys: List[float], title: str, colour: str) -> None:
@@ -193,4 +187,4 @@ def save_curves(path: str, rows: List[Dict[str, float]]) -> None:
     _panel(draw, (20, 30, 320, 270), steps, [r.get("loss", float("nan")) for r in rows], "training loss vs step", "blue")
     _panel(draw, (380, 30, 680, 270), steps, [r.get("miou", float("nan")) for r in rows], "validation mIoU vs step",
            "red")
-    _save_atomic(image, path)
+    _save_png(image, path)
