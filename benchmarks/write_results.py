@@ -67,6 +67,7 @@ def measure_memory():
 
     import semiseg_fast as sf
     from benchmarks import cases
+    from semiseg_fast import reference
     from semiseg_fast.utils import saved_tensor_bytes
 
     out = []
@@ -83,6 +84,14 @@ def measure_memory():
                 row[impl] = nbytes
             row["logits"] = inp.student.numel() * inp.student.element_size()
             out.append(row)
+        row = dict(op="pseudoseg_consistency_loss", dtype=dt_name, shape=shape, logits=out[-1]["logits"])
+        sgc = inp.teacher.flip(1)
+        for impl, fn in (("fused", sf.pseudoseg_consistency_loss),
+                         ("eager", reference.pseudoseg.pseudoseg_consistency_loss)):
+            x = inp.student.detach().requires_grad_()
+            with sf.backend("auto"):
+                _, row[impl] = saved_tensor_bytes(lambda: fn(x, inp.teacher, sgc))
+        out.append(row)
         del inp
     return out
 
@@ -193,6 +202,7 @@ def render(data, rows, mem) -> str:
         if "compile" in ps:
             checks.append(("pixel_stats vs torch.compile", ps["compile"]["median_s"] / f, 3.0, ">="))
     u2pl_checks = render_u2pl(w, rows, m)
+    pseudoseg_checks = render_pseudoseg(w, rows)
     if checks:
         w("## Targets of the core-ops issue (first shape, fp32 NCHW)")
         w("")
@@ -214,6 +224,15 @@ def render(data, rows, mem) -> str:
         for name, val, req, how in u2pl_checks:
             ok = val <= req if how == "<=" else val >= req
             w(f"| {name} | {val:.2f}{'' if how == '<=' else 'x'} | {how} {req} | {'yes' if ok else 'NO'} |")
+        w("")
+
+    if pseudoseg_checks:
+        w("## Targets of the PseudoSeg issue")
+        w("")
+        w("| target | measured | required | met |")
+        w("|---|---:|---:|:---:|")
+        for name, val, req, how in pseudoseg_checks:
+            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
         w("")
 
     if mem:
@@ -241,6 +260,41 @@ U2PL_GROUPS = [
     ("negative_class_mask feature resolution", "sort-based"),
     ("u2pl contrastive step, full bank", "official"),
 ]
+
+
+PSEUDOSEG_GROUP = "pseudoseg_consistency_loss fwd+bwd"  # benchmarks/test_pseudoseg.py
+
+
+def render_pseudoseg(w, rows):
+    """The PseudoSeg consistency loss table; returns the issue's target check."""
+    by = {}
+    for r in rows:
+        if r.get("op") == PSEUDOSEG_GROUP:
+            by[(r["dtype"], r["layout"], r["impl"])] = r
+    if not by:
+        return []
+    w("## PseudoSeg consistency loss: fused against the eager transcription")
+    w("")
+    w("`pseudoseg_consistency_loss` forward + gradient (soft target, gamma 0.5, T 0.5, a Cutout box")
+    w("ignored) against `semiseg_fast.reference.pseudoseg` (global RMS scale, two softmaxes, sharpening,")
+    w("soft cross-entropy, autograd backward) and torch.compile of it.")
+    w("")
+    w("| dtype | layout | shape | fused ms | eager ms | compile ms | vs eager | vs compile |")
+    w("|---|---|---|---:|---:|---:|---:|---:|")
+    checks = []
+    for dt, lay in [("fp32", "nchw"), ("bf16", "channels_last")]:
+        f = by.get((dt, lay, "fused"))
+        if not f:
+            continue
+        e, c = by.get((dt, lay, "eager")), by.get((dt, lay, "compile"))
+        cell = lambda r: fmt_ms(r["median_s"]) if r else "-"
+        ratio = lambda r: f"{r['median_s'] / f['median_s']:.1f}x" if r else "-"
+        shape = "x".join(map(str, f["shape"]))
+        w(f"| {dt} | {lay} | {shape} | {cell(f)} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} |")
+        if (dt, lay) == ("fp32", "nchw") and e:
+            checks.append(("pseudoseg_consistency_loss fwd+bwd vs eager", e["median_s"] / f["median_s"], 6.0, ">="))
+    w("")
+    return checks
 
 
 def render_u2pl(w, rows, m):

@@ -30,6 +30,11 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
   m.def(
       "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
       "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc) -> Tensor");
+  m.def(
+      "_cpp_pseudoseg(Tensor student, Tensor decoder, Tensor sgc, Tensor? ignore_mask, Tensor scale, float gamma, "
+      "float temperature, float threshold, bool soft, int norm_mode, float norm_value, bool need_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -4,11 +4,13 @@ from ._backend import BACKENDS, backend, cpp_available, get_backend
 from .losses import FixMatchLoss, PseudoLabelCrossEntropy, U2PLLoss
 from .ops import (
     PixelStats,
+    calibrated_fusion,
     entropy_percentile,
     fixmatch_loss,
     negative_class_mask,
     pixel_stats,
     pseudo_label_cross_entropy,
+    pseudoseg_consistency_loss,
 )
 from .utils import cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit
 
@@ -23,6 +25,7 @@ __all__ = [
     "PseudoLabelCrossEntropy",
     "U2PLLoss",
     "backend",
+    "calibrated_fusion",
     "cpu_cache_info",
     "empty_cpu_cache",
     "entropy_percentile",
@@ -31,6 +34,7 @@ __all__ = [
     "negative_class_mask",
     "pixel_stats",
     "pseudo_label_cross_entropy",
+    "pseudoseg_consistency_loss",
     "set_cpu_cache_limit",
     "u2pl",
 ]

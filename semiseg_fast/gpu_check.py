@@ -42,6 +42,7 @@ BUDGETS = {
     "pixel_stats_backward_kernel": 80,
     "cross_entropy_kernel": 80,
     "fixmatch_kernel": 80,
+    "pseudoseg_kernel": 80,
     "negative_mask_kernel": 80,
     "radix_histogram_kernel": 80,
 }
@@ -86,8 +87,10 @@ def sweep() -> list:
     from .triton.negative_mask import negative_mask
     from .triton.percentile import percentile
     from .triton.pixel_stats import pixel_stats, pixel_stats_backward
+    from .triton.pseudoseg import pseudoseg_loss
 
     calls = []  # (label, thunk)
+    scale = torch.empty((), dtype=torch.float32, device="meta")
     for (n, h, w) in SWEEP_SHAPES:
         for c in SWEEP_CLASSES:
             for dt in SWEEP_DTYPES:
@@ -104,6 +107,8 @@ def sweep() -> list:
                         (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, None, True, False)),
                         (label, lambda x=x, t=u8: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True)),
                         (label, lambda x=x: negative_mask(x, min(3, c - 1), 20)),
+                        (label, lambda x=x, s=scale: pseudoseg_loss(x, x, x, None, s, 0.5, 0.5, 0.0, True, 0, 0.0,
+                                                                    True)),
                     ]
     # Options, at the most common class count.
     n, h, w = SWEEP_SHAPES[0]
@@ -125,6 +130,11 @@ def sweep() -> list:
                 m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
                 for need_grad in (True, False):
                     calls.append((label, lambda x=x, m=m, g=need_grad: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g)))
+            bool_mask = torch.empty((n, h, w), dtype=torch.bool, device="meta")
+            for soft, temperature, threshold in [(False, 0.5, 0.0), (True, 1.0, 0.0), (True, 0.7, 0.5)]:
+                calls.append((label, lambda x=x, m=bool_mask, so=soft, t=temperature, th=threshold:
+                              pseudoseg_loss(x, x, x, m, scale, 0.5, t, th, so, 0, 0.0, True)))
+            calls.append((label, lambda x=x: pseudoseg_loss(x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, False)))
     # entropy_percentile: fp32 entropy maps, with and without a valid mask, 1 to 3 percentiles.
     for (n, h, w) in SWEEP_SHAPES:
         ent = torch.empty((n, h, w), dtype=torch.float32, device="meta")
@@ -285,6 +295,7 @@ def minimal_bytes(op: str, shape, esize: int = 2) -> int:
         "pixel_stats_backward": logits + 17 * px + logits,       # logits, 4 per-pixel inputs; write grad
         "cross_entropy (fwd+grad)": logits + px + logits,        # logits, target; write grad
         "fixmatch (fwd+grad)": 2 * logits + px + logits,         # student, teacher, mask; write grad
+        "pseudoseg (scale + fwd+grad)": 2 * logits + 3 * logits + px + logits,  # scale: p, m; then p, m, z, mask; grad
         "grad_output scaling (CUDA backward)": 2 * logits,       # read + write the gradient
     }[op]
 
@@ -337,7 +348,7 @@ def render(results: list, seconds: float) -> str:
     w("| op | shape (N, C, H, W) | minimal MB | roofline us | GPU us |")
     w("|---|---|---:|---:|---:|")
     for op in ("pixel_stats", "pixel_stats_backward", "cross_entropy (fwd+grad)", "fixmatch (fwd+grad)",
-               "grad_output scaling (CUDA backward)"):
+               "pseudoseg (scale + fwd+grad)", "grad_output scaling (CUDA backward)"):
         for name, shape in ROOFLINE_SHAPES.items():
             b = minimal_bytes(op, shape)
             w(f"| {op} | {name} {shape} | {b / 1e6:.1f} | {b / H100_BANDWIDTH * 1e6:.1f} | |")

@@ -17,6 +17,6 @@ def test_benchmarks_run_and_render(tmp_path):
     subprocess.run([sys.executable, "benchmarks/write_results.py", "--json", str(js), "--out", str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     text = out.read_text()
-    for section in ("## pixel_stats", "## pseudo_label_cross_entropy", "## fixmatch_loss", "against its floor",
+    for section in ("## pixel_stats", "## pseudo_label_cross_entropy", "## fixmatch_loss", "against its floor", "## PseudoSeg consistency loss",
                     "Bytes held between forward and backward", "memory bandwidth measured in this run"):
         assert section in text

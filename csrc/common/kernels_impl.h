@@ -371,8 +371,125 @@ void negative_mask_range(const NegativeMaskArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+void sum_squares_range(const SumSquaresArgs& a, int64_t t0, int64_t t1) {
+  const Shape& S = a.shape;
+  const int64_t P = a.tiling.P;
+  Scratch sc(S.C, P);
+  for (int64_t t = t0; t < t1; ++t) {
+    const TileIn x = input_tile(a.x, S, P, tile_pos(S, a.tiling, t), sc);  // padding pixels are 0
+    double sum = 0.0;
+    for (int64_t c = 0; c < S.C; ++c) {
+      vf acc{};
+      for (int64_t v = 0; v < P; v += kVL) {
+        const vf xv = vload(x.p + c * x.cs + v);
+        acc += xv * xv;
+      }
+      for (int i = 0; i < kVL; ++i) sum += acc[i];
+    }
+    a.tile_sum[t] = sum;
+  }
+}
+
+// PseudoSeg's consistency loss. Per pixel, with s the global scale:
+//   q = gamma softmax(s p) + (1 - gamma) softmax(s m),  r_c = q_c^(1/T),  t = r / R (R = sum_c r_c);
+//   soft: loss = sum_c t_c (lse(z) - z_c) = log sum_c e^(z_c - max z) - sum_c t_c (z_c - max z),
+//         d loss / d z = softmax(z) - t;
+//   hard: cross-entropy against argmax t (the same precise form as tile_cross_entropy).
+// A pixel counts when it is valid and (threshold > 0 only) max t >= threshold.
+void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
+  const Shape& S = a.shape;
+  const int64_t P = a.tiling.P, C = S.C;
+  Scratch sp(C, P), sm(C, P), sz(C, P);
+  std::vector<float> r(C * P), em(C * P), ce(P);  // r holds exp(s (p - max p)) until it holds r
+  std::vector<int32_t> valid(P);
+  const float s = a.scale, inv_t = a.inv_temperature;
+  const bool square = inv_t == 2.f, identity = inv_t == 1.f;
+  const vf gamma = vsplat(a.gamma), gamma_m = vsplat(1.f - a.gamma);
+  for (int64_t t = t0; t < t1; ++t) {
+    const TilePos tp = tile_pos(S, a.tiling, t);
+    load_valid(valid.data(), a.ignore_mask, 255, S, P, tp, sp);
+    const TileIn p = input_tile(a.decoder, S, P, tp, sp);
+    const TileIn m = input_tile(a.sgc, S, P, tp, sm);
+    const TileIn z = input_tile(a.student, S, P, tp, sz);
+    const TileOut g = output_tile(a.grad, S, P, tp, sz);  // may alias z: each z_c is read before g_c is written
+    int64_t confident = 0;
+    for (int64_t v = 0; v < P; v += kVL) {
+      vf mp = vload(p.p + v), mm = vload(m.p + v);
+      for (int64_t c = 1; c < C; ++c) {
+        const vf pc = vload(p.p + c * p.cs + v), mc = vload(m.p + c * m.cs + v);
+        mp = vselect(pc > mp, pc, mp);
+        mm = vselect(mc > mm, mc, mm);
+      }
+      vf sum_p{}, sum_m{};
+      for (int64_t c = 0; c < C; ++c) {
+        const vf ep = vexp((vload(p.p + c * p.cs + v) - mp) * s);
+        const vf e2 = vexp((vload(m.p + c * m.cs + v) - mm) * s);
+        vstore(r.data() + c * P + v, ep);
+        vstore(em.data() + c * P + v, e2);
+        sum_p += ep;
+        sum_m += e2;
+      }
+      const vf wp = gamma / sum_p, wm = gamma_m / sum_m;
+      vf R{}, rmax = vsplat(-1.f);
+      vi y{}, cv{};
+      for (int64_t c = 0; c < C; ++c, cv += 1) {
+        const vf q = wp * vload(r.data() + c * P + v) + wm * vload(em.data() + c * P + v);
+        const vf rc = square ? q * q : identity ? q : vselect(q > 0.f, vexp(vlog(q) * inv_t), vf{});
+        vstore(r.data() + c * P + v, rc);
+        R += rc;
+        const vi take = rc > rmax;
+        rmax = vselect(take, rc, rmax);
+        y = vselecti(take, cv, y);
+      }
+      const vf inv_r = 1.0f / R;
+      vi act = vloadi(valid.data() + v);
+      if (a.threshold > 0.f) act &= rmax * inv_r >= a.threshold;
+      vf mz = vload(z.p + v);
+      for (int64_t c = 1; c < C; ++c) {
+        const vf zc = vload(z.p + c * z.cs + v);
+        mz = vselect(zc > mz, zc, mz);
+      }
+      vf sum_z{}, rz{}, rest{}, zy{};
+      cv = vi{};
+      for (int64_t c = 0; c < C; ++c, cv += 1) {
+        const vf zc = vload(z.p + c * z.cs + v);
+        const vf d = zc - mz;
+        const vf e = vexp(d);
+        sum_z += e;
+        if (a.soft) {
+          rz += vload(r.data() + c * P + v) * d;
+        } else {
+          rest += vselect(y == cv, vf{}, e);
+          zy = vselect(y == cv, zc, zy);
+        }
+        if (g.p) vstore(g.p + c * g.cs + v, e);
+      }
+      const vf loss = a.soft ? vlog(sum_z) - rz * inv_r : vselect(zy == mz, vlog1p(rest), (mz - zy) + vlog(sum_z));
+      vstore(ce.data() + v, vselect(act, loss, vf{}));
+      for (int i = 0; i < kVL; ++i) confident += act[i] != 0;
+      if (g.p) {
+        const vf gs = vselect(act, a.grad_scale / sum_z, vf{});
+        const vf gt = vselect(act, a.grad_scale * inv_r, vf{});
+        cv = vi{};
+        for (int64_t c = 0; c < C; ++c, cv += 1) {
+          const vf e = vload(g.p + c * g.cs + v);
+          const vf gc = a.soft ? gs * e - gt * vload(r.data() + c * P + v)
+                               : vselect(y == cv, -(gs * rest), gs * e);
+          vstore(g.p + c * g.cs + v, gc);
+        }
+      }
+    }
+    double sum = 0.0;
+    for (int64_t q = 0; q < tp.np; ++q) sum += ce[q];
+    a.tile_loss[t] = sum;
+    a.tile_confident[t] = confident;
+    finish_output(g, a.grad, S, P, tp, sz);
+  }
+}
+
 const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
-                                pixel_stats_backward_range, negative_mask_range, SSF_ISA_NAME};
+                                pixel_stats_backward_range, negative_mask_range, sum_squares_range,
+                                pseudoseg_range,            SSF_ISA_NAME};
   return t;
 }

@@ -141,6 +141,35 @@ struct DenominatorArgs {
   double* tile_weight = nullptr;
 };
 
+// Sum of x^2 over every element, per tile (PseudoSeg's global logit scale).
+struct SumSquaresArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits x;
+  double* tile_sum = nullptr;  // [num_tiles]
+};
+
+// PseudoSeg's consistency loss: target = sharpen(gamma softmax(s p) + (1 - gamma) softmax(s m), T),
+// soft (or hard, argmax) cross-entropy of the student against it where the pixel is valid and
+// max target >= threshold.
+struct PseudoSegArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits student;
+  Logits decoder;
+  Logits sgc;
+  PixelMap ignore_mask;         // optional, bool: true = ignored
+  float scale = 1.f;            // s, the global logit scale
+  float gamma = 0.5f;
+  float inv_temperature = 2.f;  // 1 / T
+  float threshold = 0.f;
+  bool soft = true;
+  float grad_scale = 1.f;
+  GradOut grad;
+  double* tile_loss = nullptr;        // [num_tiles]
+  int64_t* tile_confident = nullptr;  // [num_tiles]: valid and max target >= threshold
+};
+
 // Function table for one instruction set.
 struct KernelTable {
   void (*pixel_stats)(const PixelStatsArgs&, int64_t, int64_t);
@@ -149,6 +178,8 @@ struct KernelTable {
   void (*denominator)(const DenominatorArgs&, int64_t, int64_t);
   void (*pixel_stats_backward)(const PixelStatsBackwardArgs&, int64_t, int64_t);
   void (*negative_mask)(const NegativeMaskArgs&, int64_t, int64_t);
+  void (*sum_squares)(const SumSquaresArgs&, int64_t, int64_t);
+  void (*pseudoseg)(const PseudoSegArgs&, int64_t, int64_t);
   const char* name;
 };
 

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -273,6 +274,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   return {loss, grad, ce};
 }
 
+// The mean of a masked per-pixel loss, shared by fixmatch and pseudoseg: the denominator counts
+// valid pixels, all pixels, a given value, or (kConfident) the pixels that pass the threshold, known
+// only after the kernel: then the gradient is written unscaled and its scale is returned as `post`.
+struct MaskedMean {
+  double valid = 0.0;  // non-ignored pixels
+  double inv = 1.0;    // 1 / denominator when known before the kernel
+  float grad_scale = 1.f;
+};
+
+MaskedMean masked_mean(const Shape& S, const Tiling& T, const PixelMap& ignore_mask, int64_t ignore_index,
+                       int64_t norm_mode, double norm_value) {
+  TORCH_CHECK(norm_mode == kValid || norm_mode == kTotal || norm_mode == kValue || norm_mode == kConfident,
+              "normalizer: invalid code ", norm_mode);
+  MaskedMean r;
+  r.valid = denominator(S, T, PixelMap{}, PixelMap{}, ignore_mask, ignore_index, kValid, 0.0);
+  if (norm_mode != kConfident) {
+    const double d = norm_mode == kValid ? r.valid : norm_mode == kTotal ? (double)(S.N * S.H * S.W) : norm_value;
+    r.inv = d != 0.0 ? 1.0 / d : 0.0;
+    r.grad_scale = (float)r.inv;
+  }
+  return r;
+}
+
+// (loss, mask ratio, gradient, scale still owed by the gradient) from the kernel's tile partials.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_masked_mean(
+    MaskedMean mean, int64_t norm_mode, const std::vector<double>& tile_loss, const std::vector<int64_t>& tile_conf,
+    at::Tensor grad) {
+  int64_t confident = 0;
+  for (int64_t c : tile_conf) confident += c;
+  double post = 1.0;
+  if (norm_mode == kConfident) {
+    mean.inv = confident > 0 ? 1.0 / (double)confident : 0.0;
+    post = mean.inv;
+  }
+  const double loss = sum_in_order(tile_loss) * mean.inv;
+  const double ratio = mean.valid > 0 ? (double)confident / mean.valid : 0.0;
+  return {scalar(loss), scalar(ratio), grad, scalar(post)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
     const at::Tensor& student, const at::Tensor& teacher, double threshold,
     const c10::optional<at::Tensor>& ignore_mask, int64_t ignore_index, int64_t norm_mode, double norm_value,
@@ -281,8 +321,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
   check_logits(teacher, "teacher_logits");
   TORCH_CHECK(student.sizes() == teacher.sizes(), "teacher_logits: expected the shape of student_logits ",
               student.sizes(), ", got ", teacher.sizes());
-  TORCH_CHECK(norm_mode == kValid || norm_mode == kTotal || norm_mode == kValue || norm_mode == kConfident,
-              "normalizer: invalid code ", norm_mode);
   const Shape S = shape_of(student);
   FixMatchArgs a;
   a.shape = S;
@@ -292,15 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
   a.ignore_mask = map_view(ignore_mask, S, "ignore_mask");
   a.ignore_index = ignore_index;
   a.threshold = (float)threshold;
-  const double valid = denominator(S, a.tiling, PixelMap{}, PixelMap{}, a.ignore_mask, ignore_index, kValid, 0.0);
-  double inv = 1.0;
-  if (norm_mode != kConfident) {
-    const double d = norm_mode == kValid ? valid
-                     : norm_mode == kTotal ? (double)(S.N * S.H * S.W)
-                                           : norm_value;
-    inv = d != 0.0 ? 1.0 / d : 0.0;
-  }
-  a.grad_scale = norm_mode == kConfident ? 1.f : (float)inv;
+  const MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
+  a.grad_scale = mean.grad_scale;
   at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
   if (need_grad) a.grad = grad_view(grad);
   std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
@@ -311,16 +342,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
     const auto& k = table();
     run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.fixmatch(a, b, e); });
   }
-  int64_t confident = 0;
-  for (int64_t c : tile_conf) confident += c;
-  double post = 1.0;  // still to be applied to the gradient
-  if (norm_mode == kConfident) {
-    inv = confident > 0 ? 1.0 / (double)confident : 0.0;
-    post = inv;
+  return finish_masked_mean(mean, norm_mode, tile_loss, tile_conf, grad);
+}
+
+double sum_of_squares(const at::Tensor& x) {
+  SumSquaresArgs a;
+  a.shape = shape_of(x);
+  a.tiling = make_tiling(a.shape);
+  a.x = logits_view(x);
+  std::vector<double> tile_sum(a.tiling.num_tiles, 0.0);
+  a.tile_sum = tile_sum.data();
+  const auto& k = table();
+  run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.sum_squares(a, b, e); });
+  return sum_in_order(tile_sum);
+}
+
+// PseudoSeg's global logit scale s = 1 / sqrt(mean over p and m of v^2 + 1e-8), as a 0-dim tensor.
+at::Tensor pseudoseg_scale_cpu(const at::Tensor& decoder, const at::Tensor& sgc) {
+  check_logits(decoder, "decoder_logits");
+  check_logits(sgc, "sgc_logits");
+  const double count = (double)(decoder.numel() + sgc.numel());
+  const double mean = count > 0 ? (sum_of_squares(decoder) + sum_of_squares(sgc)) / count : 0.0;
+  return scalar(1.0 / std::sqrt(mean + 1e-8));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pseudoseg_cpu(
+    const at::Tensor& student, const at::Tensor& decoder, const at::Tensor& sgc,
+    const c10::optional<at::Tensor>& ignore_mask, const at::Tensor& scale, double gamma, double temperature,
+    double threshold, bool soft, int64_t norm_mode, double norm_value, bool need_grad) {
+  check_logits(student, "student_logits");
+  check_logits(decoder, "decoder_logits");
+  check_logits(sgc, "sgc_logits");
+  TORCH_CHECK(student.sizes() == decoder.sizes() && student.sizes() == sgc.sizes(),
+              "decoder_logits, sgc_logits: expected the shape of student_logits ", student.sizes(), ", got ",
+              decoder.sizes(), " and ", sgc.sizes());
+  TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == at::kFloat, "scale: expected one float32 value");
+  TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
+  const Shape S = shape_of(student);
+  PseudoSegArgs a;
+  a.shape = S;
+  a.tiling = make_tiling(S);
+  a.student = logits_view(student);
+  a.decoder = logits_view(decoder);
+  a.sgc = logits_view(sgc);
+  a.ignore_mask = map_view(ignore_mask, S, "ignore_mask");
+  a.scale = scale.item<float>();
+  a.gamma = (float)gamma;
+  a.inv_temperature = (float)(1.0 / temperature);
+  a.threshold = (float)threshold;
+  a.soft = soft;
+  const MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, 255, norm_mode, norm_value);
+  a.grad_scale = mean.grad_scale;
+  at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
+  if (need_grad) a.grad = grad_view(grad);
+  std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
+  std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
+  a.tile_loss = tile_loss.data();
+  a.tile_confident = tile_conf.data();
+  if (S.N * S.H * S.W > 0) {
+    const auto& k = table();
+    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pseudoseg(a, b, e); });
   }
-  const double loss = sum_in_order(tile_loss) * inv;
-  const double ratio = valid > 0 ? (double)confident / valid : 0.0;
-  return {scalar(loss), scalar(ratio), grad, scalar(post)};
+  return finish_masked_mean(mean, norm_mode, tile_loss, tile_conf, grad);
 }
 
 }  // namespace
@@ -332,4 +415,6 @@ TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_negative_mask", &ssf::negative_mask_cpu);
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
+  m.impl("_cpp_pseudoseg_scale", &ssf::pseudoseg_scale_cpu);
+  m.impl("_cpp_pseudoseg", &ssf::pseudoseg_cpu);
 }

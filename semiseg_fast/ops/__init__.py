@@ -4,5 +4,16 @@ from .fixmatch import fixmatch_loss
 from .negative_mask import negative_class_mask
 from .percentile import entropy_percentile
 from .pixel_stats import PixelStats, pixel_stats
+from .pseudoseg import calibrated_fusion, logit_scale, pseudoseg_consistency_loss
 
-__all__ = ["PixelStats", "entropy_percentile", "fixmatch_loss", "negative_class_mask", "pixel_stats", "pseudo_label_cross_entropy"]
+__all__ = [
+    "PixelStats",
+    "calibrated_fusion",
+    "entropy_percentile",
+    "fixmatch_loss",
+    "logit_scale",
+    "negative_class_mask",
+    "pixel_stats",
+    "pseudo_label_cross_entropy",
+    "pseudoseg_consistency_loss",
+]

@@ -2,7 +2,7 @@
 the way the research code writes them: the ground truth of the tests, the ``reference``
 backend, and the baseline of the benchmarks. ``reference.u2pl`` transcribes U2PL's official
 loss functions and memory bank."""
-from . import u2pl
+from . import pseudoseg, u2pl
 from .core import (
     entropy_percentile,
     fixmatch_loss,
@@ -19,5 +19,6 @@ __all__ = [
     "negative_class_mask",
     "pixel_stats",
     "pseudo_label_cross_entropy",
+    "pseudoseg",
     "u2pl",
 ]

@@ -54,7 +54,22 @@ def test_inductor_compile_runs_the_cpp_kernels():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("op", ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss"])
+def test_compile_pseudoseg_loss_fullgraph():
+    torch._dynamo.reset()
+    z = torch.randn(2, 5, 4, 4, requires_grad=True)
+    p, m = torch.randn(2, 5, 4, 4) * 4, torch.randn(2, 5, 4, 4)
+    valid = torch.rand(2, 4, 4) > 0.3
+    fn = torch.compile(lambda z, p, m: sf.pseudoseg_consistency_loss(z, p, m, valid) * 2, fullgraph=True)
+    with sf.backend("cpp"):
+        out = fn(z, p, m)
+        (g,) = torch.autograd.grad(out, z)
+        ref = sf.pseudoseg_consistency_loss(z, p, m, valid) * 2
+        (g_ref,) = torch.autograd.grad(ref, z)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("op", ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "pseudoseg_loss"])
 def test_opcheck(op):
     """torch.library.opcheck: schema, fake tensor and autograd registration are consistent."""
     x = torch.randn(2, 5, 3, 4, requires_grad=True)
@@ -66,6 +81,9 @@ def test_opcheck(op):
         "pseudo_label_cross_entropy": (ops.pseudo_label_cross_entropy.default,
                                        (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp")),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
+        "pseudoseg_loss": (ops.pseudoseg_loss.default,
+                           (x, torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4), torch.rand(2, 3, 4) < 0.2,
+                            torch.tensor(0.7), 0.5, 0.5, 0.0, True, 0, 0.0, True, "cpp")),
     }
     fn, args = cases[op]
     torch.library.opcheck(fn, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))

@@ -1,0 +1,184 @@
+"""PseudoSeg's calibrated fusion (Zou et al., ICLR 2021) and its consistency loss, fused: one
+reduction for the global logit scale, then one pass that reads the decoder, SGC and student logits
+once, builds the sharpened target per pixel and writes the loss partials and the student's gradient."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _checks, reference
+from .._backend import resolve
+from ._grad import scaled_grad
+
+
+@torch.library.custom_op("semiseg_fast::pseudoseg_scale", mutates_args=())
+def _scale_op(decoder: torch.Tensor, sgc: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "cpp":
+        return torch.ops.semiseg_fast._cpp_pseudoseg_scale(decoder, sgc)
+    from ..triton.pseudoseg import logit_scale
+
+    return logit_scale(decoder, sgc)
+
+
+@_scale_op.register_fake
+def _(decoder, sgc, backend):
+    return decoder.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("semiseg_fast::pseudoseg_loss", mutates_args=())
+def _loss_op(
+    student: torch.Tensor,
+    decoder: torch.Tensor,
+    sgc: torch.Tensor,
+    ignore_mask: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    gamma: float,
+    temperature: float,
+    threshold: float,
+    soft: bool,
+    norm_mode: int,
+    norm_value: float,
+    need_grad: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss, mask ratio, gradient or an empty tensor, scale still owed by the gradient)."""
+    args = (student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value,
+            need_grad)
+    if backend == "cpp":
+        return tuple(torch.ops.semiseg_fast._cpp_pseudoseg(*args))
+    from ..triton.pseudoseg import pseudoseg_loss
+
+    return pseudoseg_loss(*args)
+
+
+@_loss_op.register_fake
+def _(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value,
+      need_grad, backend):
+    scalar = student.new_empty((), dtype=torch.float32)
+    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
+    return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
+
+
+def _setup_context(ctx, inputs, output):
+    _, ratio, grad, post_scale = output
+    ctx.mark_non_differentiable(ratio, grad, post_scale)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(grad, post_scale)
+
+
+def _backward(ctx, g_loss, _g_ratio, _g_grad, _g_scale):
+    grad, post_scale = ctx.saved_tensors
+    grad_student = None
+    if ctx.needs_input_grad[0] and g_loss is not None:
+        grad_student = scaled_grad(grad, g_loss * post_scale)
+    return (grad_student,) + (None,) * 12
+
+
+_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_pair(decoder_logits, sgc_logits):
+    decoder_logits = _checks.logits(decoder_logits, "decoder_logits")
+    sgc_logits = _checks.logits(sgc_logits, "sgc_logits")
+    if sgc_logits.shape != decoder_logits.shape:
+        raise ValueError(
+            f"sgc_logits: expected the shape of decoder_logits {tuple(decoder_logits.shape)}, got {tuple(sgc_logits.shape)}"
+        )
+    _checks.same_device(decoder_logits, sgc_logits, "sgc_logits", "decoder_logits")
+    return decoder_logits.detach(), sgc_logits.detach()
+
+
+def _check_fusion_args(gamma, temperature):
+    gamma = _checks.number(gamma, "gamma", low=0.0, high=1.0)
+    temperature = _checks.number(temperature, "temperature", low=0.0, low_open=True)
+    return gamma, temperature
+
+
+def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch.Tensor:
+    """PseudoSeg's global scale ``1 / sqrt(mean(v^2) + 1e-8)`` over every value of both logit
+    tensors, as a 0-dim float32 tensor on their device (no host sync)."""
+    decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
+    impl = resolve(decoder_logits.device)
+    if impl == "reference":
+        return reference.pseudoseg.logit_scale(decoder_logits, sgc_logits).float()
+    return _scale_op(decoder_logits, sgc_logits, impl)
+
+
+def calibrated_fusion(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor, gamma: float = 0.5,
+                      temperature: float = 0.5) -> torch.Tensor:
+    """PseudoSeg's pseudo-label: ``sharpen(gamma * softmax(s * p) + (1 - gamma) * softmax(s * m), T)``
+    with ``s`` from :func:`logit_scale`; (N, C, H, W) float32 probabilities, no gradient.
+
+    This materialises the target, for inspection or for your own loss; the training loss
+    :func:`pseudoseg_consistency_loss` builds it per pixel and never stores it.
+    """
+    decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
+    gamma, temperature = _check_fusion_args(gamma, temperature)
+    with torch.no_grad():
+        s = logit_scale(decoder_logits, sgc_logits)
+        p, m = decoder_logits.float(), sgc_logits.float()
+        q = gamma * torch.softmax(p * s, dim=1) + (1 - gamma) * torch.softmax(m * s, dim=1)
+        q = q.pow(1.0 / temperature)
+        return q / q.sum(dim=1, keepdim=True)
+
+
+def pseudoseg_consistency_loss(
+    student_logits: torch.Tensor,
+    decoder_logits: torch.Tensor,
+    sgc_logits: torch.Tensor,
+    valid: Optional[torch.Tensor] = None,
+    threshold: float = 0.0,
+    soft: bool = True,
+    gamma: float = 0.5,
+    temperature: float = 0.5,
+    normalizer: Union[str, float] = "valid",
+    return_mask_ratio: bool = False,
+):
+    """PseudoSeg's unlabeled loss: ``sum(valid * CE(student, q)) / sum(valid)`` with ``q`` the
+    :func:`calibrated_fusion` of the weak view's decoder and SGC logits (both treated as detached).
+
+    Args:
+        student_logits: (N, C, H, W) logits of the strong view (gets the gradient).
+        decoder_logits, sgc_logits: (N, C, H, W) logits of the weak view from the decoder and the
+            self-attention Grad-CAM head.
+        valid: optional (N, H, W) bool or integer map, nonzero where the pixel counts (PseudoSeg
+            marks the Cutout region 0).
+        threshold: pixels whose sharpened target has ``max q < threshold`` are dropped; 0 (PseudoSeg's
+            default) keeps every valid pixel.
+        soft: soft cross-entropy against ``q`` (default) or hard cross-entropy against ``argmax q``.
+        gamma, temperature: fusion weight of the decoder and sharpening temperature (0.5, 0.5).
+        normalizer: ``"valid"`` (default), ``"confident"`` (valid pixels over the threshold),
+            ``"total"`` (N*H*W) or a positive number. Zero denominators give 0.
+        return_mask_ratio: also return the fraction of valid pixels over the threshold.
+    """
+    student_logits = _checks.logits(student_logits, "student_logits")
+    decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
+    if decoder_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"decoder_logits: expected the shape of student_logits {tuple(student_logits.shape)}, "
+            f"got {tuple(decoder_logits.shape)}"
+        )
+    _checks.same_device(student_logits, decoder_logits, "decoder_logits", "student_logits")
+    gamma, temperature = _check_fusion_args(gamma, temperature)
+    threshold = _checks.number(threshold, "threshold", low=0.0, high=1.0)
+    if not isinstance(soft, bool):
+        raise TypeError(f"soft: expected a bool, got {soft!r}")
+    if valid is not None:
+        valid = _checks.pixel_map(valid, "valid", student_logits, "student_logits",
+                                  _checks.INT_DTYPES + (torch.bool,), "a bool or integer dtype")
+    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
+    impl = resolve(student_logits.device)
+    if impl == "reference":
+        return reference.pseudoseg.pseudoseg_consistency_loss(
+            student_logits, decoder_logits, sgc_logits, valid, threshold, soft, gamma, temperature, normalizer,
+            return_mask_ratio,
+        )
+    ignore_mask = None if valid is None else valid == 0
+    scale = _scale_op(decoder_logits, sgc_logits, impl)
+    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    loss, ratio, _, _ = _loss_op(
+        student_logits, decoder_logits, sgc_logits, ignore_mask, scale, gamma, temperature, threshold, soft,
+        norm_mode, norm_value, need_grad, impl,
+    )
+    return (loss, ratio) if return_mask_ratio else loss

@@ -1,0 +1,63 @@
+"""PseudoSeg's calibrated fusion and consistency loss in plain PyTorch, transcribed from the official
+code's unlabeled branch (``train_wss.py``, ``logit_norm=True``, ``pseudo_src='avg'``): one global
+scale from the RMS of both logit tensors, the average of the two scaled softmaxes, sharpening with a
+temperature, then the soft (or hard) cross-entropy of the strong view over the valid pixels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .core import _compute_dtype, _safe_div
+
+
+def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch.Tensor:
+    """s = 1 / sqrt(mean of v^2 over both tensors + 1e-8): one scalar for the whole batch."""
+    v = torch.cat([decoder_logits, sgc_logits], dim=0)
+    v = v.to(_compute_dtype(v))
+    return torch.rsqrt(v.pow(2).mean() + 1e-8)
+
+
+def calibrated_fusion(decoder_logits, sgc_logits, gamma: float = 0.5, temperature: float = 0.5):
+    """The sharpened fused target, (N, C, H, W) float32, summing to 1 over classes."""
+    s = logit_scale(decoder_logits, sgc_logits)
+    p, m = decoder_logits.to(s.dtype), sgc_logits.to(s.dtype)
+    q = gamma * torch.softmax(s * p, dim=1) + (1 - gamma) * torch.softmax(s * m, dim=1)
+    q = q.pow(1.0 / temperature)
+    return q / q.sum(dim=1, keepdim=True)
+
+
+def pseudoseg_consistency_loss(
+    student_logits: torch.Tensor,
+    decoder_logits: torch.Tensor,
+    sgc_logits: torch.Tensor,
+    valid: Optional[torch.Tensor] = None,
+    threshold: float = 0.0,
+    soft: bool = True,
+    gamma: float = 0.5,
+    temperature: float = 0.5,
+    normalizer="valid",
+    return_mask_ratio: bool = False,
+):
+    """sum(valid * [max q >= threshold] * CE(student, q)) / normalizer, q detached."""
+    with torch.no_grad():
+        q = calibrated_fusion(decoder_logits, sgc_logits, gamma, temperature)
+        conf, label = q.max(dim=1)
+        ok = torch.ones_like(label, dtype=torch.bool) if valid is None else valid != 0
+        mask = ok & (conf >= threshold) if threshold > 0 else ok
+    logp = F.log_softmax(student_logits.to(_compute_dtype(student_logits)), dim=1)
+    ce = -(q.to(logp.dtype) * logp).sum(dim=1) if soft else F.nll_loss(logp, label, reduction="none")
+    total = torch.where(mask, ce, torch.zeros_like(ce)).sum()
+    if normalizer == "valid":
+        denom = ok.sum()
+    elif normalizer == "confident":
+        denom = mask.sum()
+    elif normalizer == "total":
+        denom = torch.tensor(float(ok.numel()))
+    else:
+        denom = torch.tensor(float(normalizer))
+    loss = _safe_div(total, denom).float()
+    if not return_mask_ratio:
+        return loss
+    return loss, _safe_div(mask.sum().double(), ok.sum().double()).float()

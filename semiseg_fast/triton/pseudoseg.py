@@ -1,0 +1,206 @@
+"""Triton kernel of PseudoSeg's consistency loss: the fused target and the student's cross-entropy
+in one program (same per-pixel math as the C++ kernel; see csrc/common/kernels_impl.h)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import block_config, ce_from_stats, flat_pixels, launch, load_chunk, pixel_offsets, row_stats
+
+_CONFIDENT = 4
+_IDENTITY, _SQUARE, _POWER = 0, 1, 2
+
+
+def logit_scale(decoder: torch.Tensor, sgc: torch.Tensor) -> torch.Tensor:
+    """1 / sqrt(mean(v^2) + 1e-8) over both tensors: two fp32 norm reductions, no host sync."""
+    count = decoder.numel() + sgc.numel()
+    acc = torch.float64 if decoder.dtype == torch.float64 else torch.float32
+    sumsq = torch.linalg.vector_norm(decoder, dtype=acc).square() + torch.linalg.vector_norm(sgc, dtype=acc).square()
+    return torch.rsqrt(sumsq / max(count, 1) + 1e-8).float()
+
+
+@triton.jit
+def _target(p, m, mp, mm, wp, wm, scale, inv_t, SHARPEN: tl.constexpr):
+    """Unnormalised sharpened target r = q^(1/T) of one chunk (0 for padding classes)."""
+    ep = tl.where(p == float("-inf"), 0.0, tl.exp((p - mp[:, None]) * scale))
+    em = tl.where(m == float("-inf"), 0.0, tl.exp((m - mm[:, None]) * scale))
+    q = wp[:, None] * ep + wm[:, None] * em
+    if SHARPEN == 1:
+        r = q * q
+    elif SHARPEN == 2:
+        r = tl.where(q > 0.0, tl.exp(tl.log(tl.where(q > 0.0, q, 1.0)) * inv_t), 0.0)
+    else:
+        r = q
+    return r
+
+
+@triton.jit
+def _fold_target(r, c, z, mz, R, rmax, y, rz):
+    """Folds one chunk into sum r, max r, first argmax r and sum r (z - max z)."""
+    cmax = tl.max(r, axis=1)
+    cidx = tl.min(tl.where(r == cmax[:, None], c[None, :], 2147483647), axis=1).to(tl.int32)
+    take = cmax > rmax
+    y = tl.where(take, cidx, y)
+    rmax = tl.maximum(rmax, cmax)
+    R += tl.sum(r, axis=1)
+    rz += tl.sum(tl.where(r > 0.0, r * (z - mz[:, None]), 0.0), axis=1)
+    return R, rmax, y, rz
+
+
+@triton.jit
+def pseudoseg_kernel(
+    z_ptr, p_ptr, m_ptr, mask_ptr, g_ptr, partial_ptr, count_ptr, gscale_ptr, scale_ptr,
+    C, HW, W, gamma, inv_t, threshold, num_chunks,
+    szN, szC, szH, szW, spN, spC, spH, spW, smN, smC, smH, smW, skN, skH, skW, sgN, sgC, sgH, sgW,
+    HAS_MASK: tl.constexpr, NEED_GRAD: tl.constexpr, SOFT: tl.constexpr, SHARPEN: tl.constexpr,
+    USE_THRESHOLD: tl.constexpr,
+    FLAT_Z: tl.constexpr, FLAT_P: tl.constexpr, FLAT_M: tl.constexpr, FLAT_K: tl.constexpr, FLAT_G: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+):
+    n = tl.program_id(1).to(tl.int64)
+    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = hw < HW
+    valid = pmask
+    if HAS_MASK:  # bool ignore mask: True = ignored
+        mv = tl.load(mask_ptr + n * skN + pixel_offsets(hw, W, skH, skW, FLAT_K), mask=pmask, other=1)
+        valid = valid & (mv == 0)
+    scale = tl.load(scale_ptr)
+    zero = tl.zeros((BLOCK_P,), tl.int32)
+    p_base = p_ptr + n * spN
+    m_base = m_ptr + n * smN
+    z_base = z_ptr + n * szN
+    poff_p = pixel_offsets(hw, W, spH, spW, FLAT_P)
+    poff_m = pixel_offsets(hw, W, smH, smW, FLAT_M)
+    poff_z = pixel_offsets(hw, W, szH, szW, FLAT_Z)
+    mp, sp, _r0, _t0, _i0, _x0, p_t = row_stats(p_base, poff_p, pmask, zero, C, spC, scale, num_chunks, False, False,
+                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
+    mm, sm, _r1, _t1, _i1, _x1, m_t = row_stats(m_base, poff_m, pmask, zero, C, smC, scale, num_chunks, False, False,
+                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
+    mz, sz, _r2, _t2, _i2, _x2, z_t = row_stats(z_base, poff_z, pmask, zero, C, szC, 1.0, num_chunks, False, False,
+                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
+    wp = gamma / sp
+    wm = (1.0 - gamma) / sm
+    R = tl.zeros((BLOCK_P,), tl.float32)
+    rz = tl.zeros((BLOCK_P,), tl.float32)
+    rmax = tl.full((BLOCK_P,), -1.0, tl.float32)
+    y = tl.zeros((BLOCK_P,), tl.int32)
+    if SINGLE_CHUNK:
+        c = tl.arange(0, BLOCK_C)
+        r_t = _target(p_t, m_t, mp, mm, wp, wm, scale, inv_t, SHARPEN)
+        R, rmax, y, rz = _fold_target(r_t, c, z_t, mz, R, rmax, y, rz)
+    else:
+        for k in range(num_chunks):
+            pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
+            mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
+            zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+            rk = _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN)
+            R, rmax, y, rz = _fold_target(rk, c, zk, mz, R, rmax, y, rz)
+    inv_r = 1.0 / R
+    active = valid
+    if USE_THRESHOLD:
+        active = active & (rmax * inv_r >= threshold)
+    act = tl.where(active, 1.0, 0.0)
+    if SOFT:
+        loss = tl.log(sz) - rz * inv_r
+        rest = sz
+    else:
+        zy = tl.zeros((BLOCK_P,), tl.float32)
+        rest = tl.zeros((BLOCK_P,), tl.float32)
+        if SINGLE_CHUNK:
+            c = tl.arange(0, BLOCK_C)
+            is_y = c[None, :] == y[:, None]
+            zy = tl.sum(tl.where(is_y, z_t, 0.0), axis=1)
+            rest = tl.sum(tl.where(is_y | (z_t == float("-inf")), 0.0, tl.exp(z_t - mz[:, None])), axis=1)
+        else:
+            for k in range(num_chunks):
+                zk, c = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+                is_y = c[None, :] == y[:, None]
+                zy += tl.sum(tl.where(is_y, zk, 0.0), axis=1)
+                rest += tl.sum(tl.where(is_y | (zk == float("-inf")), 0.0, tl.exp(zk - mz[:, None])), axis=1)
+        loss = ce_from_stats(mz, sz, rest, zy)
+    ce = tl.where(active, loss, 0.0)
+    pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    tl.store(partial_ptr + pid, tl.sum(ce, axis=0))
+    tl.store(count_ptr + pid, tl.sum(act, axis=0).to(tl.int32))
+    if NEED_GRAD:
+        gscale = tl.load(gscale_ptr)
+        gs = act * gscale / sz
+        gt = act * gscale * inv_r
+        g_base = g_ptr + n * sgN
+        poff_g = pixel_offsets(hw, W, sgH, sgW, FLAT_G)
+        if SINGLE_CHUNK:
+            _store_grad(g_base, poff_g, pmask, tl.arange(0, BLOCK_C), z_t, r_t, mz, y, gs, gt, rest, C, sgC, SOFT)
+        else:
+            for k in range(num_chunks):
+                pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
+                mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
+                zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+                rk = _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN)
+                _store_grad(g_base, poff_g, pmask, c, zk, rk, mz, y, gs, gt, rest, C, sgC, SOFT)
+
+
+@triton.jit
+def _store_grad(g_base, poff_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOFT: tl.constexpr):
+    e = tl.where(z == float("-inf"), 0.0, tl.exp(z - mz[:, None]))
+    if SOFT:
+        g = gs[:, None] * e - gt[:, None] * r
+    else:
+        g = tl.where(c[None, :] == y[:, None], -(gs * rest)[:, None], gs[:, None] * e)
+    ptr = g_base + poff_g[:, None] + c[None, :].to(tl.int64) * sgC
+    tl.store(ptr, g.to(g_base.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode,
+                   norm_value, need_grad):
+    n, c, h, w = student.shape
+    dev = student.device
+    block_p, block_c, chunks, warps = block_config(c)
+    if chunks > 1:  # three chunks live per loop step: half-size chunks keep it within 80 registers
+        block_c //= 2
+        chunks = triton.cdiv(c, block_c)
+    grid = (triton.cdiv(h * w, block_p), n)
+    partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
+    counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
+    valid = torch.tensor(float(n * h * w), device=dev) if ignore_mask is None else (~ignore_mask).sum().float()
+    if norm_mode == 0:
+        inv = _inverse(valid)
+    elif norm_mode == 2:
+        inv = _inverse(torch.tensor(float(n * h * w), device=dev))
+    elif norm_mode == 3:
+        inv = _inverse(torch.tensor(float(norm_value), device=dev))
+    else:
+        inv = torch.ones((), device=dev)  # "confident": known only after the kernel
+    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
+    inv_t = 1.0 / temperature
+    if n * h * w > 0:
+        mask = ignore_mask if ignore_mask is not None else partial
+        g = grad if need_grad else student
+        k_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
+        launch(
+            pseudoseg_kernel, grid,
+            student, decoder, sgc, mask, g, partial, counts, inv.float(), scale,
+            c, h * w, w, float(gamma), inv_t, float(threshold), chunks,
+            *student.stride(), *decoder.stride(), *sgc.stride(), *k_strides, *g.stride(),
+            HAS_MASK=ignore_mask is not None, NEED_GRAD=need_grad, SOFT=soft,
+            SHARPEN=_SQUARE if inv_t == 2.0 else _IDENTITY if inv_t == 1.0 else _POWER,
+            USE_THRESHOLD=threshold > 0,
+            FLAT_Z=flat_pixels(h, w, student.stride(2), student.stride(3)),
+            FLAT_P=flat_pixels(h, w, decoder.stride(2), decoder.stride(3)),
+            FLAT_M=flat_pixels(h, w, sgc.stride(2), sgc.stride(3)),
+            FLAT_K=flat_pixels(h, w, k_strides[1], k_strides[2]),
+            FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
+            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+        )
+    confident = counts.sum().float()
+    post = torch.ones((), device=dev)
+    if norm_mode == _CONFIDENT:
+        inv = _inverse(confident)
+        post = inv
+    loss = (partial.double().sum() * inv).float()
+    ratio = (confident.double() * _inverse(valid.double())).float()
+    return loss, ratio, grad, post.float()
