@@ -1,5 +1,5 @@
 """semiseg_fast: fused kernels for semi-supervised semantic segmentation."""
-from . import u2pl
+from . import mixing, u2pl
 from ._backend import BACKENDS, backend, cpp_available, get_backend
 from .losses import FixMatchLoss, PseudoLabelCrossEntropy, U2PLLoss
 from .ops import (
@@ -36,5 +36,6 @@ __all__ = [
     "pseudo_label_cross_entropy",
     "pseudoseg_consistency_loss",
     "set_cpu_cache_limit",
+    "mixing",
     "u2pl",
 ]

@@ -113,6 +113,19 @@ def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0
     return mask
 
 
+def cutout_box(height: int, width: int, generator: torch.Generator, size: float = 0.2) -> torch.Tensor:
+    """bool (H, W), True inside PseudoSeg's Cutout square: side ``size`` times the shorter image side,
+    centre anywhere in the image, clipped at the borders (PseudoSeg: 100 px of a 513 crop)."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    side = int(round(size * min(height, width)))
+    if side == 0:
+        return mask
+    cy, cx = _randint(generator, height), _randint(generator, width)
+    top, left = max(0, cy - side // 2), max(0, cx - side // 2)
+    mask[top:cy - side // 2 + side, left:cx - side // 2 + side] = True
+    return mask
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (3, H, W) or (N, 3, H, W) -> float32 with ImageNet mean and std."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pseudoseg import PseudoSegHeads
+
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (kernel // 2)
@@ -46,10 +48,13 @@ class ASPP(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """``forward(x)`` returns ``{"pred": logits, "rep": features}``, both at 1/4 of the input
     resolution (the training loop upsamples the logits, as UniMatch and U2PL do).
-    ``rep_dim=None`` leaves out the representation head (methods without a contrastive term)."""
+    ``rep_dim=None`` leaves out the representation head (methods without a contrastive term).
+    ``pseudoseg=True`` adds PseudoSeg's image classifier and SGC head on the deepest features:
+    the output then also holds ``"cls"`` (N, C - 1) and ``"sgc"`` logits at the size of ``"pred"``;
+    ``forward(x, image_labels)`` passes known image labels to the Grad-CAM."""
 
     def __init__(self, num_classes: int, width: int = 32, rep_dim: Optional[int] = 64,
-                 dilations: Sequence[int] = (2, 4, 6)):
+                 dilations: Sequence[int] = (2, 4, 6), pseudoseg: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
@@ -66,14 +71,21 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = nn.Conv2d(2 * w, num_classes, 1)
         self.representation = (nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1))
                                if rep_dim else None)
+        # PseudoSeg: Grad-CAM of layer3, attention over layer2 + layer3 (both at stride 8)
+        self.pseudoseg = PseudoSegHeads(num_classes, 4 * w, 6 * w) if pseudoseg else None
         self.num_classes = num_classes
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, image_labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         low = self.layer1(self.stem(x))
-        high = self.aspp(self.layer3(self.layer2(low)))
+        mid = self.layer2(low)
+        deep = self.layer3(mid)
+        high = self.aspp(deep)
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         feats = self.fuse(torch.cat([self.reduce(low), high], dim=1))
         out = {"pred": self.classifier(feats)}
         if self.representation is not None:
             out["rep"] = self.representation(feats)
+        if self.pseudoseg is not None:
+            out["cls"], sgc = self.pseudoseg(deep, torch.cat([mid, deep], dim=1), image_labels)
+            out["sgc"] = F.interpolate(sgc, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return out

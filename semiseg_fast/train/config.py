@@ -9,8 +9,10 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
+METHODS = ("supervised", "fixmatch", "u2pl", "pseudoseg")
+
 DEFAULTS: Dict[str, Any] = {
-    "method": "fixmatch",         # supervised | fixmatch | u2pl
+    "method": "fixmatch",         # supervised | fixmatch | u2pl | pseudoseg
     "seed": 0,
     "deterministic": False,       # bit-exact reruns and resumes (deterministic algorithms only)
     "device": "auto",             # auto | cpu | cuda
@@ -54,6 +56,10 @@ DEFAULTS: Dict[str, Any] = {
         "cutmix_p": 0.5,
         "u2pl": {"drop_percent": 80.0, "contrastive": True, "contrastive_weight": 0.1, "sup_only_epochs": 1,
                  "low_rank": 3, "high_rank": 7, "num_queries": 64, "num_negatives": 32, "bank_capacity": 4096},
+        # PseudoSeg: fusion of decoder and SGC logits, Cutout (a square of this fraction of the crop
+        # side, ignored by the loss) instead of CutMix, colour jitter always on
+        "pseudoseg": {"gamma": 0.5, "temperature": 0.5, "threshold": 0.0, "soft": True, "cutout_size": 0.2,
+                      "sgc_weight": 1.0, "classifier_weight": 1.0},
     },
     "eval": {"mode": "whole", "window": 64, "stride": 48, "batch_size": 32},
 }
@@ -108,7 +114,7 @@ def validate(config: Dict[str, Any]) -> None:
         if not ok:
             raise ValueError(f"config: {key} expected {expected}, got {_get(config, key)!r}")
 
-    check(config["method"] in ("supervised", "fixmatch", "u2pl"), "method", "supervised | fixmatch | u2pl")
+    check(config["method"] in METHODS, "method", " | ".join(METHODS))
     check(config["data"]["name"] in ("synthetic", "voc", "cityscapes"), "data.name", "synthetic | voc | cityscapes")
     check(config["data"]["name"] == "synthetic" or bool(config["data"]["root"]), "data.root", "a folder for voc / cityscapes")
     check(0.0 < float(config["data"]["labeled_fraction"]) <= 1.0, "data.labeled_fraction", "a fraction in (0, 1]")
@@ -120,6 +126,12 @@ def validate(config: Dict[str, Any]) -> None:
     check(config["optim"]["name"] in ("sgd", "adamw"), "optim.name", "sgd | adamw")
     check(config["semi"]["teacher"] in ("ema", "shared"), "semi.teacher", "ema | shared")
     check(0.0 <= float(config["semi"]["threshold"]) <= 1.0, "semi.threshold", "a probability")
+    ps = config["semi"]["pseudoseg"]
+    check(0.0 <= float(ps["gamma"]) <= 1.0, "semi.pseudoseg.gamma", "a weight in [0, 1]")
+    check(float(ps["temperature"]) > 0.0, "semi.pseudoseg.temperature", "a positive number")
+    check(0.0 <= float(ps["threshold"]) <= 1.0, "semi.pseudoseg.threshold", "a probability")
+    check(isinstance(ps["soft"], bool), "semi.pseudoseg.soft", "true | false")
+    check(0.0 <= float(ps["cutout_size"]) <= 1.0, "semi.pseudoseg.cutout_size", "a fraction of the crop side")
     check(config["eval"]["mode"] in ("whole", "slide"), "eval.mode", "whole | slide")
     check(config["device"] in ("auto", "cpu", "cuda"), "device", "auto | cpu | cuda")
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import SegmentationFolder, SyntheticScenes, cutmix_box, strong_augment, weak_augment
+from ..data import SegmentationFolder, SyntheticScenes, cutmix_box, cutout_box, strong_augment, weak_augment
 from ..data import synthetic
 from .batches import StepBatches
 
@@ -83,16 +83,22 @@ class LabeledView(Dataset):
 
 
 class UnlabeledView(LabeledView):
-    """Weak view, strong view, padding mask (True = ignore) and a CutMix box per image."""
+    """Weak view, strong view, padding mask (True = ignore) and a box per image: UniMatch's CutMix
+    box, or with ``cutout_size`` PseudoSeg's Cutout square (and its colour jitter, always on)."""
 
-    def __init__(self, base: Dataset, data_cfg: Dict[str, Any], strong_color: bool, cutmix_p: float):
+    def __init__(self, base: Dataset, data_cfg: Dict[str, Any], strong_color: bool, cutmix_p: float,
+                 cutout_size: Optional[float] = None):
         super().__init__(base, data_cfg)
-        self.strong_color, self.cutmix_p = strong_color, cutmix_p
+        self.strong_color, self.cutmix_p, self.cutout_size = strong_color, cutmix_p, cutout_size
 
     def __getitem__(self, item: Tuple[int, int]):
         weak, pad, g = self._weak(*item, keep_label=False)
-        strong = strong_augment(weak, g) if self.strong_color else weak
-        box = cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
+        if self.cutout_size is None:
+            strong = strong_augment(weak, g) if self.strong_color else weak
+            box = cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
+        else:
+            strong = strong_augment(weak, g, jitter_p=1.0, gray_p=0.0, blur_p=0.0) if self.strong_color else weak
+            box = cutout_box(weak.shape[1], weak.shape[2], g, self.cutout_size)
         return weak, strong, pad == self.cfg["ignore_index"], box
 
 

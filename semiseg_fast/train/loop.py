@@ -47,8 +47,11 @@ def resolve_amp(setting: Any, device: torch.device) -> Optional[torch.dtype]:
 
 def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
     kwargs = dict(config["model"]["kwargs"] or {})
-    if config["method"] != "u2pl" and config["model"]["name"] == "deeplabv3plus":
-        kwargs["rep_dim"] = None  # no representation head to train (and no unused DDP parameters)
+    if config["model"]["name"] == "deeplabv3plus":
+        if config["method"] != "u2pl":
+            kwargs["rep_dim"] = None  # no representation head to train (and no unused DDP parameters)
+        if config["method"] == "pseudoseg":
+            kwargs["pseudoseg"] = True
     return build_model(config["model"]["name"], num_classes, **kwargs)
 
 
@@ -157,7 +160,8 @@ class Trainer:
                               w.rank, w.size, dc["num_workers"])
         if self.method == "supervised":
             return zip(labeled, [None] * (stop - start))
-        unlabeled = step_loader(UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"]),
+        cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
+        unlabeled = step_loader(UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout),
                                 dc["unlabeled_batch_size"], seed, 1, start, stop, w.rank, w.size, dc["num_workers"])
         return zip(labeled, unlabeled)
 
@@ -204,7 +208,7 @@ class Trainer:
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
             ctx = StepContext(self.student, self.eval_model,
                               cfg["semi"], cfg["data"]["ignore_index"], min(step // self.steps_per_epoch,
-                              tc["epochs"] - 1), gen, self.criterion)
+                              tc["epochs"] - 1), gen, self.criterion, self.data.num_classes)
             with torch.autocast(w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 out = step_fn(ctx, self._to_device(labeled), self._to_device(unlabeled))
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
-"""One training step of each method: supervised, fixmatch (UniMatch-style) and u2pl.
+"""One training step of each method: supervised, fixmatch (UniMatch-style), u2pl and pseudoseg.
 
-All three compute their losses with the library's fused ops. Logits are upsampled to the crop
+All four compute their losses with the library's fused ops. Logits are upsampled to the crop
 size (bilinear, align_corners=True, as UniMatch and U2PL do) before the losses."""
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import U2PLLoss
-from ..models import model_outputs
-from ..ops import fixmatch_loss, pseudo_label_cross_entropy
+from ..mixing import mix_pseudo_labels
+from ..models import image_labels_from_masks, model_outputs
+from ..ops import pixel_stats, pseudo_label_cross_entropy, pseudoseg_consistency_loss
 
 
 @dataclass
@@ -33,6 +34,7 @@ class StepContext:
     epoch: int
     generator: torch.Generator
     criterion: Optional[U2PLLoss] = None
+    num_classes: int = 0
 
 
 def predict(model: nn.Module, images: torch.Tensor):
@@ -55,6 +57,14 @@ def _mix(box: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(b, t.roll(1, dims=0), t)
 
 
+def _mixed_pseudo_labels(box: torch.Tensor, teacher_logits: torch.Tensor):
+    """(label, confidence) of the CutMixed images from one fused pass over the teacher's logits:
+    outside the box image i's own, inside it image i - 1's."""
+    stats = pixel_stats(teacher_logits)
+    label, conf = stats.label, stats.confidence
+    return mix_pseudo_labels(label, conf, label.roll(1, dims=0), conf.roll(1, dims=0), ~box)
+
+
 def supervised_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     images, labels = labeled
     logits, _, _ = predict(ctx.student, images)
@@ -71,8 +81,14 @@ def fixmatch_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     logits, _, _ = predict(ctx.student, torch.cat([images_l, mixed]))
     logits_l, logits_u = logits.split([images_l.shape[0], weak.shape[0]])
     sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
-    unsup, ratio = fixmatch_loss(logits_u, _mix(box, teacher_logits), ctx.semi["threshold"],
-                                 ignore_mask=_mix(box, pad), return_mask_ratio=True)
+    # UniMatch's loss_u_s: CE on confident pixels, over the count of pixels that are not padding
+    label, conf = _mixed_pseudo_labels(box, teacher_logits)
+    valid = ~_mix(box, pad)
+    confident = valid & (conf >= ctx.semi["threshold"])
+    target = label.masked_fill(~confident, ctx.ignore_index)
+    num_valid = valid.sum()
+    unsup = pseudo_label_cross_entropy(logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid)
+    ratio = confident.sum() / num_valid.clamp(min=1)
     loss = sup + ctx.semi["unsupervised_weight"] * unsup
     return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 
@@ -85,9 +101,8 @@ def u2pl_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     images_l, labels_l = labeled
     weak, strong, pad, box = unlabeled
     teacher_weak, _, _ = _teacher_predict(ctx, weak)
-    pseudo = teacher_weak.argmax(1).to(torch.uint8)
     mixed_pad = _mix(box, pad)
-    pseudo = _mix(box, pseudo).masked_fill(mixed_pad, ctx.ignore_index)
+    pseudo = _mixed_pseudo_labels(box, teacher_weak)[0].masked_fill(mixed_pad, ctx.ignore_index)
     both = torch.cat([images_l, _mix(box, strong)])
     logits, _, rep = predict(ctx.student, both)
     teacher_all, teacher_small, teacher_rep = _teacher_predict(ctx, both)
@@ -100,7 +115,39 @@ def u2pl_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     return StepOutput(out.total, out.supervised.detach(), out.unsupervised.detach(), kept)
 
 
-STEPS = {"supervised": supervised_step, "fixmatch": fixmatch_step, "u2pl": u2pl_step}
+def pseudoseg_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
+    """PseudoSeg's step: the teacher's decoder and SGC logits on the weak view fuse into the target
+    of the strong view (colour jitter + Cutout, whose square is ignored); labeled images train the
+    decoder and the SGC with cross-entropy and the image classifier with BCE against the classes
+    present. One student pass over labeled + strong images."""
+    images_l, labels_l = labeled
+    weak, strong, pad, box = unlabeled
+    with torch.no_grad():
+        was_training = ctx.teacher.training
+        ctx.teacher.eval()
+        t_out = ctx.teacher(weak)
+        ctx.teacher.train(was_training)
+    size = weak.shape[-2:]
+    up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    n_l, n_u = images_l.shape[0], weak.shape[0]
+    image_labels = image_labels_from_masks(labels_l, ctx.num_classes, ctx.ignore_index)
+    unknown = torch.full((n_u, image_labels.shape[1]), -1.0, device=image_labels.device)
+    cut = strong.masked_fill(box[:, None], 0.0)  # 0 = the dataset mean colour after normalisation
+    out = ctx.student(torch.cat([images_l, cut]), torch.cat([image_labels, unknown]))
+    pred, sgc = up(out["pred"]), up(out["sgc"])
+    pred_l, pred_u = pred.split([n_l, n_u])
+    ps = ctx.semi["pseudoseg"]
+    sup = (pseudo_label_cross_entropy(pred_l, labels_l, ignore_index=ctx.ignore_index)
+           + ps["sgc_weight"] * pseudo_label_cross_entropy(sgc[:n_l], labels_l, ignore_index=ctx.ignore_index)
+           + ps["classifier_weight"] * F.binary_cross_entropy_with_logits(out["cls"][:n_l].float(), image_labels))
+    unsup, ratio = pseudoseg_consistency_loss(
+        pred_u, up(t_out["pred"]), up(t_out["sgc"]), valid=~(box | pad), threshold=ps["threshold"], soft=ps["soft"],
+        gamma=ps["gamma"], temperature=ps["temperature"], return_mask_ratio=True)
+    loss = sup + ctx.semi["unsupervised_weight"] * unsup
+    return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
+
+
+STEPS = {"supervised": supervised_step, "fixmatch": fixmatch_step, "u2pl": u2pl_step, "pseudoseg": pseudoseg_step}
 
 
 @torch.no_grad()

@@ -56,3 +56,42 @@ def test_bad_arguments_and_outputs():
         DeepLabV3Plus(3, width=7)
     with pytest.raises(TypeError, match="model output"):
         model_outputs((torch.zeros(1),))
+
+
+def test_grad_cam_closed_form_equals_autograd():
+    """alpha_c = GAP(d s_c / d A) computed by autograd, one backward per class, as PseudoSeg does."""
+    from semiseg_fast.models import grad_cam
+
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(6, 4)
+    deep = torch.randn(2, 6, 5, 7).relu().requires_grad_()
+    labels = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    scores = classifier(deep.mean(dim=(2, 3)))
+    cams = []
+    for c in range(4):
+        (g,) = torch.autograd.grad(scores[:, c].sum(), deep, retain_graph=True)
+        alpha = g.mean(dim=(2, 3), keepdim=True)
+        cams.append(torch.relu((alpha * deep).sum(dim=1)) * labels[:, c, None, None])
+    cam = torch.stack(cams, dim=1).detach()
+    peak = cam.amax(dim=(2, 3), keepdim=True)
+    cam = cam / torch.where(peak > 0, peak, torch.ones_like(peak))
+    torch.testing.assert_close(grad_cam(deep, classifier, labels), cam, rtol=1e-4, atol=1e-5)
+    assert not grad_cam(deep, classifier, labels).requires_grad
+
+
+def test_pseudoseg_heads():
+    from semiseg_fast.models import image_labels_from_masks
+
+    model = DeepLabV3Plus(num_classes=5, width=8, rep_dim=None, pseudoseg=True)
+    x = torch.randn(3, 3, 32, 32)
+    out = model(x)
+    assert out["pred"].shape == out["sgc"].shape == (3, 5, 8, 8) and out["cls"].shape == (3, 4)
+    labels = torch.tensor([[[0, 2], [255, 4]], [[0, 0], [0, 0]]], dtype=torch.uint8)
+    assert image_labels_from_masks(labels, 5).tolist() == [[0, 1, 0, 1], [0, 0, 0, 0]]
+    # known image labels: a class marked absent has no CAM, so only the background channel and the
+    # attention-refined CAMs of present classes drive the SGC; the SGC learns from its own CE
+    known = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)
+    sgc = model(x, known)["sgc"]
+    sgc.sum().backward()
+    assert model.pseudoseg.sgc.key.weight.grad is not None
+    assert model.pseudoseg.classifier.weight.grad is None  # CAMs enter without gradient

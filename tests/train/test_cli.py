@@ -27,7 +27,7 @@ def _rows(out_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("method", ["supervised", "fixmatch", "u2pl"])
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "u2pl", "pseudoseg"])
 def test_train_then_eval(tiny_config, tmp_path, method):
     out = tmp_path / method
     result = _train(tiny_config, out, f"method={method}")
