@@ -6,7 +6,6 @@ had one) on a split of the dataset it was trained on, or of another folder via
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from typing import List, Optional
 
@@ -21,19 +20,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stride", type=int)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/data/voc")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import torch
 
     from .train.checkpoint import load_checkpoint
-    from .train.config import merge, parse_override, validate
+    from .train.config import config_from_checkpoint, merge, parse_override, validate
     from .train.data import build_datasets
     from .train.evaluate import evaluate, format_iou_table
     from .train.loop import build_run_model
 
     try:
         state = load_checkpoint(args.checkpoint)
-        config = copy.deepcopy(state["config"])
+        config = config_from_checkpoint(state)
         for text in args.overrides:
             if not text.startswith("data."):
                 raise ValueError(f"override: only data.* keys apply to evaluation, got {text!r}")

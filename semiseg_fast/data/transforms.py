@@ -3,7 +3,7 @@ a sample's augmentation is a function of its seed (reproducible, resumable, work
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,28 +30,57 @@ def _pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int, Sequence[int]],
                  generator: torch.Generator, scale_range: Tuple[float, float] = (0.5, 2.0), flip: bool = True,
-                 ignore_index: int = 255) -> Tuple[torch.Tensor, torch.Tensor]:
+                 ignore_index: int = 255, extras: Optional[torch.Tensor] = None, class_balanced: bool = False):
     """Random rescale (bilinear image, nearest label), padding to the crop size (image 0, label
-    ``ignore_index``), random crop and horizontal flip. image uint8 (3, H, W), label (H, W)."""
+    ``ignore_index``), random crop and horizontal flip. image uint8 (3, H, W), label (H, W).
+
+    ``extras`` (K, H, W): more per-pixel maps (confidence, top-k classes) moved with the label
+    (nearest, padding 0); then ``(image, label, extras)`` is returned. ``class_balanced``: the crop
+    is centred on a pixel of a class drawn uniformly from those in the label (CSST's centroid
+    sampling against class imbalance), instead of placed uniformly."""
     crop_h, crop_w = _pair(crop_size, "crop_size")
     if image.dim() != 3 or label.shape != image.shape[1:]:
         raise ValueError(f"image, label: expected (3, H, W) and (H, W), got {tuple(image.shape)} and {tuple(label.shape)}")
+    if extras is not None and (extras.dim() != 3 or extras.shape[1:] != label.shape):
+        raise ValueError(f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
     scale = _uniform(generator, *scale_range)
     h, w = image.shape[1:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     img = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
     lab = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
+    ext = None if extras is None else F.interpolate(extras[None].float(), size=(nh, nw), mode="nearest")[0]
     pad_h, pad_w = max(crop_h - nh, 0), max(crop_w - nw, 0)
     if pad_h or pad_w:
         img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
         lab = F.pad(lab, (0, pad_w, 0, pad_h), value=float(ignore_index))
-    top = _randint(generator, img.shape[1] - crop_h + 1)
-    left = _randint(generator, img.shape[2] - crop_w + 1)
+        ext = None if ext is None else F.pad(ext, (0, pad_w, 0, pad_h), value=0.0)
+    centre = _class_centre(lab, ignore_index, generator) if class_balanced else None
+    if centre is None:
+        top = _randint(generator, img.shape[1] - crop_h + 1)
+        left = _randint(generator, img.shape[2] - crop_w + 1)
+    else:
+        top = min(max(centre[0] - crop_h // 2, 0), img.shape[1] - crop_h)
+        left = min(max(centre[1] - crop_w // 2, 0), img.shape[2] - crop_w)
     img = img[:, top:top + crop_h, left:left + crop_w]
     lab = lab[top:top + crop_h, left:left + crop_w]
+    ext = None if ext is None else ext[:, top:top + crop_h, left:left + crop_w]
     if flip and _uniform(generator, 0, 1) < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
-    return img.round_().clamp_(0, 255).to(torch.uint8), lab.to(label.dtype)
+        ext = None if ext is None else ext.flip(-1)
+    out = img.round_().clamp_(0, 255).to(torch.uint8), lab.to(label.dtype)
+    return out if extras is None else out + (ext.to(extras.dtype),)
+
+
+def _class_centre(label: torch.Tensor, ignore_index: int, generator: torch.Generator):
+    """(row, col) of a random pixel of a class drawn uniformly from those present; None if none."""
+    classes = torch.unique(label)
+    classes = classes[classes != ignore_index]
+    if classes.numel() == 0:
+        return None
+    cls = classes[_randint(generator, classes.numel())]
+    rows, cols = (label == cls).nonzero(as_tuple=True)
+    k = _randint(generator, rows.numel())
+    return int(rows[k]), int(cols[k])
 
 
 def _gray(img: torch.Tensor) -> torch.Tensor:

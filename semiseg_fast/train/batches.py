@@ -7,7 +7,7 @@ needs no sampler or RNG state, works with any number of DataLoader workers, and 
 the same images with the same augmentations."""
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -25,14 +25,16 @@ def mix_seed(*parts: int) -> int:
 
 class StepBatches:
     """Batch sampler over ``size`` items: yields, for steps ``start .. stop-1``, lists of
-    ``(index, augmentation_seed)`` pairs for process ``rank`` of ``world``."""
+    ``(index, augmentation_seed)`` pairs for process ``rank`` of ``world``; with ``crop_for_step``
+    the items are ``(index, augmentation_seed, crop_size)`` (a schedule's crop at that step)."""
 
     def __init__(self, size: int, batch_size: int, seed: int, stream: int, start: int, stop: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, crop_for_step: Optional[Callable[[int], int]] = None):
         if size <= 0:
             raise ValueError(f"size: expected a non-empty dataset, got {size} items")
         self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
         self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self.crop_for_step = crop_for_step
         self._epoch = -1
         self._perm = torch.empty(0, dtype=torch.int64)
 
@@ -50,4 +52,8 @@ class StepBatches:
         per_step = self.batch_size * self.world
         for step in range(self.start, self.stop):
             first = step * per_step + self.rank * self.batch_size
-            yield [self._item(p) for p in range(first, first + self.batch_size)]
+            items = [self._item(p) for p in range(first, first + self.batch_size)]
+            if self.crop_for_step is not None:
+                crop = self.crop_for_step(step)
+                items = [(index, seed, crop) for index, seed in items]
+            yield items

@@ -1,4 +1,5 @@
-"""``python -m semiseg_fast.train [--config FILE] [--resume RUN_DIR_OR_CKPT] [key.sub=value ...]``
+"""``python -m semiseg_fast.train [--config FILE] [--resume RUN_DIR_OR_CKPT] [--method M] [--schedule fast2x]
+[--pseudo-dir DIR] [key.sub=value ...]``
 
 With no arguments: FixMatch on the embedded synthetic dataset with 1/8 of the images labeled,
 a few minutes on a laptop CPU. Under ``torchrun --nproc_per_node=N`` each process trains on its
@@ -18,8 +19,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", help="YAML file with any subset of the keys of --print-defaults")
     parser.add_argument("--resume", help="continue from a run folder (its last.pt) or a checkpoint file")
     parser.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
+    parser.add_argument("--method", help="same as method=...")
+    parser.add_argument("--schedule", choices=["standard", "fast2x"], help="same as train.schedule=...")
+    parser.add_argument("--pseudo-dir", help="same as semi.selftrain.pseudo_dir=... (for --method selftrain)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. method=u2pl train.epochs=4 seed=1")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -28,7 +32,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(dump(DEFAULTS))
         return
     try:
-        config = load_config(args.config, args.overrides)
+        flags = [f"{key}={value}" for key, value in (("method", args.method), ("train.schedule", args.schedule),
+                                                      ("semi.selftrain.pseudo_dir", args.pseudo_dir)) if value]
+        config = load_config(args.config, flags + list(args.overrides))
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     from ..data import DataError

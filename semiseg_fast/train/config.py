@@ -9,10 +9,10 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
-METHODS = ("supervised", "fixmatch", "u2pl", "pseudoseg")
+METHODS = ("supervised", "fixmatch", "u2pl", "pseudoseg", "selftrain")
 
 DEFAULTS: Dict[str, Any] = {
-    "method": "fixmatch",         # supervised | fixmatch | u2pl | pseudoseg
+    "method": "fixmatch",         # supervised | fixmatch | u2pl | pseudoseg | selftrain
     "seed": 0,
     "deterministic": False,       # bit-exact reruns and resumes (deterministic algorithms only)
     "device": "auto",             # auto | cpu | cuda
@@ -46,6 +46,8 @@ DEFAULTS: Dict[str, Any] = {
         "amp": "auto",            # auto | bf16 | fp16 | off (auto: fp16 on CUDA, bf16 on CPUs with native bf16)
         "grid_images": 6,
         "progress": True,
+        "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
+        "fast2x": {"low_res_fraction": 0.75, "low_res_scale": 0.5},
     },
     "semi": {
         "teacher": "ema",         # ema | shared (the student itself, without gradients)
@@ -58,6 +60,11 @@ DEFAULTS: Dict[str, Any] = {
                  "low_rank": 3, "high_rank": 7, "num_queries": 64, "num_negatives": 32, "bank_capacity": 4096},
         # PseudoSeg: fusion of decoder and SGC logits, Cutout (a square of this fraction of the crop
         # side, ignored by the loss) instead of CutMix, colour jitter always on
+        # self-training on offline pseudo-labels (python -m semiseg_fast.pseudo_label): the unlabeled
+        # batch (data.unlabeled_batch_size, so the human:pseudo mix is batch_size:unlabeled_batch_size)
+        # comes from pseudo_dir; pixels under `threshold` confidence are ignored; `soft` trains against
+        # the stored top-k probabilities; `class_balanced` centres crops on a uniformly drawn class
+        "selftrain": {"pseudo_dir": None, "threshold": 0.0, "soft": False, "class_balanced": False},
         "pseudoseg": {"gamma": 0.5, "temperature": 0.5, "threshold": 0.0, "soft": True, "cutout_size": 0.2,
                       "sgc_weight": 1.0, "classifier_weight": 1.0},
     },
@@ -109,6 +116,14 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
     return config
 
 
+def config_from_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The config a checkpoint was trained with, on top of today's defaults (so that keys added
+    since it was written have values)."""
+    config = copy.deepcopy(DEFAULTS)
+    merge(config, copy.deepcopy(state["config"]), "")
+    return config
+
+
 def validate(config: Dict[str, Any]) -> None:
     def check(ok: bool, key: str, expected: str) -> None:
         if not ok:
@@ -124,8 +139,19 @@ def validate(config: Dict[str, Any]) -> None:
         check(isinstance(value, int) and value > 0, key, "a positive integer")
     check(config["train"]["amp"] in ("auto", "bf16", "fp16", "off", False), "train.amp", "auto | bf16 | fp16 | off")
     check(config["optim"]["name"] in ("sgd", "adamw"), "optim.name", "sgd | adamw")
+    check(config["train"]["schedule"] in ("standard", "fast2x"), "train.schedule", "standard | fast2x")
+    check(0.0 <= float(config["train"]["fast2x"]["low_res_fraction"]) <= 1.0, "train.fast2x.low_res_fraction",
+          "a fraction")
+    check(0.0 < float(config["train"]["fast2x"]["low_res_scale"]) <= 1.0, "train.fast2x.low_res_scale",
+          "a fraction of the crop side")
     check(config["semi"]["teacher"] in ("ema", "shared"), "semi.teacher", "ema | shared")
     check(0.0 <= float(config["semi"]["threshold"]) <= 1.0, "semi.threshold", "a probability")
+    st = config["semi"]["selftrain"]
+    check(config["method"] != "selftrain" or bool(st["pseudo_dir"]), "semi.selftrain.pseudo_dir",
+          "a folder written by python -m semiseg_fast.pseudo_label (--pseudo-dir)")
+    check(0.0 <= float(st["threshold"]) <= 1.0, "semi.selftrain.threshold", "a probability")
+    check(isinstance(st["soft"], bool), "semi.selftrain.soft", "true | false")
+    check(isinstance(st["class_balanced"], bool), "semi.selftrain.class_balanced", "true | false")
     ps = config["semi"]["pseudoseg"]
     check(0.0 <= float(ps["gamma"]) <= 1.0, "semi.pseudoseg.gamma", "a weight in [0, 1]")
     check(float(ps["temperature"]) > 0.0, "semi.pseudoseg.temperature", "a positive number")

@@ -60,7 +60,8 @@ class Subset(Dataset):
 
 
 class LabeledView(Dataset):
-    """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)``."""
+    """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)`` or
+    ``(index, augmentation_seed, crop_size)``."""
 
     def __init__(self, base: Dataset, data_cfg: Dict[str, Any]):
         self.base, self.cfg = base, data_cfg
@@ -68,17 +69,19 @@ class LabeledView(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def _weak(self, index: int, seed: int, keep_label: bool):
+    def _weak(self, item: Tuple[int, ...], keep_label: bool):
+        index, seed = item[0], item[1]
+        crop = item[2] if len(item) > 2 else self.cfg["crop_size"]
         g = torch.Generator().manual_seed(seed)
         image, label = self.base[index]
         if not keep_label:  # only the padding added by the crop stays ignored
             label = torch.zeros_like(label)
-        image, label = weak_augment(image, label, self.cfg["crop_size"], g, scale_range=tuple(self.cfg["scale_range"]),
+        image, label = weak_augment(image, label, crop, g, scale_range=tuple(self.cfg["scale_range"]),
                                     ignore_index=self.cfg["ignore_index"])
         return image, label, g
 
-    def __getitem__(self, item: Tuple[int, int]):
-        image, label, _ = self._weak(*item, keep_label=True)
+    def __getitem__(self, item: Tuple[int, ...]):
+        image, label, _ = self._weak(item, keep_label=True)
         return image, label
 
 
@@ -91,8 +94,8 @@ class UnlabeledView(LabeledView):
         super().__init__(base, data_cfg)
         self.strong_color, self.cutmix_p, self.cutout_size = strong_color, cutmix_p, cutout_size
 
-    def __getitem__(self, item: Tuple[int, int]):
-        weak, pad, g = self._weak(*item, keep_label=False)
+    def __getitem__(self, item: Tuple[int, ...]):
+        weak, pad, g = self._weak(item, keep_label=False)
         if self.cutout_size is None:
             strong = strong_augment(weak, g) if self.strong_color else weak
             box = cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
@@ -102,7 +105,54 @@ class UnlabeledView(LabeledView):
         return weak, strong, pad == self.cfg["ignore_index"], box
 
 
+class PseudoLabeledView(Dataset):
+    """Weakly augmented crops of pseudo-labeled images (self-training's student data): items as in
+    :class:`LabeledView`, index ``i`` meaning the ``i``-th image that has a pseudo-label. Returns
+    (image, label) with pixels under ``threshold`` confidence ignored, plus, with ``soft``, the
+    stored top-k (classes (K, h, w) int64, probabilities (K, h, w) float32, 0 in padding)."""
+
+    def __init__(self, unlabeled: Dataset, pseudo_dir: str, data_cfg: Dict[str, Any], threshold: float = 0.0,
+                 soft: bool = False, class_balanced: bool = False):
+        from ..pseudo_label import PseudoLabels
+
+        self.labels = PseudoLabels(pseudo_dir)
+        size = self.labels.manifest["split_size"]
+        if size != len(unlabeled):
+            raise ValueError(f"pseudo_dir: {pseudo_dir!r} was written for a split of {size} images, but this run's "
+                             f"unlabeled split has {len(unlabeled)}")
+        if soft and not self.labels.topk:
+            raise ValueError(f"semi.selftrain.soft: {pseudo_dir!r} has no top-k probabilities (pseudo_label --topk K)")
+        self.indices = self.labels.indices
+        if not self.indices:
+            raise ValueError(f"pseudo_dir: {pseudo_dir!r} lists no pseudo-labelled images")
+        self.base, self.cfg = unlabeled, data_cfg
+        self.threshold, self.soft, self.class_balanced = threshold, soft, class_balanced
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: Tuple[int, ...]):
+        index = self.indices[item[0]]
+        crop = item[2] if len(item) > 2 else self.cfg["crop_size"]
+        g = torch.Generator().manual_seed(item[1])
+        image, _ = self.base[index]
+        label, conf, top = self.labels.load(index)
+        ignore = self.cfg["ignore_index"]
+        label = label.masked_fill(conf < self.threshold, ignore)
+        extras = None
+        if self.soft:
+            classes, probs = top
+            extras = torch.cat([classes.float(), probs])
+        out = weak_augment(image, label, crop, g, scale_range=tuple(self.cfg["scale_range"]), ignore_index=ignore,
+                           extras=extras, class_balanced=self.class_balanced)
+        if not self.soft:
+            return out
+        image, label, extras = out
+        k = extras.shape[0] // 2
+        return image, label, extras[:k].long(), extras[k:]
+
+
 def step_loader(view: Dataset, batch_size: int, seed: int, stream: int, start: int, stop: int, rank: int,
-                world: int, num_workers: int) -> DataLoader:
-    sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world)
+                world: int, num_workers: int, crop_for_step=None) -> DataLoader:
+    sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world, crop_for_step)
     return DataLoader(view, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

@@ -19,10 +19,11 @@ from . import report
 from .batches import mix_seed
 from .checkpoint import load_checkpoint, save_atomic
 from .config import dump
-from .data import LabeledView, UnlabeledView, build_datasets, step_loader
+from .data import LabeledView, PseudoLabeledView, UnlabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
 from .methods import STEPS, StepContext, ema_update
+from .schedule import from_config as schedule_from_config
 
 CSV_FIELDS = ["step", "epoch", "lr", "loss", "loss_sup", "loss_unsup", "mask_ratio", "img_per_s", "miou"]
 LOG_EVERY = 10
@@ -55,13 +56,6 @@ def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
     return build_model(config["model"]["name"], num_classes, **kwargs)
 
 
-def poly_lr(step: int, total: int, optim: Dict[str, Any]) -> float:
-    warm = int(optim["warmup_steps"])
-    if step < warm:
-        return optim["lr"] * (step + 1) / warm
-    return optim["lr"] * (1.0 - step / total) ** optim["poly_power"]
-
-
 def set_determinism(config: Dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     if config["deterministic"]:
@@ -91,11 +85,12 @@ class Trainer:
         self.total_steps = tc["epochs"] * self.steps_per_epoch
         self.amp_dtype = resolve_amp(tc["amp"], self.world.device)
         self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
+        self.schedule = schedule_from_config(config, self.total_steps)
 
         self.model = build_run_model(config, self.data.num_classes)
         self.model.to(self.world.device, memory_format=self.memory_format)
         self.teacher: Optional[nn.Module] = None
-        if self.method != "supervised" and sc["teacher"] == "ema":
+        if self.method not in ("supervised", "selftrain") and sc["teacher"] == "ema":
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         self.criterion: Optional[U2PLLoss] = None
         if self.method == "u2pl":
@@ -156,14 +151,20 @@ class Trainer:
     def _loaders(self):
         dc, sc, w = self.config["data"], self.config["semi"], self.world
         seed, start, stop = self.config["seed"], self.step, self.total_steps
-        labeled = step_loader(LabeledView(self.data.labeled, dc), dc["batch_size"], seed, 0, start, stop,
-                              w.rank, w.size, dc["num_workers"])
+        crops = self.schedule.crop_size if self.schedule.low_res_steps else None
+        loader = lambda view, batch, stream: step_loader(view, batch, seed, stream, start, stop, w.rank, w.size,
+                                                         dc["num_workers"], crops)
+        labeled = loader(LabeledView(self.data.labeled, dc), dc["batch_size"], 0)
         if self.method == "supervised":
             return zip(labeled, [None] * (stop - start))
-        cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
-        unlabeled = step_loader(UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout),
-                                dc["unlabeled_batch_size"], seed, 1, start, stop, w.rank, w.size, dc["num_workers"])
-        return zip(labeled, unlabeled)
+        if self.method == "selftrain":
+            st = sc["selftrain"]
+            view = PseudoLabeledView(self.data.unlabeled, st["pseudo_dir"], dc, float(st["threshold"]), st["soft"],
+                                     st["class_balanced"])
+        else:
+            cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
+            view = UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout)
+        return zip(labeled, loader(view, dc["unlabeled_batch_size"], 1))
 
     def _to_device(self, batch):
         if batch is None:
@@ -201,7 +202,7 @@ class Trainer:
         t_log = time.perf_counter()
         for labeled, unlabeled in self._loaders():
             step = self.step
-            lr = poly_lr(step, self.total_steps, cfg["optim"])
+            lr = self.schedule.lr(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))

@@ -1,6 +1,7 @@
-"""One training step of each method: supervised, fixmatch (UniMatch-style), u2pl and pseudoseg.
+"""One training step of each method: supervised, fixmatch (UniMatch-style), u2pl, pseudoseg and
+selftrain (offline pseudo-labels).
 
-All four compute their losses with the library's fused ops. Logits are upsampled to the crop
+All of them compute their losses with the library's fused ops. Logits are upsampled to the crop
 size (bilinear, align_corners=True, as UniMatch and U2PL do) before the losses."""
 from __future__ import annotations
 
@@ -147,7 +148,29 @@ def pseudoseg_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 
 
-STEPS = {"supervised": supervised_step, "fixmatch": fixmatch_step, "u2pl": u2pl_step, "pseudoseg": pseudoseg_step}
+def selftrain_step(ctx: StepContext, labeled, pseudo_labeled) -> StepOutput:
+    """Self-training's student (Zhu et al. 2020): one pass over human-labeled and pseudo-labeled
+    crops; hard cross-entropy on both, or a soft cross-entropy against the stored top-k
+    probabilities (renormalised) on the pseudo-labeled part."""
+    images_l, labels_l = labeled
+    images_p, labels_p, *soft = pseudo_labeled
+    logits, _, _ = predict(ctx.student, torch.cat([images_l, images_p]))
+    logits_l, logits_p = logits.split([images_l.shape[0], images_p.shape[0]])
+    sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+    kept = labels_p != ctx.ignore_index
+    if soft:
+        classes, probs = soft
+        target = torch.zeros_like(logits_p, dtype=torch.float32).scatter_(1, classes, probs)
+        target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        ce = -(target * F.log_softmax(logits_p.float(), dim=1)).sum(dim=1)
+        pseudo = torch.where(kept, ce, torch.zeros_like(ce)).sum() / kept.sum().clamp(min=1)
+    else:
+        pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index)
+    loss = sup + ctx.semi["unsupervised_weight"] * pseudo
+    return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())
+
+
+STEPS = {"supervised": supervised_step, "selftrain": selftrain_step, "fixmatch": fixmatch_step, "u2pl": u2pl_step, "pseudoseg": pseudoseg_step}
 
 
 @torch.no_grad()

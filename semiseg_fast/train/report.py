@@ -188,3 +188,35 @@ def save_curves(path: str, rows: List[Dict[str, float]]) -> None:
     _panel(draw, (380, 30, 680, 270), steps, [r.get("miou", float("nan")) for r in rows], "validation mIoU vs step",
            "red")
     _save_png(image, path)
+
+
+def save_bars(path: str, panels: List[Dict[str, object]]) -> None:
+    """Grouped bar charts side by side. Each panel: {"title", "groups": [name], "series": [name],
+    "values": {(group, series): value}}; missing values are left out."""
+    colours = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]
+    width = 60 + 400 * len(panels)
+    image = Image.new("RGB", (width, 330), "white")
+    draw = ImageDraw.Draw(image)
+    for k, panel in enumerate(panels):
+        left, top, right, bottom = 40 + 400 * k, 30, 400 * (k + 1), 260
+        draw.rectangle((left, top, right, bottom), outline="black")
+        draw.text((left, top - 16), str(panel["title"]), fill="black")
+        values = {key: v for key, v in panel["values"].items() if v is not None and math.isfinite(v)}
+        top_value = max(values.values(), default=1.0) or 1.0
+        groups, series = panel["groups"], panel["series"]
+        slot = (right - left) / max(len(groups), 1)
+        bar = slot * 0.8 / max(len(series), 1)
+        for g, group in enumerate(groups):
+            draw.text((left + g * slot + 4, bottom + 4), str(group)[:14], fill="black")
+            for s, name in enumerate(series):
+                v = values.get((group, name))
+                if v is None:
+                    continue
+                x0 = left + g * slot + slot * 0.1 + s * bar
+                y0 = bottom - (bottom - top - 14) * v / top_value
+                draw.rectangle((x0, y0, x0 + bar - 2, bottom), fill=colours[s % len(colours)])
+                draw.text((x0, y0 - 12), f"{v:.3g}", fill="black")
+        for s, name in enumerate(series):
+            draw.rectangle((left + 90 * s, bottom + 22, left + 90 * s + 10, bottom + 32), fill=colours[s % len(colours)])
+            draw.text((left + 90 * s + 14, bottom + 21), str(name)[:12], fill="black")
+    _save_png(image, path)

@@ -1,6 +1,7 @@
 """End to end: the training and evaluation CLIs on a tiny configuration, under torchrun with two
 gloo processes, and a run killed mid-way then resumed."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -107,3 +108,38 @@ def test_bad_arguments_exit_with_a_message(tiny_config, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     result = run_module("semiseg_fast.eval", "--checkpoint", str(tmp_path / "junk.pt"))
     assert result.returncode != 0 and "junk.pt" in result.stderr
+
+
+def test_selftrain_from_offline_pseudo_labels_with_fast2x(tiny_config, tmp_path):
+    teacher = tmp_path / "teacher"
+    _train(tiny_config, teacher, "method=supervised")
+    labels = tmp_path / "pseudo"
+    made = run_module("semiseg_fast.pseudo_label", "--checkpoint", str(teacher / "last.pt"), "--out", str(labels),
+                      "--topk", "2", "--scales", "0.75", "1", "--flip", "--no-progress")
+    assert made.returncode == 0, made.stderr[-3000:]
+    out = tmp_path / "student"
+    result = _train(tiny_config, out, "--method", "selftrain", "--pseudo-dir", str(labels), "--schedule", "fast2x",
+                    "semi.selftrain.soft=true", "semi.selftrain.class_balanced=true", "semi.selftrain.threshold=0.2")
+    assert "mIoU" in result.stdout
+    rows = _rows(out)
+    assert rows[-1]["step"] == "18" and all(float(r["loss_unsup"]) > 0 for r in rows)
+    saved = (out / "config.yaml").read_text()
+    assert "schedule: fast2x" in saved and "soft: true" in saved
+    missing = run_module("semiseg_fast.train", "--config", tiny_config, "--method", "selftrain", f"out_dir={tmp_path / 'x'}")
+    assert missing.returncode != 0 and "semi.selftrain.pseudo_dir" in missing.stderr
+
+
+def test_experiments_quick(tmp_path):
+    args = ["--quick", "--out", str(tmp_path / "exp"), "--seeds", "0", "--methods", "supervised", "selftrain",
+            "--fast2x-methods", "supervised"]
+    result = run_module("semiseg_fast.experiments", *args, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "exp" / "table.md").read_text()
+    assert "| supervised |" in table and "| selftrain |" in table and "speed-up" in table
+    assert Image.open(tmp_path / "exp" / "plot.png").size[0] > 0
+    runs = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert {(r["method"], r["schedule"]) for r in runs} == {("supervised", "standard"), ("selftrain", "standard"),
+                                                              ("supervised", "fast2x")}
+    assert len(runs) == 5 and all(r["seconds"] > 0 for r in runs)
+    again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
+    assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs

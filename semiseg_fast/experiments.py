@@ -1,0 +1,210 @@
+"""``python -m semiseg_fast.experiments [--quick] [--out DIR] [--jobs N]``
+
+Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
+two labeled fractions (mean of two seeds), and of the standard schedule against fast2x
+(validation mIoU and wall-clock). For every (fraction, seed) the supervised run is also the
+teacher: its checkpoint is pseudo-labelled (``python -m semiseg_fast.pseudo_label``) and the
+selftrain student learns from that folder. Each run is a separate ``python -m
+semiseg_fast.train`` process with one thread; ``--jobs`` of them run at once. Finished runs (a
+``result.json`` in their folder) are reused, so an interrupted experiment continues where it
+stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+
+``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Sequence
+
+QUICK_OVERRIDES = [
+    "data.synthetic_train=24", "data.synthetic_val=6", "data.image_size=32", "data.crop_size=32",
+    "data.batch_size=2", "data.unlabeled_batch_size=2", "model.kwargs={width: 8, rep_dim: 16}",
+    "optim.warmup_steps=2", "train.epochs=1", "train.eval_every=1000", "train.checkpoint_every=1000",
+    "semi.u2pl.num_queries=8", "semi.u2pl.num_negatives=4", "semi.u2pl.bank_capacity=64",
+]
+
+
+def _run(cmd: List[str], log: str) -> float:
+    """Runs a command with one thread, its output to ``log``; returns the wall-clock seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd)} failed with status {code}; log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def _final_miou(run_dir: str) -> float:
+    from .train.report import read_csv
+
+    rows = [r for r in read_csv(os.path.join(run_dir, "metrics.csv")) if r.get("miou") == r.get("miou")]
+    if not rows:
+        raise RuntimeError(f"{run_dir}: no evaluated step in metrics.csv")
+    return 100.0 * rows[-1]["miou"]
+
+
+def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
+    """One training run in ``out/name`` (reused if it already finished)."""
+    run_dir = os.path.join(out, name)
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = [sys.executable, "-m", "semiseg_fast.train", "train.progress=false", f"out_dir={run_dir}", *overrides]
+    seconds = _run(cmd, os.path.join(run_dir, "log.txt"))
+    result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds}
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str]) -> str:
+    folder = os.path.join(out, name)
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        data = [o for o in base if o.startswith("data.")]
+        _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint", os.path.join(teacher_dir, "last.pt"),
+              "--out", folder, "--no-progress", *data], os.path.join(out, name + ".log"))
+    return folder
+
+
+def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods: Sequence[str],
+            fast2x_methods: Sequence[str], base: Sequence[str], jobs: int) -> List[Dict[str, Any]]:
+    os.makedirs(out, exist_ok=True)
+
+    def one_seed(fraction: float, seed: int, schedule: str) -> List[Dict[str, Any]]:
+        common = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", f"train.schedule={schedule}"]
+        tag = f"f{fraction:g}-s{seed}-{schedule}"
+        wanted = methods if schedule == "standard" else fast2x_methods
+        results = []
+        if "supervised" in wanted or "selftrain" in wanted:
+            sup = train_run(out, f"supervised-{tag}", common + ["method=supervised"])
+            if "supervised" in wanted:
+                results.append(dict(sup, method="supervised", fraction=fraction, seed=seed, schedule=schedule))
+            if "selftrain" in wanted:
+                pl = pseudo_label_run(out, f"pseudo-{tag}", os.path.join(out, f"supervised-{tag}"), common)
+                st = train_run(out, f"selftrain-{tag}", common + ["method=selftrain", f"semi.selftrain.pseudo_dir={pl}"])
+                results.append(dict(st, method="selftrain", fraction=fraction, seed=seed, schedule=schedule))
+        for m in wanted:
+            if m not in ("supervised", "selftrain"):
+                r = train_run(out, f"{m}-{tag}", common + [f"method={m}"])
+                results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
+        return results
+
+    tasks = [(f, s, "standard") for f in fractions for s in seeds]
+    tasks += [(fractions[0], s, "fast2x") for s in seeds] if fast2x_methods else []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        chunks = list(pool.map(lambda t: one_seed(*t), tasks))
+    return [r for chunk in chunks for r in chunk]
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods: Sequence[str],
+              fast2x_methods: Sequence[str]) -> Dict[str, Any]:
+    def pick(method, fraction, schedule):
+        return sorted((r for r in results if r["method"] == method and r["fraction"] == fraction
+                       and r["schedule"] == schedule), key=lambda r: r["seed"])
+
+    table = {}
+    for m in methods:
+        for f in fractions:
+            rs = pick(m, f, "standard")
+            table[(m, f)] = dict(seeds=[r["miou"] for r in rs], mean=_mean([r["miou"] for r in rs]))
+    schedules = {}
+    for m in fast2x_methods:
+        std, fast = pick(m, fractions[0], "standard"), pick(m, fractions[0], "fast2x")
+        schedules[m] = dict(standard_miou=_mean([r["miou"] for r in std]), fast2x_miou=_mean([r["miou"] for r in fast]),
+                            standard_s=_mean([r["seconds"] for r in std]), fast2x_s=_mean([r["seconds"] for r in fast]))
+    return dict(table=table, schedules=schedules)
+
+
+def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str], command: str) -> str:
+    lines = ["| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
+             "|---|" + "---:|---:|" * len(fractions)]
+    for m in methods:
+        cells = []
+        for f in fractions:
+            t = summary["table"][(m, f)]
+            cells += [" / ".join(f"{v:.2f}" for v in t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if summary["schedules"]:
+        lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled (mean of the seeds; wall-clock of the training "
+                  "process, one thread):", "",
+                  "| method | standard mIoU | fast2x mIoU | difference | standard s | fast2x s | speed-up |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for m, s in summary["schedules"].items():
+            if s["fast2x_miou"] is None or s["standard_miou"] is None:
+                continue
+            lines.append(f"| {m} | {s['standard_miou']:.2f} | {s['fast2x_miou']:.2f} | "
+                         f"{s['fast2x_miou'] - s['standard_miou']:+.2f} | {s['standard_s']:.0f} | {s['fast2x_s']:.0f} | "
+                         f"{s['standard_s'] / s['fast2x_s']:.2f}x |")
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str]) -> None:
+    from .train.report import save_bars
+
+    names = [f"1/{round(1 / f)}" for f in fractions]
+    panels = [dict(title="validation mIoU (mean of seeds)", groups=list(methods), series=names,
+                   values={(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)})]
+    if summary["schedules"]:
+        sched = summary["schedules"]
+        panels.append(dict(title="standard vs fast2x: mIoU", groups=list(sched), series=["standard", "fast2x"],
+                           values={(m, k): sched[m][f"{k}_miou"] for m in sched for k in ("standard", "fast2x")}))
+        panels.append(dict(title="standard vs fast2x: wall-clock s", groups=list(sched), series=["standard", "fast2x"],
+                           values={(m, k): sched[m][f"{k}_s"] for m in sched for k in ("standard", "fast2x")}))
+    save_bars(path, panels)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/experiments")
+    parser.add_argument("--quick", action="store_true", help="tiny data, model and budget (for tests)")
+    parser.add_argument("--fractions", type=float, nargs=2, default=[0.125, 0.25])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
+    parser.add_argument("--fast2x-methods", nargs="*", default=["supervised", "selftrain"],
+                        help="methods also trained with train.schedule=fast2x at the first fraction")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value for every run, e.g. train.epochs=48")
+    args = parser.parse_intermixed_args(argv)
+    from .train.config import METHODS
+
+    for m in list(args.methods) + list(args.fast2x_methods):
+        if m not in METHODS:
+            sys.exit(f"error: --methods: expected names from {', '.join(METHODS)}, got {m!r}")
+    if any(not 0 < f < 1 for f in args.fractions):
+        sys.exit(f"error: --fractions: expected two fractions in (0, 1), got {args.fractions}")
+    base = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
+    try:
+        results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs)
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
+    summary = summarize(results, args.fractions, args.methods, args.fast2x_methods)
+    command = "python -m semiseg_fast.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = markdown(summary, args.fractions, args.methods, command.strip())
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text)
+    plot(os.path.join(args.out, "plot.png"), summary, args.fractions, args.methods)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

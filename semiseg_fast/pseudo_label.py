@@ -1,0 +1,259 @@
+"""``python -m semiseg_fast.pseudo_label --checkpoint T --out DIR [--scales 0.75 1 1.25] [--flip] [--topk K]``
+
+Runs a trained teacher over the unlabeled split of the dataset it was trained on (or of another
+folder, via ``data.*`` overrides) and writes, per image ``ID``:
+
+    DIR/labels/ID.png        hard pseudo-label, uint8 PNG (argmax of the averaged probabilities)
+    DIR/confidence/ID.png    max probability, uint8 PNG holding round(255 * p)
+    DIR/topk/ID.npz          with --topk K: the K most likely classes (uint8) and their probabilities
+                             (float16), for soft labels
+    DIR/manifest.json        teacher, settings, the images written and those that could not be read
+
+Every file is written to a temporary name and renamed, so an interrupted run leaves no partial
+files; rerunning the same command skips the images already written. With several scales or flips
+the probabilities are averaged before the teacher statistics; with one scale and no flip the
+statistics come straight from the logits in one fused pass (:func:`semiseg_fast.pixel_stats`).
+An unreadable image is reported with its path and skipped; the command then exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def item_ids(dataset) -> List[str]:
+    """A stable file name per image of a split: the image path (for folders) or the synthetic pool index."""
+    from .data import SegmentationFolder
+    from .train.data import Subset
+
+    if isinstance(dataset, Subset) and not isinstance(dataset.base, SegmentationFolder):
+        return [f"scene{i:06d}" for i in dataset.indices]
+    if isinstance(dataset, SegmentationFolder):
+        out = []
+        for image_path, _ in dataset.pairs:
+            rel = os.path.splitext(os.path.relpath(image_path, dataset.root))[0]
+            out.append(rel.replace(os.sep, "__"))
+        return out
+    return [f"item{i:06d}" for i in range(len(dataset))]
+
+
+@torch.no_grad()
+def teacher_probabilities(model, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False):
+    """(N, C, H, W) probabilities averaged over scales and horizontal flips, or, for one scale and no
+    flip, the logits themselves (the caller then takes statistics from logits). ``images``: normalised."""
+    from .models import model_outputs
+
+    size = images.shape[-2:]
+    if tuple(scales) == (1.0,) and not flip:
+        logits = model_outputs(model(images))[0]
+        return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True), True
+    total, count = None, 0
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(
+            images, size=(max(8, round(size[0] * s)), max(8, round(size[1] * s))), mode="bilinear", align_corners=True)
+        for flipped in ((False, True) if flip else (False,)):
+            logits = model_outputs(model(x.flip(-1) if flipped else x))[0]
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
+            prob = (logits.flip(-1) if flipped else logits).softmax(dim=1)
+            total = prob if total is None else total + prob
+            count += 1
+    return total / count, False
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(path: str, data: bytes) -> None:
+    from .train.atomic import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _paths(out_dir: str, item_id: str, topk: int) -> Dict[str, str]:
+    p = {"label": os.path.join(out_dir, "labels", item_id + ".png"),
+         "confidence": os.path.join(out_dir, "confidence", item_id + ".png")}
+    if topk:
+        p["topk"] = os.path.join(out_dir, "topk", item_id + ".npz")
+    return p
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+    for sub in ("labels", "confidence", "topk", ""):
+        for path in glob.glob(os.path.join(out_dir, sub, ".tmp-*")):
+            os.unlink(path)
+
+
+def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Sequence[float] = (1.0,),
+             flip: bool = False, topk: int = 0, overrides: Sequence[str] = (), batch_size: int = 16,
+             device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+    """Writes the pseudo-labels and returns the manifest (see the module docstring)."""
+    from .data import DataError, normalize
+    from .ops import pixel_stats
+    from .train.checkpoint import load_checkpoint
+    from .train.config import config_from_checkpoint, merge, parse_override, validate
+    from .train.data import build_datasets
+    from .train.loop import build_run_model
+    from .train.report import ProgressBar
+
+    if not scales or any(not isinstance(s, (int, float)) or s <= 0 for s in scales):
+        raise ValueError(f"scales: expected positive numbers, got {list(scales)!r}")
+    if not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"topk: expected a non-negative integer, got {topk!r}")
+    if split not in ("unlabeled", "labeled", "val"):
+        raise ValueError(f"split: expected 'unlabeled', 'labeled' or 'val', got {split!r}")
+    state = load_checkpoint(checkpoint)
+    config = config_from_checkpoint(state)
+    for text in overrides:
+        if not text.startswith("data."):
+            raise ValueError(f"override: only data.* keys apply to pseudo-labelling, got {text!r}")
+        merge(config, parse_override(text), "")
+    validate(config)
+    num_classes = int(state["num_classes"])
+    if topk > num_classes:
+        raise ValueError(f"topk: expected at most num_classes={num_classes}, got {topk}")
+    data = build_datasets(config["data"], with_unlabeled=split == "unlabeled")
+    dataset = {"unlabeled": data.unlabeled, "labeled": data.labeled, "val": data.val}[split]
+    if dataset is None:
+        raise ValueError(f"split: the dataset of {checkpoint!r} has no {split} images")
+    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    model = build_run_model(config, num_classes)
+    model.load_state_dict(state["teacher"] if state.get("teacher") is not None else state["model"])
+    fmt = torch.channels_last if config["train"]["channels_last"] else torch.contiguous_format
+    model.to(dev, memory_format=fmt).eval()
+
+    os.makedirs(out_dir, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    ids = item_ids(dataset)
+    todo = [i for i in range(len(dataset)) if not all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())]
+    failed: List[Dict[str, Any]] = []
+    bar = ProgressBar(len(todo), desc="pseudo-labels", enabled=progress)
+    pending: List[tuple] = []
+
+    def flush() -> None:
+        images = torch.stack([img for _, img in pending])
+        x = normalize(images).to(dev).contiguous(memory_format=fmt)
+        out, are_logits = teacher_probabilities(model, x, scales, flip)
+        stats = pixel_stats(out.float() if are_logits else out.clamp_min(1e-30).log())
+        prob = out.float().softmax(dim=1) if are_logits else out
+        top = torch.topk(prob, topk, dim=1) if topk else None
+        for j, (i, _) in enumerate(pending):
+            paths = _paths(out_dir, ids[i], topk)
+            if top is not None:
+                buf = io.BytesIO()
+                np.savez_compressed(buf, classes=top.indices[j].to(torch.uint8).cpu().numpy(),
+                                    probs=top.values[j].to(torch.float16).cpu().numpy())
+                _write(paths["topk"], buf.getvalue())
+            conf = (stats.confidence[j] * 255).round().to(torch.uint8).cpu().numpy()
+            _write(paths["confidence"], _png_bytes(conf))
+            _write(paths["label"], _png_bytes(stats.label[j].to(torch.uint8).cpu().numpy()))  # last: marks done
+        bar.update(len(pending), images=len(pending))
+        pending.clear()
+
+    for i in todo:
+        try:
+            image, _ = dataset[i]
+        except DataError as e:
+            failed.append({"index": i, "id": ids[i], "error": str(e)})
+            bar.write(f"skipped: {e}")
+            bar.update(1)
+            continue
+        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+            flush()
+        pending.append((i, image))
+    if pending:
+        flush()
+    bar.close()
+    done = [{"index": i, "id": ids[i]} for i in range(len(dataset))
+            if all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())]
+    manifest = {"format": FORMAT, "checkpoint": os.path.abspath(checkpoint), "step": state.get("step"),
+                "data": config["data"], "split": split, "split_size": len(dataset), "num_classes": num_classes,
+                "class_names": state.get("class_names"), "scales": list(map(float, scales)), "flip": bool(flip),
+                "topk": topk, "confidence_encoding": "uint8 PNG = round(255 * max probability)",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "items": done, "failed": failed}
+    _write(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+class PseudoLabels:
+    """Reads a folder written by :func:`generate`: ``load(index)`` gives (label uint8 (H, W),
+    confidence float32 (H, W), top-k (classes uint8 (K, H, W), probabilities float32) or None)."""
+
+    def __init__(self, folder: str):
+        path = os.path.join(folder, MANIFEST)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)")
+        with open(path) as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"pseudo_dir: {path!r} has format {self.manifest.get('format')!r}, expected {FORMAT}")
+        self.folder = folder
+        self.topk = int(self.manifest["topk"])
+        self.ids = {int(it["index"]): it["id"] for it in self.manifest["items"]}
+
+    @property
+    def indices(self) -> List[int]:
+        return sorted(self.ids)
+
+    def load(self, index: int):
+        from .data.folders import SegmentationFolder
+
+        paths = _paths(self.folder, self.ids[index], self.topk)
+        label = torch.from_numpy(SegmentationFolder._open(paths["label"], "label"))
+        conf = torch.from_numpy(SegmentationFolder._open(paths["confidence"], "label")).float() / 255.0
+        top = None
+        if self.topk:
+            with np.load(paths["topk"]) as z:
+                top = torch.from_numpy(z["classes"]), torch.from_numpy(z["probs"].astype(np.float32))
+        return label, conf, top
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.pseudo_label", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a training checkpoint (its EMA teacher if it has one)")
+    parser.add_argument("--out", required=True, help="output folder (created; rerun to resume)")
+    parser.add_argument("--split", default="unlabeled", choices=["unlabeled", "labeled", "val"])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.75 1 1.25")
+    parser.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
+    parser.add_argument("--topk", type=int, default=0, help="store the K most likely classes for soft labels")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/data/voc")
+    args = parser.parse_intermixed_args(argv)
+    from .data import DataError
+
+    try:
+        manifest = generate(args.checkpoint, args.out, args.split, args.scales, args.flip, args.topk, args.overrides,
+                            args.batch_size, args.device, not args.no_progress)
+    except (FileNotFoundError, RuntimeError, KeyError, ValueError, TypeError, DataError) as e:
+        sys.exit(f"error: {e}")
+    print(f"{len(manifest['items'])} of {manifest['split_size']} images pseudo-labelled in {args.out}")
+    if manifest["failed"]:
+        print(f"{len(manifest['failed'])} image(s) could not be read:", file=sys.stderr)
+        for f in manifest["failed"]:
+            print(f"  {f['error']}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+import pytest
+
+from semiseg_fast.train.config import load_config
+from semiseg_fast.train.schedule import Schedule, from_config
+
+
+def test_standard_is_warmup_then_poly_at_full_crop():
+    s = Schedule.standard(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10)
+    assert [s.lr(i) for i in (0, 4, 9)] == pytest.approx([0.001, 0.005, 0.01])
+    assert s.lr(10) == pytest.approx(0.01 * 0.9 ** 0.9)
+    assert s.lr(99) == pytest.approx(0.01 * 0.01 ** 0.9)
+    assert {s.crop_size(i) for i in range(100)} == {56}
+    assert s.phases() == [dict(start=0, stop=100, crop=56)] and s.relative_pixels() == 1.0
+
+
+def test_fast2x_phases():
+    s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10)
+    assert s.low_res_crop == 32  # 28 rounded to the output stride 8
+    assert [s.crop_size(i) for i in (0, 9, 74)] == [32, 32, 32] and [s.crop_size(i) for i in (75, 99)] == [56, 56]
+    assert s.phases() == [dict(start=0, stop=75, crop=32), dict(start=75, stop=100, crop=56)]
+    assert s.relative_pixels() == pytest.approx((75 * 32 ** 2 + 25 * 56 ** 2) / (100 * 56 ** 2))
+    standard = Schedule.standard(100, 0.01, 56, 10)
+    assert all(s.lr(i) == standard.lr(i) for i in range(100))  # same learning-rate curve
+    assert Schedule.fast2x(10, 0.1, 512).low_res_crop == 256
+
+
+def test_schedule_errors():
+    s = Schedule.standard(10, 0.1, 32)
+    with pytest.raises(ValueError, match=r"step: expected 0 <= step < 10, got 10"):
+        s.lr(10)
+    with pytest.raises(ValueError, match="low_res_scale: expected <= 1.0"):
+        Schedule.fast2x(10, 0.1, 32, low_res_scale=2.0)
+    with pytest.raises(ValueError, match="total_steps: expected a positive integer"):
+        Schedule.standard(0, 0.1, 32)
+    with pytest.raises(ValueError, match="train.schedule expected standard | fast2x"):
+        load_config(None, ["train.schedule=fast3x"])
+
+
+def test_from_config():
+    cfg = load_config(None, ["train.schedule=fast2x", "train.fast2x.low_res_fraction=0.5", "data.crop_size=64"])
+    s = from_config(cfg, 200)
+    assert s.low_res_steps == 100 and s.low_res_crop == 32 and s.full_crop == 64
+    assert s.base_lr == cfg["optim"]["lr"] and s.warmup_steps == cfg["optim"]["warmup_steps"]
