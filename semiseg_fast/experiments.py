@@ -3,8 +3,8 @@
 Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
 two labeled fractions (mean of two seeds), and of the standard schedule against fast2x
 (validation mIoU and wall-clock). For every (fraction, seed) the supervised run is also the
-teacher: its checkpoint is pseudo-labelled (``python -m semiseg_fast.pseudo_label``) and the
-selftrain student learns from that folder. Each run is a separate ``python -m
+teacher: its checkpoint is pseudo-labelled (``python -m semiseg_fast.pseudo_label``, scales 0.75 /
+1 / 1.25 and flips) and the selftrain student learns from that folder. Each run is a separate ``python -m
 semiseg_fast.train`` process with one thread; ``--jobs`` of them run at once. Finished runs (a
 ``result.json`` in their folder) are reused, so an interrupted experiment continues where it
 stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
@@ -21,6 +21,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
+
+PSEUDO_LABEL_SCALES = (0.75, 1.0, 1.25)  # the teacher's multi-scale + flip inference
 
 QUICK_OVERRIDES = [
     "data.synthetic_train=24", "data.synthetic_val=6", "data.image_size=32", "data.crop_size=32",
@@ -74,7 +76,8 @@ def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str])
     if not os.path.isfile(os.path.join(folder, "manifest.json")):
         data = [o for o in base if o.startswith("data.")]
         _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint", os.path.join(teacher_dir, "last.pt"),
-              "--out", folder, "--no-progress", *data], os.path.join(out, name + ".log"))
+              "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES), "--flip", "--no-progress", *data],
+             os.path.join(out, name + ".log"))
     return folder
 
 

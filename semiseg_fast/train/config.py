@@ -47,7 +47,7 @@ DEFAULTS: Dict[str, Any] = {
         "grid_images": 6,
         "progress": True,
         "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
-        "fast2x": {"low_res_fraction": 0.75, "low_res_scale": 0.5},
+        "fast2x": {"low_res_fraction": 0.85, "low_res_scale": 0.5},
     },
     "semi": {
         "teacher": "ema",         # ema | shared (the student itself, without gradients)

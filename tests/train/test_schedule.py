@@ -14,11 +14,12 @@ def test_standard_is_warmup_then_poly_at_full_crop():
 
 
 def test_fast2x_phases():
-    s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10)
-    assert s.low_res_crop == 32  # 28 rounded to the output stride 8
-    assert [s.crop_size(i) for i in (0, 9, 74)] == [32, 32, 32] and [s.crop_size(i) for i in (75, 99)] == [56, 56]
-    assert s.phases() == [dict(start=0, stop=75, crop=32), dict(start=75, stop=100, crop=56)]
-    assert s.relative_pixels() == pytest.approx((75 * 32 ** 2 + 25 * 56 ** 2) / (100 * 56 ** 2))
+    s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75)
+    assert s.low_res_crop == 28
+    assert [s.crop_size(i) for i in (0, 9, 74)] == [28, 28, 28] and [s.crop_size(i) for i in (75, 99)] == [56, 56]
+    assert s.phases() == [dict(start=0, stop=75, crop=28), dict(start=75, stop=100, crop=56)]
+    assert s.relative_pixels() == pytest.approx((75 * 28 ** 2 + 25 * 56 ** 2) / (100 * 56 ** 2))
+    assert Schedule.fast2x(100, 0.01, 60).low_res_crop == 32 and Schedule.fast2x(100, 0.01, 60).low_res_steps == 85
     standard = Schedule.standard(100, 0.01, 56, 10)
     assert all(s.lr(i) == standard.lr(i) for i in range(100))  # same learning-rate curve
     assert Schedule.fast2x(10, 0.1, 512).low_res_crop == 256
