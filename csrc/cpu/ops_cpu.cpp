@@ -297,10 +297,22 @@ MaskedMean masked_mean(const Shape& S, const Tiling& T, const PixelMap& ignore_m
   return r;
 }
 
-// (loss, mask ratio, gradient, scale still owed by the gradient) from the kernel's tile partials.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finish_masked_mean(
-    MaskedMean mean, int64_t norm_mode, const std::vector<double>& tile_loss, const std::vector<int64_t>& tile_conf,
-    at::Tensor grad) {
+// Runs a masked-mean loss kernel (fixmatch, pseudoseg) over every tile of `a` and returns
+// (loss, mask ratio, gradient or an empty tensor, scale still owed by the gradient).
+template <class Args>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
+    Args& a, void (*kernel)(const Args&, int64_t, int64_t), const at::Tensor& student, int64_t ignore_index,
+    int64_t norm_mode, double norm_value, bool need_grad) {
+  const Shape& S = a.shape;
+  MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
+  a.grad_scale = mean.grad_scale;
+  at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
+  if (need_grad) a.grad = grad_view(grad);
+  std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
+  std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
+  a.tile_loss = tile_loss.data();
+  a.tile_confident = tile_conf.data();
+  if (S.N * S.H * S.W > 0) run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { kernel(a, b, e); });
   int64_t confident = 0;
   for (int64_t c : tile_conf) confident += c;
   double post = 1.0;
@@ -330,19 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
   a.ignore_mask = map_view(ignore_mask, S, "ignore_mask");
   a.ignore_index = ignore_index;
   a.threshold = (float)threshold;
-  const MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
-  a.grad_scale = mean.grad_scale;
-  at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
-  if (need_grad) a.grad = grad_view(grad);
-  std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
-  std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
-  a.tile_loss = tile_loss.data();
-  a.tile_confident = tile_conf.data();
-  if (S.N * S.H * S.W > 0) {
-    const auto& k = table();
-    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.fixmatch(a, b, e); });
-  }
-  return finish_masked_mean(mean, norm_mode, tile_loss, tile_conf, grad);
+  return run_masked_mean(a, table().fixmatch, student, ignore_index, norm_mode, norm_value, need_grad);
 }
 
 double sum_of_squares(const at::Tensor& x) {
@@ -391,19 +391,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pseudoseg_cpu(
   a.inv_temperature = (float)(1.0 / temperature);
   a.threshold = (float)threshold;
   a.soft = soft;
-  const MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, 255, norm_mode, norm_value);
-  a.grad_scale = mean.grad_scale;
-  at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
-  if (need_grad) a.grad = grad_view(grad);
-  std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
-  std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
-  a.tile_loss = tile_loss.data();
-  a.tile_confident = tile_conf.data();
-  if (S.N * S.H * S.W > 0) {
-    const auto& k = table();
-    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pseudoseg(a, b, e); });
-  }
-  return finish_masked_mean(mean, norm_mode, tile_loss, tile_conf, grad);
+  return run_masked_mean(a, table().pseudoseg, student, 255, norm_mode, norm_value, need_grad);
 }
 
 }  // namespace

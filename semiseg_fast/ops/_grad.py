@@ -20,3 +20,24 @@ def scaled_grad(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if float(scale) == 1.0:
             return grad
     return grad * scale.to(grad.dtype)
+
+
+def register_loss_autograd(op, num_inputs: int) -> None:
+    """Autograd of a fused loss op that returns (loss, mask ratio, d loss / d input 0 or an empty
+    tensor, scale still owed by that gradient): backward scales the saved gradient, and only the
+    first input (the student's logits) gets one."""
+
+    def setup_context(ctx, inputs, output):
+        _, ratio, grad, post_scale = output
+        ctx.mark_non_differentiable(ratio, grad, post_scale)
+        ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
+        ctx.save_for_backward(grad, post_scale)
+
+    def backward(ctx, g_loss, *_):
+        grad, post_scale = ctx.saved_tensors
+        grad_student = None
+        if ctx.needs_input_grad[0] and g_loss is not None:
+            grad_student = scaled_grad(grad, g_loss * post_scale)
+        return (grad_student,) + (None,) * (num_inputs - 1)
+
+    op.register_autograd(backward, setup_context=setup_context)

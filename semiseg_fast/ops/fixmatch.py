@@ -8,7 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import scaled_grad
+from ._grad import register_loss_autograd
 
 
 @torch.library.custom_op("semiseg_fast::fixmatch_loss", mutates_args=())
@@ -42,22 +42,7 @@ def _(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_va
     return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
 
 
-def _setup_context(ctx, inputs, output):
-    _, ratio, grad, post_scale = output
-    ctx.mark_non_differentiable(ratio, grad, post_scale)
-    ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
-    ctx.save_for_backward(grad, post_scale)
-
-
-def _backward(ctx, g_loss, _g_ratio, _g_grad, _g_scale):
-    grad, post_scale = ctx.saved_tensors
-    grad_student = None
-    if ctx.needs_input_grad[0] and g_loss is not None:
-        grad_student = scaled_grad(grad, g_loss * post_scale)
-    return grad_student, None, None, None, None, None, None, None, None
-
-
-_fixmatch_op.register_autograd(_backward, setup_context=_setup_context)
+register_loss_autograd(_fixmatch_op, 9)
 
 
 def fixmatch_loss(

@@ -9,7 +9,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import scaled_grad
+from ._grad import register_loss_autograd
 
 
 @torch.library.custom_op("semiseg_fast::pseudoseg_scale", mutates_args=())
@@ -60,22 +60,7 @@ def _(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, 
     return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
 
 
-def _setup_context(ctx, inputs, output):
-    _, ratio, grad, post_scale = output
-    ctx.mark_non_differentiable(ratio, grad, post_scale)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(grad, post_scale)
-
-
-def _backward(ctx, g_loss, _g_ratio, _g_grad, _g_scale):
-    grad, post_scale = ctx.saved_tensors
-    grad_student = None
-    if ctx.needs_input_grad[0] and g_loss is not None:
-        grad_student = scaled_grad(grad, g_loss * post_scale)
-    return (grad_student,) + (None,) * 12
-
-
-_loss_op.register_autograd(_backward, setup_context=_setup_context)
+register_loss_autograd(_loss_op, 13)
 
 
 def _check_pair(decoder_logits, sgc_logits):
@@ -117,10 +102,7 @@ def calibrated_fusion(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor, ga
     gamma, temperature = _check_fusion_args(gamma, temperature)
     with torch.no_grad():
         s = logit_scale(decoder_logits, sgc_logits)
-        p, m = decoder_logits.float(), sgc_logits.float()
-        q = gamma * torch.softmax(p * s, dim=1) + (1 - gamma) * torch.softmax(m * s, dim=1)
-        q = q.pow(1.0 / temperature)
-        return q / q.sum(dim=1, keepdim=True)
+        return reference.pseudoseg.fused_target(decoder_logits, sgc_logits, s, gamma, temperature)
 
 
 def pseudoseg_consistency_loss(

@@ -19,13 +19,17 @@ def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch
     return torch.rsqrt(v.pow(2).mean() + 1e-8)
 
 
-def calibrated_fusion(decoder_logits, sgc_logits, gamma: float = 0.5, temperature: float = 0.5):
-    """The sharpened fused target, (N, C, H, W) float32, summing to 1 over classes."""
-    s = logit_scale(decoder_logits, sgc_logits)
-    p, m = decoder_logits.to(s.dtype), sgc_logits.to(s.dtype)
+def fused_target(p: torch.Tensor, m: torch.Tensor, s: torch.Tensor, gamma: float, temperature: float):
+    """sharpen(gamma softmax(s p) + (1 - gamma) softmax(s m), T), in the dtype of ``s``."""
+    p, m = p.to(s.dtype), m.to(s.dtype)
     q = gamma * torch.softmax(s * p, dim=1) + (1 - gamma) * torch.softmax(s * m, dim=1)
     q = q.pow(1.0 / temperature)
     return q / q.sum(dim=1, keepdim=True)
+
+
+def calibrated_fusion(decoder_logits, sgc_logits, gamma: float = 0.5, temperature: float = 0.5):
+    """The sharpened fused target, (N, C, H, W), summing to 1 over classes."""
+    return fused_target(decoder_logits, sgc_logits, logit_scale(decoder_logits, sgc_logits), gamma, temperature)
 
 
 def pseudoseg_consistency_loss(

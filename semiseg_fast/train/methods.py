@@ -38,18 +38,28 @@ class StepContext:
     num_classes: int = 0
 
 
+def _upsampled(output, size):
+    """(logits at ``size``, logits as the model gave them, representation or None)."""
+    logits, rep = model_outputs(output)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True), logits, rep
+
+
 def predict(model: nn.Module, images: torch.Tensor):
-    logits, rep = model_outputs(model(images))
-    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True), logits, rep
+    return _upsampled(model(images), images.shape[-2:])
 
 
-def _teacher_predict(ctx: StepContext, images: torch.Tensor):
+def _teacher_outputs(ctx: StepContext, images: torch.Tensor):
+    """The teacher's raw outputs, in eval mode and without gradients."""
     with torch.no_grad():
         was_training = ctx.teacher.training
         ctx.teacher.eval()
-        out = predict(ctx.teacher, images)
+        out = ctx.teacher(images)
         ctx.teacher.train(was_training)
     return out
+
+
+def _teacher_predict(ctx: StepContext, images: torch.Tensor):
+    return _upsampled(_teacher_outputs(ctx, images), images.shape[-2:])
 
 
 def _mix(box: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -123,11 +133,7 @@ def pseudoseg_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     present. One student pass over labeled + strong images."""
     images_l, labels_l = labeled
     weak, strong, pad, box = unlabeled
-    with torch.no_grad():
-        was_training = ctx.teacher.training
-        ctx.teacher.eval()
-        t_out = ctx.teacher(weak)
-        ctx.teacher.train(was_training)
+    t_out = _teacher_outputs(ctx, weak)
     size = weak.shape[-2:]
     up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=True)
     n_l, n_u = images_l.shape[0], weak.shape[0]

@@ -13,6 +13,7 @@ target class (``rest``) is accumulated directly so confident pixels keep full pr
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -49,6 +50,48 @@ def block_config(num_classes: int) -> tuple[int, int, int, int]:
 def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
     """True when pixel (h, w) sits at (h * W + w) * s_w, so one multiply addresses it."""
     return h == 1 or s_h == w * s_w
+
+
+_VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4  # normalizer codes (semiseg_fast._checks)
+
+
+def inverse(d: torch.Tensor) -> torch.Tensor:
+    """1 / d, and 0 where d is 0."""
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+class MaskedMean:
+    """The denominator of a masked-mean loss (fixmatch, pseudoseg) on the device, without host syncs:
+    ``inv`` (1 / denominator, or 1 for "confident", known only after the kernel) goes to the kernel,
+    then :meth:`finish` turns its per-program partials into (loss, mask ratio, scale still owed by
+    the gradient)."""
+
+    def __init__(self, ignore_mask, ignore_index: int, num_pixels: int, norm_mode: int, norm_value: float, device):
+        self.device, self.norm_mode = device, norm_mode
+        if ignore_mask is None:
+            self.valid = torch.tensor(float(num_pixels), device=device)
+        elif ignore_mask.dtype == torch.bool:
+            self.valid = (~ignore_mask).sum().float()
+        else:
+            self.valid = (ignore_mask != ignore_index).sum().float()
+        if norm_mode == _VALID:
+            self.inv = inverse(self.valid)
+        elif norm_mode == _TOTAL:
+            self.inv = inverse(torch.tensor(float(num_pixels), device=device))
+        elif norm_mode == _VALUE:
+            self.inv = inverse(torch.tensor(float(norm_value), device=device))
+        else:
+            self.inv = torch.ones((), device=device)
+        self.inv = self.inv.float()
+
+    def finish(self, partial: torch.Tensor, counts: torch.Tensor):
+        confident = counts.sum().float()
+        inv, post = self.inv, torch.ones((), device=self.device)
+        if self.norm_mode == _CONFIDENT:
+            inv = post = inverse(confident)
+        loss = (partial.double().sum() * inv).float()
+        ratio = (confident.double() * inverse(self.valid.double())).float()
+        return loss, ratio, post.float()
 
 
 @triton.jit

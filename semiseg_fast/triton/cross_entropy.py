@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
+from ._common import block_config, ce_from_stats, flat_pixels, inverse, launch, pixel_offsets, row_stats, store_grad
 
 _NONE, _MEAN, _SUM = 0, 1, 2
 _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
@@ -55,10 +55,6 @@ def cross_entropy_kernel(
                    x_last, m, y32, scale, rest, C, sxC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
 
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-
-
 def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, numel, device):
     """The mean's denominator as a device tensor (no host sync)."""
     if norm_mode == _TENSOR:
@@ -81,7 +77,7 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     if reduction == _MEAN:
-        inv = _inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev))
+        inv = inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev))
     else:
         inv = torch.ones((), device=dev)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))

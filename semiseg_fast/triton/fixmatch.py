@@ -5,9 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
-
-_VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4
+from ._common import MaskedMean, block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
 
 
 @triton.jit
@@ -50,10 +48,6 @@ def fixmatch_kernel(
                    x_last, m, label, scale, rest, C, ssC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
 
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-
-
 def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad):
     n, c, h, w = student.shape
     dev = student.device
@@ -61,20 +55,7 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
-    if ignore_mask is None:
-        valid = torch.tensor(float(n * h * w), device=dev)
-    elif ignore_mask.dtype == torch.bool:
-        valid = (~ignore_mask).sum().float()
-    else:
-        valid = (ignore_mask != ignore_index).sum().float()
-    if norm_mode == _VALID:
-        inv = _inverse(valid)
-    elif norm_mode == _TOTAL:
-        inv = _inverse(torch.tensor(float(n * h * w), device=dev))
-    elif norm_mode == _VALUE:
-        inv = _inverse(torch.tensor(float(norm_value), device=dev))
-    else:
-        inv = torch.ones((), device=dev)  # "confident": known only after the kernel
+    mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev)
     grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
     if n * h * w > 0:
         mask = ignore_mask if ignore_mask is not None else partial
@@ -82,7 +63,7 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             fixmatch_kernel, grid,
-            student, teacher, mask, g, partial, counts, inv.float(),
+            student, teacher, mask, g, partial, counts, mean.inv,
             c, h * w, w, threshold, ignore_index, chunks,
             *student.stride(), *teacher.stride(), *m_strides, *g.stride(),
             HAS_MASK=ignore_mask is not None,
@@ -94,11 +75,5 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
             BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
         )
-    confident = counts.sum().float()
-    post = torch.ones((), device=dev)
-    if norm_mode == _CONFIDENT:
-        inv = _inverse(confident)
-        post = inv
-    loss = (partial.double().sum() * inv).float()
-    ratio = (confident.double() * _inverse(valid).double()).float()
-    return loss, ratio, grad, post.float()
+    loss, ratio, post = mean.finish(partial, counts)
+    return loss, ratio, grad, post

@@ -6,9 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, launch, load_chunk, pixel_offsets, row_stats
+from ._common import MaskedMean, block_config, ce_from_stats, flat_pixels, launch, load_chunk, pixel_offsets, row_stats
 
-_CONFIDENT = 4
 _IDENTITY, _SQUARE, _POWER = 0, 1, 2
 
 
@@ -33,6 +32,16 @@ def _target(p, m, mp, mm, wp, wm, scale, inv_t, SHARPEN: tl.constexpr):
     else:
         r = q
     return r
+
+
+@triton.jit
+def _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
+           mp, mm, wp, wm, scale, inv_t, SHARPEN: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chunk k: the unnormalised target r, the student logits z and the class indices."""
+    pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
+    mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
+    zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+    return _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN), zk, c
 
 
 @triton.jit
@@ -91,10 +100,8 @@ def pseudoseg_kernel(
         R, rmax, y, rz = _fold_target(r_t, c, z_t, mz, R, rmax, y, rz)
     else:
         for k in range(num_chunks):
-            pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
-            mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
-            zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
-            rk = _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN)
+            rk, zk, c = _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
+                               mp, mm, wp, wm, scale, inv_t, SHARPEN, BLOCK_C)
             R, rmax, y, rz = _fold_target(rk, c, zk, mz, R, rmax, y, rz)
     inv_r = 1.0 / R
     active = valid
@@ -133,10 +140,8 @@ def pseudoseg_kernel(
             _store_grad(g_base, poff_g, pmask, tl.arange(0, BLOCK_C), z_t, r_t, mz, y, gs, gt, rest, C, sgC, SOFT)
         else:
             for k in range(num_chunks):
-                pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
-                mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
-                zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
-                rk = _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN)
+                rk, zk, c = _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
+                                   mp, mm, wp, wm, scale, inv_t, SHARPEN, BLOCK_C)
                 _store_grad(g_base, poff_g, pmask, c, zk, rk, mz, y, gs, gt, rest, C, sgC, SOFT)
 
 
@@ -151,10 +156,6 @@ def _store_grad(g_base, poff_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOF
     tl.store(ptr, g.to(g_base.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
 
 
-def _inverse(d: torch.Tensor) -> torch.Tensor:
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-
-
 def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode,
                    norm_value, need_grad):
     n, c, h, w = student.shape
@@ -166,15 +167,7 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
-    valid = torch.tensor(float(n * h * w), device=dev) if ignore_mask is None else (~ignore_mask).sum().float()
-    if norm_mode == 0:
-        inv = _inverse(valid)
-    elif norm_mode == 2:
-        inv = _inverse(torch.tensor(float(n * h * w), device=dev))
-    elif norm_mode == 3:
-        inv = _inverse(torch.tensor(float(norm_value), device=dev))
-    else:
-        inv = torch.ones((), device=dev)  # "confident": known only after the kernel
+    mean = MaskedMean(ignore_mask, 255, n * h * w, norm_mode, norm_value, dev)
     grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
     inv_t = 1.0 / temperature
     if n * h * w > 0:
@@ -183,7 +176,7 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
         k_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             pseudoseg_kernel, grid,
-            student, decoder, sgc, mask, g, partial, counts, inv.float(), scale,
+            student, decoder, sgc, mask, g, partial, counts, mean.inv, scale,
             c, h * w, w, float(gamma), inv_t, float(threshold), chunks,
             *student.stride(), *decoder.stride(), *sgc.stride(), *k_strides, *g.stride(),
             HAS_MASK=ignore_mask is not None, NEED_GRAD=need_grad, SOFT=soft,
@@ -196,11 +189,5 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
             BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
         )
-    confident = counts.sum().float()
-    post = torch.ones((), device=dev)
-    if norm_mode == _CONFIDENT:
-        inv = _inverse(confident)
-        post = inv
-    loss = (partial.double().sum() * inv).float()
-    ratio = (confident.double() * _inverse(valid.double())).float()
-    return loss, ratio, grad, post.float()
+    loss, ratio, post = mean.finish(partial, counts)
+    return loss, ratio, grad, post
