@@ -2,10 +2,10 @@
 
 Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
 two labeled fractions (mean of two seeds), and of the standard schedule against fast2x
-(validation mIoU and wall-clock). For every (fraction, seed) the supervised run is also the
-teacher: its checkpoint is pseudo-labelled (``python -m semiseg_fast.pseudo_label``, scales 0.75 /
-1 / 1.25 and flips) and the selftrain student learns from that folder. Each run is a separate ``python -m
-semiseg_fast.train`` process with one thread; ``--jobs`` of them run at once. Finished runs (a
+(validation mIoU and wall-clock). For every (fraction, seed) the standard supervised run is also
+the teacher of the selftrain students (standard and fast2x alike): its checkpoint is
+pseudo-labelled (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips) once.
+Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of them run at once. Finished runs (a
 ``result.json`` in their folder) are reused, so an interrupted experiment continues where it
 stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
@@ -88,20 +88,19 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
     def one_seed(fraction: float, seed: int, schedule: str) -> List[Dict[str, Any]]:
         common = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", f"train.schedule={schedule}"]
         tag = f"f{fraction:g}-s{seed}-{schedule}"
+        teacher = f"supervised-f{fraction:g}-s{seed}-standard"
+        teacher_overrides = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", "train.schedule=standard",
+                             "method=supervised"]
         wanted = methods if schedule == "standard" else fast2x_methods
         results = []
-        if "supervised" in wanted or "selftrain" in wanted:
-            sup = train_run(out, f"supervised-{tag}", common + ["method=supervised"])
-            if "supervised" in wanted:
-                results.append(dict(sup, method="supervised", fraction=fraction, seed=seed, schedule=schedule))
-            if "selftrain" in wanted:
-                pl = pseudo_label_run(out, f"pseudo-{tag}", os.path.join(out, f"supervised-{tag}"), common)
-                st = train_run(out, f"selftrain-{tag}", common + ["method=selftrain", f"semi.selftrain.pseudo_dir={pl}"])
-                results.append(dict(st, method="selftrain", fraction=fraction, seed=seed, schedule=schedule))
         for m in wanted:
-            if m not in ("supervised", "selftrain"):
-                r = train_run(out, f"{m}-{tag}", common + [f"method={m}"])
-                results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
+            extra = [f"method={m}"]
+            if m == "selftrain":
+                train_run(out, teacher, teacher_overrides)  # the standard task's own supervised run
+                pl = pseudo_label_run(out, f"pseudo-f{fraction:g}-s{seed}", os.path.join(out, teacher), common)
+                extra.append(f"semi.selftrain.pseudo_dir={pl}")
+            r = train_run(out, f"{m}-{tag}", common + extra)
+            results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
         return results
 
     tasks = [(f, s, "standard") for f in fractions for s in seeds]
