@@ -334,7 +334,7 @@ def render(results: list, seconds: float) -> str:
     for r in results:
         if r["cc"] != 90 or r["error"]:
             continue
-        key = (r["kernel"], _bucket(r["labels"]))
+        key = (r["kernel"], _bucket(r["kernel"], r["labels"]))
         buckets.setdefault(key, []).append(r)
     for (kernel, bucket), rs in sorted(buckets.items()):
         regs = [r["regs"] for r in rs]
@@ -362,14 +362,14 @@ def render(results: list, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _bucket(labels: list) -> str:
+def _bucket(kernel: str, labels: list) -> str:
     """The tile configuration a launch label's class count selects, e.g. '32 classes x 32 px, 4 warps'."""
-    from .triton._common import block_config
+    from .triton._common import CHUNK_CLASSES, MAX_BLOCK_C, block_config
 
     if not labels[0].startswith("C="):
         return "per-element (no class tile)"
     c = int(labels[0].split()[0].split("=")[1])
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES.get(kernel, MAX_BLOCK_C))
     kind = "1 chunk" if chunks == 1 else "chunked"
     return f"{block_c} x {block_p} px, {kind}, {warps} warps"
 

@@ -33,18 +33,22 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
-def block_config(num_classes: int) -> tuple[int, int, int, int]:
+def block_config(num_classes: int, chunk_classes: int = MAX_BLOCK_C) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_C, num_chunks, num_warps) for C classes.
 
     Tiles of 1024 elements at 8 warps, 4 elements per thread: one chunk up to 64 classes, else
-    chunks of 64 classes x 16 pixels. The AOT check (semiseg_fast.gpu_check) found 4096-element
-    tiles at 150-255 registers per thread, and 8 elements per thread making ptxas spill
-    predicate registers on sm_80.
+    chunks of ``chunk_classes`` classes x 16 pixels. The AOT check (semiseg_fast.gpu_check) found
+    4096-element tiles at 150-255 registers per thread, and 8 elements per thread making ptxas
+    spill predicate registers on sm_80.
     """
     if num_classes <= MAX_BLOCK_C:
         block_c = triton.next_power_of_2(num_classes)
         return max(16, TILE_ELEMS // block_c), block_c, 1, 8
-    return 16, MAX_BLOCK_C, triton.cdiv(num_classes, MAX_BLOCK_C), 8
+    return 16, chunk_classes, triton.cdiv(num_classes, chunk_classes), 8
+
+
+# Chunk width of kernels whose chunk loops hold more than one tensor's chunk at a time.
+CHUNK_CLASSES = {"pseudoseg_kernel": 32}  # three chunks per step: 64-class chunks took 110-122 registers
 
 
 def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:

@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MaskedMean, block_config, ce_from_stats, flat_pixels, launch, load_chunk, pixel_offsets, row_stats
+from ._common import (CHUNK_CLASSES, MaskedMean, block_config, ce_from_stats, flat_pixels, launch, load_chunk,
+                      pixel_offsets, row_stats)
 
 _IDENTITY, _SQUARE, _POWER = 0, 1, 2
 
@@ -160,10 +161,7 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
                    norm_value, need_grad):
     n, c, h, w = student.shape
     dev = student.device
-    block_p, block_c, chunks, warps = block_config(c)
-    if chunks > 1:  # three chunks live per loop step: half-size chunks keep it within 80 registers
-        block_c //= 2
-        chunks = triton.cdiv(c, block_c)
+    block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES["pseudoseg_kernel"])
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
