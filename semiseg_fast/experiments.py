@@ -5,9 +5,9 @@ two labeled fractions (mean of two seeds), and of the standard schedule against 
 (validation mIoU and wall-clock). For every (fraction, seed) the standard supervised run is also
 the teacher of the selftrain students (standard and fast2x alike): its checkpoint is
 pseudo-labelled (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips) once.
-Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of them run at once. Finished runs (a
-``result.json`` in their folder) are reused, so an interrupted experiment continues where it
-stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
+them run at once. Finished runs (a ``result.json`` in their folder) are reused, so an interrupted
+experiment continues where it stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """

@@ -143,7 +143,8 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_temporaries(out_dir)
     ids = item_ids(dataset)
-    todo = [i for i in range(len(dataset)) if not all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())]
+    written = lambda i: all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())
+    todo = [i for i in range(len(dataset)) if not written(i)]
     failed: List[Dict[str, Any]] = []
     bar = ProgressBar(len(todo), desc="pseudo-labels", enabled=progress)
     pending: List[tuple] = []
@@ -153,8 +154,9 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
         x = normalize(images).to(dev).contiguous(memory_format=fmt)
         out, are_logits = teacher_probabilities(model, x, scales, flip)
         stats = pixel_stats(out.float() if are_logits else out.clamp_min(1e-30).log())
-        prob = out.float().softmax(dim=1) if are_logits else out
-        top = torch.topk(prob, topk, dim=1) if topk else None
+        top = None
+        if topk:
+            top = torch.topk(out.float().softmax(dim=1) if are_logits else out, topk, dim=1)
         for j, (i, _) in enumerate(pending):
             paths = _paths(out_dir, ids[i], topk)
             if top is not None:
@@ -182,8 +184,7 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     if pending:
         flush()
     bar.close()
-    done = [{"index": i, "id": ids[i]} for i in range(len(dataset))
-            if all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())]
+    done = [{"index": i, "id": ids[i]} for i in range(len(dataset)) if written(i)]
     manifest = {"format": FORMAT, "checkpoint": os.path.abspath(checkpoint), "step": state.get("step"),
                 "data": config["data"], "split": split, "split_size": len(dataset), "num_classes": num_classes,
                 "class_names": state.get("class_names"), "scales": list(map(float, scales)), "flip": bool(flip),
@@ -200,7 +201,8 @@ class PseudoLabels:
     def __init__(self, folder: str):
         path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)")
+            raise FileNotFoundError(
+                f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)")
         with open(path) as f:
             self.manifest = json.load(f)
         if self.manifest.get("format") != FORMAT:

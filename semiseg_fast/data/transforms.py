@@ -42,7 +42,8 @@ def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int,
     if image.dim() != 3 or label.shape != image.shape[1:]:
         raise ValueError(f"image, label: expected (3, H, W) and (H, W), got {tuple(image.shape)} and {tuple(label.shape)}")
     if extras is not None and (extras.dim() != 3 or extras.shape[1:] != label.shape):
-        raise ValueError(f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
+        raise ValueError(
+            f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
     scale = _uniform(generator, *scale_range)
     h, w = image.shape[1:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -149,9 +150,9 @@ def cutout_box(height: int, width: int, generator: torch.Generator, size: float 
     side = int(round(size * min(height, width)))
     if side == 0:
         return mask
-    cy, cx = _randint(generator, height), _randint(generator, width)
-    top, left = max(0, cy - side // 2), max(0, cx - side // 2)
-    mask[top:cy - side // 2 + side, left:cx - side // 2 + side] = True
+    top = _randint(generator, height) - side // 2  # the centre is uniform over the image
+    left = _randint(generator, width) - side // 2
+    mask[max(0, top):top + side, max(0, left):left + side] = True
     return mask
 
 

@@ -59,6 +59,11 @@ class Subset(Dataset):
         return self.base[self.indices[i]]
 
 
+def _crop_of(item: Tuple[int, ...], data_cfg: Dict[str, Any]):
+    """The crop size of a sampler item: its third entry under a schedule, else the config's."""
+    return item[2] if len(item) > 2 else data_cfg["crop_size"]
+
+
 class LabeledView(Dataset):
     """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)`` or
     ``(index, augmentation_seed, crop_size)``."""
@@ -70,14 +75,12 @@ class LabeledView(Dataset):
         return len(self.base)
 
     def _weak(self, item: Tuple[int, ...], keep_label: bool):
-        index, seed = item[0], item[1]
-        crop = item[2] if len(item) > 2 else self.cfg["crop_size"]
-        g = torch.Generator().manual_seed(seed)
-        image, label = self.base[index]
+        g = torch.Generator().manual_seed(item[1])
+        image, label = self.base[item[0]]
         if not keep_label:  # only the padding added by the crop stays ignored
             label = torch.zeros_like(label)
-        image, label = weak_augment(image, label, crop, g, scale_range=tuple(self.cfg["scale_range"]),
-                                    ignore_index=self.cfg["ignore_index"])
+        image, label = weak_augment(image, label, _crop_of(item, self.cfg), g,
+                                    scale_range=tuple(self.cfg["scale_range"]), ignore_index=self.cfg["ignore_index"])
         return image, label, g
 
     def __getitem__(self, item: Tuple[int, ...]):
@@ -133,7 +136,6 @@ class PseudoLabeledView(Dataset):
 
     def __getitem__(self, item: Tuple[int, ...]):
         index = self.indices[item[0]]
-        crop = item[2] if len(item) > 2 else self.cfg["crop_size"]
         g = torch.Generator().manual_seed(item[1])
         image, _ = self.base[index]
         label, conf, top = self.labels.load(index)
@@ -143,7 +145,8 @@ class PseudoLabeledView(Dataset):
         if self.soft:
             classes, probs = top
             extras = torch.cat([classes.float(), probs])
-        out = weak_augment(image, label, crop, g, scale_range=tuple(self.cfg["scale_range"]), ignore_index=ignore,
+        out = weak_augment(image, label, _crop_of(item, self.cfg), g, scale_range=tuple(self.cfg["scale_range"]),
+                           ignore_index=ignore,
                            extras=extras, class_balanced=self.class_balanced)
         if not self.soft:
             return out
