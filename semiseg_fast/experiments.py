@@ -23,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
 
 PSEUDO_LABEL_SCALES = (0.75, 1.0, 1.25)  # the teacher's multi-scale + flip inference
+# train.amp=auto would pick bf16 on CPUs with native bf16 and fp32 elsewhere, and the figures with
+# it; fp32 everywhere keeps them comparable across machines (a later override still wins)
+FP32 = "train.amp=off"
 
 QUICK_OVERRIDES = [
     "data.synthetic_train=24", "data.synthetic_val=6", "data.image_size=32", "data.crop_size=32",
@@ -192,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             sys.exit(f"error: --methods: expected names from {', '.join(METHODS)}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
         sys.exit(f"error: --fractions: expected two fractions in (0, 1), got {args.fractions}")
-    base = (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
+    base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
         results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs)
     except RuntimeError as e:

@@ -54,7 +54,8 @@ class DeepLabV3Plus(nn.Module):
     ``forward(x, image_labels)`` passes known image labels to the Grad-CAM."""
 
     def __init__(self, num_classes: int, width: int = 32, rep_dim: Optional[int] = 64,
-                 dilations: Sequence[int] = (2, 4, 6), pseudoseg: bool = False):
+                 dilations: Sequence[int] = (2, 4, 6), pseudoseg: bool = False,
+                 pseudoseg_classifier_backprop: bool = True):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
@@ -72,7 +73,8 @@ class DeepLabV3Plus(nn.Module):
         self.representation = (nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1))
                                if rep_dim else None)
         # PseudoSeg: Grad-CAM of layer3, attention over layer2 + layer3 (both at stride 8)
-        self.pseudoseg = PseudoSegHeads(num_classes, 4 * w, 6 * w) if pseudoseg else None
+        self.pseudoseg = (PseudoSegHeads(num_classes, 4 * w, 6 * w, classifier_backprop=pseudoseg_classifier_backprop)
+                          if pseudoseg else None)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, image_labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

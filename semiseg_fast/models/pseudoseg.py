@@ -62,17 +62,21 @@ class PseudoSegHeads(nn.Module):
     """The classifier and SGC of PseudoSeg on top of a backbone.
 
     ``forward(deep, attention_features, image_labels=None)`` returns (class logits (N, C - 1),
-    SGC logits (N, C, h, w) at the CAM resolution). CAMs use ``image_labels`` where given (rows of
+    SGC logits (N, C, h, w) at the CAM resolution). ``classifier_backprop=False`` trains the
+    classifier on detached pooled features (its loss then leaves the backbone alone). CAMs use ``image_labels`` where given (rows of
     0/1; a negative entry means "unknown") and the classifier's own sigmoid >= 0.5 elsewhere."""
 
-    def __init__(self, num_classes: int, deep_channels: int, attention_channels: int, key_dim: int = 32):
+    def __init__(self, num_classes: int, deep_channels: int, attention_channels: int, key_dim: int = 32,
+                 classifier_backprop: bool = True):
         super().__init__()
         self.classifier = nn.Linear(deep_channels, num_classes - 1)
+        self.classifier_backprop = classifier_backprop
         self.sgc = SelfAttentionGradCAM(num_classes, attention_channels, key_dim)
 
     def forward(self, deep: torch.Tensor, attention_features: torch.Tensor,
                 image_labels: Optional[torch.Tensor] = None):
-        class_logits = self.classifier(deep.mean(dim=(2, 3)))
+        pooled = deep.mean(dim=(2, 3))
+        class_logits = self.classifier(pooled if self.classifier_backprop else pooled.detach())
         labels = (class_logits.detach() >= 0).float()  # sigmoid >= 0.5
         if image_labels is not None:
             labels = torch.where(image_labels >= 0, image_labels.float(), labels)

@@ -58,15 +58,17 @@ DEFAULTS: Dict[str, Any] = {
         "cutmix_p": 0.5,
         "u2pl": {"drop_percent": 80.0, "contrastive": True, "contrastive_weight": 0.1, "sup_only_epochs": 1,
                  "low_rank": 3, "high_rank": 7, "num_queries": 64, "num_negatives": 32, "bank_capacity": 4096},
-        # PseudoSeg: fusion of decoder and SGC logits, Cutout (a square of this fraction of the crop
-        # side, ignored by the loss) instead of CutMix, colour jitter always on
         # self-training on offline pseudo-labels (python -m semiseg_fast.pseudo_label): the unlabeled
         # batch (data.unlabeled_batch_size, so the human:pseudo mix is batch_size:unlabeled_batch_size)
         # comes from pseudo_dir; pixels under `threshold` confidence are ignored; `soft` trains against
         # the stored top-k probabilities; `class_balanced` centres crops on a uniformly drawn class
         "selftrain": {"pseudo_dir": None, "threshold": 0.0, "soft": False, "class_balanced": False},
+        # PseudoSeg: fusion of decoder and SGC logits, Cutout (a square of this fraction of the crop
+        # side, ignored by the loss) instead of CutMix, colour jitter always on. classifier_backprop:
+        # whether the image classifier's BCE trains the backbone (PseudoSeg's code: yes, on a pretrained
+        # backbone); off here because from scratch it cost 7 mIoU on the embedded dataset (README)
         "pseudoseg": {"gamma": 0.5, "temperature": 0.5, "threshold": 0.0, "soft": True, "cutout_size": 0.2,
-                      "sgc_weight": 1.0, "classifier_weight": 1.0},
+                      "sgc_weight": 1.0, "classifier_weight": 1.0, "classifier_backprop": False},
     },
     "eval": {"mode": "whole", "window": 64, "stride": 48, "batch_size": 32},
 }

@@ -95,3 +95,13 @@ def test_pseudoseg_heads():
     sgc.sum().backward()
     assert model.pseudoseg.sgc.key.weight.grad is not None
     assert model.pseudoseg.classifier.weight.grad is None  # CAMs enter without gradient
+
+
+@pytest.mark.parametrize("backprop", [True, False])
+def test_pseudoseg_classifier_backprop(backprop):
+    """The classifier's BCE reaches the backbone only with classifier_backprop (the default)."""
+    model = DeepLabV3Plus(num_classes=5, width=8, rep_dim=None, pseudoseg=True, pseudoseg_classifier_backprop=backprop)
+    model(torch.randn(2, 3, 32, 32))["cls"].sum().backward()
+    assert model.pseudoseg.classifier.weight.grad is not None
+    grads = [p.grad for p in model.layer3.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads) == backprop

@@ -141,5 +141,6 @@ def test_experiments_quick(tmp_path):
     assert {(r["method"], r["schedule"]) for r in runs} == {("supervised", "standard"), ("selftrain", "standard"),
                                                               ("supervised", "fast2x")}
     assert len(runs) == 5 and all(r["seconds"] > 0 for r in runs)
+    assert all("train.amp=off" in r["overrides"] for r in runs)  # fp32 whether or not the CPU has native bf16
     again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
     assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs
