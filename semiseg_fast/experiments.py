@@ -180,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/experiments")
     parser.add_argument("--quick", action="store_true", help="tiny data, model and budget (for tests)")
-    parser.add_argument("--fractions", type=float, nargs=2, default=[0.125, 0.25])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25],
+                        help="labeled fractions; fast2x runs at the first")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
     parser.add_argument("--fast2x-methods", nargs="*", default=["supervised", "selftrain"],
@@ -194,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if m not in METHODS:
             sys.exit(f"error: --methods: expected names from {', '.join(METHODS)}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
-        sys.exit(f"error: --fractions: expected two fractions in (0, 1), got {args.fractions}")
+        sys.exit(f"error: --fractions: expected fractions in (0, 1), got {args.fractions}")
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
         results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs)

@@ -144,3 +144,7 @@ def test_experiments_quick(tmp_path):
     assert all("train.amp=off" in r["overrides"] for r in runs)  # fp32 whether or not the CPU has native bf16
     again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
     assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs
+    one = run_module("semiseg_fast.experiments", *args, "--fractions", "0.125", timeout=900)  # reused as well
+    assert one.returncode == 0, one.stderr[-3000:]
+    table = (tmp_path / "exp" / "table.md").read_text()
+    assert "1/8 labeled" in table and "1/4 labeled" not in table and "speed-up" in table
