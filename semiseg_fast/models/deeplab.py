@@ -51,7 +51,8 @@ class DeepLabV3Plus(nn.Module):
     ``rep_dim=None`` leaves out the representation head (methods without a contrastive term).
     ``pseudoseg=True`` adds PseudoSeg's image classifier and SGC head on the deepest features:
     the output then also holds ``"cls"`` (N, C - 1) and ``"sgc"`` logits at the size of ``"pred"``;
-    ``forward(x, image_labels)`` passes known image labels to the Grad-CAM."""
+    ``forward(x, image_labels)`` passes known image labels to the Grad-CAM;
+    ``pseudoseg_classifier_backprop=False`` keeps the classifier's loss out of the backbone."""
 
     def __init__(self, num_classes: int, width: int = 32, rep_dim: Optional[int] = 64,
                  dilations: Sequence[int] = (2, 4, 6), pseudoseg: bool = False,

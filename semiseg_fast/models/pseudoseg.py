@@ -62,9 +62,10 @@ class PseudoSegHeads(nn.Module):
     """The classifier and SGC of PseudoSeg on top of a backbone.
 
     ``forward(deep, attention_features, image_labels=None)`` returns (class logits (N, C - 1),
-    SGC logits (N, C, h, w) at the CAM resolution). ``classifier_backprop=False`` trains the
-    classifier on detached pooled features (its loss then leaves the backbone alone). CAMs use ``image_labels`` where given (rows of
-    0/1; a negative entry means "unknown") and the classifier's own sigmoid >= 0.5 elsewhere."""
+    SGC logits (N, C, h, w) at the CAM resolution). CAMs use ``image_labels`` where given (rows of
+    0/1; a negative entry means "unknown") and the classifier's own sigmoid >= 0.5 elsewhere.
+    ``classifier_backprop=False`` trains the classifier on detached pooled features, so its loss
+    leaves the backbone alone."""
 
     def __init__(self, num_classes: int, deep_channels: int, attention_channels: int, key_dim: int = 32,
                  classifier_backprop: bool = True):

@@ -99,7 +99,7 @@ def test_pseudoseg_heads():
 
 @pytest.mark.parametrize("backprop", [True, False])
 def test_pseudoseg_classifier_backprop(backprop):
-    """The classifier's BCE reaches the backbone only with classifier_backprop (the default)."""
+    """The classifier's BCE reaches the backbone only with classifier_backprop (the model's default)."""
     model = DeepLabV3Plus(num_classes=5, width=8, rep_dim=None, pseudoseg=True, pseudoseg_classifier_backprop=backprop)
     model(torch.randn(2, 3, 32, 32))["cls"].sum().backward()
     assert model.pseudoseg.classifier.weight.grad is not None
