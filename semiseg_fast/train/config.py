@@ -159,6 +159,7 @@ def validate(config: Dict[str, Any]) -> None:
     check(float(ps["temperature"]) > 0.0, "semi.pseudoseg.temperature", "a positive number")
     check(0.0 <= float(ps["threshold"]) <= 1.0, "semi.pseudoseg.threshold", "a probability")
     check(isinstance(ps["soft"], bool), "semi.pseudoseg.soft", "true | false")
+    check(isinstance(ps["classifier_backprop"], bool), "semi.pseudoseg.classifier_backprop", "true | false")
     check(0.0 <= float(ps["cutout_size"]) <= 1.0, "semi.pseudoseg.cutout_size", "a fraction of the crop side")
     check(config["eval"]["mode"] in ("whole", "slide"), "eval.mode", "whole | slide")
     check(config["device"] in ("auto", "cpu", "cuda"), "device", "auto | cpu | cuda")

@@ -53,7 +53,7 @@ def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
             kwargs["rep_dim"] = None  # no representation head to train (and no unused DDP parameters)
         if config["method"] == "pseudoseg":
             kwargs["pseudoseg"] = True
-            kwargs["pseudoseg_classifier_backprop"] = bool(config["semi"]["pseudoseg"]["classifier_backprop"])
+            kwargs["pseudoseg_classifier_backprop"] = config["semi"]["pseudoseg"]["classifier_backprop"]
     return build_model(config["model"]["name"], num_classes, **kwargs)
 
 

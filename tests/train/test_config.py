@@ -34,6 +34,7 @@ def test_file_then_overrides(tmp_path):
     ("data.labeled_fraction=0", "data.labeled_fraction expected a fraction"),
     ("data.name=voc", "data.root expected a folder"),
     ("train.amp=fp8", "train.amp expected"),
+    ("semi.pseudoseg.classifier_backprop=maybe", "semi.pseudoseg.classifier_backprop expected true | false"),
     ("train=3", "'train' expects a mapping"),
     ("epochs", "expected key.sub=value"),
 ])
