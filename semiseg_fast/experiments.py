@@ -2,9 +2,10 @@
 
 Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
 the labeled fractions (``--fractions``, by default 1/8 and 1/4; mean of two seeds), and of the
-standard schedule against fast2x at the first fraction (validation mIoU and wall-clock). For every (fraction, seed) the standard supervised run is also
-the teacher of the selftrain students (standard and fast2x alike): its checkpoint is
-pseudo-labelled (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips) once.
+standard schedule against fast2x at the first fraction (validation mIoU and wall-clock). For
+every (fraction, seed) the standard supervised run is also the teacher of the selftrain students
+(standard and fast2x alike): its checkpoint is pseudo-labelled once (``python -m
+semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once. Finished runs (a ``result.json`` in their folder) are reused, so an interrupted
 experiment continues where it stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
