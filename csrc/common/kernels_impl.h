@@ -53,7 +53,7 @@ inline void tile_softmax_stats(TileIn x, int64_t C, int64_t P, float inv_t, floa
       const vf e = vexp(d);
       s += e;
       if (entropy) {
-        t += e * d;
+        t += vselect(e == 0.f, vf{}, e * d);  // a -inf logit has e = 0, and 0 * -inf is NaN
         rest += vselect(idx == cv, vf{}, e);
       }
     }
@@ -102,7 +102,8 @@ inline void tile_cross_entropy(TileIn x, TileOut g, int64_t C, int64_t P, const 
       const vf gy = -(gs * rest);
       for (int64_t c = 0; c < C; ++c) {
         const vf e = vload(g.p + c * g.cs + v);
-        vstore(g.p + c * g.cs + v, vselect(yv == (int32_t)c, gy, gs * e));
+        // Selected, not multiplied by 0: non-finite logits at inactive pixels still give 0.
+        vstore(g.p + c * g.cs + v, vselect(act, vselect(yv == (int32_t)c, gy, gs * e), vf{}));
       }
     }
   }
@@ -337,7 +338,8 @@ void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int
         const vf d = (vload(tile + c * P + v) - x_y) * inv_t;
         const vf pc = cf * vexp(d);
         const vf onehot = vselect(yv == cv, vsplat(1.f), vf{});
-        vstore(tile + c * P + v, a_conf * (onehot - pc) - b_ent * pc * (d + lconf + h));
+        const vf dent = vselect(pc == 0.f, vf{}, pc * (d + lconf + h));  // pc = 0 where d = -inf
+        vstore(tile + c * P + v, a_conf * (onehot - pc) - b_ent * dent);
       }
     }
     store_tile(tile, S, P, tp.n, tp.hw0, tp.np, a.grad, sc);
@@ -475,7 +477,7 @@ void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
           const vf e = vload(g.p + c * g.cs + v);
           const vf gc = a.soft ? gs * e - gt * vload(r.data() + c * P + v)
                                : vselect(y == cv, -(gs * rest), gs * e);
-          vstore(g.p + c * g.cs + v, gc);
+          vstore(g.p + c * g.cs + v, vselect(act, gc, vf{}));
         }
       }
     }

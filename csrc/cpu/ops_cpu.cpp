@@ -231,7 +231,13 @@ double denominator(const Shape& S, const Tiling& T, const PixelMap& target, cons
   return sum_in_order(valid);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
+// fp16 cannot hold d loss / d logits divided by a large denominator (it flushes to subnormals and
+// zero), so for fp16 logits the gradient is written without 1 / denominator and that factor is
+// returned as the scale still owed, applied in fp32 in backward together with the loss scale.
+bool defer_denominator(const at::Tensor& logits) { return logits.scalar_type() == at::kHalf; }
+
+// (loss, gradient or an empty tensor, per-pixel ce or an empty tensor, scale still owed by the gradient).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
     int64_t ignore_index, int64_t reduction, int64_t norm_mode, double norm_value, bool need_grad, bool need_ce) {
   check_logits(logits, "logits");
@@ -253,7 +259,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const double d = denominator(S, a.tiling, a.target, a.weight, PixelMap{}, ignore_index, norm_mode, norm_value);
     inv = d != 0.0 ? 1.0 / d : 0.0;
   }
-  a.grad_scale = (float)inv;
+  const bool defer = defer_denominator(logits);
+  a.grad_scale = defer ? 1.f : (float)inv;
   at::Tensor grad = need_grad ? empty_output_like(logits) : at::empty({0}, logits.options());
   if (need_grad) a.grad = grad_view(grad);
   at::Tensor loss_pixel = reduction == kNone ? empty_output({S.N, S.H, S.W}, f32) : at::Tensor();
@@ -271,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   TORCH_CHECK_INDEX(!bad.found, "target: expected class indices in [0, ", S.C, ") or ignore_index=", ignore_index,
                     ", got ", bad.value, " at (n=", bad.n, ", h=", bad.h, ", w=", bad.w, ")");
   at::Tensor loss = reduction == kNone ? loss_pixel : scalar(sum_in_order(tile_loss) * inv);
-  return {loss, grad, ce};
+  return {loss, grad, ce, scalar(defer ? inv : 1.0)};
 }
 
 // The mean of a masked per-pixel loss, shared by fixmatch and pseudoseg: the denominator counts
@@ -305,7 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
     int64_t norm_mode, double norm_value, bool need_grad) {
   const Shape& S = a.shape;
   MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
-  a.grad_scale = mean.grad_scale;
+  const bool defer = defer_denominator(student);
+  a.grad_scale = defer ? 1.f : mean.grad_scale;
   at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
   if (need_grad) a.grad = grad_view(grad);
   std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
@@ -315,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
   if (S.N * S.H * S.W > 0) run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { kernel(a, b, e); });
   int64_t confident = 0;
   for (int64_t c : tile_conf) confident += c;
-  double post = 1.0;
+  double post = defer ? mean.inv : 1.0;
   if (norm_mode == kConfident) {
     mean.inv = confident > 0 ? 1.0 / (double)confident : 0.0;
     post = mean.inv;

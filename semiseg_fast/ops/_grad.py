@@ -5,20 +5,66 @@ The buffer is never modified, so backward can run any number of times (retain_gr
 gradcheck, jacobians). When the scale is exactly 1 (the usual ``loss.backward()``) the buffer
 itself is the gradient: no pass, no allocation. That test reads the scalar, which is free for
 CPU tensors; on CUDA it would be a host sync, so there the product is always taken.
+
+The saved gradient is a constant to autograd, so a second derivative through it would be
+silently wrong: under ``create_graph=True`` the gradients come back attached to a node that
+raises when differentiated (:func:`first_order_only`).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+__all__ = ["first_order_only", "inverse", "register_loss_autograd", "scaled_grad"]
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def inverse(d: torch.Tensor) -> torch.Tensor:
+    """1 / d, and 0 where d is 0."""
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
+class _SecondOrderError(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad, anchor):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "semiseg_fast: the fused losses are differentiable once; their gradient cannot be differentiated "
+            "again (create_graph=True). Run them under semiseg_fast.backend('reference') for higher-order gradients."
+        )
+
+
+_ANCHOR = torch.zeros((), requires_grad=True)  # gives the wrapped gradient a grad_fn even when nothing else does
+
+
+def first_order_only(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``grad`` itself, or under create_graph=True a view of it whose differentiation raises."""
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    return _SecondOrderError.apply(grad, _ANCHOR)
 
 
 def scaled_grad(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """grad * scale, where scale is a scalar or a per-pixel (N, H, W) tensor."""
+    """grad * scale, where scale is an fp32 scalar or a per-pixel (N, H, W) tensor.
+
+    For fp16/bf16 gradients the product is taken in fp32 and rounded once, as PyTorch's own
+    losses do: a loss scale such as GradScaler's 2**16 does not fit in fp16 itself.
+    """
     if scale.dim() != 0:
-        return grad * scale.unsqueeze(1).to(grad.dtype)
+        scale = scale.unsqueeze(1)
     # Only a plain CPU tensor is read: fake/functional tensors under torch.compile are subclasses.
-    if type(scale) is torch.Tensor and scale.device.type == "cpu" and not torch.compiler.is_compiling():
+    elif type(scale) is torch.Tensor and scale.device.type == "cpu" and not torch.compiler.is_compiling():
         if float(scale) == 1.0:
             return grad
+        if grad.dtype in _REDUCED:  # a CPU scalar multiplies in fp32 already, without a temporary
+            return grad * scale
+    if grad.dtype in _REDUCED:
+        return (grad.float() * scale).to(grad.dtype)
     return grad * scale.to(grad.dtype)
 
 
@@ -37,7 +83,7 @@ def register_loss_autograd(op, num_inputs: int) -> None:
         grad, post_scale = ctx.saved_tensors
         grad_student = None
         if ctx.needs_input_grad[0] and g_loss is not None:
-            grad_student = scaled_grad(grad, g_loss * post_scale)
+            grad_student = first_order_only(scaled_grad(grad, g_loss * post_scale))
         return (grad_student,) + (None,) * (num_inputs - 1)
 
     op.register_autograd(backward, setup_context=setup_context)

@@ -8,7 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import scaled_grad
+from ._grad import first_order_only, inverse, scaled_grad
 
 _NONE, _MEAN, _SUM = 0, 1, 2
 _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
@@ -27,8 +27,9 @@ def _cross_entropy_op(
     need_grad: bool,
     need_ce: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor, scale
+    still owed by the gradient)."""
     if backend == "cpp":
         if norm_mode == _TENSOR:  # a CPU scalar: reading it is free (0 still gives a loss of 0)
             norm_mode, norm_value = _VALUE, float(norm_tensor)
@@ -53,17 +54,17 @@ def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, no
     loss = logits.new_empty((n, h, w) if reduction == _NONE else (), **f32)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
     ce = logits.new_empty((n, h, w), **f32) if need_ce else logits.new_empty((0,), **f32)
-    return loss, grad, ce
+    return loss, grad, ce, logits.new_empty((), **f32)
 
 
 def _setup_context(ctx, inputs, output):
     logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, _ = inputs
-    loss, grad, ce = output
-    ctx.mark_non_differentiable(grad, ce)
+    loss, grad, ce, post_scale = output
+    ctx.mark_non_differentiable(grad, ce, post_scale)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
     # The weight's gradient needs the per-pixel ce; otherwise only the logits' gradient is kept.
-    ctx.save_for_backward(grad, *((ce, weight, target, loss, norm_tensor) if need_ce else (None,) * 5))
+    ctx.save_for_backward(grad, post_scale, loss, norm_tensor, *((ce, weight, target) if need_ce else (None,) * 3))
 
 
 def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
@@ -83,19 +84,23 @@ def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
         denom = norm_tensor.float()
     else:
         denom = torch.tensor(ctx.norm_value, device=ce.device)
-    inv = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    inv = inverse(denom)
     d = ce - loss if ctx.norm_mode == _WEIGHTED else ce  # d (sum w ce / sum w) / d w = (ce - L) / sum w
     return (g * torch.where(valid, d, torch.zeros_like(d)) * inv).to(weight.dtype)
 
 
-def _backward(ctx, g_loss, _g_grad, _g_ce):
-    grad, ce, weight, target, loss, norm_tensor = ctx.saved_tensors
-    grad_logits = grad_weight = None
+def _backward(ctx, g_loss, _g_grad, _g_ce, _g_post):
+    grad, post_scale, loss, norm_tensor, ce, weight, target = ctx.saved_tensors
+    grad_logits = grad_weight = grad_norm = None
     if g_loss is not None and ctx.needs_input_grad[0]:
-        grad_logits = scaled_grad(grad, g_loss)
+        grad_logits = scaled_grad(grad, g_loss * post_scale)
     if g_loss is not None and ctx.needs_input_grad[2]:
         grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss, norm_tensor)
-    return grad_logits, None, grad_weight, None, None, None, None, None, None, None, None
+    if g_loss is not None and ctx.needs_input_grad[7] and ctx.reduction == _MEAN:
+        # loss = sum / d, so d loss / d d = -loss / d (0 for a zero denominator, where the loss is 0)
+        grad_norm = (-g_loss * loss * inverse(norm_tensor.float())).to(norm_tensor.dtype)
+    grad_logits, grad_weight, grad_norm = map(first_order_only, (grad_logits, grad_weight, grad_norm))
+    return grad_logits, None, grad_weight, None, None, None, None, grad_norm, None, None, None
 
 
 _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
@@ -144,7 +149,7 @@ def pseudo_label_cross_entropy(
     grad_on = torch.is_grad_enabled()
     need_grad = grad_on and logits.requires_grad
     need_ce = grad_on and weight is not None and weight.requires_grad
-    loss, _, _ = _cross_entropy_op(
+    loss, _, _, _ = _cross_entropy_op(
         logits, target, weight, ignore_index, red, norm_mode, norm_value, norm_tensor, need_grad, need_ce, impl
     )
     return loss

@@ -17,6 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import not_ignored
+from ..ops._grad import inverse
+
 MAX_BLOCK_C = 64
 TILE_ELEMS = 1024
 
@@ -59,25 +62,28 @@ def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
 _VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4  # normalizer codes (semiseg_fast._checks)
 
 
-def inverse(d: torch.Tensor) -> torch.Tensor:
-    """1 / d, and 0 where d is 0."""
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+def defer_denominator(logits: torch.Tensor) -> bool:
+    """fp16 cannot hold d loss / d logits divided by a large denominator (it flushes to subnormals
+    and zero): for fp16 logits the kernels write the gradient without 1 / denominator, and that
+    factor becomes the scale still owed, applied in fp32 in backward with the loss scale."""
+    return logits.dtype == torch.float16
 
 
 class MaskedMean:
     """The denominator of a masked-mean loss (fixmatch, pseudoseg) on the device, without host syncs:
-    ``inv`` (1 / denominator, or 1 for "confident", known only after the kernel) goes to the kernel,
-    then :meth:`finish` turns its per-program partials into (loss, mask ratio, scale still owed by
-    the gradient)."""
+    ``grad_scale`` (1 / denominator; 1 for "confident", known only after the kernel, or when
+    ``defer``) goes to the kernel, then :meth:`finish` turns its per-program partials into (loss,
+    mask ratio, scale still owed by the gradient)."""
 
-    def __init__(self, ignore_mask, ignore_index: int, num_pixels: int, norm_mode: int, norm_value: float, device):
-        self.device, self.norm_mode = device, norm_mode
+    def __init__(self, ignore_mask, ignore_index: int, num_pixels: int, norm_mode: int, norm_value: float, device,
+                 defer: bool = False):
+        self.device, self.norm_mode, self.defer = device, norm_mode, defer
         if ignore_mask is None:
             self.valid = torch.tensor(float(num_pixels), device=device)
         elif ignore_mask.dtype == torch.bool:
             self.valid = (~ignore_mask).sum().float()
         else:
-            self.valid = (ignore_mask != ignore_index).sum().float()
+            self.valid = not_ignored(ignore_mask, ignore_index).sum().float()
         if norm_mode == _VALID:
             self.inv = inverse(self.valid)
         elif norm_mode == _TOTAL:
@@ -87,10 +93,12 @@ class MaskedMean:
         else:
             self.inv = torch.ones((), device=device)
         self.inv = self.inv.float()
+        self.grad_scale = torch.ones((), device=device) if defer else self.inv
 
     def finish(self, partial: torch.Tensor, counts: torch.Tensor):
         confident = counts.sum().float()
-        inv, post = self.inv, torch.ones((), device=self.device)
+        inv = self.inv
+        post = self.inv if self.defer else torch.ones((), device=self.device)
         if self.norm_mode == _CONFIDENT:
             inv = post = inverse(confident)
         loss = (partial.double().sum() * inv).float()
@@ -203,5 +211,7 @@ def store_grad(base_x, base_g, poff_x, poff_g, pmask, x_last, m, y, scale, rest,
 def _store_grad_chunk(base_g, poff_g, pmask, x, c, m, y, scale, rest, C, sCg):
     e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m[:, None]))
     g = tl.where(c[None, :] == y[:, None], -(scale * rest)[:, None], scale[:, None] * e)
+    # Inactive pixels (scale 0) store 0 even where their logits are not finite (0 * inf is NaN).
+    g = tl.where(scale[:, None] == 0.0, 0.0, g)
     ptr = base_g + poff_g[:, None] + c[None, :].to(tl.int64) * sCg
     tl.store(ptr, g.to(base_g.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])

@@ -5,7 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_config, ce_from_stats, flat_pixels, inverse, launch, pixel_offsets, row_stats, store_grad
+from .._checks import not_ignored
+from ._common import (block_config, ce_from_stats, defer_denominator, flat_pixels, inverse, launch, pixel_offsets,
+                      row_stats, store_grad)
 
 _NONE, _MEAN, _SUM = 0, 1, 2
 _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
@@ -50,7 +52,7 @@ def cross_entropy_kernel(
         tl.store(ce_ptr + out, ce, mask=pmask)
     tl.store(partial_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), tl.sum(lp, axis=0))
     if NEED_GRAD:
-        scale = wa * tl.load(gscale_ptr) / s + poison
+        scale = tl.where(wa != 0.0, wa * tl.load(gscale_ptr) / s, 0.0) + poison
         store_grad(x_ptr + n * sxN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
                    x_last, m, y32, scale, rest, C, sxC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
@@ -63,7 +65,7 @@ def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_t
         return torch.tensor(float(numel), device=device)
     if norm_mode == _VALUE:
         return torch.tensor(float(norm_value), device=device)
-    valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     if norm_mode == _WEIGHTED and weight is not None:
         return (weight.float() * valid).sum()
     return valid.sum().float()
@@ -80,6 +82,8 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
         inv = inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev))
     else:
         inv = torch.ones((), device=dev)
+    inv, one = inv.float(), torch.ones((), device=dev)
+    kernel_scale, post = (one, inv) if defer_denominator(logits) else (inv, one)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
     loss_pixel = torch.empty((n, h, w), device=dev, dtype=torch.float32) if reduction == _NONE else partial
     ce = torch.empty((n, h, w), device=dev, dtype=torch.float32) if need_ce else torch.empty(0, device=dev)
@@ -88,7 +92,7 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
         g = grad if need_grad else logits
         launch(
             cross_entropy_kernel, grid,
-            logits, target, wt, g, loss_pixel, ce, partial, inv.float(),
+            logits, target, wt, g, loss_pixel, ce, partial, kernel_scale,
             c, h * w, w, ignore_index, chunks,
             *logits.stride(), *target.stride(), *wt.stride(), *g.stride(),
             HAS_W=weight is not None, NEED_GRAD=need_grad, PIXEL_LOSS=reduction == _NONE, NEED_CE=need_ce,
@@ -102,4 +106,4 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
         loss = loss_pixel
     else:
         loss = partial.double().sum().float() * (inv if reduction == _MEAN else 1.0)
-    return loss, grad, ce
+    return loss, grad, ce, post

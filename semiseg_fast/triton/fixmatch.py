@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MaskedMean, block_config, ce_from_stats, flat_pixels, launch, pixel_offsets, row_stats, store_grad
+from ._common import (MaskedMean, block_config, ce_from_stats, defer_denominator, flat_pixels, launch, pixel_offsets,
+                      row_stats, store_grad)
 
 
 @triton.jit
@@ -43,7 +44,7 @@ def fixmatch_kernel(
     tl.store(partial_ptr + pid, tl.sum(ce, axis=0))
     tl.store(count_ptr + pid, tl.sum(active, axis=0).to(tl.int32))
     if NEED_GRAD:
-        scale = active * tl.load(gscale_ptr) / s
+        scale = tl.where(active != 0.0, tl.load(gscale_ptr) / s, 0.0)
         store_grad(s_ptr + n * ssN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
                    x_last, m, label, scale, rest, C, ssC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
 
@@ -55,7 +56,7 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
-    mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev)
+    mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev, defer_denominator(student))
     grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
     if n * h * w > 0:
         mask = ignore_mask if ignore_mask is not None else partial
@@ -63,7 +64,7 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             fixmatch_kernel, grid,
-            student, teacher, mask, g, partial, counts, mean.inv,
+            student, teacher, mask, g, partial, counts, mean.grad_scale,
             c, h * w, w, threshold, ignore_index, chunks,
             *student.stride(), *teacher.stride(), *m_strides, *g.stride(),
             HAS_MASK=ignore_mask is not None,

@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CHUNK_CLASSES, MaskedMean, block_config, ce_from_stats, flat_pixels, launch, load_chunk,
-                      pixel_offsets, row_stats)
+from ._common import (CHUNK_CLASSES, MaskedMean, block_config, ce_from_stats, defer_denominator, flat_pixels, launch,
+                      load_chunk, pixel_offsets, row_stats)
 
 _IDENTITY, _SQUARE, _POWER = 0, 1, 2
 
@@ -133,8 +133,8 @@ def pseudoseg_kernel(
     tl.store(count_ptr + pid, tl.sum(act, axis=0).to(tl.int32))
     if NEED_GRAD:
         gscale = tl.load(gscale_ptr)
-        gs = act * gscale / sz
-        gt = act * gscale * inv_r
+        gs = tl.where(active, gscale / sz, 0.0)
+        gt = tl.where(active, gscale * inv_r, 0.0)
         g_base = g_ptr + n * sgN
         poff_g = pixel_offsets(hw, W, sgH, sgW, FLAT_G)
         if SINGLE_CHUNK:
@@ -153,6 +153,7 @@ def _store_grad(g_base, poff_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOF
         g = gs[:, None] * e - gt[:, None] * r
     else:
         g = tl.where(c[None, :] == y[:, None], -(gs * rest)[:, None], gs[:, None] * e)
+    g = tl.where(gs[:, None] == 0.0, 0.0, g)  # inactive pixels: 0 even for non-finite logits
     ptr = g_base + poff_g[:, None] + c[None, :].to(tl.int64) * sgC
     tl.store(ptr, g.to(g_base.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
 
@@ -165,7 +166,7 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
-    mean = MaskedMean(ignore_mask, 255, n * h * w, norm_mode, norm_value, dev)
+    mean = MaskedMean(ignore_mask, 255, n * h * w, norm_mode, norm_value, dev, defer_denominator(student))
     grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
     inv_t = 1.0 / temperature
     if n * h * w > 0:
@@ -174,7 +175,7 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
         k_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             pseudoseg_kernel, grid,
-            student, decoder, sgc, mask, g, partial, counts, mean.inv, scale,
+            student, decoder, sgc, mask, g, partial, counts, mean.grad_scale, scale,
             c, h * w, w, float(gamma), inv_t, float(threshold), chunks,
             *student.stride(), *decoder.stride(), *sgc.stride(), *k_strides, *g.stride(),
             HAS_MASK=ignore_mask is not None, NEED_GRAD=need_grad, SOFT=soft,
