@@ -107,9 +107,18 @@ def normalizer(n: object, allowed: Sequence[str], like: Optional[torch.Tensor] =
     return NORM_VALUE, number(n, "normalizer", low=0.0, low_open=True)
 
 
+def not_ignored(t: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``t != ignore_index``, exact for every integer dtype: PyTorch would cast -1 to 255 for uint8."""
+    if not t.dtype.is_floating_point and t.dtype != torch.bool:
+        info = torch.iinfo(t.dtype)
+        if not info.min <= ignore_index <= info.max:
+            return torch.ones_like(t, dtype=torch.bool)
+    return t != ignore_index
+
+
 def target_values(t: torch.Tensor, num_classes: int, ignore_index: int, name: str = "target") -> None:
     """Raises if a target is outside [0, C) and is not ignore_index. Reads the tensor: a host sync on GPUs."""
-    bad = ((t < 0) | (t >= num_classes)) & (t != ignore_index)
+    bad = ((t < 0) | (t >= num_classes)) & not_ignored(t, ignore_index)
     if bool(bad.any()):
         idx = bad.nonzero()[0].tolist()
         raise IndexError(

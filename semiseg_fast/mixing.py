@@ -51,6 +51,8 @@ def cutmix_masks(n: int, height: int, width: int, generator: Optional[torch.Gene
     p = _checks.number(p, "p", low=0.0, high=1.0)
     lo, hi = (_checks.number(v, "size_range", low=0.0, high=1.0) for v in size_range)
     r_lo, r_hi = (_checks.number(v, "ratio_range", low=0.0, low_open=True) for v in ratio_range)
+    if not math.isfinite(r_hi):
+        raise ValueError(f"ratio_range: expected finite values, got {ratio_range}")
     if lo > hi or r_lo > r_hi:
         raise ValueError(f"size_range, ratio_range: expected low <= high, got {size_range} and {ratio_range}")
     mask = torch.stack([cutmix_box(height, width, generator, p, lo, hi, r_lo, r_hi) for _ in range(n)])
@@ -93,7 +95,7 @@ def classmix_masks(labels: torch.Tensor, generator: Optional[torch.Generator] = 
     masks = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     for i in range(labels.shape[0]):
         classes = torch.unique(labels[i])
-        classes = classes[classes != ignore_index]
+        classes = classes[_checks.not_ignored(classes, ignore_index)]
         k = classes.numel() // 2
         if k == 0:
             continue
@@ -114,6 +116,8 @@ def depthmix_masks(disparity_a: torch.Tensor, disparity_b: torch.Tensor, margin:
 
     def normalised(d: torch.Tensor) -> torch.Tensor:
         d = d.float()
+        if d.numel() == 0:
+            return d
         lo = d.amin(dim=(1, 2), keepdim=True)
         span = d.amax(dim=(1, 2), keepdim=True) - lo
         return (d - lo) / torch.where(span > 0, span, torch.ones_like(span))
@@ -140,7 +144,9 @@ def mix_images(image_a: torch.Tensor, image_b: torch.Tensor, mask: torch.Tensor)
     if image_a.dim() != 4 or image_b.shape != image_a.shape:
         raise ValueError(f"image_a, image_b: expected two (N, C, H, W) tensors of one shape, got "
                          f"{tuple(image_a.shape)} and {tuple(image_b.shape)}")
+    _checks.same_device(image_a, image_b, "image_b", "image_a")
     mask = _maps("mask", mask)
+    _checks.same_device(image_a, mask, "mask", "image_a")
     if mask.shape != (image_a.shape[0],) + tuple(image_a.shape[2:]) or mask.dtype != torch.bool:
         raise ValueError(f"mask: expected a bool (N, H, W) = {(image_a.shape[0],) + tuple(image_a.shape[2:])} "
                          f"tensor, got {mask.dtype} {tuple(mask.shape)}")

@@ -79,3 +79,19 @@ def test_argument_errors():
         mixing.cutmix_masks(2, 4, 4, p=2)
     with pytest.raises(ValueError, match="mask: expected a bool"):
         mixing.mix_images(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), x)
+    with pytest.raises(ValueError, match="mask: expected a tensor on cpu"):
+        mixing.mix_images(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), x.bool().to("meta"))
+    with pytest.raises(ValueError, match="ratio_range: expected finite values"):
+        mixing.cutmix_masks(2, 4, 4, ratio_range=(1, float("inf")))
+
+
+def test_empty_maps():
+    assert mixing.depthmix_masks(torch.zeros(2, 0, 5), torch.zeros(2, 0, 5)).shape == (2, 0, 5)
+
+
+def test_ignore_index_outside_the_label_dtype_ignores_nothing():
+    # -1 cannot occur in uint8 labels; PyTorch would compare against 255 (a wrapped -1).
+    labels = torch.full((1, 4, 4), 255, dtype=torch.uint8)
+    labels[0, :2] = 1
+    g = torch.Generator().manual_seed(0)
+    assert mixing.classmix_masks(labels, g, ignore_index=-1).any()

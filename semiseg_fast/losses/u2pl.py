@@ -88,6 +88,10 @@ class U2PLLoss(nn.Module):
                 rep_teacher: Optional[torch.Tensor] = None, prob_teacher: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None,
                 draws: Optional[ContrastiveDraws] = None) -> U2PLOutput:
+        pred_u = _checks.logits(pred_u, "pred_u")
+        if tuple(_checks.tensor(teacher_u, "teacher_u").shape) != tuple(pred_u.shape):
+            raise ValueError(f"teacher_u: expected the shape of pred_u {tuple(pred_u.shape)}, got {tuple(teacher_u.shape)}")
+        pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u")
         sup = pseudo_label_cross_entropy(pred_l, label_l, ignore_index=self.ignore_index)
         percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
         at = alpha_t(epoch, self.epochs, self.alpha_0)
@@ -96,7 +100,7 @@ class U2PLLoss(nn.Module):
             return U2PLOutput(sup + zero, sup, zero, zero, percent, at)
         with torch.no_grad():
             entropy = pixel_stats(teacher_u.detach()).entropy
-            valid_u = pseudo_u != self.ignore_index
+            valid_u = _checks.not_ignored(pseudo_u, self.ignore_index)
             # one selection pass for the drop threshold and both contrastive thresholds
             thresholds = entropy_percentile(entropy, valid_u, [percent, at, 100.0 - at])
         unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index)
@@ -115,7 +119,7 @@ class U2PLLoss(nn.Module):
         with torch.no_grad():
             low_u = (entropy <= thresholds[1]) & valid_u
             high_u = (entropy >= thresholds[2]) & valid_u
-            labeled_valid = label_l != self.ignore_index
+            labeled_valid = _checks.not_ignored(label_l, self.ignore_index)
             size = rep.shape[-2:]
             # U2PL downsamples masks and labels with PyTorch's (legacy) nearest rule
             small = lambda t: F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0]

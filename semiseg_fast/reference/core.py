@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _checks
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
@@ -93,7 +95,7 @@ def fixmatch_loss(
         elif ignore_mask.dtype == torch.bool:
             valid = ~ignore_mask
         else:
-            valid = ignore_mask != ignore_index
+            valid = _checks.not_ignored(ignore_mask, ignore_index)
         mask = (conf >= threshold) & valid
     x = student_logits.to(_compute_dtype(student_logits))
     ce = F.cross_entropy(x, pseudo, reduction="none")

@@ -80,14 +80,17 @@ def u2pl_contrastive_loss(
         generator: for the anchor and negative draws.
         draws: fixed draws instead of random ones (for tests against the official transcription).
     """
-    rep = _checks.tensor(rep, "rep")
+    for name, t in (("rep", rep), ("prob_teacher", prob_teacher)):
+        if _checks.tensor(t, name).dim() != 4:
+            raise ValueError(f"{name}: expected a 4-D tensor (B, D or C, H, W), got shape {tuple(t.shape)}")
     b, d, h, w = rep.shape
     c = prob_teacher.shape[1]
     for name, t, shape in [("rep_teacher", rep_teacher, (b, d, h, w)), ("prob_teacher", prob_teacher, (b, c, h, w)),
                            ("label", label, (b, h, w)), ("reliable", reliable, (b, h, w)),
                            ("unreliable", unreliable, (b, h, w)), ("is_labeled", is_labeled, (b,))]:
         if tuple(_checks.tensor(t, name).shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+            raise ValueError(f"{name}: expected shape {shape} (batch and size of rep {tuple(rep.shape)}), "
+                             f"got {tuple(t.shape)}")
     if bank.num_classes != c or bank.dim != d:
         raise ValueError(f"bank: expected {c} classes of dim {d}, got {bank.num_classes} of dim {bank.dim}")
     _checks.number(temperature, "temperature", low=0.0, low_open=True)

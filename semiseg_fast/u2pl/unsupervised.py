@@ -8,7 +8,7 @@ from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
 
 
 def _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index):
-    valid = pseudo_label != ignore_index
+    valid = _checks.not_ignored(pseudo_label, ignore_index)
     keep = valid & ~(entropy >= threshold)
     n, _, h, w = student_logits.shape
     # official: weight = N*H*W / kept, times the mean over the kept pixels
@@ -51,5 +51,5 @@ def u2pl_unsupervised_loss(
     ignore_index = _checks.integer(ignore_index, "ignore_index")
     with torch.no_grad():
         entropy = pixel_stats(teacher_logits.detach()).entropy
-        threshold = entropy_percentile(entropy, pseudo_label != ignore_index, percent)
+        threshold = entropy_percentile(entropy, _checks.not_ignored(pseudo_label, ignore_index), percent)
     return _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index)

@@ -102,3 +102,18 @@ def test_cpp_refuses_cuda_tensors():
 
     with sf.backend("cpp"), pytest.raises(RuntimeError, match="backend 'cpp' runs on CPU tensors only"):
         resolve(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_ignore_index_outside_the_label_dtype_ignores_nothing(backend):
+    # uint8 maps cannot hold -1; PyTorch alone would compare them against a wrapped 255.
+    mask = torch.tensor([[[255, 3, 0, 1]]], dtype=torch.uint8).expand(2, 3, 4)
+    s, t = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    with sf.backend(backend):
+        loss = sf.fixmatch_loss(s, t, 0.0, ignore_mask=mask, ignore_index=-1)
+    with sf.backend("reference"):
+        full = sf.fixmatch_loss(s, t, 0.0)
+    torch.testing.assert_close(loss, full)
+    target = T.clone()
+    target[0, 0, 0] = 255
+    raises(backend, IndexError, r"got 255", sf.pseudo_label_cross_entropy, X, target, ignore_index=-1)

@@ -79,5 +79,9 @@ def test_bad_shapes_are_named():
     bank = ClassMemoryBank(C, D, capacity=10)
     with pytest.raises(ValueError, match="label: expected shape"):
         u2pl_contrastive_loss(rep, rep_t, prob, label[:, :2], rel, unrel, isl, bank)
+    with pytest.raises(ValueError, match=r"rep_teacher: expected shape .* \(batch and size of rep"):
+        u2pl_contrastive_loss(rep[:1], rep_t, prob, label, rel, unrel, isl, bank)
+    with pytest.raises(TypeError, match="prob_teacher: expected a torch.Tensor"):
+        u2pl_contrastive_loss(rep, rep_t, prob.tolist(), label, rel, unrel, isl, bank)
     with pytest.raises(ValueError, match="bank: expected 5 classes of dim 8"):
         u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, ClassMemoryBank(C, 4, capacity=10))

@@ -90,6 +90,15 @@ def test_bank_is_saved_with_the_module():
     assert "bank.keys" in state and int(state["bank.length"].sum()) > 0
 
 
+def test_unlabeled_inputs_are_checked_by_name():
+    pred_l, label_l, pred_u, pseudo_u, teacher_u = batch()[:5]
+    crit = sf.U2PLLoss(C, 10, contrastive=False)
+    with pytest.raises(ValueError, match="pseudo_u: expected shape"):
+        crit(pred_l, label_l, pred_u, pseudo_u[:, :-1], teacher_u, 2)
+    with pytest.raises(ValueError, match="teacher_u: expected the shape of pred_u"):
+        crit(pred_l, label_l, pred_u, pseudo_u, teacher_u[..., :-1], 2)
+
+
 def test_rank_settings_that_select_nothing_are_refused():
     with pytest.raises(ValueError, match="low_rank: expected < num_classes=3, got 3"):
         sf.U2PLLoss(3, 10)
