@@ -8,6 +8,18 @@ import tempfile
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a renamed file gets the mode open() would
+# have given it. Read once at import: os.umask is process-wide, so reading it later could race
+# with other threads writing files.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO]:
     """``with atomic_open(path, "w") as f: ...`` writes ``path`` only if the block completes."""
@@ -20,6 +32,7 @@ def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
