@@ -7,21 +7,27 @@ every (fraction, seed) the standard supervised run is also the teacher of the se
 (standard and fast2x alike): its checkpoint is pseudo-labelled once (``python -m
 semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
-them run at once. Finished runs (a ``result.json`` in their folder) are reused, so an interrupted
-experiment continues where it stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
+once while the other waits. Finished runs (a ``result.json`` in their folder) are reused and
+interrupted ones resumed from their ``last.pt``, so an interrupted experiment continues where it
+stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from .train.atomic import atomic_open
 
 PSEUDO_LABEL_SCALES = (0.75, 1.0, 1.25)  # the teacher's multi-scale + flip inference
 # train.amp=auto would pick bf16 on CPUs with native bf16 and fp32 elsewhere, and the figures with
@@ -36,12 +42,31 @@ QUICK_OVERRIDES = [
 ]
 
 
-def _run(cmd: List[str], log: str) -> float:
+_FOLDER_LOCKS: Dict[str, threading.Lock] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _exclusive(folder: str) -> Iterator[None]:
+    """One task at a time makes ``folder``: tasks sharing a teacher or its pseudo-labels wait for
+    the first one instead of training it a second time into the same place."""
+    with _FOLDER_LOCKS_GUARD:
+        lock = _FOLDER_LOCKS.setdefault(os.path.abspath(folder), threading.Lock())
+    with lock:
+        yield
+
+
+def _write_text(path: str, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def _run(cmd: List[str], log: str, append: bool = False) -> float:
     """Runs a command with one thread, its output to ``log``; returns the wall-clock seconds."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
     start = time.perf_counter()
-    with open(log, "w") as f:
+    with open(log, "a" if append else "w") as f:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         with open(log) as f:
@@ -60,28 +85,35 @@ def _final_miou(run_dir: str) -> float:
 
 
 def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
-    """One training run in ``out/name`` (reused if it already finished)."""
+    """One training run in ``out/name``: reused if it already finished, resumed from its
+    ``last.pt`` if it was interrupted (``seconds`` then counts the resumed part only)."""
     run_dir = os.path.join(out, name)
     result_path = os.path.join(run_dir, "result.json")
-    if os.path.isfile(result_path):
-        with open(result_path) as f:
-            return json.load(f)
-    os.makedirs(run_dir, exist_ok=True)
-    cmd = [sys.executable, "-m", "semiseg_fast.train", "train.progress=false", f"out_dir={run_dir}", *overrides]
-    seconds = _run(cmd, os.path.join(run_dir, "log.txt"))
-    result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds}
-    with open(result_path, "w") as f:
-        json.dump(result, f)
-    return result
+    with _exclusive(run_dir):
+        if os.path.isfile(result_path):
+            with open(result_path) as f:
+                return json.load(f)
+        os.makedirs(run_dir, exist_ok=True)
+        resumed = os.path.isfile(os.path.join(run_dir, "last.pt"))
+        cmd = [sys.executable, "-m", "semiseg_fast.train", "train.progress=false", f"out_dir={run_dir}", *overrides]
+        if resumed:
+            cmd += ["--resume", run_dir]
+        seconds = _run(cmd, os.path.join(run_dir, "log.txt"), append=resumed)
+        result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds,
+                  "resumed": resumed}
+        _write_text(result_path, json.dumps(result))
+        return result
 
 
 def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str]) -> str:
+    """The teacher's pseudo-labels in ``out/name`` (made once; an interrupted run continues)."""
     folder = os.path.join(out, name)
-    if not os.path.isfile(os.path.join(folder, "manifest.json")):
-        data = [o for o in base if o.startswith("data.")]
-        _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint", os.path.join(teacher_dir, "last.pt"),
-              "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES), "--flip", "--no-progress", *data],
-             os.path.join(out, name + ".log"))
+    with _exclusive(folder):
+        if not os.path.isfile(os.path.join(folder, "manifest.json")):
+            data = [o for o in base if o.startswith("data.")]
+            _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint",
+                  os.path.join(teacher_dir, "last.pt"), "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES),
+                  "--flip", "--no-progress", *data], os.path.join(out, name + ".log"))
     return folder
 
 
@@ -205,10 +237,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     summary = summarize(results, args.fractions, args.methods, args.fast2x_methods)
     command = "python -m semiseg_fast.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(summary, args.fractions, args.methods, command.strip())
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    _write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
+    _write_text(os.path.join(args.out, "table.md"), text)
     plot(os.path.join(args.out, "plot.png"), summary, args.fractions, args.methods)
     print(text)
 

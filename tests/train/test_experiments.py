@@ -1,0 +1,51 @@
+"""The experiment runner's scheduling, with the training and pseudo-labelling processes faked."""
+import collections
+import os
+import threading
+import time
+
+from semiseg_fast import experiments
+
+
+def _fake_processes(monkeypatch):
+    """Replaces the subprocesses: records each command, takes a little time, leaves what the real
+    one would (metrics.csv with an evaluated row, or a pseudo-label manifest)."""
+    commands = collections.defaultdict(list)
+    lock = threading.Lock()
+
+    def run(cmd, log, append=False):
+        out = next((c.split("=", 1)[1] for c in cmd if c.startswith("out_dir=")), None)
+        folder = out or cmd[cmd.index("--out") + 1]
+        with lock:
+            commands[os.path.basename(folder)].append(cmd)
+        time.sleep(0.05 if "train.schedule=fast2x" in cmd else 0.2)  # fast2x tasks reach the teacher early
+        os.makedirs(folder, exist_ok=True)
+        name = "metrics.csv" if out else "manifest.json"
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("step,miou\n1,0.5\n" if out else "{}")
+        return 1.0
+
+    monkeypatch.setattr(experiments, "_run", run)
+    return commands
+
+
+def test_shared_teacher_and_pseudo_labels_are_made_once(tmp_path, monkeypatch):
+    commands = _fake_processes(monkeypatch)
+    results = experiments.run_all(str(tmp_path), [0.125], [0], ["supervised", "selftrain"],
+                                  ["supervised", "selftrain"], [], jobs=2)
+    assert {name: len(c) for name, c in commands.items() if len(c) > 1} == {}
+    assert sorted(commands) == ["pseudo-f0.125-s0", "selftrain-f0.125-s0-fast2x", "selftrain-f0.125-s0-standard",
+                                "supervised-f0.125-s0-fast2x", "supervised-f0.125-s0-standard"]
+    assert len(results) == 4
+
+
+def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
+    commands = _fake_processes(monkeypatch)
+    interrupted = tmp_path / "supervised-f0.125-s0-standard"
+    interrupted.mkdir()
+    (interrupted / "last.pt").write_bytes(b"")
+    experiments.run_all(str(tmp_path), [0.125], [0, 1], ["supervised"], [], [], jobs=1)
+    (cmd,) = commands["supervised-f0.125-s0-standard"]
+    assert cmd[-2:] == ["--resume", str(interrupted)]
+    assert "--resume" not in commands["supervised-f0.125-s1-standard"][0]
+    assert experiments.train_run(str(tmp_path), "supervised-f0.125-s0-standard", [])["resumed"] is True
