@@ -7,10 +7,13 @@ folder, via ``data.*`` overrides) and writes, per image ``ID``:
     DIR/confidence/ID.png    max probability, uint8 PNG holding round(255 * p)
     DIR/topk/ID.npz          with --topk K: the K most likely classes (uint8) and their probabilities
                              (float16), for soft labels
-    DIR/manifest.json        teacher, settings, the images written and those that could not be read
+    DIR/settings.json        teacher (its checkpoint and a hash of its weights), split, scales, flip, top-k
+    DIR/manifest.json        the settings, the images written and those that could not be read
 
 Every file is written to a temporary name and renamed, so an interrupted run leaves no partial
-files; rerunning the same command skips the images already written. With several scales or flips
+files; rerunning the same command skips the images already written. The settings are recorded
+before the first image: a rerun into the same DIR with another teacher, split, scales, flip or
+top-k is refused (its files would silently mix with the old ones). With several scales or flips
 the probabilities are averaged before the teacher statistics; with one scale and no flip the
 statistics come straight from the logits in one fused pass (:func:`semiseg_fast.pixel_stats`).
 An unreadable image is reported with its path and skipped; the command then exits with status 1.
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import io
 import json
+import math
+import numbers
 import os
 import sys
 import time
@@ -31,7 +37,13 @@ import torch
 import torch.nn.functional as F
 
 MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
 FORMAT = 1
+# settings that change the files written; a rerun into the same folder must repeat them
+COMPARED_SETTINGS = ("teacher_sha256", "split", "scales", "flip", "topk", "num_classes", "data")
+# the data keys that decide which images a split holds and their size
+IMAGE_KEYS = ("name", "root", "labeled_split", "unlabeled_split", "val_split", "synthetic_train", "synthetic_val",
+              "image_size", "labeled_fraction")
 
 
 def item_ids(dataset) -> List[str]:
@@ -102,6 +114,76 @@ def _remove_stale_temporaries(out_dir: str) -> None:
             os.unlink(path)
 
 
+def weights_sha256(weights: Dict[str, Any]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and values: identifies a teacher wherever its
+    checkpoint lies, and tells a retrained one apart from the file it replaced."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        value = weights[name]
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(f"{name}:{value!r}".encode())
+    return h.hexdigest()
+
+
+def _check_arguments(scales: Sequence[float], flip: bool, topk: int, split: str, batch_size: int, device: str) -> None:
+    if not scales or any(isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s <= 0
+                         for s in scales):
+        raise ValueError(f"scales (--scales): expected positive numbers, got {list(scales)!r}")
+    if not isinstance(flip, bool):
+        raise TypeError(f"flip (--flip): expected a bool, got {flip!r}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"topk (--topk): expected an integer >= 0, got {topk!r}")
+    if split not in ("unlabeled", "labeled", "val"):
+        raise ValueError(f"split (--split): expected 'unlabeled', 'labeled' or 'val', got {split!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size): expected an integer >= 1, got {batch_size!r}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device (--device): expected 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device (--device): cuda requested, but torch.cuda.is_available() is False")
+
+
+def _recorded_settings(out_dir: str) -> Optional[Dict[str, Any]]:
+    """The settings an earlier run recorded in ``out_dir`` (a folder from before settings.json:
+    its manifest, which has all but the teacher's hash), or None for a new folder."""
+    for name in (SETTINGS, MANIFEST):
+        path = os.path.join(out_dir, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    return json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"--out: cannot read {path!r}: {e}") from e
+    return None
+
+
+def _comparable(settings: Dict[str, Any], key: str) -> Any:
+    value = settings[key]
+    return {k: value.get(k) for k in IMAGE_KEYS} if key == "data" and isinstance(value, dict) else value
+
+
+def _check_same_settings(out_dir: str, settings: Dict[str, Any]) -> None:
+    recorded = _recorded_settings(out_dir)
+    if recorded is None:
+        return
+    differ = [k for k in COMPARED_SETTINGS if k in recorded and _comparable(recorded, k) != _comparable(settings, k)]
+    if not differ:
+        return
+    described = []
+    for key in differ:
+        if key == "teacher_sha256":
+            described.append(f"teacher {recorded.get('checkpoint')!r} at step {recorded.get('step')} there, "
+                             f"{settings['checkpoint']!r} at step {settings['step']} now (other weights)")
+        else:
+            described.append(f"{key} {_comparable(recorded, key)!r} there, {_comparable(settings, key)!r} now")
+    raise ValueError(f"--out: {out_dir!r} holds pseudo-labels made with other settings ({'; '.join(described)}); "
+                     "choose another --out, or delete the folder to make them again")
+
+
 def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Sequence[float] = (1.0,),
              flip: bool = False, topk: int = 0, overrides: Sequence[str] = (), batch_size: int = 16,
              device: str = "auto", progress: bool = True) -> Dict[str, Any]:
@@ -109,38 +191,39 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     from .data import DataError, normalize
     from .ops import pixel_stats
     from .train.checkpoint import load_checkpoint
-    from .train.config import config_from_checkpoint, merge, parse_override, validate
+    from .train.config import apply_override, config_from_checkpoint, validate
     from .train.data import build_datasets
     from .train.loop import build_run_model
     from .train.report import ProgressBar
 
-    if not scales or any(not isinstance(s, (int, float)) or s <= 0 for s in scales):
-        raise ValueError(f"scales: expected positive numbers, got {list(scales)!r}")
-    if not isinstance(topk, int) or topk < 0:
-        raise ValueError(f"topk: expected a non-negative integer, got {topk!r}")
-    if split not in ("unlabeled", "labeled", "val"):
-        raise ValueError(f"split: expected 'unlabeled', 'labeled' or 'val', got {split!r}")
+    _check_arguments(scales, flip, topk, split, batch_size, device)
     state = load_checkpoint(checkpoint)
     config = config_from_checkpoint(state)
     for text in overrides:
         if not text.startswith("data."):
             raise ValueError(f"override: only data.* keys apply to pseudo-labelling, got {text!r}")
-        merge(config, parse_override(text), "")
+        apply_override(config, text)
     validate(config)
     num_classes = int(state["num_classes"])
     if topk > num_classes:
-        raise ValueError(f"topk: expected at most num_classes={num_classes}, got {topk}")
+        raise ValueError(f"topk (--topk): expected at most num_classes={num_classes}, got {topk}")
     data = build_datasets(config["data"], with_unlabeled=split == "unlabeled")
     dataset = {"unlabeled": data.unlabeled, "labeled": data.labeled, "val": data.val}[split]
     if dataset is None:
-        raise ValueError(f"split: the dataset of {checkpoint!r} has no {split} images")
+        raise ValueError(f"split (--split): the dataset of {checkpoint!r} has no {split} images")
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+    weights = state["teacher"] if state.get("teacher") is not None else state["model"]
     model = build_run_model(config, num_classes)
-    model.load_state_dict(state["teacher"] if state.get("teacher") is not None else state["model"])
+    model.load_state_dict(weights)
     fmt = torch.channels_last if config["train"]["channels_last"] else torch.contiguous_format
     model.to(dev, memory_format=fmt).eval()
 
+    settings = {"checkpoint": os.path.abspath(checkpoint), "step": state.get("step"),
+                "teacher_sha256": weights_sha256(weights), "split": split, "scales": list(map(float, scales)),
+                "flip": bool(flip), "topk": topk, "num_classes": num_classes, "data": config["data"]}
+    _check_same_settings(out_dir, settings)
     os.makedirs(out_dir, exist_ok=True)
+    _write(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=1).encode())  # before any image
     _remove_stale_temporaries(out_dir)
     ids = item_ids(dataset)
     written = lambda i: all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())
@@ -185,10 +268,8 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
         flush()
     bar.close()
     done = [{"index": i, "id": ids[i]} for i in range(len(dataset)) if written(i)]
-    manifest = {"format": FORMAT, "checkpoint": os.path.abspath(checkpoint), "step": state.get("step"),
-                "data": config["data"], "split": split, "split_size": len(dataset), "num_classes": num_classes,
-                "class_names": state.get("class_names"), "scales": list(map(float, scales)), "flip": bool(flip),
-                "topk": topk, "confidence_encoding": "uint8 PNG = round(255 * max probability)",
+    manifest = {"format": FORMAT, **settings, "split_size": len(dataset), "class_names": state.get("class_names"),
+                "confidence_encoding": "uint8 PNG = round(255 * max probability)",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "items": done, "failed": failed}
     _write(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
@@ -203,13 +284,17 @@ class PseudoLabels:
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)")
-        with open(path) as f:
-            self.manifest = json.load(f)
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"pseudo_dir: {path!r} has format {self.manifest.get('format')!r}, expected {FORMAT}")
+        try:
+            with open(path) as f:
+                self.manifest = json.load(f)
+            if self.manifest.get("format") != FORMAT:
+                raise ValueError(f"has format {self.manifest.get('format')!r}, expected {FORMAT}")
+            self.topk = int(self.manifest["topk"])
+            self.ids = {int(it["index"]): str(it["id"]) for it in self.manifest["items"]}
+            int(self.manifest["split_size"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"pseudo_dir: {path!r} is not a pseudo-label manifest: {e}") from e
         self.folder = folder
-        self.topk = int(self.manifest["topk"])
-        self.ids = {int(it["index"]): it["id"] for it in self.manifest["items"]}
 
     @property
     def indices(self) -> List[int]:

@@ -9,9 +9,18 @@ import torch
 from .atomic import atomic_open
 
 
+class CheckpointError(RuntimeError):
+    """A file that is not a readable semiseg_fast checkpoint; names the file."""
+
+
 def save_atomic(state: Dict[str, Any], path: str) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
+
+
+def checkpoint_path(path: str) -> str:
+    """A checkpoint file, or a run folder meaning its ``last.pt``."""
+    return os.path.join(path, "last.pt") if os.path.isdir(path) else path
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -20,7 +29,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise RuntimeError(f"checkpoint: {path!r} is not a readable semiseg_fast checkpoint: {e}") from e
+        raise CheckpointError(f"checkpoint: {path!r} is not a readable semiseg_fast checkpoint: {e}") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise RuntimeError(f"checkpoint: {path!r} is not a semiseg_fast checkpoint (no model/config entries)")
+        raise CheckpointError(f"checkpoint: {path!r} is not a semiseg_fast checkpoint (no model/config entries)")
     return state

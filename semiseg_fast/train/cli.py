@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from .config import DEFAULTS, dump, load_config
+from .config import DEFAULTS, RESUME_ADJUSTABLE, dump, load_config, resume_config
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m semiseg_fast.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with any subset of the keys of --print-defaults")
-    parser.add_argument("--resume", help="continue from a run folder (its last.pt) or a checkpoint file")
+    parser.add_argument("--resume", help="continue from a run folder (its last.pt) or a checkpoint file, with the "
+                        "checkpoint's config, in its folder; other arguments may repeat that config but change "
+                        f"only {', '.join(RESUME_ADJUSTABLE)}")
     parser.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
     parser.add_argument("--method", help="same as method=...")
     parser.add_argument("--schedule", choices=["standard", "fast2x"], help="same as train.schedule=...")
@@ -32,18 +34,47 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(dump(DEFAULTS))
         return
     try:
-        flags = [f"{key}={value}" for key, value in (("method", args.method), ("train.schedule", args.schedule),
-                                                      ("semi.selftrain.pseudo_dir", args.pseudo_dir)) if value]
-        config = load_config(args.config, flags + list(args.overrides))
+        config, resume = _resolve_config(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    _train(config, resume)
+
+
+def _resolve_config(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[str]]:
+    """(config, checkpoint to resume or None): a new run's config from the command line, a resumed
+    run's from its checkpoint."""
+    flags = [f"{key}={value}" for key, value in (("method", args.method), ("train.schedule", args.schedule),
+                                                  ("semi.selftrain.pseudo_dir", args.pseudo_dir)) if value]
+    overrides = flags + list(args.overrides)
+    if not args.resume:
+        return load_config(args.config, overrides), None
+    from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint  # imports torch
+
+    resume = checkpoint_path(args.resume)
+    try:
+        state = load_checkpoint(resume)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise ValueError(f"--resume: {e}") from e
+    return resume_config(state, resume, args.config, overrides), resume
+
+
+def _train(config: Dict[str, Any], resume: Optional[str]) -> None:
     from ..data import DataError
-    from .loop import train  # after argument errors: importing torch takes a while
+    from .checkpoint import CheckpointError
+    from .distributed import shutdown
+    from .loop import Trainer  # after argument errors: importing torch takes a while
 
     try:
-        train(config, resume=args.resume)
+        trainer = Trainer(config, resume=resume)
+    except (ValueError, TypeError, FileNotFoundError, DataError, CheckpointError) as e:
+        shutdown()  # settings that are valid alone but not together, or data, device, checkpoint unusable
+        sys.exit(f"error: {e}")
+    try:
+        trainer.train()
     except (FileNotFoundError, DataError) as e:  # missing or unreadable data: the message names the file
         sys.exit(f"error: {e}")
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import SegmentationFolder, SyntheticScenes, cutmix_box, cutout_box, strong_augment, weak_augment
+from ..data import DataError, SegmentationFolder, SyntheticScenes, cutmix_box, cutout_box, strong_augment, weak_augment
 from ..data import synthetic
 from .batches import StepBatches
 
@@ -112,33 +112,58 @@ class PseudoLabeledView(Dataset):
     """Weakly augmented crops of pseudo-labeled images (self-training's student data): items as in
     :class:`LabeledView`, index ``i`` meaning the ``i``-th image that has a pseudo-label. Returns
     (image, label) with pixels under ``threshold`` confidence ignored, plus, with ``soft``, the
-    stored top-k (classes (K, h, w) int64, probabilities (K, h, w) float32, 0 in padding)."""
+    stored top-k (classes (K, h, w) int64, probabilities (K, h, w) float32, 0 in padding).
+
+    The folder must hold labels of exactly these images (its manifest's ids are checked against
+    ``unlabeled``'s, its label size against the images', its classes against ``num_classes``)."""
 
     def __init__(self, unlabeled: Dataset, pseudo_dir: str, data_cfg: Dict[str, Any], threshold: float = 0.0,
-                 soft: bool = False, class_balanced: bool = False):
+                 soft: bool = False, class_balanced: bool = False, num_classes: Optional[int] = None):
         from ..pseudo_label import PseudoLabels
 
         self.labels = PseudoLabels(pseudo_dir)
-        size = self.labels.manifest["split_size"]
-        if size != len(unlabeled):
-            raise ValueError(f"pseudo_dir: {pseudo_dir!r} was written for a split of {size} images, but this run's "
-                             f"unlabeled split has {len(unlabeled)}")
         if soft and not self.labels.topk:
             raise ValueError(f"semi.selftrain.soft: {pseudo_dir!r} has no top-k probabilities (pseudo_label --topk K)")
         self.indices = self.labels.indices
         if not self.indices:
             raise ValueError(f"pseudo_dir: {pseudo_dir!r} lists no pseudo-labelled images")
-        self.base, self.cfg = unlabeled, data_cfg
+        self.base, self.cfg, self.pseudo_dir = unlabeled, data_cfg, pseudo_dir
         self.threshold, self.soft, self.class_balanced = threshold, soft, class_balanced
+        self._check_same_images(num_classes)
+
+    def _check_same_images(self, num_classes: Optional[int]) -> None:
+        from ..pseudo_label import item_ids
+
+        manifest, where = self.labels.manifest, f"pseudo_dir: {self.pseudo_dir!r}"
+        if manifest["split_size"] != len(self.base):
+            raise ValueError(f"{where} was written for a split of {manifest['split_size']} images, but this run's "
+                             f"unlabeled split has {len(self.base)}")
+        ids = item_ids(self.base)
+        wrong = [(i, stored) for i, stored in self.labels.ids.items() if not 0 <= i < len(ids) or ids[i] != stored]
+        if wrong:
+            i, stored = wrong[0]
+            here = repr(ids[i]) if 0 <= i < len(ids) else "no such image"
+            raise ValueError(f"{where} holds labels of other images than this run's unlabeled split: {len(wrong)} of "
+                             f"{len(self.labels.ids)} ids differ (image {i} is {stored!r} there, {here} here)")
+        stored_classes = manifest.get("num_classes")
+        if num_classes is not None and stored_classes != num_classes:
+            raise ValueError(f"{where} was written for {stored_classes} classes, but this run has {num_classes}")
+        self._load(self.indices[0])  # label size against image size, before any worker starts
+
+    def _load(self, index: int):
+        image, _ = self.base[index]
+        label, conf, top = self.labels.load(index)
+        if tuple(label.shape) != tuple(image.shape[1:]):
+            raise DataError(f"pseudo_dir: {self.pseudo_dir!r} has a {tuple(label.shape)} label for image "
+                            f"{self.labels.ids[index]!r}, which is {tuple(image.shape[1:])} in this run")
+        return image, label, conf, top
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: Tuple[int, ...]):
-        index = self.indices[item[0]]
         g = torch.Generator().manual_seed(item[1])
-        image, _ = self.base[index]
-        label, conf, top = self.labels.load(index)
+        image, label, conf, top = self._load(self.indices[item[0]])
         ignore = self.cfg["ignore_index"]
         label = label.masked_fill(conf < self.threshold, ignore)
         extras = None

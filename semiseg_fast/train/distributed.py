@@ -28,7 +28,7 @@ def init_world(device_name: str) -> World:
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("config: device expected a usable CUDA device, but torch.cuda.is_available() is False")
+            raise ValueError("config: device expected a usable CUDA device, but torch.cuda.is_available() is False")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:

@@ -16,9 +16,10 @@ from ..data import normalize
 from ..losses import U2PLLoss
 from ..models import build_model
 from . import report
+from .atomic import atomic_open
 from .batches import mix_seed
-from .checkpoint import load_checkpoint, save_atomic
-from .config import dump
+from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_atomic
+from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, PseudoLabeledView, UnlabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
@@ -54,7 +55,10 @@ def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
         if config["method"] == "pseudoseg":
             kwargs["pseudoseg"] = True
             kwargs["pseudoseg_classifier_backprop"] = config["semi"]["pseudoseg"]["classifier_backprop"]
-    return build_model(config["model"]["name"], num_classes, **kwargs)
+    try:
+        return build_model(config["model"]["name"], num_classes, **kwargs)
+    except TypeError as e:  # a keyword the model does not take
+        raise TypeError(f"model.kwargs: {config['model']['name']} does not accept {sorted(kwargs)}: {e}") from e
 
 
 def set_determinism(config: Dict[str, Any]) -> None:
@@ -112,8 +116,9 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
         self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.best_miou = 0, -1.0
+        self.unlabeled_view = self._unlabeled_view()  # before training: a bad pseudo_dir is a setup error
         if resume:
-            self._load(resume)
+            self._load(checkpoint_path(resume))
         self.student: nn.Module = self.model
         if self.world.size > 1:
             self.student = DistributedDataParallel(self.model, device_ids=[self.world.device.index]
@@ -129,43 +134,52 @@ class Trainer:
                 "class_names": self.data.class_names, "num_classes": self.data.num_classes}
 
     def _load(self, path: str) -> None:
-        if os.path.isdir(path):
-            path = os.path.join(path, "last.pt")
+        """Continues the run of checkpoint ``path``: only with its config (up to the keys of
+        config.RESUME_ADJUSTABLE) and in its folder, else the run would silently change."""
         state = load_checkpoint(path, map_location=self.world.device)
-        if state["config"]["method"] != self.method:
-            raise ValueError(f"--resume: {path!r} was trained with method={state['config']['method']!r}, "
-                             f"not {self.method!r}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
-        if self.criterion is not None:
-            self.criterion.load_state_dict(state["criterion"])
-        self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
+        saved = config_from_checkpoint(state)
+        conflicts = resume_conflicts(saved, self.config)
+        if conflicts:
+            raise ValueError(describe_conflicts(path, saved, self.config, conflicts))
+        check_same_folder(self.out_dir, run_folder(path))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.teacher is not None:
+                self.teacher.load_state_dict(state["teacher"])
+            if self.criterion is not None:
+                self.criterion.load_state_dict(state["criterion"])
+            self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"--resume: {path!r} does not hold this run's training state: {e}") from e
 
     @property
     def eval_model(self) -> nn.Module:
         return self.teacher if self.teacher is not None else self.model
 
     # -- the loop ------------------------------------------------------------------------------
+    def _unlabeled_view(self):
+        dc, sc = self.config["data"], self.config["semi"]
+        if self.method == "supervised":
+            return None
+        if self.method == "selftrain":
+            st = sc["selftrain"]
+            return PseudoLabeledView(self.data.unlabeled, st["pseudo_dir"], dc, float(st["threshold"]), st["soft"],
+                                     st["class_balanced"], num_classes=self.data.num_classes)
+        cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
+        return UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout)
+
     def _loaders(self):
-        dc, sc, w = self.config["data"], self.config["semi"], self.world
+        dc, w = self.config["data"], self.world
         seed, start, stop = self.config["seed"], self.step, self.total_steps
         crops = self.schedule.crop_size if self.schedule.low_res_steps else None
         loader = lambda view, batch, stream: step_loader(view, batch, seed, stream, start, stop, w.rank, w.size,
                                                          dc["num_workers"], crops)
         labeled = loader(LabeledView(self.data.labeled, dc), dc["batch_size"], 0)
-        if self.method == "supervised":
+        if self.unlabeled_view is None:
             return zip(labeled, [None] * (stop - start))
-        if self.method == "selftrain":
-            st = sc["selftrain"]
-            view = PseudoLabeledView(self.data.unlabeled, st["pseudo_dir"], dc, float(st["threshold"]), st["soft"],
-                                     st["class_balanced"])
-        else:
-            cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
-            view = UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout)
-        return zip(labeled, loader(view, dc["unlabeled_batch_size"], 1))
+        return zip(labeled, loader(self.unlabeled_view, dc["unlabeled_batch_size"], 1))
 
     def _to_device(self, batch):
         if batch is None:
@@ -184,16 +198,14 @@ class Trainer:
         cfg, tc, w = self.config, self.config["train"], self.world
         if w.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
-            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+            with atomic_open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
                 f.write(dump(cfg))
             print(dump(cfg), file=sys.stderr)
             print(f"{self.method}: {len(self.data.labeled)} labeled, "
                   f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
                   f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), {w.size} process(es), device {w.device}, "
                   f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}", file=sys.stderr)
-        csv = report.MetricsCSV(os.path.join(self.out_dir, "metrics.csv"), CSV_FIELDS) if w.is_main else None
-        if csv is not None and self.step > 0:
-            csv.truncate_after(self.step)  # rows a killed run logged after its last checkpoint
+        csv = self._metrics_csv() if w.is_main else None
         step_fn = STEPS[self.method]
         sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, images
         images_per_step = (self.config["data"]["batch_size"] + (0 if self.method == "supervised" else
@@ -256,6 +268,15 @@ class Trainer:
             print(format_iou_table(last_result, self.data.class_names))
         return {"miou": last_result.miou, "per_class": last_result.per_class.tolist(), "out_dir": self.out_dir,
                 "best_miou": self.best_miou, "steps": self.step}
+
+    def _metrics_csv(self) -> report.MetricsCSV:
+        path = os.path.join(self.out_dir, "metrics.csv")
+        if self.step == 0 and os.path.exists(path):
+            os.unlink(path)  # a fresh run in a used folder: the old run's rows are not this run's
+        csv = report.MetricsCSV(path, CSV_FIELDS)
+        if self.step > 0:
+            csv.truncate_after(self.step)  # rows a killed run logged after its last checkpoint
+        return csv
 
     def _evaluate(self):
         ec, w = self.config["eval"], self.world

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from semiseg_fast.train.config import DEFAULTS, load_config
@@ -37,10 +39,56 @@ def test_file_then_overrides(tmp_path):
     ("semi.pseudoseg.classifier_backprop=maybe", "semi.pseudoseg.classifier_backprop expected true | false"),
     ("train=3", "'train' expects a mapping"),
     ("epochs", "expected key.sub=value"),
+    ("seed=1.5", "seed expected an integer >= 0"),
+    ("seed=-1", "seed expected an integer >= 0"),
+    ("deterministic=1", "deterministic expected true | false"),
+    ("optim.lr=0", "optim.lr expected a positive number"),
+    ("optim.lr=fast", "optim.lr expected a positive number"),
+    ("optim.momentum=1.5", "optim.momentum expected a number in [0, 1)"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay expected a number >= 0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps expected an integer >= 0"),
+    ("optim.poly_power=-1", "optim.poly_power expected a number >= 0"),
+    ("semi.ema_decay=1.5", "semi.ema_decay expected a number in [0, 1]"),
+    ("semi.cutmix_p=-0.5", "semi.cutmix_p expected a number in [0, 1]"),
+    ("semi.unsupervised_weight=-1", "semi.unsupervised_weight expected a number >= 0"),
+    ("semi.strong_color=yes please", "semi.strong_color expected true | false"),
+    ("data.scale_range=[1.5, 0.75]", "data.scale_range expected [min, max]"),
+    ("data.scale_range=[0, 1]", "data.scale_range expected [min, max]"),
+    ("data.scale_range=1.5", "data.scale_range expected [min, max]"),
+    ("data.num_workers=-1", "data.num_workers expected an integer >= 0"),
+    ("data.ignore_index=256", "data.ignore_index expected an integer in [0, 255]"),
+    ("data.labeled_fraction=half", "data.labeled_fraction expected a fraction in (0, 1]"),
+    ("data.labeled_fraction=1.5", "data.labeled_fraction expected a fraction in (0, 1]"),
+    ("eval.window=0", "eval.window expected a positive integer"),
+    ("eval.stride=0", "eval.stride expected a positive integer"),
+    ("eval.stride=65", "eval.stride expected at most eval.window=64"),
+    ("eval.batch_size=0", "eval.batch_size expected a positive integer"),
+    ("semi.u2pl.num_queries=2.5", "semi.u2pl.num_queries expected a positive integer"),
+    ("semi.u2pl.sup_only_epochs=-1", "semi.u2pl.sup_only_epochs expected an integer >= 0"),
+    ("semi.u2pl.high_rank=3", "semi.u2pl.high_rank expected an integer > semi.u2pl.low_rank=3"),
+    ("semi.u2pl.drop_percent=120", "semi.u2pl.drop_percent expected a percentage"),
+    ("train.channels_last=nope", "train.channels_last expected true | false"),
+    ("train.epochs=true", "train.epochs expected a positive integer"),
+    ("train.fast2x.low_res_scale=abc", "train.fast2x.low_res_scale expected a fraction"),
+    ("out_dir=runs/{name}", "out_dir expected a folder"),
+    ("model.kwargs=3", "model.kwargs expected a mapping"),
 ])
 def test_bad_values_name_the_key(override, message):
-    with pytest.raises((KeyError, ValueError, TypeError), match=message.replace("|", r"\|").replace("(", r"\(")):
+    with pytest.raises((KeyError, ValueError, TypeError), match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_sgd_needs_momentum():
+    with pytest.raises(ValueError, match=r"optim.momentum expected a number in \(0, 1\) with sgd"):
+        load_config(None, ["optim.name=sgd", "optim.momentum=0"])
+
+
+def test_a_model_kwargs_key_is_merged_and_the_whole_mapping_replaced():
+    assert load_config(None, ["model.kwargs.width=16"])["model"]["kwargs"] == {"width": 16, "rep_dim": 64}
+    assert load_config(None, ["model.kwargs={width: 16}"])["model"]["kwargs"] == {"width": 16}
+    assert load_config(None, ["model.kwargs=", "model.kwargs.depth=2"])["model"]["kwargs"] == {"depth": 2}
+    with pytest.raises(TypeError, match="'model.kwargs.width' expects a mapping"):
+        load_config(None, ["model.kwargs.width.x=1"])
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from semiseg_fast import pseudo_label
-from semiseg_fast.data import normalize
+from semiseg_fast.data import DataError, normalize
+from semiseg_fast.train import cli as train_cli
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.data import PseudoLabeledView, build_datasets
 from semiseg_fast.train.loop import build_run_model
@@ -140,3 +141,58 @@ def test_pseudo_labeled_view(tmp_path):
         PseudoLabeledView(data.unlabeled, str(tmp_path / "hard"), dc, soft=True)
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):
         PseudoLabeledView(data.unlabeled, str(tmp_path), dc)
+
+
+def test_pseudo_labels_of_other_images_are_refused(tmp_path):
+    ckpt = _checkpoint(tmp_path / "t.pt")
+    pseudo_label.generate(ckpt, str(tmp_path / "pl"), progress=False)
+    config = load_config(None, _overrides(TINY) + ["method=selftrain", f"semi.selftrain.pseudo_dir={tmp_path / 'pl'}"])
+    # another pool with the same number of unlabeled images (7 of 25 labeled): other scenes
+    other = dict(config["data"], synthetic_train=25, labeled_fraction=0.28)
+    unlabeled = build_datasets(other).unlabeled
+    assert len(unlabeled) == 18
+    with pytest.raises(ValueError, match=r"pseudo_dir: .*pl' holds labels of other images .* ids differ"):
+        PseudoLabeledView(unlabeled, str(tmp_path / "pl"), other)
+    smaller = dict(config["data"], image_size=16)  # the same scenes, rendered at another size
+    with pytest.raises(DataError, match=r"pseudo_dir: .* has a \(32, 32\) label for image 'scene\d+', which is "
+                                        r"\(16, 16\)"):
+        PseudoLabeledView(build_datasets(smaller).unlabeled, str(tmp_path / "pl"), smaller)
+    with pytest.raises(ValueError, match="written for 6 classes, but this run has 5"):
+        PseudoLabeledView(build_datasets(config["data"]).unlabeled, str(tmp_path / "pl"), config["data"], num_classes=5)
+    with pytest.raises(SystemExit, match="error: pseudo_dir"):  # the train CLI: a message before training starts
+        train_cli.main([*_overrides(TINY), "method=selftrain", f"semi.selftrain.pseudo_dir={tmp_path / 'pl'}",
+                        "data.image_size=16", "data.crop_size=16", f"out_dir={tmp_path / 'student'}"])
+    assert not (tmp_path / "student").exists()
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    ckpt = _checkpoint(tmp_path / "t.pt")
+    out = str(tmp_path / "pl")
+    first = pseudo_label.generate(ckpt, out, progress=False)
+    assert first["teacher_sha256"] == json.loads((tmp_path / "pl" / "settings.json").read_text())["teacher_sha256"]
+    before = _files(tmp_path / "pl")
+    with pytest.raises(ValueError, match=r"--out: .*pl' holds pseudo-labels made with other settings \(scales "
+                                         r"\[1.0\] there, \[0.75, 1.0\] now; flip False there, True now"):
+        pseudo_label.generate(ckpt, out, scales=[0.75, 1.0], flip=True, progress=False)
+    with pytest.raises(ValueError, match="topk 0 there, 2 now"):
+        pseudo_label.generate(ckpt, out, topk=2, progress=False)
+    state = torch.load(ckpt, weights_only=False)  # retrained: the same path and step, other weights
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=r"teacher .*t.pt' at step 0 there, .*t.pt' at step 0 now \(other weights\)"):
+        pseudo_label.generate(ckpt, out, progress=False)
+    assert _files(tmp_path / "pl") == before  # nothing written by the refused runs
+    with pytest.raises(SystemExit, match="error: --out"):
+        pseudo_label.main(["--checkpoint", ckpt, "--out", out, "--no-progress"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-1"], "--batch-size"),
+    (["--scales", "0"], "--scales"), (["--scales", "nan"], "--scales"), (["--topk", "-1"], "--topk"),
+])
+def test_bad_numeric_arguments_name_the_flag(tmp_path, args, message):
+    ckpt = _checkpoint(tmp_path / "t.pt")
+    with pytest.raises(SystemExit) as e:
+        pseudo_label.main(["--checkpoint", ckpt, "--out", str(tmp_path / "pl"), "--no-progress", *args])
+    assert isinstance(e.value.code, str) and message in e.value.code
+    assert not (tmp_path / "pl").exists()

@@ -1,0 +1,123 @@
+"""Resuming continues the checkpoint's own run; a fresh run starts its own metrics; setup errors
+of the train and eval CLIs are messages, not tracebacks. In-process, on one tiny trained run."""
+import csv
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from semiseg_fast import eval as eval_cli
+from semiseg_fast.train import cli, load_config, train
+from semiseg_fast.train.config import resume_config
+
+from .helpers import TINY
+
+# 9 steps, evaluated at 6 and 9; bf16 autocast (forced, also on CPUs without native bf16), which
+# evaluation must repeat to reproduce the run's mIoU
+RUN = ["method=supervised", "seed=1", "train.epochs=1", "train.progress=false", "train.amp=bf16"]
+
+
+def _steps(folder):
+    with open(folder / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def _exit_message(argv, main=cli.main):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert isinstance(e.value.code, str), e.value.code  # a message, not a status from a traceback
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_yaml, tmp_path_factory):
+    """The folder of a finished tiny run (copy it before changing it)."""
+    folder = tmp_path_factory.mktemp("finished") / "supervised-seed1"
+    cli.main(["--config", tiny_yaml, *RUN, f"out_dir={folder}"])
+    return folder
+
+
+def _copy(finished, tmp_path):
+    folder = tmp_path / "runs" / "supervised-seed1"
+    shutil.copytree(finished, folder)
+    return folder
+
+
+def test_readme_resume_continues_the_checkpoints_run_in_its_folder(finished, tmp_path, monkeypatch):
+    folder = _copy(finished, tmp_path)
+    state = torch.load(folder / "last.pt", weights_only=False)
+    state["config"]["train"]["epochs"] = 2  # as if a 2-epoch run had been killed at step 9
+    torch.save(state, folder / "last.pt")
+    monkeypatch.chdir(tmp_path)
+    cli.main(["--resume", "runs/supervised-seed1", "train.progress=false"])  # no method, seed or data given
+    resumed = torch.load(folder / "last.pt", weights_only=False)
+    assert resumed["step"] == 18 and resumed["config"]["seed"] == 1 and resumed["config"]["method"] == "supervised"
+    assert resumed["config"]["out_dir"] == "runs/supervised-seed1"
+    assert _steps(folder) == [6, 9, 10, 12, 18]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["supervised-seed1"]  # nowhere else
+
+
+def test_resume_refuses_other_settings(finished, tiny_yaml):
+    state = torch.load(finished / "last.pt", weights_only=False)
+    last = str(finished / "last.pt")
+    same = resume_config(state, last, tiny_yaml, [*RUN, f"out_dir={finished}", "train.eval_every=2"])
+    assert same["seed"] == 1 and same["train"]["eval_every"] == 2  # repeating the run, adjusting harmless keys
+    message = _exit_message(["--resume", str(finished), "seed=2", "train.epochs=3", "optim.lr=0.1"])
+    assert "seed: 1 there, 2 here" in message and "train.epochs: 1 there, 3 here" in message and "optim.lr" in message
+    message = _exit_message(["--resume", str(finished), f"out_dir={finished.parent / 'elsewhere'}"])
+    assert message.startswith("error: out_dir:") and "elsewhere" in message
+    config = load_config(tiny_yaml, [*RUN, "seed=2", f"out_dir={finished}"])
+    with pytest.raises(ValueError, match="seed: 1 there, 2 here"):
+        train(config, resume=str(finished))  # the Python API checks as well
+
+
+def test_fresh_run_in_a_used_folder_starts_new_metrics(finished, tiny_yaml, tmp_path):
+    folder = _copy(finished, tmp_path)
+    cli.main(["--config", tiny_yaml, *RUN, f"out_dir={folder}"])
+    assert _steps(folder) == [6, 9]
+
+
+def test_setup_errors_are_messages(finished, tiny_yaml, tmp_path):
+    base = ["--config", tiny_yaml, "train.progress=false", f"out_dir={tmp_path / 'x'}"]
+    assert "train.amp=fp16" in _exit_message([*base, "device=cpu", "train.amp=fp16"])
+    assert "data.labeled_fraction" in _exit_message([*base, "method=fixmatch", "data.labeled_fraction=1"])
+    assert "optim.lr" in _exit_message([*base, "optim.lr=-1"])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert "--resume" in _exit_message(["--resume", str(junk)]) and "junk.pt" in _exit_message(["--resume", str(junk)])
+    assert "last.pt" in _exit_message(["--resume", str(tmp_path)])  # a folder without a checkpoint
+    if not torch.cuda.is_available():
+        assert "device" in _exit_message([*base, "device=cuda"])
+
+
+def test_eval_checks_window_and_stride(finished):
+    best = str(finished / "best.pt")
+    assert "--stride" in _exit_message(["--checkpoint", best, "--mode", "slide", "--stride", "0"], eval_cli.main)
+    assert "--stride" in _exit_message(["--checkpoint", best, "--window", "16", "--stride", "24"], eval_cli.main)
+    assert "--window" in _exit_message(["--checkpoint", best, "--window", "0"], eval_cli.main)
+    assert "data.root" in _exit_message(["--checkpoint", best, "data.name=voc"], eval_cli.main)
+    missing = ["--checkpoint", best, "data.name=voc", f"data.root={finished}", "data.num_classes=3"]
+    assert "labeled.txt" in _exit_message(missing, eval_cli.main)  # data errors: a message too
+
+
+def test_eval_reproduces_the_stored_miou_under_the_runs_autocast(finished, capsys):
+    best = str(finished / "best.pt")
+    state = torch.load(best, weights_only=False)
+    config = eval_cli.eval_config(state, eval_cli.parse_args(["--checkpoint", best]))
+    result, _ = eval_cli.evaluate_checkpoint(state, config, "val", torch.device("cpu"))
+    assert result.miou == state["miou"]
+    capsys.readouterr()
+    eval_cli.main(["--checkpoint", best, "--device", "cpu"])
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == f"{100 * state['miou']:.2f}"
+
+
+def test_eval_of_an_fp16_run_on_a_cpu_falls_back_to_fp32():
+    assert eval_cli.eval_amp("fp16", torch.device("cpu")) is None
