@@ -85,6 +85,9 @@ FREE_FORM = ("model.kwargs",)
 
 # Keys a resumed run may change: they decide what is shown, logged, evaluated or how data is
 # loaded, never which weights training produces.
+# Folders: a resumed run may name them by another path (relative, absolute, through a link).
+PATH_KEYS = ("data.root", "semi.selftrain.pseudo_dir")
+
 RESUME_ADJUSTABLE = ("train.progress", "train.eval_every", "train.checkpoint_every", "train.grid_images",
                      "data.num_workers", "eval.batch_size")
 
@@ -209,7 +212,12 @@ def resume_conflicts(saved: Dict[str, Any], config: Dict[str, Any]) -> List[str]
     """Keys whose values differ between a checkpoint's config and ``config`` and would change the
     resumed run (out_dir is checked separately: see :func:`check_same_folder`)."""
     ignored = set(RESUME_ADJUSTABLE) | {"out_dir"}
-    return [key for key in differing_keys(saved, config) if key not in ignored]
+    return [key for key in differing_keys(saved, config) if key not in ignored
+            and not (key in PATH_KEYS and _same_path(_lookup(saved, key), _lookup(config, key)))]
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and os.path.realpath(a) == os.path.realpath(b)
 
 
 def describe_conflicts(checkpoint: str, saved: Dict[str, Any], config: Dict[str, Any], keys: List[str]) -> str:

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from semiseg_fast.train.config import DEFAULTS, load_config
+from semiseg_fast.train.config import DEFAULTS, load_config, resume_conflicts
 
 
 def test_defaults_are_valid_and_not_mutated():
@@ -98,3 +98,13 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(TypeError, match="mapping at the top level"):
         load_config(str(bad))
+
+
+def test_resume_accepts_the_same_folder_by_another_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pseudo").mkdir()
+    saved = load_config(None, ["method=selftrain", "semi.selftrain.pseudo_dir=pseudo"])
+    same = load_config(None, ["method=selftrain", f"semi.selftrain.pseudo_dir={tmp_path / 'pseudo'}"])
+    other = load_config(None, ["method=selftrain", f"semi.selftrain.pseudo_dir={tmp_path / 'other'}"])
+    assert resume_conflicts(saved, same) == []
+    assert resume_conflicts(saved, other) == ["semi.selftrain.pseudo_dir"]
