@@ -118,7 +118,10 @@ def not_ignored(t: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 def target_values(t: torch.Tensor, num_classes: int, ignore_index: int, name: str = "target") -> None:
     """Raises if a target is outside [0, C) and is not ignore_index. Reads the tensor: a host sync on GPUs."""
-    bad = ((t < 0) | (t >= num_classes)) & not_ignored(t, ignore_index)
+    bad = t < 0
+    if t.dtype.is_floating_point or num_classes <= torch.iinfo(t.dtype).max:  # else C itself would wrap
+        bad |= t >= num_classes
+    bad &= not_ignored(t, ignore_index)
     if bool(bad.any()):
         idx = bad.nonzero()[0].tolist()
         raise IndexError(

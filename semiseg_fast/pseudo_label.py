@@ -163,7 +163,12 @@ def _recorded_settings(out_dir: str) -> Optional[Dict[str, Any]]:
 
 def _comparable(settings: Dict[str, Any], key: str) -> Any:
     value = settings[key]
-    return {k: value.get(k) for k in IMAGE_KEYS} if key == "data" and isinstance(value, dict) else value
+    if key != "data" or not isinstance(value, dict):
+        return value
+    data = {k: value.get(k) for k in IMAGE_KEYS}
+    if isinstance(data["root"], str):  # one folder by any path
+        data["root"] = os.path.realpath(data["root"])
+    return data
 
 
 def _check_same_settings(out_dir: str, settings: Dict[str, Any]) -> None:

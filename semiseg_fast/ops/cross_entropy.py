@@ -63,12 +63,16 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(grad, ce, post_scale)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
-    # The weight's gradient needs the per-pixel ce; otherwise only the logits' gradient is kept.
-    ctx.save_for_backward(grad, post_scale, loss, norm_tensor, *((ce, weight, target) if need_ce else (None,) * 3))
+    # The weight's gradient needs the per-pixel ce (and the loss), a tensor normalizer's the loss;
+    # otherwise only the logits' gradient is kept (and the loss may be modified in place).
+    norm_grad = reduction == _MEAN and norm_tensor is not None and norm_tensor.requires_grad
+    ctx.save_for_backward(grad, post_scale, loss if need_ce or norm_grad else None,
+                          norm_tensor if need_ce or norm_grad else None,
+                          *((ce, weight, target) if need_ce else (None,) * 3))
 
 
 def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
-    valid = target != ctx.ignore_index
+    valid = _checks.not_ignored(target, ctx.ignore_index)
     if ctx.reduction == _NONE:
         return (g * ce).to(weight.dtype)
     if ctx.reduction == _SUM:

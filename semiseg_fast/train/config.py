@@ -48,7 +48,7 @@ DEFAULTS: Dict[str, Any] = {
         "eval_every": 400,        # steps; also at the end
         "checkpoint_every": 200,  # steps; also at the end
         "channels_last": True,
-        "amp": "auto",            # auto | bf16 | fp16 | off (auto: fp16 on CUDA, bf16 on CPUs with native bf16)
+        "amp": "auto",            # auto | bf16 | fp16 | off (auto: bf16 where supported, else fp16 on CUDA, off on CPU)
         "grid_images": 6,
         "progress": True,
         "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
@@ -375,7 +375,7 @@ def _check_semi_and_eval(config: Dict[str, Any], check: Check) -> None:
     check(_is_number(temperature) and temperature > 0.0, "semi.pseudoseg.temperature", "a positive number")
     ec = config["eval"]
     check(ec["mode"] in ("whole", "slide"), "eval.mode", "whole | slide")
-    check(ec["stride"] <= ec["window"], "eval.stride", f"at most eval.window={ec['window']} (a larger stride leaves "
+    check(ec["mode"] != "slide" or ec["stride"] <= ec["window"], "eval.stride", f"at most eval.window={ec['window']} (a larger stride leaves "
           "pixels that no window covers)")
 
 

@@ -58,7 +58,7 @@ def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
     try:
         return build_model(config["model"]["name"], num_classes, **kwargs)
     except TypeError as e:  # a keyword the model does not take
-        raise TypeError(f"model.kwargs: {config['model']['name']} does not accept {sorted(kwargs)}: {e}") from e
+        raise TypeError(f"model.kwargs: building {config['model']['name']!r} with {sorted(kwargs)} failed: {e}") from e
 
 
 def set_determinism(config: Dict[str, Any]) -> None:

@@ -117,3 +117,15 @@ def test_ignore_index_outside_the_label_dtype_ignores_nothing(backend):
     target = T.clone()
     target[0, 0, 0] = 255
     raises(backend, IndexError, r"got 255", sf.pseudo_label_cross_entropy, X, target, ignore_index=-1)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_class_counts_beyond_the_target_dtype(backend):
+    # C = 256 with uint8 targets: every value is a class; comparing with 256 must not wrap to 0.
+    x = torch.randn(1, 256, 2, 2)
+    target = torch.tensor([[[250, 1], [2, 3]]], dtype=torch.uint8)
+    with sf.backend(backend):
+        loss = sf.pseudo_label_cross_entropy(x, target, ignore_index=-1)
+    with sf.backend("reference"):
+        truth = torch.nn.functional.cross_entropy(x, target.long())
+    torch.testing.assert_close(loss, truth)

@@ -132,3 +132,30 @@ def test_second_derivative_raises_and_first_stays_exact(backend):
         torch.testing.assert_close(g, truth)
         with pytest.raises(RuntimeError, match="differentiable once"):
             (loss + g.pow(2).sum()).backward()
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_the_returned_loss_may_be_modified_in_place(backend, reduction):
+    x = torch.randn(N, C, H, W, requires_grad=True)
+    target = torch.randint(0, C, (N, H, W), dtype=torch.uint8)
+    with sf.backend(backend):
+        loss = sf.pseudo_label_cross_entropy(x, target, reduction=reduction)
+    loss *= 0.5
+    loss.sum().backward()
+    with sf.backend("reference"):
+        truth, = torch.autograd.grad(0.5 * sf.pseudo_label_cross_entropy(x, target, reduction=reduction).sum(), x)
+    torch.testing.assert_close(x.grad, truth)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_weight_gradient_with_an_ignore_index_outside_the_target_dtype(backend):
+    x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
+    target = torch.tensor([[[0, 1], [2, 3]]], dtype=torch.uint8)  # 257 would wrap to 1 in uint8
+    grads = {}
+    for b in ("reference", backend):
+        w = torch.tensor([[[0.2, 0.4], [0.6, 0.8]]], dtype=torch.float64, requires_grad=True)
+        with sf.backend(b):
+            sf.pseudo_label_cross_entropy(x, target, weight=w, ignore_index=257, normalizer="weighted").backward()
+        grads[b] = w.grad
+    torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-5, atol=1e-6)  # fp32 inside

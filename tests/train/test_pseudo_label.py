@@ -196,3 +196,12 @@ def test_bad_numeric_arguments_name_the_flag(tmp_path, args, message):
         pseudo_label.main(["--checkpoint", ckpt, "--out", str(tmp_path / "pl"), "--no-progress", *args])
     assert isinstance(e.value.code, str) and message in e.value.code
     assert not (tmp_path / "pl").exists()
+
+
+def test_recorded_data_root_compares_as_a_folder(tmp_path, monkeypatch):
+    from semiseg_fast.pseudo_label import _comparable
+
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = ({"data": {"name": "voc", "root": root}} for root in ("voc", str(tmp_path / "voc")))
+    assert _comparable(relative, "data") == _comparable(absolute, "data")
+    assert _comparable(relative, "data") != _comparable({"data": {"name": "voc", "root": "other"}}, "data")
