@@ -52,7 +52,9 @@ DEFAULTS: Dict[str, Any] = {
         "grid_images": 6,
         "progress": True,
         "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
-        "fast2x": {"low_res_fraction": 0.85, "low_res_scale": 0.5},
+        # full_res_lr: null continues the run's lr curve into the full-size phase; a number restarts it
+        # there at full_res_lr * optim.lr (see train/schedule.py)
+        "fast2x": {"low_res_fraction": 0.85, "low_res_scale": 0.5, "full_res_lr": None},
     },
     "semi": {
         "teacher": "ema",         # ema | shared (the student itself, without gradients)
@@ -357,6 +359,9 @@ def _check_optim_and_train(config: Dict[str, Any], check: Check) -> None:
     check(tc["schedule"] in ("standard", "fast2x"), "train.schedule", "standard | fast2x")
     scale = tc["fast2x"]["low_res_scale"]
     check(_is_number(scale) and 0.0 < scale <= 1.0, "train.fast2x.low_res_scale", "a fraction of the crop side in (0, 1]")
+    restart = tc["fast2x"]["full_res_lr"]
+    check(restart is None or (_is_number(restart) and 0.0 < restart <= 1.0), "train.fast2x.full_res_lr",
+          "null or a factor of optim.lr in (0, 1]")
 
 
 def _check_semi_and_eval(config: Dict[str, Any], check: Check) -> None:

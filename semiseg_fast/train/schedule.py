@@ -8,7 +8,9 @@ iterations (warm-up included) train on crops ``low_res_scale`` times the full si
 multiple of 4), and only the last, shorter phase at full resolution. A step on a crop of half the
 side has a quarter of the pixels; with the defaults (85% of the steps at half side) the run
 trains on 36% of the standard schedule's pixels. Per-step costs that do not scale with pixels
-(optimizer, data loading) make the wall-clock gain smaller than that.
+(optimizer, data loading) make the wall-clock gain smaller than that. With ``full_res_lr`` the
+full-resolution phase is a fine-tuning phase of its own: its learning rate restarts at
+``full_res_lr * lr`` and decays (poly) to 0 over that phase, instead of continuing the run's curve.
 
 Use it from any loop::
 
@@ -19,7 +21,7 @@ Use it from any loop::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import _checks
 
@@ -35,6 +37,7 @@ class Schedule:
     poly_power: float = 0.9
     low_res_fraction: float = 0.0  # share of the steps at the reduced crop (0: standard)
     low_res_scale: float = 1.0     # reduced crop side / full crop side
+    full_res_lr: Optional[float] = None  # restart factor of the full-resolution phase (None: no restart)
 
     def __post_init__(self):
         for name in ("total_steps", "full_crop"):
@@ -46,6 +49,8 @@ class Schedule:
         _checks.number(self.poly_power, "poly_power", low=0.0)
         _checks.number(self.low_res_fraction, "low_res_fraction", low=0.0, high=1.0)
         _checks.number(self.low_res_scale, "low_res_scale", low=0.0, high=1.0, low_open=True)
+        if self.full_res_lr is not None:
+            _checks.number(self.full_res_lr, "full_res_lr", low=0.0, high=1.0, low_open=True)
 
     @classmethod
     def standard(cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0,
@@ -54,8 +59,9 @@ class Schedule:
 
     @classmethod
     def fast2x(cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0, poly_power: float = 0.9,
-               low_res_fraction: float = 0.85, low_res_scale: float = 0.5) -> "Schedule":
-        return cls(total_steps, lr, crop_size, warmup_steps, poly_power, low_res_fraction, low_res_scale)
+               low_res_fraction: float = 0.85, low_res_scale: float = 0.5,
+               full_res_lr: Optional[float] = None) -> "Schedule":
+        return cls(total_steps, lr, crop_size, warmup_steps, poly_power, low_res_fraction, low_res_scale, full_res_lr)
 
     @property
     def low_res_steps(self) -> int:
@@ -66,10 +72,14 @@ class Schedule:
         return max(8, min(self.full_crop, int(round(self.full_crop * self.low_res_scale / 4)) * 4))
 
     def lr(self, step: int) -> float:
-        """Linear warm-up to ``base_lr``, then ``base_lr * (1 - step / total) ** poly_power``."""
+        """Linear warm-up to ``base_lr``, then ``base_lr * (1 - step / total) ** poly_power``; with
+        ``full_res_lr``, the full-resolution phase restarts at ``full_res_lr * base_lr`` instead."""
         self._check_step(step)
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
+        low = self.low_res_steps
+        if self.full_res_lr is not None and 0 < low <= step:
+            return self.base_lr * self.full_res_lr * (1.0 - (step - low) / (self.total_steps - low)) ** self.poly_power
         return self.base_lr * (1.0 - step / self.total_steps) ** self.poly_power
 
     def crop_size(self, step: int) -> int:
@@ -103,5 +113,5 @@ def from_config(config: Dict[str, Any], total_steps: int) -> Schedule:
     if tc["schedule"] == "fast2x":
         f = tc["fast2x"]
         return Schedule.fast2x(*args, low_res_fraction=float(f["low_res_fraction"]),
-                               low_res_scale=float(f["low_res_scale"]))
+                               low_res_scale=float(f["low_res_scale"]), full_res_lr=f["full_res_lr"])
     return Schedule.standard(*args)

@@ -25,6 +25,22 @@ def test_fast2x_phases():
     assert Schedule.fast2x(10, 0.1, 512).low_res_crop == 256
 
 
+def test_fast2x_full_resolution_restart():
+    s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75,
+                        full_res_lr=0.5)
+    plain = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75)
+    assert all(s.lr(i) == plain.lr(i) for i in range(75))  # the reduced phase keeps the run's curve
+    assert s.lr(75) == pytest.approx(0.005)  # restarts at 0.5 * lr ...
+    assert s.lr(80) == pytest.approx(0.005 * 0.8 ** 0.9)  # ... and decays over the 25 full-size steps
+    assert s.lr(99) == pytest.approx(0.005 * 0.04 ** 0.9)
+    cfg = load_config(None, ["train.schedule=fast2x", "train.fast2x.full_res_lr=0.5"])
+    assert from_config(cfg, 100).lr(85) == pytest.approx(0.5 * cfg["optim"]["lr"])
+    with pytest.raises(ValueError, match="full_res_lr: expected <= 1.0"):
+        Schedule.fast2x(10, 0.1, 32, full_res_lr=2.0)
+    with pytest.raises(ValueError, match="train.fast2x.full_res_lr expected null or a factor"):
+        load_config(None, ["train.fast2x.full_res_lr=0"])
+
+
 def test_schedule_errors():
     s = Schedule.standard(10, 0.1, 32)
     with pytest.raises(ValueError, match=r"step: expected 0 <= step < 10, got 10"):
