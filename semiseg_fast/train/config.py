@@ -85,11 +85,11 @@ DEFAULTS: Dict[str, Any] = {
 # and keeps the others, while ``model.kwargs={...}`` (or a file) replaces the whole mapping.
 FREE_FORM = ("model.kwargs",)
 
-# Keys a resumed run may change: they decide what is shown, logged, evaluated or how data is
-# loaded, never which weights training produces.
 # Folders: a resumed run may name them by another path (relative, absolute, through a link).
 PATH_KEYS = ("data.root", "semi.selftrain.pseudo_dir")
 
+# Keys a resumed run may change: they decide what is shown, logged, evaluated or how data is
+# loaded, never which weights training produces.
 RESUME_ADJUSTABLE = ("train.progress", "train.eval_every", "train.checkpoint_every", "train.grid_images",
                      "data.num_workers", "eval.batch_size")
 
@@ -150,10 +150,9 @@ def _set_nested(node: Any, parts: List[str], value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
-                base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """``base`` (the defaults), then the YAML file at ``path``, then each ``key.sub=value`` override."""
-    config = _apply_command_line(copy.deepcopy(base if base is not None else DEFAULTS), path, overrides)
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` override."""
+    config = _apply_command_line(copy.deepcopy(DEFAULTS), path, overrides)
     validate(config)
     return config
 
