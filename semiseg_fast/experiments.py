@@ -8,7 +8,8 @@ every (fraction, seed) the standard supervised run is also the teacher of the se
 semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
-once while the other waits. Finished runs (a ``result.json`` in their folder) are reused and
+once while the other waits. The runs whose wall-clock the schedule comparison reports (standard
+and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time. Finished runs (a ``result.json`` in their folder) are reused and
 interrupted ones resumed from their ``last.pt``, so an interrupted experiment continues where it
 stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
@@ -26,6 +27,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import yaml
 
 from .train.atomic import atomic_open
 
@@ -84,12 +87,29 @@ def _final_miou(run_dir: str) -> float:
     return 100.0 * rows[-1]["miou"]
 
 
+def _check_same_settings(run_dir: str, overrides: Sequence[str]) -> None:
+    """A run folder that is reused or resumed must hold a run of these settings (a folder of an
+    earlier version's defaults would otherwise mix its figures into the table)."""
+    from .train.config import config_from_checkpoint, load_config, resume_conflicts
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = config_from_checkpoint({"config": yaml.safe_load(f)})
+    keys = resume_conflicts(saved, load_config(None, [*overrides, f"out_dir={run_dir}"]))
+    if keys:
+        raise RuntimeError(f"{run_dir} holds a run with other settings of {', '.join(keys)}; "
+                           "remove it or choose another --out")
+
+
 def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
     """One training run in ``out/name``: reused if it already finished, resumed from its
     ``last.pt`` if it was interrupted (``seconds`` then counts the resumed part only)."""
     run_dir = os.path.join(out, name)
     result_path = os.path.join(run_dir, "result.json")
     with _exclusive(run_dir):
+        _check_same_settings(run_dir, overrides)
         if os.path.isfile(result_path):
             with open(result_path) as f:
                 return json.load(f)
@@ -121,13 +141,12 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
             fast2x_methods: Sequence[str], base: Sequence[str], jobs: int) -> List[Dict[str, Any]]:
     os.makedirs(out, exist_ok=True)
 
-    def one_seed(fraction: float, seed: int, schedule: str) -> List[Dict[str, Any]]:
+    def one_seed(fraction: float, seed: int, schedule: str, wanted: Sequence[str]) -> List[Dict[str, Any]]:
         common = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", f"train.schedule={schedule}"]
         tag = f"f{fraction:g}-s{seed}-{schedule}"
         teacher = f"supervised-f{fraction:g}-s{seed}-standard"
         teacher_overrides = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", "train.schedule=standard",
                              "method=supervised"]
-        wanted = methods if schedule == "standard" else fast2x_methods
         results = []
         for m in wanted:
             extra = [f"method={m}"]
@@ -139,10 +158,16 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
             results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
         return results
 
-    tasks = [(f, s, "standard") for f in fractions for s in seeds]
-    tasks += [(fractions[0], s, "fast2x") for s in seeds] if fast2x_methods else []
+    # the schedule comparison's runs are timed: they run one at a time, after the others, so that
+    # no run shares the processor's caches and memory bandwidth with another of another kind
+    first, timed = fractions[0], set(fast2x_methods)
+    shared = [(f, s, "standard", [m for m in methods if not (f == first and m in timed)])
+              for f in fractions for s in seeds]
+    alone = [task for s in seeds for task in ((first, s, "standard", [m for m in methods if m in timed]),
+                                              (first, s, "fast2x", list(fast2x_methods)))] if timed else []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        chunks = list(pool.map(lambda t: one_seed(*t), tasks))
+        chunks = list(pool.map(lambda t: one_seed(*t), shared))
+    chunks += [one_seed(*task) for task in alone]
     return [r for chunk in chunks for r in chunk]
 
 
@@ -180,7 +205,7 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
         lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled (mean of the seeds; wall-clock of the training "
-                  "process, one thread):", "",
+                  "process, one thread, run alone):", "",
                   "| method | standard mIoU | fast2x mIoU | difference | standard s | fast2x s | speed-up |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for m, s in summary["schedules"].items():

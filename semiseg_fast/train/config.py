@@ -42,19 +42,19 @@ DEFAULTS: Dict[str, Any] = {
     },
     "model": {"name": "deeplabv3plus", "kwargs": {"width": 32, "rep_dim": 64}},
     "optim": {"name": "adamw", "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9,
-              "warmup_steps": 50},      # sgd uses momentum (Nesterov); adamw ignores it
+              "warmup_steps": 50},      # sgd uses momentum (Nesterov); adamw ignores it; warm-up in batches
     "train": {
         "epochs": 16,             # passes over the unlabeled pool (the budget of every method)
-        "eval_every": 400,        # steps; also at the end
-        "checkpoint_every": 200,  # steps; also at the end
+        "eval_every": 400,        # optimizer steps; also at the end
+        "checkpoint_every": 200,  # optimizer steps; also at the end
         "channels_last": True,
         "amp": "auto",            # auto | bf16 | fp16 | off (auto: bf16 where supported, else fp16 on CUDA, off on CPU)
         "grid_images": 6,
         "progress": True,
         "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
-        # full_res_lr: null continues the run's lr curve into the full-size phase; a number restarts it
-        # there at full_res_lr * optim.lr (see train/schedule.py)
-        "fast2x": {"low_res_fraction": 0.85, "low_res_scale": 0.5, "full_res_lr": None},
+        # fast2x: the first 80% of the images on crops of 0.6 x the side, two batches per step; then
+        # full-size crops with the lr restarted at full_res_lr * optim.lr (null: the run's curve goes on)
+        "fast2x": {"low_res_fraction": 0.8, "low_res_scale": 0.6, "low_res_batch": 2, "full_res_lr": 1.0},
     },
     "semi": {
         "teacher": "ema",         # ema | shared (the student itself, without gradients)
@@ -174,12 +174,27 @@ def _apply_command_line(config: Dict[str, Any], path: Optional[str], overrides: 
     return config
 
 
+# keys added after runs were already being saved, with the value those runs trained with (their
+# defaults differ from today's): a checkpoint without the key resumes as it was started
+FORMER_DEFAULTS = {"train.fast2x.full_res_lr": None, "train.fast2x.low_res_batch": 1}
+
+
+def _set_existing(config: Dict[str, Any], key: str, value: Any) -> None:
+    parent, _, leaf = key.rpartition(".")
+    node = _get(config, parent)
+    if leaf not in node:
+        raise KeyError(f"{key}: not a config key")
+    node[leaf] = value
+
+
 def config_from_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
     """The config a checkpoint was trained with, on top of today's defaults (so that keys added
-    since it was written have values)."""
+    since it was written have values: those of :data:`FORMER_DEFAULTS` where they changed)."""
     if not isinstance(state.get("config"), dict):
         raise ValueError("checkpoint: its config entry is not a mapping")
     config = copy.deepcopy(DEFAULTS)
+    for key, value in FORMER_DEFAULTS.items():
+        _set_existing(config, key, value)
     merge(config, copy.deepcopy(state["config"]), "")
     return config
 
@@ -213,7 +228,9 @@ def resume_conflicts(saved: Dict[str, Any], config: Dict[str, Any]) -> List[str]
     """Keys whose values differ between a checkpoint's config and ``config`` and would change the
     resumed run (out_dir is checked separately: see :func:`check_same_folder`)."""
     ignored = set(RESUME_ADJUSTABLE) | {"out_dir"}
+    standard = saved["train"]["schedule"] == config["train"]["schedule"] == "standard"
     return [key for key in differing_keys(saved, config) if key not in ignored
+            and not (standard and key.startswith("train.fast2x."))  # settings of a schedule not in use
             and not (key in PATH_KEYS and _same_path(_lookup(saved, key), _lookup(config, key)))]
 
 
@@ -279,7 +296,8 @@ def _formats(template: Any) -> bool:
 # key groups of the same type and range, checked by validate()
 POSITIVE_INTS = ("data.synthetic_train", "data.synthetic_val", "data.image_size", "data.crop_size", "data.batch_size",
                  "data.unlabeled_batch_size", "train.epochs", "train.eval_every", "train.checkpoint_every",
-                 "semi.u2pl.low_rank", "semi.u2pl.num_queries", "semi.u2pl.num_negatives", "semi.u2pl.bank_capacity",
+                 "train.fast2x.low_res_batch", "semi.u2pl.low_rank", "semi.u2pl.num_queries", "semi.u2pl.num_negatives",
+                 "semi.u2pl.bank_capacity",
                  "eval.window", "eval.stride", "eval.batch_size")
 NON_NEGATIVE_INTS = ("seed", "data.num_workers", "optim.warmup_steps", "train.grid_images", "semi.u2pl.sup_only_epochs")
 BOOLEANS = ("deterministic", "train.channels_last", "train.progress", "semi.strong_color", "semi.u2pl.contrastive",

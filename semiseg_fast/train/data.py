@@ -181,6 +181,6 @@ class PseudoLabeledView(Dataset):
 
 
 def step_loader(view: Dataset, batch_size: int, seed: int, stream: int, start: int, stop: int, rank: int,
-                world: int, num_workers: int, crop_for_step=None) -> DataLoader:
-    sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world, crop_for_step)
+                world: int, num_workers: int, schedule=None) -> DataLoader:
+    sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world, schedule)
     return DataLoader(view, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

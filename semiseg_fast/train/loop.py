@@ -87,10 +87,10 @@ class Trainer:
         pool = self.data.unlabeled if self.data.unlabeled is not None else self.data.labeled
         batch = dc["unlabeled_batch_size"] if self.data.unlabeled is not None else dc["batch_size"]
         self.steps_per_epoch = math.ceil(len(pool) / (batch * self.world.size))
-        self.total_steps = tc["epochs"] * self.steps_per_epoch
+        self.schedule = schedule_from_config(config, tc["epochs"] * self.steps_per_epoch)
+        self.num_steps = self.schedule.num_steps  # optimizer steps: fewer than the budget's when some take 2+ batches
         self.amp_dtype = resolve_amp(tc["amp"], self.world.device)
         self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
-        self.schedule = schedule_from_config(config, self.total_steps)
 
         self.model = build_run_model(config, self.data.num_classes)
         self.model.to(self.world.device, memory_format=self.memory_format)
@@ -172,10 +172,10 @@ class Trainer:
 
     def _loaders(self):
         dc, w = self.config["data"], self.world
-        seed, start, stop = self.config["seed"], self.step, self.total_steps
-        crops = self.schedule.crop_size if self.schedule.low_res_steps else None
+        seed, start, stop = self.config["seed"], self.step, self.num_steps
+        schedule = self.schedule if self.schedule.low_res_steps else None
         loader = lambda view, batch, stream: step_loader(view, batch, seed, stream, start, stop, w.rank, w.size,
-                                                         dc["num_workers"], crops)
+                                                         dc["num_workers"], schedule)
         labeled = loader(LabeledView(self.data.labeled, dc), dc["batch_size"], 0)
         if self.unlabeled_view is None:
             return zip(labeled, [None] * (stop - start))
@@ -203,15 +203,21 @@ class Trainer:
             print(dump(cfg), file=sys.stderr)
             print(f"{self.method}: {len(self.data.labeled)} labeled, "
                   f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
-                  f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), {w.size} process(es), device {w.device}, "
+                  f"{self.num_steps} steps ({tc['epochs']} epochs of {self.steps_per_epoch} batches), {w.size} "
+                  f"process(es), device {w.device}, "
                   f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}", file=sys.stderr)
+            if self.schedule.low_res_steps:
+                print("schedule: " + ", ".join(f"steps {p['start']}-{p['stop'] - 1} on {p['crop']}-pixel crops, "
+                                               f"{p['batch_scale']}x batch" for p in self.schedule.phases()),
+                      file=sys.stderr)
         csv = self._metrics_csv() if w.is_main else None
         step_fn = STEPS[self.method]
-        sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, images
+        sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, steps
         images_per_step = (self.config["data"]["batch_size"] + (0 if self.method == "supervised" else
-                           self.config["data"]["unlabeled_batch_size"])) * w.size
+                           self.config["data"]["unlabeled_batch_size"])) * w.size  # at batch scale 1
+        images_since_log = 0
         last_result = None
-        bar = report.ProgressBar(self.total_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
+        bar = report.ProgressBar(self.num_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
         t_log = time.perf_counter()
         for labeled, unlabeled in self._loaders():
             step = self.step
@@ -220,8 +226,9 @@ class Trainer:
                 group["lr"] = lr
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
+            progress, scale = self.schedule.progress(step), self.schedule.batch_scale(step)
             ctx = StepContext(self.student, self.eval_model,
-                              cfg["semi"], cfg["data"]["ignore_index"], min(step // self.steps_per_epoch,
+                              cfg["semi"], cfg["data"]["ignore_index"], min(progress // self.steps_per_epoch,
                               tc["epochs"] - 1), gen, self.criterion, self.data.num_classes)
             with torch.autocast(w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                 out = step_fn(ctx, self._to_device(labeled), self._to_device(unlabeled))
@@ -230,21 +237,24 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.teacher is not None:
-                ema_update(self.teacher, self.model, min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"]))
+                # a step of k batches counts as k: the teacher averages over the same number of images
+                ema_update(self.teacher, self.model, min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"] ** scale))
             sums += torch.stack([out.loss.detach().float(), out.supervised.float(), out.unsupervised.float(),
                                  out.mask_ratio.float().to(w.device), torch.tensor(1.0, device=w.device)])
             self.step = step + 1
-            last = self.step == self.total_steps
-            bar.update(1, images=images_per_step)
+            last = self.step == self.num_steps
+            images_since_log += scale * images_per_step
+            bar.update(1, images=scale * images_per_step)
             if self.step % LOG_EVERY == 0 or last or self.step % tc["eval_every"] == 0:
                 totals = all_reduce_sum(sums.clone()).tolist()
                 n = totals[4]
                 elapsed = time.perf_counter() - t_log
-                row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), "lr": lr,
+                row = {"step": self.step, "epoch": round((progress + scale) / self.steps_per_epoch, 3), "lr": lr,
                        "loss": totals[0] / n, "loss_sup": totals[1] / n, "loss_unsup": totals[2] / n,
-                       "mask_ratio": totals[3] / n, "img_per_s": n / w.size * images_per_step / elapsed, "miou": ""}
+                       "mask_ratio": totals[3] / n, "img_per_s": images_since_log / elapsed, "miou": ""}
                 bar.set_metrics(loss=row["loss"], mask=row["mask_ratio"])
                 sums.zero_()
+                images_since_log = 0
                 if self.step % tc["eval_every"] == 0 or last:
                     last_result = self._evaluate()
                     row["miou"] = last_result.miou

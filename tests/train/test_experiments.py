@@ -49,3 +49,47 @@ def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
     assert cmd[-2:] == ["--resume", str(interrupted)]
     assert "--resume" not in commands["supervised-f0.125-s1-standard"][0]
     assert experiments.train_run(str(tmp_path), "supervised-f0.125-s0-standard", [])["resumed"] is True
+
+
+def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
+    import pytest
+    import yaml
+
+    from semiseg_fast.train.config import load_config
+
+    _fake_processes(monkeypatch)
+    run = tmp_path / "supervised-f0.125-s0-fast2x"
+    run.mkdir()
+    overrides = ["method=supervised", "data.labeled_fraction=0.125", "seed=0", "train.schedule=fast2x"]
+    old = load_config(None, [*overrides, f"out_dir={run}"])
+    for key in ("full_res_lr", "low_res_batch"):  # written before these keys existed
+        del old["train"]["fast2x"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    (run / "result.json").write_text('{"miou": 30.0, "seconds": 1.0}')
+    with pytest.raises(RuntimeError, match="other settings of train.fast2x.low_res_batch, train.fast2x.full_res_lr"):
+        experiments.train_run(str(tmp_path), run.name, overrides)
+    old["train"]["fast2x"].update(full_res_lr=1.0, low_res_batch=2)  # today's settings: reused
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    assert experiments.train_run(str(tmp_path), run.name, overrides)["miou"] == 30.0
+
+
+def test_timed_runs_run_alone(tmp_path, monkeypatch):
+    spans = {}
+    _fake_processes(monkeypatch)
+    real = experiments._run
+
+    def run(cmd, log, append=False):
+        start = time.perf_counter()
+        seconds = real(cmd, log, append)
+        out = next((c.split("=", 1)[1] for c in cmd if c.startswith("out_dir=")), None)
+        spans[os.path.basename(out or cmd[cmd.index("--out") + 1])] = (start, time.perf_counter())
+        return seconds
+    monkeypatch.setattr(experiments, "_run", run)
+    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], ["supervised", "selftrain", "fixmatch"],
+                        ["supervised", "selftrain"], [], jobs=2)
+    timed = [n for n in spans if "f0.125" in n and n.split("-")[0] in ("supervised", "selftrain")]
+    assert len(timed) == 8
+    for name in timed:
+        a0, a1 = spans[name]
+        assert all(b1 <= a0 or a1 <= b0 for other, (b0, b1) in spans.items() if other != name), name
+    assert len(spans) == 8 + 2 + 6 + 4  # + fixmatch at 1/8, the 6 runs at 1/4, pseudo-labels of 2 fractions x 2 seeds

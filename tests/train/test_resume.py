@@ -9,7 +9,9 @@ import yaml
 
 from semiseg_fast import eval as eval_cli
 from semiseg_fast.train import cli, load_config, train
-from semiseg_fast.train.config import resume_config
+from semiseg_fast.train.config import (DEFAULTS, FORMER_DEFAULTS, _lookup, config_from_checkpoint, resume_config,
+                                       resume_conflicts)
+from semiseg_fast.train.schedule import from_config
 
 from .helpers import TINY
 
@@ -79,6 +81,28 @@ def test_resume_refuses_other_settings(finished, tiny_yaml):
         train(config, resume=str(finished))  # the Python API checks as well
 
 
+def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(finished):
+    state = torch.load(finished / "last.pt", weights_only=False)
+    for key in ("full_res_lr", "low_res_batch"):  # runs saved before these keys trained without them
+        del state["config"]["train"]["fast2x"][key]
+    state["config"]["train"]["schedule"] = "fast2x"
+    old = resume_config(state, str(finished / "last.pt"))
+    assert old["train"]["fast2x"]["full_res_lr"] is None and old["train"]["fast2x"]["low_res_batch"] == 1
+    schedule = from_config(old, 18)
+    assert schedule.low_res_batch == 1 and schedule.num_steps == 18  # the schedule it was started with
+    assert load_config(None, [])["train"]["fast2x"]["low_res_batch"] == 2  # today's default differs
+    assert all(_lookup(DEFAULTS, key) != "(unset)" for key in FORMER_DEFAULTS)
+
+
+def test_fast2x_settings_do_not_conflict_in_a_standard_run(finished, tiny_yaml):
+    state = torch.load(finished / "last.pt", weights_only=False)
+    saved = config_from_checkpoint(state)
+    config = load_config(tiny_yaml, [*RUN, f"out_dir={finished}", "train.fast2x.low_res_batch=3"])
+    assert resume_conflicts(saved, config) == []  # the schedule is standard: fast2x's keys change nothing
+    config["train"]["schedule"] = "fast2x"
+    assert resume_conflicts(saved, config) == ["train.schedule", "train.fast2x.low_res_batch"]
+
+
 def test_fresh_run_in_a_used_folder_starts_new_metrics(finished, tiny_yaml, tmp_path):
     folder = _copy(finished, tmp_path)
     cli.main(["--config", tiny_yaml, *RUN, f"out_dir={folder}"])
@@ -121,3 +145,33 @@ def test_eval_reproduces_the_stored_miou_under_the_runs_autocast(finished, capsy
 
 def test_eval_of_an_fp16_run_on_a_cpu_falls_back_to_fp32():
     assert eval_cli.eval_amp("fp16", torch.device("cpu")) is None
+
+
+def test_fast2x_with_larger_reduced_batches_resumes_to_the_same_weights(tiny_yaml, tmp_path, monkeypatch):
+    # 18 budget steps: 8 steps of 2 x 2 images on 16-pixel crops, then 2 of 2 images at 32 pixels
+    run = ["method=supervised", "deterministic=true", "train.epochs=2", "train.progress=false", "train.amp=off",
+           "train.schedule=fast2x", "train.fast2x.low_res_batch=2", "train.fast2x.low_res_fraction=0.85",
+           "train.fast2x.low_res_scale=0.5", "train.checkpoint_every=3"]
+    cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'whole'}"])
+    rows = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["6", "10"] and float(rows[-1]["epoch"]) == 2.0
+
+    class Killed(Exception):
+        pass
+
+    from semiseg_fast.train import report
+    real_update = report.ProgressBar.update
+
+    def update(bar, n=1, images=0):  # dies after step 5; its last checkpoint is step 3's
+        real_update(bar, n, images)
+        if bar.count >= 5:
+            raise Killed
+    monkeypatch.setattr(report.ProgressBar, "update", update)
+    with pytest.raises(Killed):
+        cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'killed'}"])
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["step"] == 3
+    cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
