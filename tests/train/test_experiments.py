@@ -4,7 +4,11 @@ import os
 import threading
 import time
 
+import pytest
+import yaml
+
 from semiseg_fast import experiments
+from semiseg_fast.train.config import load_config
 
 
 def _fake_processes(monkeypatch):
@@ -52,11 +56,6 @@ def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
 
 
 def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
-    import pytest
-    import yaml
-
-    from semiseg_fast.train.config import load_config
-
     _fake_processes(monkeypatch)
     run = tmp_path / "supervised-f0.125-s0-fast2x"
     run.mkdir()
