@@ -80,7 +80,6 @@ def resolve(device: torch.device) -> str:
     return _resolve_kind(device.type)
 
 
-@torch.compiler.assume_constant_result
 def _resolve_kind(kind: str) -> str:
     name = get_backend()
     device = kind
@@ -108,3 +107,8 @@ def _resolve_kind(kind: str) -> str:
         if kind not in ("cpu", "cuda"):
             raise RuntimeError(f"backend 'triton' supports CUDA tensors; got tensors on {device}")
     return name
+
+
+# torch.compiler.assume_constant_result(_resolve_kind) without its import of torch._dynamo (about
+# 2 s of every process's start-up): the decorator only sets this flag (tests/ops/test_compile.py)
+_resolve_kind._dynamo_marked_constant = True  # type: ignore[attr-defined]

@@ -87,3 +87,26 @@ def test_opcheck(op):
     }
     fn, args = cases[op]
     torch.library.opcheck(fn, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_backend_choice_is_marked_constant_like_the_public_decorator():
+    """_backend marks _resolve_kind by hand (the decorator would import torch._dynamo at start-up):
+    the flag must be the one torch.compiler.assume_constant_result sets."""
+    from semiseg_fast import _backend
+
+    def probe():
+        return None
+
+    marked = torch.compiler.assume_constant_result(probe)
+    flags = {k: v for k, v in vars(marked).items()}
+    assert flags == {"_dynamo_marked_constant": True}
+    assert _backend._resolve_kind._dynamo_marked_constant is True
+
+
+def test_import_does_not_load_dynamo():
+    """Importing the library and the training loop must not cost every process torch._dynamo's import."""
+    import subprocess
+    import sys
+    code = "import sys, semiseg_fast, semiseg_fast.train.loop; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
