@@ -9,9 +9,10 @@ semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
 once while the other waits. The runs whose wall-clock the schedule comparison reports (standard
-and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time. Finished runs (a ``result.json`` in their folder) are reused and
-interrupted ones resumed from their ``last.pt``, so an interrupted experiment continues where it
-stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time, with one
+data worker process (``data.num_workers=1``: the same batches, prepared off the training thread).
+Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
+their ``last.pt``, so an interrupted experiment continues where it stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """
@@ -57,6 +58,10 @@ def _exclusive(folder: str) -> Iterator[None]:
         lock = _FOLDER_LOCKS.setdefault(os.path.abspath(folder), threading.Lock())
     with lock:
         yield
+
+
+# the timed runs (one at a time) augment their batches in a worker process, off the training thread
+TIMED_OVERRIDES = ["data.num_workers=1"]
 
 
 def _write_text(path: str, text: str) -> None:
@@ -141,7 +146,8 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
             fast2x_methods: Sequence[str], base: Sequence[str], jobs: int) -> List[Dict[str, Any]]:
     os.makedirs(out, exist_ok=True)
 
-    def one_seed(fraction: float, seed: int, schedule: str, wanted: Sequence[str]) -> List[Dict[str, Any]]:
+    def one_seed(fraction: float, seed: int, schedule: str, wanted: Sequence[str],
+                 timed: bool = False) -> List[Dict[str, Any]]:
         common = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", f"train.schedule={schedule}"]
         tag = f"f{fraction:g}-s{seed}-{schedule}"
         teacher = f"supervised-f{fraction:g}-s{seed}-standard"
@@ -154,12 +160,13 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
                 train_run(out, teacher, teacher_overrides)  # the standard task's own supervised run
                 pl = pseudo_label_run(out, f"pseudo-f{fraction:g}-s{seed}", os.path.join(out, teacher), common)
                 extra.append(f"semi.selftrain.pseudo_dir={pl}")
-            r = train_run(out, f"{m}-{tag}", common + extra)
+            r = train_run(out, f"{m}-{tag}", common + extra + (TIMED_OVERRIDES if timed else []))
             results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
-    # no run shares the processor's caches and memory bandwidth with another of another kind
+    # no run shares the processor's caches and memory bandwidth with another of another kind; a
+    # data worker process prepares their batches on the core that is free then
     first, timed = fractions[0], set(fast2x_methods)
     shared = [(f, s, "standard", [m for m in methods if not (f == first and m in timed)])
               for f in fractions for s in seeds]
@@ -167,7 +174,7 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
                                               (first, s, "fast2x", list(fast2x_methods)))] if timed else []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
-    chunks += [one_seed(*task) for task in alone]
+    chunks += [one_seed(*task, timed=True) for task in alone]
     return [r for chunk in chunks for r in chunk]
 
 
@@ -205,7 +212,7 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
         lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled (mean of the seeds; wall-clock of the training "
-                  "process, one thread, run alone):", "",
+                  "process, one thread and one data worker, run alone):", "",
                   "| method | standard mIoU | fast2x mIoU | difference | standard s | fast2x s | speed-up |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for m, s in summary["schedules"].items():

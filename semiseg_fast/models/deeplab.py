@@ -12,10 +12,34 @@ from torch import nn
 from .pseudoseg import PseudoSegHeads
 
 
+class DilatedConv2d(nn.Conv2d):
+    """A stride-1 "same" convolution with dilation that leaves out the kernel rows (columns) whose
+    taps fall only on zero padding, when the dilation is at least the map's height (width): on the
+    small maps of reduced crops ASPP's wider rates are 1x1 convolutions, computed as such."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, dilation: int, bias: bool = False):
+        if kernel % 2 == 0:
+            raise ValueError(f"kernel: expected an odd size, got {kernel}")
+        super().__init__(cin, cout, kernel, 1, dilation * (kernel // 2), dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (dh, dw), (ph, pw), weight = self.dilation, self.padding, self.weight
+        r = self.kernel_size[0] // 2
+        if dh >= x.shape[-2]:
+            weight, dh, ph = weight[:, :, r:r + 1], 1, 0
+        if dw >= x.shape[-1]:
+            weight, dw, pw = weight[:, :, :, r:r + 1], 1, 0
+        return F.conv2d(x, weight, self.bias, 1, (ph, pw), (dh, dw))
+
+
+def conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    if dilation > 1 and stride == 1:
+        return DilatedConv2d(cin, cout, kernel, dilation)
+    return nn.Conv2d(cin, cout, kernel, stride, dilation * (kernel // 2), dilation=dilation, bias=False)
+
+
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    pad = dilation * (kernel // 2)
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(conv(cin, cout, kernel, stride, dilation), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ResidualBlock(nn.Module):
@@ -23,7 +47,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             conv_bn_relu(cin, cout, 3, stride, dilation),
-            nn.Conv2d(cout, cout, 3, 1, dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout))
+            conv(cout, cout, 3, 1, dilation), nn.BatchNorm2d(cout))
         self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
             nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 

@@ -105,3 +105,40 @@ def test_pseudoseg_classifier_backprop(backprop):
     assert model.pseudoseg.classifier.weight.grad is not None
     grads = [p.grad for p in model.layer3.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads) == backprop
+
+
+@pytest.mark.parametrize("size", [(3, 3), (4, 4), (4, 9), (9, 4), (6, 6), (7, 7), (1, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dilated_conv_skipping_padding_taps_equals_the_full_convolution(size, channels_last):
+    """Rows / columns of taps that see only padding (dilation >= the map's side) are left out:
+    same output and gradients as nn.Conv2d, on maps smaller, equal to and larger than the rate."""
+    from semiseg_fast.models.deeplab import DilatedConv2d
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for kernel, dilation in ((3, 4), (3, 6), (5, 3)):
+        ours = DilatedConv2d(5, 7, kernel, dilation, bias=True).to(memory_format=fmt)
+        full = nn.Conv2d(5, 7, kernel, 1, dilation * (kernel // 2), dilation=dilation).to(memory_format=fmt)
+        full.load_state_dict(ours.state_dict())
+        x = torch.randn(2, 5, *size, dtype=torch.float64).contiguous(memory_format=fmt)
+        ours, full = ours.double(), full.double()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), full(xb)
+        torch.testing.assert_close(ya, yb)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad)
+        torch.testing.assert_close(ours.weight.grad, full.weight.grad)
+        torch.testing.assert_close(ours.bias.grad, full.bias.grad)
+
+
+def test_dilated_conv_rejects_even_kernels():
+    from semiseg_fast.models.deeplab import DilatedConv2d
+    with pytest.raises(ValueError, match="kernel: expected an odd size"):
+        DilatedConv2d(3, 3, 2, 2)
+
+
+def test_deeplab_state_dict_keys_unchanged_by_dilated_convs():
+    """Checkpoints of models built before DilatedConv2d load as they are."""
+    keys = set(DeepLabV3Plus(6, width=8).state_dict())
+    assert "aspp.branches.3.0.weight" in keys and "layer3.0.body.1.weight" in keys

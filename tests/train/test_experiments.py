@@ -73,7 +73,7 @@ def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
 
 
 def test_timed_runs_run_alone(tmp_path, monkeypatch):
-    spans = {}
+    spans, commands = {}, {}
     _fake_processes(monkeypatch)
     real = experiments._run
 
@@ -81,7 +81,8 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch):
         start = time.perf_counter()
         seconds = real(cmd, log, append)
         out = next((c.split("=", 1)[1] for c in cmd if c.startswith("out_dir=")), None)
-        spans[os.path.basename(out or cmd[cmd.index("--out") + 1])] = (start, time.perf_counter())
+        name = os.path.basename(out or cmd[cmd.index("--out") + 1])
+        spans[name], commands[name] = (start, time.perf_counter()), cmd
         return seconds
     monkeypatch.setattr(experiments, "_run", run)
     experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], ["supervised", "selftrain", "fixmatch"],
@@ -92,3 +93,5 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch):
         a0, a1 = spans[name]
         assert all(b1 <= a0 or a1 <= b0 for other, (b0, b1) in spans.items() if other != name), name
     assert len(spans) == 8 + 2 + 6 + 4  # + fixmatch at 1/8, the 6 runs at 1/4, pseudo-labels of 2 fractions x 2 seeds
+    for name, cmd in commands.items():  # the timed runs alone prepare their batches in a worker
+        assert ("data.num_workers=1" in cmd) == (name in timed), name
