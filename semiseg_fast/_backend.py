@@ -109,6 +109,7 @@ def _resolve_kind(kind: str) -> str:
     return name
 
 
-# torch.compiler.assume_constant_result(_resolve_kind) without its import of torch._dynamo (about
-# 2 s of every process's start-up): the decorator only sets this flag (tests/ops/test_compile.py)
+# torch.compiler.assume_constant_result(_resolve_kind) without its import of torch._dynamo, about
+# 2 s of `import semiseg_fast` (training pays it anyway: torch.optim imports it); the decorator
+# only sets this flag (tests/ops/test_compile.py)
 _resolve_kind._dynamo_marked_constant = True  # type: ignore[attr-defined]

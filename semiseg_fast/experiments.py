@@ -9,10 +9,12 @@ semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
 once while the other waits. The runs whose wall-clock the schedule comparison reports (standard
-and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time, with one
-data worker process (``data.num_workers=1``: the same batches, prepared off the training thread).
+and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time, with
+``data.num_workers=1`` (the same batches, prepared off the training thread by a worker process
+per data stream).
 Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
-their ``last.pt``, so an interrupted experiment continues where it stopped. Writes ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+their ``last.pt``, so an interrupted experiment continues where it stopped. Writes
+``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """
@@ -60,7 +62,8 @@ def _exclusive(folder: str) -> Iterator[None]:
         yield
 
 
-# the timed runs (one at a time) augment their batches in a worker process, off the training thread
+# the timed runs (one at a time) augment their batches in worker processes (one per data
+# stream), off the training thread
 TIMED_OVERRIDES = ["data.num_workers=1"]
 
 
@@ -153,24 +156,28 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
         teacher = f"supervised-f{fraction:g}-s{seed}-standard"
         teacher_overrides = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", "train.schedule=standard",
                              "method=supervised"]
+        timed_overrides = TIMED_OVERRIDES if timed else []  # first: a user's own setting wins
         results = []
         for m in wanted:
             extra = [f"method={m}"]
-            if m == "selftrain":
-                train_run(out, teacher, teacher_overrides)  # the standard task's own supervised run
+            if m == "selftrain":  # the teacher: the standard task's own supervised run
+                train_run(out, teacher, [*timed_overrides, *teacher_overrides])
                 pl = pseudo_label_run(out, f"pseudo-f{fraction:g}-s{seed}", os.path.join(out, teacher), common)
                 extra.append(f"semi.selftrain.pseudo_dir={pl}")
-            r = train_run(out, f"{m}-{tag}", common + extra + (TIMED_OVERRIDES if timed else []))
+            r = train_run(out, f"{m}-{tag}", [*timed_overrides, *common, *extra])
             results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
-    # no run shares the processor's caches and memory bandwidth with another of another kind; a
-    # data worker process prepares their batches on the core that is free then
+    # no run shares the processor's caches and memory bandwidth with another of another kind;
+    # data worker processes prepare their batches on the core that is free then. A timed
+    # supervised run is also the teacher of selftrain at that fraction, so selftrain waits for it.
     first, timed = fractions[0], set(fast2x_methods)
-    shared = [(f, s, "standard", [m for m in methods if not (f == first and m in timed)])
+    late = timed | ({"selftrain"} if "supervised" in timed else set())
+    shared = [(f, s, "standard", [m for m in methods if not (f == first and m in late)])
               for f in fractions for s in seeds]
-    alone = [task for s in seeds for task in ((first, s, "standard", [m for m in methods if m in timed]),
+    late_standard = sorted((m for m in methods if m in late), key=lambda m: m != "supervised")
+    alone = [task for s in seeds for task in ((first, s, "standard", late_standard),
                                               (first, s, "fast2x", list(fast2x_methods)))] if timed else []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
@@ -212,7 +219,7 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
         lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled (mean of the seeds; wall-clock of the training "
-                  "process, one thread and one data worker, run alone):", "",
+                  "process, one thread, data workers, run alone):", "",
                   "| method | standard mIoU | fast2x mIoU | difference | standard s | fast2x s | speed-up |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for m, s in summary["schedules"].items():

@@ -15,7 +15,8 @@ from .pseudoseg import PseudoSegHeads
 class DilatedConv2d(nn.Conv2d):
     """A stride-1 "same" convolution with dilation that leaves out the kernel rows (columns) whose
     taps fall only on zero padding, when the dilation is at least the map's height (width): on the
-    small maps of reduced crops ASPP's wider rates are 1x1 convolutions, computed as such."""
+    small maps of reduced crops ASPP's wider rates are 1x1 convolutions, computed as such. Traced
+    or with symbolic sizes it runs the full kernel, so a graph never depends on the size it saw."""
 
     def __init__(self, cin: int, cout: int, kernel: int, dilation: int, bias: bool = False):
         if kernel % 2 == 0:
@@ -23,16 +24,20 @@ class DilatedConv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel, 1, dilation * (kernel // 2), dilation=dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]  # not unpacked: an fx Proxy cannot be iterated
+        if torch.jit.is_tracing() or not (isinstance(height, int) and isinstance(width, int)):
+            return super().forward(x)
         (dh, dw), (ph, pw), weight = self.dilation, self.padding, self.weight
         r = self.kernel_size[0] // 2
-        if dh >= x.shape[-2]:
+        if dh >= height:
             weight, dh, ph = weight[:, :, r:r + 1], 1, 0
-        if dw >= x.shape[-1]:
+        if dw >= width:
             weight, dw, pw = weight[:, :, :, r:r + 1], 1, 0
         return F.conv2d(x, weight, self.bias, 1, (ph, pw), (dh, dw))
 
 
 def conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """A bias-free "same" convolution (bias-free: batch norm follows)."""
     if dilation > 1 and stride == 1:
         return DilatedConv2d(cin, cout, kernel, dilation)
     return nn.Conv2d(cin, cout, kernel, stride, dilation * (kernel // 2), dilation=dilation, bias=False)

@@ -138,7 +138,22 @@ def test_dilated_conv_rejects_even_kernels():
         DilatedConv2d(3, 3, 2, 2)
 
 
-def test_deeplab_state_dict_keys_unchanged_by_dilated_convs():
-    """Checkpoints of models built before DilatedConv2d load as they are."""
-    keys = set(DeepLabV3Plus(6, width=8).state_dict())
-    assert "aspp.branches.3.0.weight" in keys and "layer3.0.body.1.weight" in keys
+def test_deeplab_on_small_crops_equals_full_kernels(monkeypatch):
+    """The whole model on 32-pixel crops (4x4 maps at stride 8: ASPP's rates 4 and 6 run as 1x1)
+    equals the same weights with every kernel applied in full; tracing keeps the full kernels, so
+    a traced or fx graph gives the same result at a size where nothing is left out."""
+    import torch.fx
+    from semiseg_fast.models.deeplab import DilatedConv2d
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(6, width=8).double().eval()
+    small, large = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    ours = model(small)["pred"]
+    traced = torch.jit.trace(model, small, strict=False)  # strict=False: the output is a dict
+    graph = torch.fx.symbolic_trace(model)
+    with monkeypatch.context() as m:
+        m.setattr(DilatedConv2d, "forward", nn.Conv2d.forward)
+        full_small, full_large = model(small)["pred"], model(large)["pred"]
+    torch.testing.assert_close(ours, full_small)
+    torch.testing.assert_close(traced(small)["pred"], full_small)
+    torch.testing.assert_close(graph(small)["pred"], full_small)
+    torch.testing.assert_close(traced(large)["pred"], full_large)

@@ -72,7 +72,12 @@ def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
     assert experiments.train_run(str(tmp_path), run.name, overrides)["miou"] == 30.0
 
 
-def test_timed_runs_run_alone(tmp_path, monkeypatch):
+@pytest.mark.parametrize("methods, fast2x_methods, timed_methods", [
+    (["supervised", "selftrain", "fixmatch"], ["supervised", "selftrain"], ("supervised", "selftrain")),
+    # the timed supervised run is selftrain's teacher: made alone even when selftrain asks first
+    (["selftrain", "supervised", "fixmatch"], ["supervised"], ("supervised",)),
+])
+def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, timed_methods):
     spans, commands = {}, {}
     _fake_processes(monkeypatch)
     real = experiments._run
@@ -85,13 +90,14 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch):
         spans[name], commands[name] = (start, time.perf_counter()), cmd
         return seconds
     monkeypatch.setattr(experiments, "_run", run)
-    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], ["supervised", "selftrain", "fixmatch"],
-                        ["supervised", "selftrain"], [], jobs=2)
-    timed = [n for n in spans if "f0.125" in n and n.split("-")[0] in ("supervised", "selftrain")]
-    assert len(timed) == 8
+    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], methods, fast2x_methods, [], jobs=2)
+    timed = [n for n in spans if "f0.125" in n and n.split("-")[0] in timed_methods]
+    assert len(timed) == 4 * len(timed_methods)
     for name in timed:
         a0, a1 = spans[name]
         assert all(b1 <= a0 or a1 <= b0 for other, (b0, b1) in spans.items() if other != name), name
-    assert len(spans) == 8 + 2 + 6 + 4  # + fixmatch at 1/8, the 6 runs at 1/4, pseudo-labels of 2 fractions x 2 seeds
-    for name, cmd in commands.items():  # the timed runs alone prepare their batches in a worker
-        assert ("data.num_workers=1" in cmd) == (name in timed), name
+    # + the standard runs of the other methods at 1/8, the 6 runs at 1/4, pseudo-labels of 2 fractions x 2 seeds
+    assert len(spans) == len(timed) + 2 * (3 - len(timed_methods)) + 6 + 4
+    for name in timed:  # the timed runs prepare their batches in a worker
+        assert "data.num_workers=1" in commands[name], name
+    assert not any("data.num_workers=1" in commands[n] for n in spans if "f0.25" in n)
