@@ -156,7 +156,7 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
         teacher = f"supervised-f{fraction:g}-s{seed}-standard"
         teacher_overrides = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", "train.schedule=standard",
                              "method=supervised"]
-        timed_overrides = TIMED_OVERRIDES if timed else []  # first: a user's own setting wins
+        timed_overrides = TIMED_OVERRIDES if timed else []  # before `base`: a user's own value wins
         results = []
         for m in wanted:
             extra = [f"method={m}"]

@@ -97,9 +97,7 @@ def test_backend_choice_is_marked_constant_like_the_public_decorator():
     def probe():
         return None
 
-    marked = torch.compiler.assume_constant_result(probe)
-    flags = {k: v for k, v in vars(marked).items()}
-    assert flags == {"_dynamo_marked_constant": True}
+    assert vars(torch.compiler.assume_constant_result(probe)) == {"_dynamo_marked_constant": True}
     assert _backend._resolve_kind._dynamo_marked_constant is True
 
 
