@@ -89,9 +89,14 @@ class Schedule:
                    self.total_steps // self.low_res_batch)
 
     @property
+    def low_res_budget(self) -> int:
+        """The reduced phase's share of the budget, in steps of the configured batch."""
+        return self.low_res_steps * self.low_res_batch
+
+    @property
     def num_steps(self) -> int:
         """Optimizer steps of the whole run."""
-        return self.low_res_steps + self.total_steps - self.low_res_steps * self.low_res_batch
+        return self.low_res_steps + self.total_steps - self.low_res_budget
 
     def batch_scale(self, step: int) -> int:
         """Images of ``step`` in multiples of the configured batch."""
@@ -102,7 +107,7 @@ class Schedule:
         """The budget used before ``step``, in steps of the configured batch (images seen / batch)."""
         self._check_step(step)
         low = self.low_res_steps
-        return step * self.low_res_batch if step < low else low * self.low_res_batch + step - low
+        return step * self.low_res_batch if step < low else self.low_res_budget + step - low
 
     @property
     def low_res_crop(self) -> int:
@@ -115,7 +120,7 @@ class Schedule:
         t = self.progress(step)
         if t < self.warmup_steps:
             return self.base_lr * (t + 1) / self.warmup_steps
-        low = self.low_res_steps * self.low_res_batch
+        low = self.low_res_budget
         if self.full_res_lr is not None and 0 < low <= t:
             return self.base_lr * self.full_res_lr * (1.0 - (t - low) / (self.total_steps - low)) ** self.poly_power
         return self.base_lr * (1.0 - t / self.total_steps) ** self.poly_power
@@ -136,7 +141,7 @@ class Schedule:
 
     def relative_pixels(self) -> float:
         """Pixels trained on, relative to the standard schedule (a proxy for compute)."""
-        low = self.low_res_steps * self.low_res_batch
+        low = self.low_res_budget
         return (low * self.low_res_crop ** 2 + (self.total_steps - low) * self.full_crop ** 2) / (
             self.total_steps * self.full_crop ** 2)
 
