@@ -21,7 +21,7 @@ from .batches import mix_seed
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, PseudoLabeledView, UnlabeledView, build_datasets, step_loader
-from .distributed import all_reduce_sum, init_world, shutdown
+from .distributed import all_reduce_sum, barrier, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
 from .methods import STEPS, StepContext, ema_update
 from .schedule import from_config as schedule_from_config
@@ -280,6 +280,7 @@ class Trainer:
         if w.is_main:
             self._write_figures()
             print(format_iou_table(last_result, self.data.class_names))
+        barrier()  # no process tears its process group down while rank 0 still writes
         return {"miou": last_result.miou, "per_class": last_result.per_class.tolist(), "out_dir": self.out_dir,
                 "best_miou": self.best_miou, "steps": self.step}
 
