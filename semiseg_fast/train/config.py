@@ -41,7 +41,7 @@ DEFAULTS: Dict[str, Any] = {
         "ignore_index": 255,
     },
     "model": {"name": "deeplabv3plus", "kwargs": {"width": 32, "rep_dim": 64}},
-    "optim": {"name": "adamw", "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9,
+    "optim": {"name": "adamw", "lr": 0.008, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9,
               "warmup_steps": 50},      # sgd uses momentum (Nesterov); adamw ignores it; warm-up in batches
     "train": {
         "epochs": 16,             # passes over the unlabeled pool (the budget of every method)
@@ -52,9 +52,11 @@ DEFAULTS: Dict[str, Any] = {
         "grid_images": 6,
         "progress": True,
         "schedule": "standard",   # standard | fast2x (reduced crops for most steps; see train/schedule.py)
-        # fast2x: the first 80% of the images on crops of 0.6 x the side, two batches per step; then
-        # full-size crops with the lr restarted at full_res_lr * optim.lr (null: the run's curve goes on)
-        "fast2x": {"low_res_fraction": 0.8, "low_res_scale": 0.6, "low_res_batch": 2, "full_res_lr": 1.0},
+        # fast2x: the first 80% of the images on crops of 0.6 x the side, two batches per step, the lr
+        # held at low_res_lr * optim.lr (null: the run's poly curve); then full-size crops with the lr
+        # restarted at full_res_lr * optim.lr and decayed to 0 (null: the run's curve goes on)
+        "fast2x": {"low_res_fraction": 0.8, "low_res_scale": 0.6, "low_res_batch": 2, "low_res_lr": 0.5,
+                   "full_res_lr": 1.0},
     },
     "semi": {
         "teacher": "ema",         # ema | shared (the student itself, without gradients)
@@ -176,7 +178,7 @@ def _apply_command_line(config: Dict[str, Any], path: Optional[str], overrides: 
 
 # keys added after runs were already being saved, with the value those runs trained with (their
 # defaults differ from today's): a checkpoint without the key resumes as it was started
-FORMER_DEFAULTS = {"train.fast2x.full_res_lr": None, "train.fast2x.low_res_batch": 1}
+FORMER_DEFAULTS = {"train.fast2x.full_res_lr": None, "train.fast2x.low_res_batch": 1, "train.fast2x.low_res_lr": None}
 
 
 def _set_existing(config: Dict[str, Any], key: str, value: Any) -> None:
@@ -376,6 +378,9 @@ def _check_optim_and_train(config: Dict[str, Any], check: Check) -> None:
     check(tc["schedule"] in ("standard", "fast2x"), "train.schedule", "standard | fast2x")
     scale = tc["fast2x"]["low_res_scale"]
     check(_is_number(scale) and 0.0 < scale <= 1.0, "train.fast2x.low_res_scale", "a fraction of the crop side in (0, 1]")
+    held = tc["fast2x"]["low_res_lr"]
+    check(held is None or (_is_number(held) and held > 0.0), "train.fast2x.low_res_lr",
+          "null or a positive factor of optim.lr")
     restart = tc["fast2x"]["full_res_lr"]
     check(restart is None or (_is_number(restart) and 0.0 < restart <= 1.0), "train.fast2x.full_res_lr",
           "null or a factor of optim.lr in (0, 1]")

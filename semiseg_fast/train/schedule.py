@@ -8,13 +8,14 @@ trains on crops ``low_res_scale`` times the full side (rounded to a multiple of 
 full size. Per-step costs that do not shrink with the crop (the optimizer, per-layer overheads
 of convolutions on tiny feature maps) would eat most of the gain, so, trading spatial size for
 batch size as multigrid training does (Wu et al. 2020), a reduced step takes ``low_res_batch``
-times the images: the reduced phase sees the same images in fewer, fuller steps (unlike
-multigrid, the learning rate is not scaled up with the batch). The full-size phase is a
-fine-tuning phase of its own: its learning rate restarts at ``full_res_lr * lr`` and decays
-(poly) to 0 over that phase (``full_res_lr=None`` continues the run's curve instead). The
-defaults (80% of the images on 0.6-side crops, two batches per step, restart at the full rate)
-were chosen on the embedded dataset (README, "the experiment table"), where they train on 46% of
-the standard schedule's pixels in 60% of its optimizer steps.
+times the images: the reduced phase sees the same images in fewer, fuller steps. The learning
+rate warms up, holds, then decays: the reduced phase runs at ``low_res_lr * lr`` throughout
+(the warm-up ramps to that rate; ``low_res_lr=None`` follows the run's poly curve instead), and
+the full-size phase restarts at ``full_res_lr * lr`` and decays (poly) to 0 over that phase
+(``full_res_lr=None`` continues the run's curve instead). The defaults (80% of the images on
+0.6-side crops, two batches per step held at half the rate, then a restart at the full rate)
+were chosen on the embedded dataset (README, "the experiment table"), where they train on 46%
+of the standard schedule's pixels in 60% of its optimizer steps.
 
 The budget, ``total_steps``, is counted in steps of the configured batch (the standard
 schedule's steps; ``warmup_steps`` too); :attr:`Schedule.num_steps` is the number of optimizer
@@ -50,6 +51,7 @@ class Schedule:
     low_res_scale: float = 1.0     # reduced crop side / full crop side
     full_res_lr: Optional[float] = None  # restart factor of the full-resolution phase (None: no restart)
     low_res_batch: int = 1         # images per reduced-phase step, in multiples of the configured batch
+    low_res_lr: Optional[float] = None   # the reduced phase's held rate, a factor of base_lr (None: poly curve)
 
     def __post_init__(self):
         for name in ("total_steps", "full_crop"):
@@ -63,6 +65,8 @@ class Schedule:
         _checks.number(self.low_res_scale, "low_res_scale", low=0.0, high=1.0, low_open=True)
         if self.full_res_lr is not None:
             _checks.number(self.full_res_lr, "full_res_lr", low=0.0, high=1.0, low_open=True)
+        if self.low_res_lr is not None:
+            _checks.number(self.low_res_lr, "low_res_lr", low=0.0, low_open=True)
         if _checks.integer(self.low_res_batch, "low_res_batch") < 1:
             raise ValueError(f"low_res_batch: expected a positive integer, got {self.low_res_batch}")
         if self.low_res_fraction > 0 and self.low_res_steps == 0:
@@ -78,9 +82,10 @@ class Schedule:
     @classmethod
     def fast2x(cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0, poly_power: float = 0.9,
                low_res_fraction: float = 0.8, low_res_scale: float = 0.6,
-               full_res_lr: Optional[float] = 1.0, low_res_batch: int = 2) -> "Schedule":
+               full_res_lr: Optional[float] = 1.0, low_res_batch: int = 2,
+               low_res_lr: Optional[float] = 0.5) -> "Schedule":
         return cls(total_steps, lr, crop_size, warmup_steps, poly_power, low_res_fraction, low_res_scale, full_res_lr,
-                   low_res_batch)
+                   low_res_batch, low_res_lr)
 
     @property
     def low_res_steps(self) -> int:
@@ -115,12 +120,17 @@ class Schedule:
 
     def lr(self, step: int) -> float:
         """Linear warm-up to ``base_lr``, then ``base_lr * (1 - t / total_steps) ** poly_power`` with
-        t = :meth:`progress`; with ``full_res_lr``, the full-resolution phase restarts at
-        ``full_res_lr * base_lr`` instead."""
+        t = :meth:`progress`; with ``low_res_lr``, the reduced phase holds ``low_res_lr * base_lr``
+        (the warm-up ramps to it), and with ``full_res_lr`` the full-resolution phase restarts at
+        ``full_res_lr * base_lr``."""
         t = self.progress(step)
-        if t < self.warmup_steps:
-            return self.base_lr * (t + 1) / self.warmup_steps
         low = self.low_res_budget
+        held = self.low_res_lr is not None and t < low
+        peak = self.base_lr * self.low_res_lr if held else self.base_lr
+        if t < self.warmup_steps:
+            return peak * (t + 1) / self.warmup_steps
+        if held:
+            return peak
         if self.full_res_lr is not None and 0 < low <= t:
             return self.base_lr * self.full_res_lr * (1.0 - (t - low) / (self.total_steps - low)) ** self.poly_power
         return self.base_lr * (1.0 - t / self.total_steps) ** self.poly_power
@@ -159,7 +169,7 @@ def from_config(config: Dict[str, Any], total_steps: int) -> Schedule:
         try:
             return Schedule.fast2x(*args, low_res_fraction=float(f["low_res_fraction"]),
                                    low_res_scale=float(f["low_res_scale"]), full_res_lr=f["full_res_lr"],
-                                   low_res_batch=int(f["low_res_batch"]))
+                                   low_res_batch=int(f["low_res_batch"]), low_res_lr=f["low_res_lr"])
         except ValueError as e:  # e.g. a budget too short for the settings: name the config key
             if str(e).split(":")[0] in f:
                 raise ValueError(f"train.fast2x.{e}") from None

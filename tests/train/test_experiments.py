@@ -61,13 +61,13 @@ def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
     run.mkdir()
     overrides = ["method=supervised", "data.labeled_fraction=0.125", "seed=0", "train.schedule=fast2x"]
     old = load_config(None, [*overrides, f"out_dir={run}"])
-    for key in ("full_res_lr", "low_res_batch"):  # written before these keys existed
+    for key in ("full_res_lr", "low_res_batch", "low_res_lr"):  # written before these keys existed
         del old["train"]["fast2x"][key]
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     (run / "result.json").write_text('{"miou": 30.0, "seconds": 1.0}')
-    with pytest.raises(RuntimeError, match="other settings of train.fast2x.low_res_batch, train.fast2x.full_res_lr"):
+    with pytest.raises(RuntimeError, match="other settings of train.fast2x.low_res_batch, train.fast2x.low_res_lr, train.fast2x.full_res_lr"):
         experiments.train_run(str(tmp_path), run.name, overrides)
-    old["train"]["fast2x"].update(full_res_lr=1.0, low_res_batch=2)  # today's settings: reused
+    old["train"]["fast2x"].update(full_res_lr=1.0, low_res_batch=2, low_res_lr=0.5)  # today's settings: reused
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     assert experiments.train_run(str(tmp_path), run.name, overrides)["miou"] == 30.0
 

@@ -83,11 +83,12 @@ def test_resume_refuses_other_settings(finished, tiny_yaml):
 
 def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(finished):
     state = torch.load(finished / "last.pt", weights_only=False)
-    for key in ("full_res_lr", "low_res_batch"):  # runs saved before these keys trained without them
+    for key in ("full_res_lr", "low_res_batch", "low_res_lr"):  # runs saved before these keys trained without them
         del state["config"]["train"]["fast2x"][key]
     state["config"]["train"]["schedule"] = "fast2x"
     old = resume_config(state, str(finished / "last.pt"))
     assert old["train"]["fast2x"]["full_res_lr"] is None and old["train"]["fast2x"]["low_res_batch"] == 1
+    assert old["train"]["fast2x"]["low_res_lr"] is None
     schedule = from_config(old, 18)
     assert schedule.low_res_batch == 1 and schedule.num_steps == 18  # the schedule it was started with
     assert load_config(None, [])["train"]["fast2x"]["low_res_batch"] == 2  # today's default differs

@@ -15,20 +15,21 @@ def test_standard_is_warmup_then_poly_at_full_crop():
 
 def test_fast2x_phases():
     s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75,
-                        low_res_scale=0.5, low_res_batch=1, full_res_lr=None)
+                        low_res_scale=0.5, low_res_batch=1, full_res_lr=None, low_res_lr=None)
     assert s.low_res_crop == 28
     assert [s.crop_size(i) for i in (0, 9, 74)] == [28, 28, 28] and [s.crop_size(i) for i in (75, 99)] == [56, 56]
     assert s.phases() == [dict(start=0, stop=75, crop=28, batch_scale=1), dict(start=75, stop=100, crop=56, batch_scale=1)]
     assert s.relative_pixels() == pytest.approx((75 * 28 ** 2 + 25 * 56 ** 2) / (100 * 56 ** 2))
     standard = Schedule.standard(100, 0.01, 56, 10)
-    assert all(s.lr(i) == standard.lr(i) for i in range(100))  # without a restart: the same learning-rate curve
+    assert all(s.lr(i) == standard.lr(i) for i in range(100))  # neither held nor restarted: the same curve
     assert Schedule.fast2x(10, 0.1, 512, low_res_scale=0.5).low_res_crop == 256
 
 
 def test_fast2x_defaults():
     s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56)
-    assert (s.low_res_fraction, s.low_res_scale, s.low_res_batch, s.full_res_lr) == (0.8, 0.6, 2, 1.0)
-    assert s.low_res_crop == 32 and s.low_res_steps == 40 and s.num_steps == 60 and s.lr(40) == 0.01
+    assert (s.low_res_fraction, s.low_res_scale, s.low_res_batch, s.low_res_lr, s.full_res_lr) == (0.8, 0.6, 2, 0.5, 1.0)
+    assert s.low_res_crop == 32 and s.low_res_steps == 40 and s.num_steps == 60
+    assert s.lr(0) == s.lr(39) == 0.005 and s.lr(40) == 0.01
     cfg = load_config(None, ["train.schedule=fast2x"])
     assert from_config(cfg, 100) == Schedule.fast2x(100, cfg["optim"]["lr"], cfg["data"]["crop_size"],
                                                       cfg["optim"]["warmup_steps"], cfg["optim"]["poly_power"])
@@ -36,24 +37,42 @@ def test_fast2x_defaults():
 
 def test_fast2x_full_resolution_restart():
     s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75,
-                        low_res_batch=1, full_res_lr=0.5)
+                        low_res_batch=1, full_res_lr=0.5, low_res_lr=None)
     plain = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.75,
-                            low_res_batch=1, full_res_lr=None)
+                            low_res_batch=1, full_res_lr=None, low_res_lr=None)
     assert all(s.lr(i) == plain.lr(i) for i in range(75))  # the reduced phase keeps the run's curve
     assert s.lr(75) == pytest.approx(0.005)  # restarts at 0.5 * lr ...
     assert s.lr(80) == pytest.approx(0.005 * 0.8 ** 0.9)  # ... and decays over the 25 full-size steps
     assert s.lr(99) == pytest.approx(0.005 * 0.04 ** 0.9)
     cfg = load_config(None, ["train.schedule=fast2x", "train.fast2x.full_res_lr=0.5"])
     assert from_config(cfg, 100).lr(40) == pytest.approx(0.5 * cfg["optim"]["lr"])
+    assert from_config(cfg, 100).lr(39) == pytest.approx(0.5 * cfg["optim"]["lr"])  # the held reduced phase
     with pytest.raises(ValueError, match="full_res_lr: expected <= 1.0"):
         Schedule.fast2x(10, 0.1, 32, full_res_lr=2.0)
     with pytest.raises(ValueError, match="train.fast2x.full_res_lr expected null or a factor"):
         load_config(None, ["train.fast2x.full_res_lr=0"])
 
 
+def test_fast2x_reduced_phase_holds_its_rate():
+    s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.6,
+                        low_res_batch=2, low_res_lr=1.5, full_res_lr=0.5)
+    # the warm-up ramps over 10 batches (5 double steps) to 1.5 * lr, which the reduced phase holds
+    assert [s.lr(i) for i in range(6)] == pytest.approx([0.0015, 0.0045, 0.0075, 0.0105, 0.0135, 0.015])
+    assert [s.lr(i) for i in range(5, 30)] == pytest.approx([0.015] * 25)
+    assert s.lr(30) == pytest.approx(0.005) and s.lr(69) == pytest.approx(0.005 * (1 / 40) ** 0.9)  # then the decay
+    # a warm-up longer than the reduced phase ends at lr, where the full-size phase begins
+    late = Schedule.fast2x(100, 0.01, 56, warmup_steps=50, low_res_fraction=0.2, low_res_batch=2, low_res_lr=2.0)
+    assert late.lr(9) == pytest.approx(0.02 * 19 / 50) and late.lr(10) == pytest.approx(0.01 * 21 / 50)
+    assert from_config(load_config(None, ["train.schedule=fast2x", "train.fast2x.low_res_lr=null"]), 100).low_res_lr is None
+    with pytest.raises(ValueError, match="low_res_lr: expected > 0.0"):
+        Schedule.fast2x(10, 0.1, 32, low_res_lr=0.0)
+    with pytest.raises(ValueError, match="train.fast2x.low_res_lr expected null or a positive factor"):
+        load_config(None, ["train.fast2x.low_res_lr=-1"])
+
+
 def test_fast2x_larger_batches_in_the_reduced_phase():
     s = Schedule.fast2x(total_steps=100, lr=0.01, crop_size=56, warmup_steps=10, low_res_fraction=0.6,
-                        low_res_scale=0.5, low_res_batch=2, full_res_lr=None)
+                        low_res_scale=0.5, low_res_batch=2, full_res_lr=None, low_res_lr=None)
     assert s.low_res_steps == 30 and s.num_steps == 70  # 60 budget steps in 30 double steps, then 40 full ones
     assert [s.batch_scale(i) for i in (0, 29, 30, 69)] == [2, 2, 1, 1]
     assert [s.progress(i) for i in (0, 1, 29, 30, 31, 69)] == [0, 2, 58, 60, 61, 99]
@@ -62,7 +81,7 @@ def test_fast2x_larger_batches_in_the_reduced_phase():
     assert all(s.lr(i) == standard.lr(s.progress(i)) for i in range(70))  # the curve over images seen
     assert s.relative_pixels() == pytest.approx((60 * 28 ** 2 + 40 * 56 ** 2) / (100 * 56 ** 2))
     assert s.phases() == [dict(start=0, stop=30, crop=28, batch_scale=2), dict(start=30, stop=70, crop=56, batch_scale=1)]
-    restart = Schedule.fast2x(100, 0.01, 56, 10, low_res_fraction=0.6, low_res_batch=2, full_res_lr=0.5)
+    restart = Schedule.fast2x(100, 0.01, 56, 10, low_res_fraction=0.6, low_res_batch=2, full_res_lr=0.5, low_res_lr=None)
     assert restart.lr(30) == pytest.approx(0.005) and restart.lr(50) == pytest.approx(0.005 * 0.5 ** 0.9)
     # the reduced phase never takes more than the budget, however it rounds
     odd = Schedule.fast2x(total_steps=7, lr=0.1, crop_size=32, low_res_fraction=1.0, low_res_batch=4)
@@ -96,7 +115,7 @@ def test_fast2x_steps_use_the_whole_budget_once(total, fraction, k):
 
 def test_warmup_counts_batches_across_larger_steps():
     s = Schedule.fast2x(100, 0.01, 56, warmup_steps=10, low_res_fraction=0.08, low_res_scale=0.5, low_res_batch=2,
-                        full_res_lr=None)
+                        full_res_lr=None, low_res_lr=None)
     # 4 double steps cover batches 0-7, then single steps 8, 9 (still warming up), 10, ...
     assert [s.lr(i) for i in range(7)] == pytest.approx([0.001, 0.003, 0.005, 0.007, 0.009, 0.01, 0.01 * 0.9 ** 0.9])
 
