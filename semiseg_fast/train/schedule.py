@@ -14,8 +14,9 @@ rate warms up, holds, then decays: the reduced phase runs at ``low_res_lr * lr``
 the full-size phase restarts at ``full_res_lr * lr`` and decays (poly) to 0 over that phase
 (``full_res_lr=None`` continues the run's curve instead). The defaults (80% of the images on
 0.6-side crops, two batches per step held at half the rate, then a restart at the full rate)
-were chosen on the embedded dataset (README, "the experiment table"), where they train on 46%
-of the standard schedule's pixels in 60% of its optimizer steps.
+were chosen on the embedded dataset (README, "The learning rate" and "Before the learning rate
+was tuned"), where they train on 46% of the standard schedule's pixels in 60% of its optimizer
+steps.
 
 The budget, ``total_steps``, is counted in steps of the configured batch (the standard
 schedule's steps; ``warmup_steps`` too); :attr:`Schedule.num_steps` is the number of optimizer
@@ -32,6 +33,7 @@ Use it from any loop::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -59,14 +61,15 @@ class Schedule:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if _checks.integer(self.warmup_steps, "warmup_steps") < 0:
             raise ValueError(f"warmup_steps: expected >= 0, got {self.warmup_steps}")
-        _checks.number(self.base_lr, "base_lr", low=0.0, low_open=True)
+        for name in ("base_lr", "low_res_lr"):
+            value = getattr(self, name)
+            if value is not None and _checks.number(value, name, low=0.0, low_open=True) == math.inf:
+                raise ValueError(f"{name}: expected a finite number, got {value}")
         _checks.number(self.poly_power, "poly_power", low=0.0)
         _checks.number(self.low_res_fraction, "low_res_fraction", low=0.0, high=1.0)
         _checks.number(self.low_res_scale, "low_res_scale", low=0.0, high=1.0, low_open=True)
         if self.full_res_lr is not None:
             _checks.number(self.full_res_lr, "full_res_lr", low=0.0, high=1.0, low_open=True)
-        if self.low_res_lr is not None:
-            _checks.number(self.low_res_lr, "low_res_lr", low=0.0, low_open=True)
         if _checks.integer(self.low_res_batch, "low_res_batch") < 1:
             raise ValueError(f"low_res_batch: expected a positive integer, got {self.low_res_batch}")
         if self.low_res_fraction > 0 and self.low_res_steps == 0:
@@ -121,19 +124,21 @@ class Schedule:
     def lr(self, step: int) -> float:
         """Linear warm-up to ``base_lr``, then ``base_lr * (1 - t / total_steps) ** poly_power`` with
         t = :meth:`progress`; with ``low_res_lr``, the reduced phase holds ``low_res_lr * base_lr``
-        (the warm-up ramps to it), and with ``full_res_lr`` the full-resolution phase restarts at
-        ``full_res_lr * base_lr``."""
+        (decaying from it only when no full-size phase follows), and with ``full_res_lr`` the
+        full-resolution phase restarts at ``full_res_lr * base_lr``. The warm-up ramps to the rate
+        of the phase it is in, so one that outlasts the reduced phase steps at its end."""
         t = self.progress(step)
-        low = self.low_res_budget
-        held = self.low_res_lr is not None and t < low
-        peak = self.base_lr * self.low_res_lr if held else self.base_lr
-        if t < self.warmup_steps:
-            return peak * (t + 1) / self.warmup_steps
-        if held:
-            return peak
-        if self.full_res_lr is not None and 0 < low <= t:
-            return self.base_lr * self.full_res_lr * (1.0 - (t - low) / (self.total_steps - low)) ** self.poly_power
-        return self.base_lr * (1.0 - t / self.total_steps) ** self.poly_power
+        low, total = self.low_res_budget, self.total_steps
+        if self.low_res_lr is not None and t < low:
+            peak = self.base_lr * self.low_res_lr
+            decay = 1.0 if low < total else (1.0 - t / total) ** self.poly_power
+        elif self.full_res_lr is not None and 0 < low <= t:
+            peak = self.base_lr * self.full_res_lr
+            decay = (1.0 - (t - low) / (total - low)) ** self.poly_power
+        else:
+            peak = self.base_lr
+            decay = (1.0 - t / total) ** self.poly_power
+        return peak * (t + 1) / self.warmup_steps if t < self.warmup_steps else peak * decay
 
     def crop_size(self, step: int) -> int:
         self._check_step(step)

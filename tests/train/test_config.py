@@ -69,6 +69,8 @@ def test_file_then_overrides(tmp_path):
     ("train.channels_last=nope", "train.channels_last expected true | false"),
     ("train.epochs=true", "train.epochs expected a positive integer"),
     ("train.fast2x.low_res_scale=abc", "train.fast2x.low_res_scale expected a fraction"),
+    ("train.fast2x.low_res_lr=abc", "train.fast2x.low_res_lr expected null or a positive factor"),
+    ("train.fast2x.low_res_lr=true", "train.fast2x.low_res_lr expected null or a positive factor"),
     ("out_dir=runs/{name}", "out_dir expected a folder"),
     ("model.kwargs=3", "model.kwargs expected a mapping"),
 ])

@@ -46,7 +46,6 @@ def test_fast2x_full_resolution_restart():
     assert s.lr(99) == pytest.approx(0.005 * 0.04 ** 0.9)
     cfg = load_config(None, ["train.schedule=fast2x", "train.fast2x.full_res_lr=0.5"])
     assert from_config(cfg, 100).lr(40) == pytest.approx(0.5 * cfg["optim"]["lr"])
-    assert from_config(cfg, 100).lr(39) == pytest.approx(0.5 * cfg["optim"]["lr"])  # the held reduced phase
     with pytest.raises(ValueError, match="full_res_lr: expected <= 1.0"):
         Schedule.fast2x(10, 0.1, 32, full_res_lr=2.0)
     with pytest.raises(ValueError, match="train.fast2x.full_res_lr expected null or a factor"):
@@ -60,12 +59,25 @@ def test_fast2x_reduced_phase_holds_its_rate():
     assert [s.lr(i) for i in range(6)] == pytest.approx([0.0015, 0.0045, 0.0075, 0.0105, 0.0135, 0.015])
     assert [s.lr(i) for i in range(5, 30)] == pytest.approx([0.015] * 25)
     assert s.lr(30) == pytest.approx(0.005) and s.lr(69) == pytest.approx(0.005 * (1 / 40) ** 0.9)  # then the decay
-    # a warm-up longer than the reduced phase ends at lr, where the full-size phase begins
-    late = Schedule.fast2x(100, 0.01, 56, warmup_steps=50, low_res_fraction=0.2, low_res_batch=2, low_res_lr=2.0)
-    assert late.lr(9) == pytest.approx(0.02 * 19 / 50) and late.lr(10) == pytest.approx(0.01 * 21 / 50)
+    # a warm-up longer than the reduced phase ramps on to the full-size phase's restarted rate
+    late = Schedule.fast2x(100, 0.01, 56, warmup_steps=50, low_res_fraction=0.2, low_res_batch=2, low_res_lr=2.0,
+                           full_res_lr=0.5)
+    assert late.lr(9) == pytest.approx(0.02 * 19 / 50) and late.lr(10) == pytest.approx(0.005 * 21 / 50)
+    assert late.lr(39) == pytest.approx(0.005) and late.lr(40) == pytest.approx(0.005 * (1 - 30 / 80) ** 0.9)
+    # with no full-size phase to decay in, the reduced phase decays from its held rate
+    only = Schedule.fast2x(100, 0.01, 56, warmup_steps=10, low_res_fraction=1.0, low_res_batch=2, low_res_lr=0.5)
+    assert only.num_steps == 50 and only.lr(49) == pytest.approx(0.005 * 0.02 ** 0.9)
+    # nothing reduced: nothing held
+    none = Schedule.fast2x(100, 0.01, 56, warmup_steps=10, low_res_fraction=0.0, low_res_lr=0.5)
+    standard = Schedule.standard(100, 0.01, 56, warmup_steps=10)
+    assert [none.lr(i) for i in range(100)] == [standard.lr(i) for i in range(100)]
+    cfg = load_config(None, ["train.schedule=fast2x"])
+    assert from_config(cfg, 100).lr(39) == pytest.approx(0.5 * cfg["optim"]["lr"])  # the default hold
     assert from_config(load_config(None, ["train.schedule=fast2x", "train.fast2x.low_res_lr=null"]), 100).low_res_lr is None
     with pytest.raises(ValueError, match="low_res_lr: expected > 0.0"):
         Schedule.fast2x(10, 0.1, 32, low_res_lr=0.0)
+    with pytest.raises(ValueError, match="low_res_lr: expected a finite number"):
+        Schedule.fast2x(10, 0.1, 32, low_res_lr=float("inf"))
     with pytest.raises(ValueError, match="train.fast2x.low_res_lr expected null or a positive factor"):
         load_config(None, ["train.fast2x.low_res_lr=-1"])
 
