@@ -1,17 +1,17 @@
-"""``python -m semiseg_fast.experiments [--quick] [--out DIR] [--jobs N]``
+"""``python -m semiseg_fast.experiments [--quick] [--out DIR] [--jobs N] [--schedule-epochs E]``
 
 Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
-the labeled fractions (``--fractions``, by default 1/8 and 1/4; mean of two seeds), and of the
-standard schedule against fast2x at the first fraction (validation mIoU and wall-clock). For
-every (fraction, seed) the standard supervised run is also the teacher of the selftrain students
-(standard and fast2x alike): its checkpoint is pseudo-labelled once (``python -m
-semiseg_fast.pseudo_label``, scales 0.75 / 1 / 1.25 and flips).
+the labeled fractions (``--fractions``, by default 1/8 and 1/4; mean of two seeds) at the default
+budget, and of the standard schedule against fast2x at the first fraction over a longer budget
+(``--schedule-epochs``, 48 passes; validation mIoU and wall-clock). The selftrain students learn
+from the standard supervised run of their fraction, seed and budget (standard and fast2x alike):
+its checkpoint is pseudo-labelled once (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 /
+1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
 once while the other waits. The runs whose wall-clock the schedule comparison reports (standard
-and fast2x of ``--fast2x-methods`` at the first fraction) run afterwards, one at a time, with
-``data.num_workers=1`` (the same batches, prepared off the training thread by a worker process
-per data stream).
+and fast2x of ``--fast2x-methods``) run afterwards, one at a time, with ``data.num_workers=1``
+(the same batches, prepared off the training thread by a worker process per data stream).
 Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
 their ``last.pt``, so an interrupted experiment continues where it stopped. Writes
 ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
@@ -61,6 +61,11 @@ def _exclusive(folder: str) -> Iterator[None]:
     with lock:
         yield
 
+
+# the schedule comparison's budget (train.epochs): the fast schedule is meant for long runs, and at
+# the default 16 passes the from-scratch model is far from trained, so that what it skips costs
+# accuracy it would not over a longer run (README: 48 passes)
+SCHEDULE_EPOCHS, QUICK_SCHEDULE_EPOCHS = 48, 2
 
 # the timed runs (one at a time) augment their batches in worker processes (one per data
 # stream), off the training thread
@@ -146,42 +151,45 @@ def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str])
 
 
 def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods: Sequence[str],
-            fast2x_methods: Sequence[str], base: Sequence[str], jobs: int) -> List[Dict[str, Any]]:
+            fast2x_methods: Sequence[str], base: Sequence[str], jobs: int,
+            schedule_epochs: int) -> List[Dict[str, Any]]:
+    """The method table's runs at the budget of ``base``, then the schedule comparison's (standard
+    and fast2x of ``fast2x_methods`` at the first fraction, ``schedule_epochs`` passes) one at a
+    time; each result says which (``timed``)."""
     os.makedirs(out, exist_ok=True)
 
     def one_seed(fraction: float, seed: int, schedule: str, wanted: Sequence[str],
                  timed: bool = False) -> List[Dict[str, Any]]:
-        common = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", f"train.schedule={schedule}"]
-        tag = f"f{fraction:g}-s{seed}-{schedule}"
-        teacher = f"supervised-f{fraction:g}-s{seed}-standard"
-        teacher_overrides = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}", "train.schedule=standard",
-                             "method=supervised"]
-        timed_overrides = TIMED_OVERRIDES if timed else []  # before `base`: a user's own value wins
+        # the timed runs augment their batches in a worker (before `base`: a user's own value
+        # wins) and train for the comparison's budget (after it: the comparison's budget wins)
+        first, last = (TIMED_OVERRIDES, [f"train.epochs={schedule_epochs}"]) if timed else ([], [])
+        suffix = f"-e{schedule_epochs}" if timed else ""
+        settings = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}"]
+        tag = f"f{fraction:g}-s{seed}"
+        teacher = f"supervised-{tag}-standard{suffix}"  # selftrain's teacher: the task's own supervised run
         results = []
         for m in wanted:
             extra = [f"method={m}"]
-            if m == "selftrain":  # the teacher: the standard task's own supervised run
-                train_run(out, teacher, [*timed_overrides, *teacher_overrides])
-                pl = pseudo_label_run(out, f"pseudo-f{fraction:g}-s{seed}", os.path.join(out, teacher), common)
+            if m == "selftrain":
+                train_run(out, teacher, [*first, *settings, "train.schedule=standard", "method=supervised", *last])
+                pl = pseudo_label_run(out, f"pseudo-{tag}{suffix}", os.path.join(out, teacher), settings)
                 extra.append(f"semi.selftrain.pseudo_dir={pl}")
-            r = train_run(out, f"{m}-{tag}", [*timed_overrides, *common, *extra])
-            results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule))
+            r = train_run(out, f"{m}-{tag}-{schedule}{suffix}",
+                          [*first, *settings, f"train.schedule={schedule}", *extra, *last])
+            results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule, timed=timed))
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
     # no run shares the processor's caches and memory bandwidth with another of another kind;
     # data worker processes prepare their batches on the core that is free then. A timed
-    # supervised run is also the teacher of selftrain at that fraction, so selftrain waits for it.
-    first, timed = fractions[0], set(fast2x_methods)
-    late = timed | ({"selftrain"} if "supervised" in timed else set())
-    shared = [(f, s, "standard", [m for m in methods if not (f == first and m in late)])
-              for f in fractions for s in seeds]
-    late_standard = sorted((m for m in methods if m in late), key=lambda m: m != "supervised")
-    alone = [task for s in seeds for task in ((first, s, "standard", late_standard),
-                                              (first, s, "fast2x", list(fast2x_methods)))] if timed else []
+    # supervised run is also the teacher of the timed selftrain runs, so it goes first.
+    shared = [(f, s, "standard", list(methods)) for f in fractions for s in seeds]
+    timed_standard = sorted(fast2x_methods, key=lambda m: m != "supervised")
+    alone = [task for s in seeds for task in ((fractions[0], s, "standard", timed_standard),
+                                              (fractions[0], s, "fast2x", list(fast2x_methods)))]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
-    chunks += [one_seed(*task, timed=True) for task in alone]
+    chunks += [one_seed(*task, timed=True) for task in alone if task[3]]
     return [r for chunk in chunks for r in chunk]
 
 
@@ -191,9 +199,9 @@ def _mean(values: List[float]) -> Optional[float]:
 
 def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods: Sequence[str],
               fast2x_methods: Sequence[str]) -> Dict[str, Any]:
-    def pick(method, fraction, schedule):
+    def pick(method, fraction, schedule, timed=False):
         return sorted((r for r in results if r["method"] == method and r["fraction"] == fraction
-                       and r["schedule"] == schedule), key=lambda r: r["seed"])
+                       and r["schedule"] == schedule and r["timed"] == timed), key=lambda r: r["seed"])
 
     table = {}
     for m in methods:
@@ -202,13 +210,14 @@ def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods
             table[(m, f)] = dict(seeds=[r["miou"] for r in rs], mean=_mean([r["miou"] for r in rs]))
     schedules = {}
     for m in fast2x_methods:
-        std, fast = pick(m, fractions[0], "standard"), pick(m, fractions[0], "fast2x")
-        schedules[m] = dict(standard_miou=_mean([r["miou"] for r in std]), fast2x_miou=_mean([r["miou"] for r in fast]),
-                            standard_s=_mean([r["seconds"] for r in std]), fast2x_s=_mean([r["seconds"] for r in fast]))
+        runs = {k: pick(m, fractions[0], k, timed=True) for k in ("standard", "fast2x")}
+        schedules[m] = {k: dict(seeds=[r["miou"] for r in rs], miou=_mean([r["miou"] for r in rs]),
+                                seconds=_mean([r["seconds"] for r in rs])) for k, rs in runs.items()}
     return dict(table=table, schedules=schedules)
 
 
-def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str], command: str) -> str:
+def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int,
+             command: str) -> str:
     lines = ["| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
              "|---|" + "---:|---:|" * len(fractions)]
     for m in methods:
@@ -218,21 +227,25 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
             cells += [" / ".join(f"{v:.2f}" for v in t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
-        lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled (mean of the seeds; wall-clock of the training "
-                  "process, one thread, data workers, run alone):", "",
-                  "| method | standard mIoU | fast2x mIoU | difference | standard s | fast2x s | speed-up |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled, {schedule_epochs} passes over the "
+                  f"unlabeled pool (`train.epochs={schedule_epochs}`; wall-clock of the training process, one thread, "
+                  "a data worker, run alone; mean of the seeds):", "",
+                  "| method | standard (seeds) | mean | fast2x (seeds) | mean | difference | standard s | fast2x s "
+                  "| speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for m, s in summary["schedules"].items():
-            if s["fast2x_miou"] is None or s["standard_miou"] is None:
+            std, fast = s["standard"], s["fast2x"]
+            if std["miou"] is None or fast["miou"] is None:
                 continue
-            lines.append(f"| {m} | {s['standard_miou']:.2f} | {s['fast2x_miou']:.2f} | "
-                         f"{s['fast2x_miou'] - s['standard_miou']:+.2f} | {s['standard_s']:.0f} | {s['fast2x_s']:.0f} | "
-                         f"{s['standard_s'] / s['fast2x_s']:.2f}x |")
+            lines.append(f"| {m} | {' / '.join(f'{v:.2f}' for v in std['seeds'])} | {std['miou']:.2f} | "
+                         f"{' / '.join(f'{v:.2f}' for v in fast['seeds'])} | {fast['miou']:.2f} | "
+                         f"{fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | {fast['seconds']:.0f} | "
+                         f"{std['seconds'] / fast['seconds']:.2f}x |")
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
 
-def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str]) -> None:
+def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str],
+         schedule_epochs: int) -> None:
     from .train.report import save_bars
 
     names = [f"1/{round(1 / f)}" for f in fractions]
@@ -240,10 +253,10 @@ def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods
                    values={(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)})]
     if summary["schedules"]:
         sched = summary["schedules"]
-        panels.append(dict(title="standard vs fast2x: mIoU", groups=list(sched), series=["standard", "fast2x"],
-                           values={(m, k): sched[m][f"{k}_miou"] for m in sched for k in ("standard", "fast2x")}))
-        panels.append(dict(title="standard vs fast2x: wall-clock s", groups=list(sched), series=["standard", "fast2x"],
-                           values={(m, k): sched[m][f"{k}_s"] for m in sched for k in ("standard", "fast2x")}))
+        for what, title in (("miou", "mIoU"), ("seconds", "wall-clock s")):
+            panels.append(dict(title=f"standard vs fast2x, {schedule_epochs} epochs: {title}", groups=list(sched),
+                               series=["standard", "fast2x"],
+                               values={(m, k): sched[m][k][what] for m in sched for k in ("standard", "fast2x")}))
     save_bars(path, panels)
 
 
@@ -258,27 +271,35 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
     parser.add_argument("--fast2x-methods", nargs="*", default=["supervised", "selftrain"],
                         help="methods also trained with train.schedule=fast2x at the first fraction")
+    parser.add_argument("--schedule-epochs", type=int, default=None,
+                        help="the budget (train.epochs) of the schedule comparison's runs: by default "
+                             f"{SCHEDULE_EPOCHS}, three times the default budget, where training is long enough for "
+                             f"the fast schedule to pay (see the README); {QUICK_SCHEDULE_EPOCHS} with --quick")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value for every run, e.g. train.epochs=48")
     args = parser.parse_intermixed_args(argv)
     from .train.config import METHODS
 
-    for m in list(args.methods) + list(args.fast2x_methods):
-        if m not in METHODS:
-            sys.exit(f"error: --methods: expected names from {', '.join(METHODS)}, got {m!r}")
+    for option, names in (("--methods", args.methods), ("--fast2x-methods", args.fast2x_methods)):
+        for m in names:
+            if m not in METHODS:
+                sys.exit(f"error: {option}: expected names from {', '.join(METHODS)}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
         sys.exit(f"error: --fractions: expected fractions in (0, 1), got {args.fractions}")
+    epochs = args.schedule_epochs or (QUICK_SCHEDULE_EPOCHS if args.quick else SCHEDULE_EPOCHS)
+    if args.schedule_epochs is not None and args.schedule_epochs < 1:
+        sys.exit(f"error: --schedule-epochs: expected a positive number of epochs, got {args.schedule_epochs}")
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
-        results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs)
+        results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs, epochs)
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     summary = summarize(results, args.fractions, args.methods, args.fast2x_methods)
     command = "python -m semiseg_fast.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(summary, args.fractions, args.methods, command.strip())
+    text = markdown(summary, args.fractions, args.methods, epochs, command.strip())
     _write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
     _write_text(os.path.join(args.out, "table.md"), text)
-    plot(os.path.join(args.out, "plot.png"), summary, args.fractions, args.methods)
+    plot(os.path.join(args.out, "plot.png"), summary, args.fractions, args.methods, epochs)
     print(text)
 
 

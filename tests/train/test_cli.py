@@ -140,9 +140,12 @@ def test_experiments_quick(tmp_path):
     assert "| supervised |" in table and "| selftrain |" in table and "speed-up" in table
     assert Image.open(tmp_path / "exp" / "plot.png").size[0] > 0
     runs = json.loads((tmp_path / "exp" / "results.json").read_text())
-    assert {(r["method"], r["schedule"]) for r in runs} == {("supervised", "standard"), ("selftrain", "standard"),
-                                                              ("supervised", "fast2x")}
-    assert len(runs) == 5 and all(r["seconds"] > 0 for r in runs)
+    assert {(r["method"], r["schedule"], r["timed"]) for r in runs} == {
+        ("supervised", "standard", False), ("selftrain", "standard", False),
+        ("supervised", "standard", True), ("supervised", "fast2x", True)}
+    assert len(runs) == 6 and all(r["seconds"] > 0 for r in runs)
+    assert all((r["overrides"][-1] == "train.epochs=2") == r["timed"] for r in runs)  # the comparison's budget
+    assert "2 passes over the unlabeled pool" in table
     assert all("train.amp=off" in r["overrides"] for r in runs)  # fp32 whether or not the CPU has native bf16
     again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
     assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs

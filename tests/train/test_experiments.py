@@ -36,11 +36,19 @@ def _fake_processes(monkeypatch):
 def test_shared_teacher_and_pseudo_labels_are_made_once(tmp_path, monkeypatch):
     commands = _fake_processes(monkeypatch)
     results = experiments.run_all(str(tmp_path), [0.125], [0], ["supervised", "selftrain"],
-                                  ["supervised", "selftrain"], [], jobs=2)
+                                  ["supervised", "selftrain"], [], jobs=2, schedule_epochs=5)
     assert {name: len(c) for name, c in commands.items() if len(c) > 1} == {}
-    assert sorted(commands) == ["pseudo-f0.125-s0", "selftrain-f0.125-s0-fast2x", "selftrain-f0.125-s0-standard",
-                                "supervised-f0.125-s0-fast2x", "supervised-f0.125-s0-standard"]
-    assert len(results) == 4
+    assert sorted(commands) == ["pseudo-f0.125-s0", "pseudo-f0.125-s0-e5",
+                                "selftrain-f0.125-s0-fast2x-e5", "selftrain-f0.125-s0-standard",
+                                "selftrain-f0.125-s0-standard-e5", "supervised-f0.125-s0-fast2x-e5",
+                                "supervised-f0.125-s0-standard", "supervised-f0.125-s0-standard-e5"]
+    assert len(results) == 6 and sum(r["timed"] for r in results) == 4
+    # the comparison's runs train for its budget, and their students learn from its teacher
+    for name in ("selftrain-f0.125-s0-fast2x-e5", "supervised-f0.125-s0-standard-e5"):
+        assert commands[name][0][-1] == "train.epochs=5", name
+    assert not any("train.epochs=5" in commands[n][0] for n in commands if not n.endswith("-e5"))
+    assert any(c.endswith("pseudo-f0.125-s0-e5") for c in commands["selftrain-f0.125-s0-fast2x-e5"][0])
+    assert str(tmp_path / "supervised-f0.125-s0-standard-e5" / "last.pt") in commands["pseudo-f0.125-s0-e5"][0]
 
 
 def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
@@ -48,7 +56,7 @@ def test_an_interrupted_run_is_resumed(tmp_path, monkeypatch):
     interrupted = tmp_path / "supervised-f0.125-s0-standard"
     interrupted.mkdir()
     (interrupted / "last.pt").write_bytes(b"")
-    experiments.run_all(str(tmp_path), [0.125], [0, 1], ["supervised"], [], [], jobs=1)
+    experiments.run_all(str(tmp_path), [0.125], [0, 1], ["supervised"], [], [], jobs=1, schedule_epochs=48)
     (cmd,) = commands["supervised-f0.125-s0-standard"]
     assert cmd[-2:] == ["--resume", str(interrupted)]
     assert "--resume" not in commands["supervised-f0.125-s1-standard"][0]
@@ -74,8 +82,9 @@ def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("methods, fast2x_methods, timed_methods", [
     (["supervised", "selftrain", "fixmatch"], ["supervised", "selftrain"], ("supervised", "selftrain")),
-    # the timed supervised run is selftrain's teacher: made alone even when selftrain asks first
     (["selftrain", "supervised", "fixmatch"], ["supervised"], ("supervised",)),
+    # the timed selftrain runs' teacher is trained alone too, even when supervised is not compared
+    (["selftrain", "supervised"], ["selftrain"], ("selftrain",)),
 ])
 def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, timed_methods):
     spans, commands = {}, {}
@@ -90,14 +99,32 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, ti
         spans[name], commands[name] = (start, time.perf_counter()), cmd
         return seconds
     monkeypatch.setattr(experiments, "_run", run)
-    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], methods, fast2x_methods, [], jobs=2)
-    timed = [n for n in spans if "f0.125" in n and n.split("-")[0] in timed_methods]
-    assert len(timed) == 4 * len(timed_methods)
+    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], methods, fast2x_methods, [], jobs=2,
+                        schedule_epochs=48)
+    timed = [n for n in spans if n.endswith("-e48")]
+    assert sorted({n.split("-")[0] for n in timed if "fast2x" in n}) == sorted(timed_methods)
     for name in timed:
         a0, a1 = spans[name]
         assert all(b1 <= a0 or a1 <= b0 for other, (b0, b1) in spans.items() if other != name), name
-    # + the standard runs of the other methods at 1/8, the 6 runs at 1/4, pseudo-labels of 2 fractions x 2 seeds
-    assert len(spans) == len(timed) + 2 * (3 - len(timed_methods)) + 6 + 4
-    for name in timed:  # the timed runs prepare their batches in a worker
-        assert "data.num_workers=1" in commands[name], name
-    assert not any("data.num_workers=1" in commands[n] for n in spans if "f0.25" in n)
+    # the comparison's standard and fast2x runs of 2 seeds, with the selftrain runs' teacher (unless
+    # supervised is compared too) and its pseudo-labels; at the default budget every method at
+    # 2 fractions x 2 seeds and the pseudo-labels of their teachers
+    teacher = 2 * ("selftrain" in timed_methods) * (1 + ("supervised" not in timed_methods))
+    assert len(timed) == 4 * len(timed_methods) + teacher
+    assert len(spans) == len(timed) + 4 * len(methods) + 4
+    for name in timed:  # the timed runs prepare their batches in a worker (the pseudo-labelling does not)
+        assert ("data.num_workers=1" in commands[name]) != name.startswith("pseudo"), name
+    assert not any("data.num_workers=1" in commands[n] for n in spans if n not in timed)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "--methods: expected names from"),
+    (["--fast2x-methods", "nope"], "--fast2x-methods: expected names from"),
+    (["--fractions", "1.5"], "--fractions: expected fractions in"),
+    (["--schedule-epochs", "0"], "--schedule-epochs: expected a positive number"),
+])
+def test_bad_arguments_are_refused(tmp_path, monkeypatch, args, message):
+    commands = _fake_processes(monkeypatch)
+    with pytest.raises(SystemExit, match=message):
+        experiments.main(["--out", str(tmp_path), *args])
+    assert not commands
