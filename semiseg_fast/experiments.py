@@ -8,8 +8,8 @@ from the standard supervised run of their fraction, seed and budget (standard an
 its checkpoint is pseudo-labelled once (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 /
 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
-them run at once, and a run or pseudo-label folder that two of them need (a teacher) is made
-once while the other waits. The runs whose wall-clock the schedule comparison reports (standard
+them run at once (one (fraction, seed) each, its runs in turn: selftrain after its teacher), and
+a teacher and its pseudo-labels are made once for all the runs that need them. The runs whose wall-clock the schedule comparison reports (standard
 and fast2x of ``--fast2x-methods``) run afterwards, one at a time, with ``data.num_workers=1``
 (the same batches, prepared off the training thread by a worker process per data stream).
 Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
@@ -21,15 +21,13 @@ their ``last.pt``, so an interrupted experiment continues where it stopped. Writ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -46,20 +44,6 @@ QUICK_OVERRIDES = [
     "optim.warmup_steps=2", "train.epochs=1", "train.eval_every=1000", "train.checkpoint_every=1000",
     "semi.u2pl.num_queries=8", "semi.u2pl.num_negatives=4", "semi.u2pl.bank_capacity=64",
 ]
-
-
-_FOLDER_LOCKS: Dict[str, threading.Lock] = {}
-_FOLDER_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _exclusive(folder: str) -> Iterator[None]:
-    """One task at a time makes ``folder``: tasks sharing a teacher or its pseudo-labels wait for
-    the first one instead of training it a second time into the same place."""
-    with _FOLDER_LOCKS_GUARD:
-        lock = _FOLDER_LOCKS.setdefault(os.path.abspath(folder), threading.Lock())
-    with lock:
-        yield
 
 
 # the schedule comparison's budget (train.epochs): the fast schedule is meant for long runs, and at
@@ -121,32 +105,30 @@ def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
     ``last.pt`` if it was interrupted (``seconds`` then counts the resumed part only)."""
     run_dir = os.path.join(out, name)
     result_path = os.path.join(run_dir, "result.json")
-    with _exclusive(run_dir):
-        _check_same_settings(run_dir, overrides)
-        if os.path.isfile(result_path):
-            with open(result_path) as f:
-                return json.load(f)
-        os.makedirs(run_dir, exist_ok=True)
-        resumed = os.path.isfile(os.path.join(run_dir, "last.pt"))
-        cmd = [sys.executable, "-m", "semiseg_fast.train", "train.progress=false", f"out_dir={run_dir}", *overrides]
-        if resumed:
-            cmd += ["--resume", run_dir]
-        seconds = _run(cmd, os.path.join(run_dir, "log.txt"), append=resumed)
-        result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds,
-                  "resumed": resumed}
-        _write_text(result_path, json.dumps(result))
-        return result
+    _check_same_settings(run_dir, overrides)
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    os.makedirs(run_dir, exist_ok=True)
+    resumed = os.path.isfile(os.path.join(run_dir, "last.pt"))
+    cmd = [sys.executable, "-m", "semiseg_fast.train", "train.progress=false", f"out_dir={run_dir}", *overrides]
+    if resumed:
+        cmd += ["--resume", run_dir]
+    seconds = _run(cmd, os.path.join(run_dir, "log.txt"), append=resumed)
+    result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds,
+              "resumed": resumed}
+    _write_text(result_path, json.dumps(result))
+    return result
 
 
 def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str]) -> str:
     """The teacher's pseudo-labels in ``out/name`` (made once; an interrupted run continues)."""
     folder = os.path.join(out, name)
-    with _exclusive(folder):
-        if not os.path.isfile(os.path.join(folder, "manifest.json")):
-            data = [o for o in base if o.startswith("data.")]
-            _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint",
-                  os.path.join(teacher_dir, "last.pt"), "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES),
-                  "--flip", "--no-progress", *data], os.path.join(out, name + ".log"))
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        data = [o for o in base if o.startswith("data.")]
+        _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint",
+              os.path.join(teacher_dir, "last.pt"), "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES),
+              "--flip", "--no-progress", *data], os.path.join(out, name + ".log"))
     return folder
 
 
@@ -181,11 +163,10 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
     # no run shares the processor's caches and memory bandwidth with another of another kind;
-    # data worker processes prepare their batches on the core that is free then. A timed
-    # supervised run is also the teacher of the timed selftrain runs, so it goes first.
+    # data worker processes prepare their batches on the core that is free then. The timed
+    # supervised run is also the timed selftrain runs' teacher, trained once for both.
     shared = [(f, s, "standard", list(methods)) for f in fractions for s in seeds]
-    timed_standard = sorted(fast2x_methods, key=lambda m: m != "supervised")
-    alone = [task for s in seeds for task in ((fractions[0], s, "standard", timed_standard),
+    alone = [task for s in seeds for task in ((fractions[0], s, "standard", list(fast2x_methods)),
                                               (fractions[0], s, "fast2x", list(fast2x_methods)))]
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
@@ -254,7 +235,7 @@ def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods
     if summary["schedules"]:
         sched = summary["schedules"]
         for what, title in (("miou", "mIoU"), ("seconds", "wall-clock s")):
-            panels.append(dict(title=f"standard vs fast2x, {schedule_epochs} epochs: {title}", groups=list(sched),
+            panels.append(dict(title=f"standard vs fast2x, {schedule_epochs} passes: {title}", groups=list(sched),
                                series=["standard", "fast2x"],
                                values={(m, k): sched[m][k][what] for m in sched for k in ("standard", "fast2x")}))
     save_bars(path, panels)
@@ -270,13 +251,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
     parser.add_argument("--fast2x-methods", nargs="*", default=["supervised", "selftrain"],
-                        help="methods also trained with train.schedule=fast2x at the first fraction")
+                        help="methods of the schedule comparison: trained with the standard and the fast2x "
+                             "schedule at the first fraction over --schedule-epochs, timed")
     parser.add_argument("--schedule-epochs", type=int, default=None,
                         help="the budget (train.epochs) of the schedule comparison's runs: by default "
                              f"{SCHEDULE_EPOCHS}, three times the default budget, where training is long enough for "
                              f"the fast schedule to pay (see the README); {QUICK_SCHEDULE_EPOCHS} with --quick")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value for every run, e.g. train.epochs=48")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value for every run, e.g. optim.lr=0.004 "
+                        "(train.epochs sets the method table's budget; the comparison's is --schedule-epochs)")
     args = parser.parse_intermixed_args(argv)
     from .train.config import METHODS
 
@@ -286,20 +269,23 @@ def main(argv: Optional[List[str]] = None) -> None:
                 sys.exit(f"error: {option}: expected names from {', '.join(METHODS)}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
         sys.exit(f"error: --fractions: expected fractions in (0, 1), got {args.fractions}")
-    epochs = args.schedule_epochs or (QUICK_SCHEDULE_EPOCHS if args.quick else SCHEDULE_EPOCHS)
     if args.schedule_epochs is not None and args.schedule_epochs < 1:
         sys.exit(f"error: --schedule-epochs: expected a positive number of epochs, got {args.schedule_epochs}")
+    epochs = args.schedule_epochs or (QUICK_SCHEDULE_EPOCHS if args.quick else SCHEDULE_EPOCHS)
+    # a fraction or seed named twice would have two tasks train into the same folders at once
+    fractions, seeds, methods, fast2x_methods = (list(dict.fromkeys(v)) for v in (
+        args.fractions, args.seeds, args.methods, args.fast2x_methods))
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
-        results = run_all(args.out, args.fractions, args.seeds, args.methods, args.fast2x_methods, base, args.jobs, epochs)
+        results = run_all(args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs)
     except RuntimeError as e:
         sys.exit(f"error: {e}")
-    summary = summarize(results, args.fractions, args.methods, args.fast2x_methods)
+    summary = summarize(results, fractions, methods, fast2x_methods)
     command = "python -m semiseg_fast.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(summary, args.fractions, args.methods, epochs, command.strip())
+    text = markdown(summary, fractions, methods, epochs, command.strip())
     _write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
     _write_text(os.path.join(args.out, "table.md"), text)
-    plot(os.path.join(args.out, "plot.png"), summary, args.fractions, args.methods, epochs)
+    plot(os.path.join(args.out, "plot.png"), summary, fractions, methods, epochs)
     print(text)
 
 

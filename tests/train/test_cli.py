@@ -3,6 +3,7 @@ gloo processes, and a run killed mid-way then resumed."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def test_experiments_quick(tmp_path):
     assert len(runs) == 6 and all(r["seconds"] > 0 for r in runs)
     assert all((r["overrides"][-1] == "train.epochs=2") == r["timed"] for r in runs)  # the comparison's budget
     assert "2 passes over the unlabeled pool" in table
+    assert re.search(r"\| supervised \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| \d+ \| \d+ \| [\d.]+x \|", table)
     assert all("train.amp=off" in r["overrides"] for r in runs)  # fp32 whether or not the CPU has native bf16
     again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
     assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs

@@ -22,7 +22,7 @@ def _fake_processes(monkeypatch):
         folder = out or cmd[cmd.index("--out") + 1]
         with lock:
             commands[os.path.basename(folder)].append(cmd)
-        time.sleep(0.05 if "train.schedule=fast2x" in cmd else 0.2)  # fast2x tasks reach the teacher early
+        time.sleep(0.1)  # long enough for runs of the pool to overlap
         os.makedirs(folder, exist_ok=True)
         name = "metrics.csv" if out else "manifest.json"
         with open(os.path.join(folder, name), "w") as f:
@@ -128,3 +128,26 @@ def test_bad_arguments_are_refused(tmp_path, monkeypatch, args, message):
     with pytest.raises(SystemExit, match=message):
         experiments.main(["--out", str(tmp_path), *args])
     assert not commands
+
+
+def test_a_seed_named_twice_is_run_once(tmp_path, monkeypatch):
+    commands = _fake_processes(monkeypatch)
+    experiments.main(["--out", str(tmp_path), "--seeds", "0", "0", "--methods", "supervised", "supervised",
+                      "--fast2x-methods", "--fractions", "0.125", "0.125"])
+    assert {name: len(c) for name, c in commands.items()} == {"supervised-f0.125-s0-standard": 1}
+
+
+def test_the_schedule_table_takes_the_timed_runs():
+    def run(method, schedule, timed, seed, miou, seconds):
+        return dict(method=method, fraction=0.125, seed=seed, schedule=schedule, timed=timed, miou=miou, seconds=seconds)
+    results = [run("supervised", "standard", False, 0, 40.0, 10.0), run("supervised", "standard", False, 1, 42.0, 10.0),
+               run("supervised", "standard", True, 1, 52.0, 200.0), run("supervised", "standard", True, 0, 50.0, 100.0),
+               run("supervised", "fast2x", True, 0, 49.0, 50.0), run("supervised", "fast2x", True, 1, 50.0, 100.0)]
+    summary = experiments.summarize(results, [0.125], ["supervised"], ["supervised"])
+    assert summary["table"][("supervised", 0.125)] == dict(seeds=[40.0, 42.0], mean=41.0)
+    assert summary["schedules"]["supervised"] == dict(standard=dict(seeds=[50.0, 52.0], miou=51.0, seconds=150.0),
+                                                      fast2x=dict(seeds=[49.0, 50.0], miou=49.5, seconds=75.0))
+    text = experiments.markdown(summary, [0.125], ["supervised"], 48, "cmd")
+    assert "| supervised | 40.00 / 42.00 | 41.00 |" in text
+    assert "| supervised | 50.00 / 52.00 | 51.00 | 49.00 / 50.00 | 49.50 | -1.50 | 150 | 75 | 2.00x |" in text
+    assert "48 passes over the unlabeled pool (`train.epochs=48`" in text
