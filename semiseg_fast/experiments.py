@@ -9,9 +9,10 @@ its checkpoint is pseudo-labelled once (``python -m semiseg_fast.pseudo_label``,
 1.25 and flips).
 Each run is a separate ``python -m semiseg_fast.train`` process with one thread; ``--jobs`` of
 them run at once (one (fraction, seed) each, its runs in turn: selftrain after its teacher), and
-a teacher and its pseudo-labels are made once for all the runs that need them. The runs whose wall-clock the schedule comparison reports (standard
-and fast2x of ``--fast2x-methods``) run afterwards, one at a time, with ``data.num_workers=1``
-(the same batches, prepared off the training thread by a worker process per data stream).
+a teacher and its pseudo-labels are made once for all the runs that need them. The runs whose
+wall-clock the schedule comparison reports (standard and fast2x of ``--fast2x-methods``) run
+afterwards, one at a time, with ``data.num_workers=1`` (the same batches, prepared off the
+training thread by a worker process per data stream).
 Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
 their ``last.pt``, so an interrupted experiment continues where it stopped. Writes
 ``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
@@ -47,8 +48,8 @@ QUICK_OVERRIDES = [
 
 
 # the schedule comparison's budget (train.epochs): the fast schedule is meant for long runs, and at
-# the default 16 passes the from-scratch model is far from trained, so that what it skips costs
-# accuracy it would not over a longer run (README: 48 passes)
+# the default 16 passes the from-scratch model is far from trained, so that the small crops cost
+# more accuracy there than over a longer run (README, the experiment table)
 SCHEDULE_EPOCHS, QUICK_SCHEDULE_EPOCHS = 48, 2
 
 # the timed runs (one at a time) augment their batches in worker processes (one per data

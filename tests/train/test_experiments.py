@@ -139,7 +139,8 @@ def test_a_seed_named_twice_is_run_once(tmp_path, monkeypatch):
 
 def test_the_schedule_table_takes_the_timed_runs():
     def run(method, schedule, timed, seed, miou, seconds):
-        return dict(method=method, fraction=0.125, seed=seed, schedule=schedule, timed=timed, miou=miou, seconds=seconds)
+        return dict(method=method, fraction=0.125, seed=seed, schedule=schedule, timed=timed, miou=miou,
+                    seconds=seconds)
     results = [run("supervised", "standard", False, 0, 40.0, 10.0), run("supervised", "standard", False, 1, 42.0, 10.0),
                run("supervised", "standard", True, 1, 52.0, 200.0), run("supervised", "standard", True, 0, 50.0, 100.0),
                run("supervised", "fast2x", True, 0, 49.0, 50.0), run("supervised", "fast2x", True, 1, 50.0, 100.0)]
