@@ -149,17 +149,20 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
         suffix = f"-e{schedule_epochs}" if timed else ""
         settings = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}"]
         tag = f"f{fraction:g}-s{seed}"
-        teacher = f"supervised-{tag}-standard{suffix}"  # selftrain's teacher: the task's own supervised run
+
+        def run(method: str, kind: str, *extra: str) -> Dict[str, Any]:  # kind: the run's schedule
+            return train_run(out, f"{method}-{tag}-{kind}{suffix}",
+                             [*first, *settings, f"train.schedule={kind}", f"method={method}", *extra, *last])
+
         results = []
         for m in wanted:
-            extra = [f"method={m}"]
-            if m == "selftrain":
-                train_run(out, teacher, [*first, *settings, "train.schedule=standard", "method=supervised", *last])
+            extra = []
+            if m == "selftrain":  # the teacher: the task's own standard supervised run
+                teacher = run("supervised", "standard")["name"]
                 pl = pseudo_label_run(out, f"pseudo-{tag}{suffix}", os.path.join(out, teacher), settings)
                 extra.append(f"semi.selftrain.pseudo_dir={pl}")
-            r = train_run(out, f"{m}-{tag}-{schedule}{suffix}",
-                          [*first, *settings, f"train.schedule={schedule}", *extra, *last])
-            results.append(dict(r, method=m, fraction=fraction, seed=seed, schedule=schedule, timed=timed))
+            results.append(dict(run(m, schedule, *extra), method=m, fraction=fraction, seed=seed, schedule=schedule,
+                                timed=timed))
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
@@ -167,11 +170,11 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
     # data worker processes prepare their batches on the core that is free then. The timed
     # supervised run is also the timed selftrain runs' teacher, trained once for both.
     shared = [(f, s, "standard", list(methods)) for f in fractions for s in seeds]
-    alone = [task for s in seeds for task in ((fractions[0], s, "standard", list(fast2x_methods)),
-                                              (fractions[0], s, "fast2x", list(fast2x_methods)))]
+    alone = [(fractions[0], s, schedule, list(fast2x_methods)) for s in seeds
+             for schedule in ("standard", "fast2x")] if fast2x_methods else []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
-    chunks += [one_seed(*task, timed=True) for task in alone if task[3]]
+    chunks += [one_seed(*task, timed=True) for task in alone]
     return [r for chunk in chunks for r in chunk]
 
 
@@ -198,6 +201,10 @@ def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods
     return dict(table=table, schedules=schedules)
 
 
+def _seeds(values: List[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
 def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int,
              command: str) -> str:
     lines = ["| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
@@ -206,7 +213,7 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
         cells = []
         for f in fractions:
             t = summary["table"][(m, f)]
-            cells += [" / ".join(f"{v:.2f}" for v in t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
+            cells += [_seeds(t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
         lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled, {schedule_epochs} passes over the "
@@ -218,8 +225,8 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
             std, fast = s["standard"], s["fast2x"]
             if std["miou"] is None or fast["miou"] is None:
                 continue
-            lines.append(f"| {m} | {' / '.join(f'{v:.2f}' for v in std['seeds'])} | {std['miou']:.2f} | "
-                         f"{' / '.join(f'{v:.2f}' for v in fast['seeds'])} | {fast['miou']:.2f} | "
+            lines.append(f"| {m} | {_seeds(std['seeds'])} | {std['miou']:.2f} | {_seeds(fast['seeds'])} | "
+                         f"{fast['miou']:.2f} | "
                          f"{fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | {fast['seconds']:.0f} | "
                          f"{std['seconds'] / fast['seconds']:.2f}x |")
     lines += ["", f"Command: `{command}`"]
