@@ -226,9 +226,8 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
             if std["miou"] is None or fast["miou"] is None:
                 continue
             lines.append(f"| {m} | {_seeds(std['seeds'])} | {std['miou']:.2f} | {_seeds(fast['seeds'])} | "
-                         f"{fast['miou']:.2f} | "
-                         f"{fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | {fast['seconds']:.0f} | "
-                         f"{std['seconds'] / fast['seconds']:.2f}x |")
+                         f"{fast['miou']:.2f} | {fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | "
+                         f"{fast['seconds']:.0f} | {std['seconds'] / fast['seconds']:.2f}x |")
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
