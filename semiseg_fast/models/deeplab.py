@@ -10,13 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .pseudoseg import PseudoSegHeads
+from .tap_grad import conv2d_tap_grad
 
 
 class DilatedConv2d(nn.Conv2d):
     """A stride-1 "same" convolution with dilation that leaves out the kernel rows (columns) whose
     taps fall only on zero padding, when the dilation is at least the map's height (width): on the
     small maps of reduced crops ASPP's wider rates are 1x1 convolutions, computed as such. Traced
-    or with symbolic sizes it runs the full kernel, so a graph never depends on the size it saw."""
+    or with symbolic sizes it runs the full kernel, so a graph never depends on the size it saw.
+    Where most taps read padding, the weight gradient skips it (``tap_grad``)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, dilation: int, bias: bool = False):
         if kernel % 2 == 0:
@@ -33,7 +35,7 @@ class DilatedConv2d(nn.Conv2d):
             weight, dh, ph = weight[:, :, r:r + 1], 1, 0
         if dw >= width:
             weight, dw, pw = weight[:, :, :, r:r + 1], 1, 0
-        return F.conv2d(x, weight, self.bias, 1, (ph, pw), (dh, dw))
+        return conv2d_tap_grad(x, weight, self.bias, (ph, pw), (dh, dw))
 
 
 def conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
