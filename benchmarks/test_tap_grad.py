@@ -35,5 +35,6 @@ def test_dilated_conv_fwd_bwd(benchmark, shape, impl):
     else:
         conv = lambda: F.conv2d(x, w, None, 1, d, d)
     benchmark.group = f"dilated conv fwd+bwd: {name}"
-    benchmark.extra_info.update(kind="tap_grad", shape=[n, cin, cout, side, d], impl=impl, threads=torch.get_num_threads())
+    benchmark.extra_info.update(case="tap_grad", shape=[n, cin, cout, side, d], impl=impl,
+                                threads=torch.get_num_threads())
     benchmark.pedantic(lambda: torch.autograd.grad(conv(), (x, w), grad), rounds=20, iterations=1, warmup_rounds=3)
