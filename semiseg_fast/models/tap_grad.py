@@ -77,7 +77,8 @@ def conv2d_tap_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     """``F.conv2d(x, weight, bias, 1, padding, dilation)`` for an ungrouped "same" convolution (odd
     kernel, ``padding = dilation * (kernel // 2)``), with the weight gradient computed tap by tap
     where that is faster: on CPU, in float32 or float64 outside autocast, when at least
-    ``MIN_PADDED_FRACTION`` of the taps' reads are padding. Anything else runs ``F.conv2d`` itself."""
+    ``MIN_PADDED_FRACTION`` of the taps' reads are padding. Anything else runs ``F.conv2d`` itself.
+    The tap-by-tap path is differentiable once: a double backward through it raises."""
     fast = (torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
             and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
             and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semiseg_fast.models.tap_grad import _TapGradConv2d, conv2d_tap_grad, padded_fraction
+from semiseg_fast.models.tap_grad import MIN_PADDED_FRACTION, _TapGradConv2d, conv2d_tap_grad, padded_fraction
 
 
 def _brute_padded_fraction(h, w, kernel, dilation, padding):
@@ -35,7 +35,7 @@ def test_gradients_equal_pytorchs(size, kernel, dilation, channels_last, bias):
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     padding = (dilation[0] * (kernel[0] // 2), dilation[1] * (kernel[1] // 2))
-    assert padded_fraction(*size, kernel, dilation, padding) >= 0.5  # the tap-by-tap path is taken
+    assert padded_fraction(*size, kernel, dilation, padding) >= MIN_PADDED_FRACTION  # the tap-by-tap path
     x = torch.randn(3, 5, *size, dtype=torch.float64).contiguous(memory_format=fmt)
     weight = torch.randn(7, 5, *kernel, dtype=torch.float64).contiguous(memory_format=fmt)
     b = torch.randn(7, dtype=torch.float64) if bias else None
@@ -78,7 +78,7 @@ def test_falls_back_to_pytorch_where_it_does_not_apply(case):
     x = torch.randn(2, 3, 7, 7, requires_grad=True)
     weight, padding, dilation = torch.randn(4, 3, 3, 3), (2, 2), (2, 2)
     if case == "dense":
-        assert padded_fraction(7, 7, (3, 3), dilation, padding) < 0.5
+        assert padded_fraction(7, 7, (3, 3), dilation, padding) < MIN_PADDED_FRACTION
     else:
         x = torch.randn(2, 3, 4, 4, requires_grad=True)
     if case == "float16":
@@ -126,3 +126,12 @@ def test_deeplab_gradients_on_reduced_crops_equal_pytorchs(monkeypatch):
         plain = grads(False)
     for a, b in zip(ours, plain):
         torch.testing.assert_close(a, b)
+
+
+def test_double_backward_raises():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    (grad_w,) = torch.autograd.grad(conv2d_tap_grad(x, weight, None, (2, 2), (2, 2)).square().sum(), weight,
+                                    create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_w.sum().backward()
