@@ -28,9 +28,11 @@ def _valid_positions(size: int, kernel: int, dilation: int, padding: int):
 def padded_fraction(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
                     padding: Tuple[int, int]) -> float:
     """The fraction of a stride-1 "same" convolution's (tap, output position) pairs that read padding."""
-    rows = sum(max(0, stop - start) for _, start, stop in _valid_positions(height, kernel[0], dilation[0], padding[0]))
-    cols = sum(max(0, stop - start) for _, start, stop in _valid_positions(width, kernel[1], dilation[1], padding[1]))
-    return 1.0 - rows * cols / (kernel[0] * kernel[1] * height * width)
+    def reads(*side):  # (tap, position) pairs along one side that read the image
+        return sum(max(0, stop - start) for _, start, stop in _valid_positions(*side))
+
+    valid = reads(height, kernel[0], dilation[0], padding[0]) * reads(width, kernel[1], dilation[1], padding[1])
+    return 1.0 - valid / (kernel[0] * kernel[1] * height * width)
 
 
 def _weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, padding, dilation) -> torch.Tensor:
