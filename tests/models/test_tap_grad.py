@@ -135,3 +135,15 @@ def test_double_backward_raises():
                                     create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_w.sum().backward()
+
+
+def test_compiles_in_one_graph_with_the_same_gradients():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    compiled = torch.compile(lambda a, w: conv2d_tap_grad(a, w, None, (2, 2), (2, 2)), fullgraph=True)
+    compiled(x, weight).square().sum().backward()
+    ours = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+    F.conv2d(x, weight, None, 1, 2, 2).square().sum().backward()
+    torch.testing.assert_close(ours[0], x.grad)
+    torch.testing.assert_close(ours[1], weight.grad)
