@@ -3,6 +3,7 @@
 Install without build isolation so that the torch already in the environment is used:
     pip install --no-build-isolation -e .
 """
+
 import glob
 import os
 

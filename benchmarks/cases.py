@@ -4,11 +4,12 @@ reference and torch.compile of the reference, forward-only or forward+backward.
 "fwd" runs with inputs that do not require grad (the fused ops then skip gradient work);
 "fwd+bwd" also computes d loss / d logits with torch.autograd.grad (nothing accumulates).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,7 +41,7 @@ def device() -> torch.device:
 class Inputs:
     student: torch.Tensor
     teacher: torch.Tensor
-    target: torch.Tensor       # uint8, 10% ignored (255)
+    target: torch.Tensor  # uint8, 10% ignored (255)
     ignore_mask: torch.Tensor  # uint8, 255 = ignored (UniMatch's padding convention)
 
 
@@ -57,7 +58,7 @@ def make_inputs(shape, dtype, layout, seed=0) -> Inputs:
     target = torch.randint(0, c, (n, h, w), generator=g, dtype=torch.uint8)
     target[torch.rand(n, h, w, generator=g) < 0.1] = 255
     ignore = torch.zeros(n, h, w, dtype=torch.uint8)
-    ignore[:, -h // 16:] = 255
+    ignore[:, -h // 16 :] = 255
     cast = lambda x: x.to(device=dev, dtype=dtype).contiguous(memory_format=layout)
     return Inputs(cast(student), cast(teacher), target.to(dev), ignore.to(dev))
 
@@ -90,9 +91,11 @@ def make_runner(op: str, impl: str, mode: str, inp: Inputs) -> Callable[[], obje
     x = _input_of(op, inp).detach().requires_grad_(mode == "fwd+bwd")
 
     if mode == "fwd":
+
         def run():
             with torch.no_grad():
                 return call(x, inp)
+
         return run
 
     def run():
@@ -101,6 +104,7 @@ def make_runner(op: str, impl: str, mode: str, inp: Inputs) -> Callable[[], obje
             conf, _, ent = out
             return torch.autograd.grad((conf, ent), x, (torch.ones_like(conf), torch.ones_like(ent)))
         return torch.autograd.grad(out, x)
+
     return run
 
 

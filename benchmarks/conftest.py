@@ -1,4 +1,5 @@
 """Shared fixtures of the benchmarks. Run with: pytest benchmarks --benchmark-only"""
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,14 @@ def run_case(benchmark, op, shape, dtype_name, layout_name, mode, impl, rounds=N
         rounds = 5 if impl in ("eager", "compile") else 11  # the fused ops are cheap: more rounds, less noise
     benchmark.group = f"{op} {shape[0]} {dtype_name} {layout_name} {mode}"
     benchmark.extra_info.update(
-        op=op, shape=list(shape), dtype=dtype_name, layout=layout_name, mode=mode, impl=impl,
-        device=str(cases.device()), bytes=cases.minimal_bytes(op, mode, inp),
+        op=op,
+        shape=list(shape),
+        dtype=dtype_name,
+        layout=layout_name,
+        mode=mode,
+        impl=impl,
+        device=str(cases.device()),
+        bytes=cases.minimal_bytes(op, mode, inp),
     )
 
     def timed():

@@ -1,5 +1,6 @@
 """This machine's memory bandwidth and the floor of the fused FixMatch loss, measured in the
 same run as the ops so that ratios against them are meaningful."""
+
 import torch
 
 from . import cases

@@ -1,4 +1,5 @@
 """pixel_stats: fused vs eager reference vs torch.compile of the reference."""
+
 import pytest
 
 from .conftest import case_params, run_case

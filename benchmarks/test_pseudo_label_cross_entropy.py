@@ -1,4 +1,5 @@
 """pseudo_label_cross_entropy: fused vs eager reference vs torch.compile of the reference."""
+
 import pytest
 
 from .conftest import case_params, run_case

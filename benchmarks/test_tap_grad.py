@@ -2,6 +2,7 @@
 CPU: PyTorch's convolution against the tap-by-tap weight gradient (semiseg_fast.models.tap_grad),
 at the shapes where the training loop's model takes it (layer3 and ASPP on the fast schedule's
 32-pixel crops and on 56-pixel ones) and at a DeepLab-sized ASPP rate."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,12 @@ from semiseg_fast.models.tap_grad import MIN_PADDED_FRACTION, conv2d_tap_grad, p
 from . import cases
 
 # (name, batch, in channels, out channels, map side, dilation)
-SHAPES = [("layer3 on 32-px crops", 16, 128, 128, 4, 2), ("ASPP rate 2 on 32-px crops", 16, 128, 64, 4, 2),
-          ("ASPP rate 4 on 56-px crops", 8, 128, 64, 7, 4), ("ASPP rate 6 on 56-px crops", 8, 128, 64, 7, 6)]
+SHAPES = [
+    ("layer3 on 32-px crops", 16, 128, 128, 4, 2),
+    ("ASPP rate 2 on 32-px crops", 16, 128, 64, 4, 2),
+    ("ASPP rate 4 on 56-px crops", 8, 128, 64, 7, 4),
+    ("ASPP rate 6 on 56-px crops", 8, 128, 64, 7, 6),
+]
 if not cases.QUICK:
     SHAPES.append(("ASPP rate 18 on 33x33 maps", 2, 256, 256, 33, 18))
 
@@ -35,6 +40,7 @@ def test_dilated_conv_fwd_bwd(benchmark, shape, impl):
     else:
         conv = lambda: F.conv2d(x, w, None, 1, d, d)
     benchmark.group = f"dilated conv fwd+bwd: {name}"
-    benchmark.extra_info.update(case="tap_grad", shape=[n, cin, cout, side, d], impl=impl,
-                                threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        case="tap_grad", shape=[n, cin, cout, side, d], impl=impl, threads=torch.get_num_threads()
+    )
     benchmark.pedantic(lambda: torch.autograd.grad(conv(), (x, w), grad), rounds=20, iterations=1, warmup_rounds=3)

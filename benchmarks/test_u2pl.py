@@ -3,6 +3,7 @@
 torch.compile is not a baseline here: the official functions call NumPy on the host
 (np.percentile) and index with data-dependent boolean masks, so they do not compile fullgraph.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,7 +28,7 @@ PERCENT = 80.0
 def unsup_inputs():
     inp = cases.make_inputs(("u2pl", N, C, H, W), torch.float32, torch.contiguous_format, seed=3)
     pseudo = inp.teacher.argmax(1).to(torch.uint8)
-    pseudo[:, -H // 16:] = 255
+    pseudo[:, -H // 16 :] = 255
     return inp.student, inp.teacher, pseudo
 
 
@@ -36,8 +37,9 @@ def _time(benchmark, fn, group, impl, nbytes=0, rounds=None, **info):
     benchmark.extra_info.update(op=group, impl=impl, bytes=nbytes, device=str(cases.device()), **info)
     fn()
     synchronize()
-    benchmark.pedantic(lambda: (fn(), synchronize()), rounds=rounds or (11 if impl == "fused" else 5),
-                       iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: (fn(), synchronize()), rounds=rounds or (11 if impl == "fused" else 5), iterations=1, warmup_rounds=1
+    )
 
 
 @pytest.mark.parametrize("impl", ["fused", "official"])
@@ -109,8 +111,9 @@ def test_contrastive_step_with_full_bank(benchmark, impl):
         bank = ClassMemoryBank(c, d, capacity=caps)
         bank.push(fill.expand(c, -1, -1)[:, : max(caps)], torch.tensor(caps))
         g = torch.Generator().manual_seed(0)
-        fn = lambda: torch.autograd.grad(u2pl_contrastive_loss(x, rep_t, prob, label, rel, unrel, isl, bank,
-                                                               generator=g), x)
+        fn = lambda: torch.autograd.grad(
+            u2pl_contrastive_loss(x, rep_t, prob, label, rel, unrel, isl, bank, generator=g), x
+        )
     else:
         bank = ref.MemoryBank(c, d, caps)
         for k in range(c):
@@ -118,8 +121,9 @@ def test_contrastive_step_with_full_bank(benchmark, impl):
         g = torch.Generator().manual_seed(0)
         draws_a = {k: torch.randint(0, 10**6, (256,), generator=g) for k in range(c)}
         draws_n = {k: torch.randint(0, 10**6, (256 * 50,), generator=g) for k in range(c)}
-        fn = lambda: torch.autograd.grad(ref.contrastive_loss(x, rep_t, prob, label, rel, unrel, isl, bank, draws_a,
-                                                              draws_n), x)
+        fn = lambda: torch.autograd.grad(
+            ref.contrastive_loss(x, rep_t, prob, label, rel, unrel, isl, bank, draws_a, draws_n), x
+        )
     _time(benchmark, fn, "u2pl contrastive step, full bank", impl, 0, rounds=3, shape=list(FEAT) + [d])
 
 
@@ -128,5 +132,12 @@ def test_u2pl_floor_percentile_alone(benchmark):
     _, teacher, pseudo = unsup_inputs()
     ent = sf.pixel_stats(teacher).entropy
     valid = pseudo != 255
-    _time(benchmark, lambda: sf.entropy_percentile(ent, valid, PERCENT), "machine", "fused", 0,
-          kind="u2pl_percentile", shape=[N, H, W])
+    _time(
+        benchmark,
+        lambda: sf.entropy_percentile(ent, valid, PERCENT),
+        "machine",
+        "fused",
+        0,
+        kind="u2pl_percentile",
+        shape=[N, H, W],
+    )

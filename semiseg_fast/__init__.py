@@ -1,4 +1,5 @@
 """semiseg_fast: fused kernels for semi-supervised semantic segmentation."""
+
 from . import mixing, u2pl
 from ._backend import BACKENDS, backend, cpp_available, get_backend
 from .losses import FixMatchLoss, PseudoLabelCrossEntropy, U2PLLoss

@@ -6,13 +6,14 @@ variable ``SEMISEG_FAST_BACKEND`` and the context manager :func:`backend` overri
 With ``TRITON_INTERPRET=1`` the Triton kernels also run on CPU tensors, which is how they are
 tested on machines without a GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -50,7 +51,7 @@ def backend(name: str) -> Iterator[None]:
         _override.reset(token)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpp_available() -> bool:
     try:
         from . import _C  # noqa: F401  (registers torch.ops.semiseg_fast._cpp_*)
@@ -59,7 +60,7 @@ def cpp_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

@@ -1,8 +1,9 @@
 """Argument checks shared by the public ops. Every error names the argument and what was expected."""
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -54,13 +55,13 @@ def target(t: object, x: torch.Tensor, name: str = "target", x_name: str = "logi
     return pixel_map(t, name, x, x_name, INT_DTYPES, "an integer dtype (uint8, int8, int16, int32, int64)")
 
 
-def weight(t: Optional[object], x: torch.Tensor, x_name: str = "logits") -> Optional[torch.Tensor]:
+def weight(t: object | None, x: torch.Tensor, x_name: str = "logits") -> torch.Tensor | None:
     if t is None:
         return None
     return pixel_map(t, "weight", x, x_name, FLOAT_DTYPES + (torch.bool,), "a floating or bool dtype")
 
 
-def ignore_mask(t: Optional[object], x: torch.Tensor, x_name: str) -> Optional[torch.Tensor]:
+def ignore_mask(t: object | None, x: torch.Tensor, x_name: str) -> torch.Tensor | None:
     if t is None:
         return None
     return pixel_map(t, "ignore_mask", x, x_name, INT_DTYPES + (torch.bool,), "a bool or integer dtype")
@@ -72,8 +73,7 @@ def integer(v: object, name: str) -> int:
     return int(v)
 
 
-def number(v: object, name: str, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> float:
+def number(v: object, name: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {v!r}")
     f = float(v)
@@ -92,12 +92,14 @@ def reduction(r: object) -> int:
     return REDUCTIONS[r]  # type: ignore[index]
 
 
-def normalizer(n: object, allowed: Sequence[str], like: Optional[torch.Tensor] = None) -> tuple[int, float]:
+def normalizer(n: object, allowed: Sequence[str], like: torch.Tensor | None = None) -> tuple[int, float]:
     """(mode code, value) of a mean's denominator: a name from ``allowed``, a positive number, or
     (when ``like`` is given) a 0-dim tensor on ``like``'s device, read by the kernel itself."""
     if isinstance(n, str):
         if n not in allowed:
-            raise ValueError(f"normalizer: expected one of {', '.join(map(repr, allowed))} or a positive number, got {n!r}")
+            raise ValueError(
+                f"normalizer: expected one of {', '.join(map(repr, allowed))} or a positive number, got {n!r}"
+            )
         return NORMALIZERS[n], 0.0
     if isinstance(n, torch.Tensor) and like is not None:
         if n.dim() != 0 or not (n.dtype.is_floating_point or not n.dtype.is_complex):

@@ -5,27 +5,31 @@ had one) on a split of the dataset it was trained on, or of another folder via
 ``data.root=... data.val_split=...`` overrides; prints per-class IoU and mIoU. It predicts under
 the run's autocast setting (``train.amp``, resolved for the device as training's validation
 does), so on the machine that trained it it reproduces the mIoU stored in the checkpoint."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m semiseg_fast.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="val", choices=["val", "labeled"])
     parser.add_argument("--mode", choices=["whole", "slide"], help="default: the run's eval.mode")
     parser.add_argument("--window", type=int, help="slide window side (default: the run's eval.window)")
-    parser.add_argument("--stride", type=int, help="slide stride, 0 < stride <= window (default: the run's eval.stride)")
+    parser.add_argument(
+        "--stride", type=int, help="slide stride, 0 < stride <= window (default: the run's eval.stride)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/data/voc")
     return parser.parse_intermixed_args(argv)
 
 
-def eval_config(state: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+def eval_config(state: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint's config with the command line's data.* overrides and eval settings."""
     from .train.config import apply_override, config_from_checkpoint, validate
 
@@ -56,7 +60,7 @@ def eval_amp(setting: Any, device):
     return resolve_amp(setting, device)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     import torch
@@ -69,8 +73,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         config = eval_config(state, args)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device: cuda requested, but torch.cuda.is_available() is False")
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                              else "cpu")
+        device = torch.device(
+            "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         result, dataset = evaluate_checkpoint(state, config, args.split, device)
     except (FileNotFoundError, RuntimeError, KeyError, ValueError, TypeError, DataError) as e:
         sys.exit(f"error: {e}")
@@ -78,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(_format(result, state))
 
 
-def evaluate_checkpoint(state: Dict[str, Any], config: Dict[str, Any], split: str, device):
+def evaluate_checkpoint(state: dict[str, Any], config: dict[str, Any], split: str, device):
     """(EvalResult, the dataset) of a checkpoint's evaluated weights on a split, under the run's autocast."""
     import torch
 
@@ -93,13 +98,23 @@ def evaluate_checkpoint(state: Dict[str, Any], config: Dict[str, Any], split: st
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)  # as trained
     ec = config["eval"]
     dataset = data.val if split == "val" else data.labeled
-    result = evaluate(model, dataset, state["num_classes"], device, ec["mode"], ec["window"], ec["stride"],
-                      ec["batch_size"], config["data"]["ignore_index"], channels_last=channels_last,
-                      amp_dtype=eval_amp(config["train"]["amp"], device))
+    result = evaluate(
+        model,
+        dataset,
+        state["num_classes"],
+        device,
+        ec["mode"],
+        ec["window"],
+        ec["stride"],
+        ec["batch_size"],
+        config["data"]["ignore_index"],
+        channels_last=channels_last,
+        amp_dtype=eval_amp(config["train"]["amp"], device),
+    )
     return result, dataset
 
 
-def _format(result, state: Dict[str, Any]) -> str:
+def _format(result, state: dict[str, Any]) -> str:
     from .train.evaluate import format_iou_table
 
     return format_iou_table(result, state.get("class_names") or [str(i) for i in range(state["num_classes"])])

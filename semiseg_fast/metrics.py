@@ -1,12 +1,13 @@
 """Segmentation metrics from a confusion matrix accumulated on the device."""
-from __future__ import annotations
 
-from typing import Tuple
+from __future__ import annotations
 
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """int64 (C, C) counts, rows = ground truth, columns = prediction; pixels whose target is
     ``ignore_index`` (or outside [0, C)) are not counted. No host sync."""
     if pred.shape != target.shape:
@@ -22,7 +23,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return counts[:-1].view(num_classes, num_classes)
 
 
-def iou_from_confusion(cm: torch.Tensor) -> Tuple[float, torch.Tensor]:
+def iou_from_confusion(cm: torch.Tensor) -> tuple[float, torch.Tensor]:
     """(mIoU, per-class IoU as float64). A class absent from both the labels and the predictions
     has no IoU (NaN) and is left out of the mean."""
     cm = cm.double()

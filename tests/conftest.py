@@ -1,4 +1,5 @@
 """Test setup: without a GPU the Triton kernels run under the interpreter on CPU tensors."""
+
 import os
 
 import torch

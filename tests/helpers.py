@@ -1,4 +1,5 @@
 """fp64 ground truth and input builders shared by the op tests."""
+
 from __future__ import annotations
 
 import torch
@@ -100,11 +101,19 @@ def fixmatch64(student, teacher, threshold=0.95, ignore_mask=None, ignore_index=
 
 def tol(dtype):
     """(rtol, atol) for a loss or statistic computed in fp32 from `dtype` inputs."""
-    return {torch.float32: (2e-5, 2e-6), torch.float16: (2e-5, 2e-6), torch.bfloat16: (2e-5, 2e-6),
-            torch.float64: (2e-5, 2e-6)}[dtype]
+    return {
+        torch.float32: (2e-5, 2e-6),
+        torch.float16: (2e-5, 2e-6),
+        torch.bfloat16: (2e-5, 2e-6),
+        torch.float64: (2e-5, 2e-6),
+    }[dtype]
 
 
 def grad_tol(dtype):
     """(rtol, atol) for a gradient stored in `dtype`."""
-    return {torch.float32: (1e-4, 1e-7), torch.float64: (1e-4, 1e-7),
-            torch.float16: (2e-3, 1e-6), torch.bfloat16: (1.6e-2, 1e-5)}[dtype]
+    return {
+        torch.float32: (1e-4, 1e-7),
+        torch.float64: (1e-4, 1e-7),
+        torch.float16: (2e-3, 1e-6),
+        torch.bfloat16: (1.6e-2, 1e-5),
+    }[dtype]

@@ -1,4 +1,5 @@
 """Properties of the C++ CPU kernels beyond op-level correctness."""
+
 import pytest
 import torch
 

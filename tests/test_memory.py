@@ -1,6 +1,7 @@
 """Between forward and backward the fused losses hold one logits-sized tensor (the gradient)
 plus per-pixel buffers. The reference keeps fp32 log-probabilities: as much for fp32 logits,
 twice as much for bf16 ones."""
+
 import pytest
 import torch
 

@@ -1,8 +1,19 @@
 """Datasets (the embedded synthetic scenes, VOC / Cityscapes folders) and augmentations."""
+
 from . import synthetic
 from .folders import DataError, SegmentationFolder
 from .synthetic import SyntheticScenes
 from .transforms import cutmix_box, cutout_box, denormalize, normalize, strong_augment, weak_augment
 
-__all__ = ["DataError", "SegmentationFolder", "SyntheticScenes", "cutmix_box", "cutout_box", "denormalize", "normalize",
-           "strong_augment", "synthetic", "weak_augment"]
+__all__ = [
+    "DataError",
+    "SegmentationFolder",
+    "SyntheticScenes",
+    "cutmix_box",
+    "cutout_box",
+    "denormalize",
+    "normalize",
+    "strong_augment",
+    "synthetic",
+    "weak_augment",
+]

@@ -4,10 +4,10 @@ VOC: ``root/JPEGImages/<id>.jpg`` with ``root/SegmentationClass/<id>.png`` (or
 ``SegmentationClassAug``), split lines holding an id. Cityscapes: ``root/leftImg8bit/...`` with
 ``root/gtFine/..._gtFine_labelTrainIds.png``, split lines holding the image path relative to
 root. Either layout also accepts lines of two paths, image then label, relative to root."""
+
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ class DataError(RuntimeError):
     """A dataset file that exists but cannot be used (corrupt, wrong size); names the file."""
 
 
-def _voc_pair(root: str, item: str) -> Tuple[str, str]:
+def _voc_pair(root: str, item: str) -> tuple[str, str]:
     image = os.path.join(root, "JPEGImages", item + ".jpg")
     for folder in ("SegmentationClass", "SegmentationClassAug"):
         label = os.path.join(root, folder, item + ".png")
@@ -28,12 +28,12 @@ def _voc_pair(root: str, item: str) -> Tuple[str, str]:
     return image, os.path.join(root, "SegmentationClass", item + ".png")
 
 
-def _cityscapes_pair(root: str, item: str) -> Tuple[str, str]:
+def _cityscapes_pair(root: str, item: str) -> tuple[str, str]:
     label = item.replace("leftImg8bit/", "gtFine/", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
     return os.path.join(root, item), os.path.join(root, label)
 
 
-def read_split(root: str, split_file: str) -> List[str]:
+def read_split(root: str, split_file: str) -> list[str]:
     path = split_file if os.path.isabs(split_file) else os.path.join(root, split_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"split file {path!r} does not exist")
@@ -59,7 +59,7 @@ class SegmentationFolder(Dataset):
         if layout == "auto":
             layout = "cityscapes" if os.path.isdir(os.path.join(root, "leftImg8bit")) else "voc"
         self.root, self.layout, self.ignore_index, self.labels = root, layout, ignore_index, labels
-        self.pairs: List[Tuple[str, str]] = []
+        self.pairs: list[tuple[str, str]] = []
         for line in read_split(root, split_file):
             parts = line.split()
             if len(parts) >= 2:
@@ -93,13 +93,14 @@ class SegmentationFolder(Dataset):
         except Exception as e:
             raise DataError(f"cannot read {path!r}: {e}") from e
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, label_path = self.pairs[index]
         image = torch.from_numpy(self._open(image_path, "RGB")).permute(2, 0, 1).contiguous()
         if not self.labels:
             return image, torch.full(image.shape[1:], self.ignore_index, dtype=torch.uint8)
         label = torch.from_numpy(self._open(label_path, "label"))
         if label.shape != image.shape[1:]:
-            raise DataError(f"image {image_path!r} is {tuple(image.shape[1:])} but label {label_path!r} is "
-                            f"{tuple(label.shape)}")
+            raise DataError(
+                f"image {image_path!r} is {tuple(image.shape[1:])} but label {label_path!r} is {tuple(label.shape)}"
+            )
         return image, label

@@ -8,9 +8,8 @@ size (20-60% of the side), aspect and rotation and may overlap (later objects oc
 ones); a random illumination gradient, brightness, contrast and noise are applied on top. The
 background mixes smooth gradients, low-frequency blobs and, in 60% of images, a patch of
 object-like texture as a distractor, so that a few labeled images do not cover the variation."""
-from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -71,7 +70,7 @@ def _shape(cls: int, u: np.ndarray, v: np.ndarray, r: float, aspect: float) -> n
     return ((np.abs(u) < arm) & (np.abs(v) < r)) | ((np.abs(v) < arm) & (np.abs(u) < r))
 
 
-def render_scene(seed: int, index: int, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (H, W, 3), label uint8 (H, W)) of scene ``index`` of dataset ``seed``."""
     rng = np.random.default_rng([seed, index])
     h, w = size
@@ -124,19 +123,19 @@ class SyntheticScenes(Dataset):
     Rendered scenes are kept in memory (``cache=True``; 37 KB per 96x96 scene), since training
     reads each one once per epoch."""
 
-    def __init__(self, num_images: int, image_size: Tuple[int, int] = (96, 96), seed: int = 0, cache: bool = True):
+    def __init__(self, num_images: int, image_size: tuple[int, int] = (96, 96), seed: int = 0, cache: bool = True):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images: expected a positive integer, got {num_images!r}")
         h, w = image_size
         if min(h, w) < 8:
             raise ValueError(f"image_size: expected at least 8x8, got {image_size!r}")
         self.num_images, self.image_size, self.seed = num_images, (int(h), int(w)), int(seed)
-        self._cache: Optional[Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = {} if cache else None
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_images
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -self.num_images <= index < self.num_images:
             raise IndexError(f"index: expected < {self.num_images}, got {index}")
         index %= self.num_images

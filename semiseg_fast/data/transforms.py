@@ -1,9 +1,10 @@
 """Augmentations on uint8 tensors, every random choice drawn from an explicit torch.Generator so
 a sample's augmentation is a function of its seed (reproducible, resumable, worker-independent)."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +22,24 @@ def _randint(g: torch.Generator, high: int) -> int:
     return int(torch.randint(high, (), generator=g))
 
 
-def _pair(size: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (size, size) if isinstance(size, int) else tuple(size)
     if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
         raise ValueError(f"{name}: expected a positive int or (height, width), got {size!r}")
     return pair  # type: ignore[return-value]
 
 
-def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int, Sequence[int]],
-                 generator: torch.Generator, scale_range: Tuple[float, float] = (0.5, 2.0), flip: bool = True,
-                 ignore_index: int = 255, extras: Optional[torch.Tensor] = None, class_balanced: bool = False):
+def weak_augment(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    crop_size: int | Sequence[int],
+    generator: torch.Generator,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+    ignore_index: int = 255,
+    extras: torch.Tensor | None = None,
+    class_balanced: bool = False,
+):
     """Random rescale (bilinear image, nearest label), padding to the crop size (image 0, label
     ``ignore_index``), random crop and horizontal flip. image uint8 (3, H, W), label (H, W).
 
@@ -40,10 +49,11 @@ def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int,
     sampling against class imbalance), instead of placed uniformly."""
     crop_h, crop_w = _pair(crop_size, "crop_size")
     if image.dim() != 3 or label.shape != image.shape[1:]:
-        raise ValueError(f"image, label: expected (3, H, W) and (H, W), got {tuple(image.shape)} and {tuple(label.shape)}")
-    if extras is not None and (extras.dim() != 3 or extras.shape[1:] != label.shape):
         raise ValueError(
-            f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
+            f"image, label: expected (3, H, W) and (H, W), got {tuple(image.shape)} and {tuple(label.shape)}"
+        )
+    if extras is not None and (extras.dim() != 3 or extras.shape[1:] != label.shape):
+        raise ValueError(f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
     scale = _uniform(generator, *scale_range)
     h, w = image.shape[1:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -62,9 +72,9 @@ def weak_augment(image: torch.Tensor, label: torch.Tensor, crop_size: Union[int,
     else:
         top = min(max(centre[0] - crop_h // 2, 0), img.shape[1] - crop_h)
         left = min(max(centre[1] - crop_w // 2, 0), img.shape[2] - crop_w)
-    img = img[:, top:top + crop_h, left:left + crop_w]
-    lab = lab[top:top + crop_h, left:left + crop_w]
-    ext = None if ext is None else ext[:, top:top + crop_h, left:left + crop_w]
+    img = img[:, top : top + crop_h, left : left + crop_w]
+    lab = lab[top : top + crop_h, left : left + crop_w]
+    ext = None if ext is None else ext[:, top : top + crop_h, left : left + crop_w]
     if flip and _uniform(generator, 0, 1) < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
         ext = None if ext is None else ext.flip(-1)
@@ -108,8 +118,9 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(out, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
 
 
-def strong_augment(image: torch.Tensor, generator: torch.Generator, jitter_p: float = 0.8, gray_p: float = 0.2,
-                   blur_p: float = 0.5) -> torch.Tensor:
+def strong_augment(
+    image: torch.Tensor, generator: torch.Generator, jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.5
+) -> torch.Tensor:
     """UniMatch's strong view: colour jitter (brightness, contrast, saturation 0.5, hue 0.25)
     with probability 0.8, greyscale with 0.2, Gaussian blur (sigma 0.1-2) with 0.5."""
     img = image.float() / 255.0
@@ -127,8 +138,16 @@ def strong_augment(image: torch.Tensor, generator: torch.Generator, jitter_p: fl
     return (img.clamp(0, 1) * 255).round_().to(torch.uint8)
 
 
-def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0.5, size_min: float = 0.02,
-               size_max: float = 0.4, ratio_min: float = 0.3, ratio_max: float = 1 / 0.3) -> torch.Tensor:
+def cutmix_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    p: float = 0.5,
+    size_min: float = 0.02,
+    size_max: float = 0.4,
+    ratio_min: float = 0.3,
+    ratio_max: float = 1 / 0.3,
+) -> torch.Tensor:
     """bool (H, W), True inside a random box of area fraction in [size_min, size_max] and aspect
     ratio in [ratio_min, ratio_max] that lies inside the image; all False with probability 1 - p."""
     mask = torch.zeros(height, width, dtype=torch.bool)
@@ -139,7 +158,7 @@ def cutmix_box(height: int, width: int, generator: torch.Generator, p: float = 0
     box_w = max(1, min(width, int(math.sqrt(area / ratio))))
     box_h = max(1, min(height, int(math.sqrt(area * ratio))))
     top, left = _randint(generator, height - box_h + 1), _randint(generator, width - box_w + 1)
-    mask[top:top + box_h, left:left + box_w] = True
+    mask[top : top + box_h, left : left + box_w] = True
     return mask
 
 
@@ -152,7 +171,7 @@ def cutout_box(height: int, width: int, generator: torch.Generator, size: float 
         return mask
     top = _randint(generator, height) - side // 2  # the centre is uniform over the image
     left = _randint(generator, width) - side // 2
-    mask[max(0, top):top + side, max(0, left):left + side] = True
+    mask[max(0, top) : top + side, max(0, left) : left + side] = True
     return mask
 
 

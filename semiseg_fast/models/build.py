@@ -1,8 +1,9 @@
 """Model construction from the config, including a user's model given by import path."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return factory(num_classes=num_classes, **kwargs)
 
 
-def model_outputs(output: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def model_outputs(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, representation or None) from whatever the model returned."""
     if isinstance(output, torch.Tensor):
         return output, None

@@ -1,9 +1,10 @@
 """A small DeepLabv3+: residual backbone at output stride 8, ASPP, a decoder that fuses the
 stride-4 features, and U2PL's representation head. Sized for CPU training on small images; every
 layer is a plain conv/BN/ReLU, so the model runs in channels_last without layout changes."""
+
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,9 @@ class DilatedConv2d(nn.Conv2d):
         (dh, dw), (ph, pw), weight = self.dilation, self.padding, self.weight
         r = self.kernel_size[0] // 2
         if dh >= height:
-            weight, dh, ph = weight[:, :, r:r + 1], 1, 0
+            weight, dh, ph = weight[:, :, r : r + 1], 1, 0
         if dw >= width:
-            weight, dw, pw = weight[:, :, :, r:r + 1], 1, 0
+            weight, dw, pw = weight[:, :, :, r : r + 1], 1, 0
         return conv2d_tap_grad(x, weight, self.bias, (ph, pw), (dh, dw))
 
 
@@ -53,10 +54,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
         super().__init__()
         self.body = nn.Sequential(
-            conv_bn_relu(cin, cout, 3, stride, dilation),
-            conv(cout, cout, 3, 1, dilation), nn.BatchNorm2d(cout))
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            conv_bn_relu(cin, cout, 3, stride, dilation), conv(cout, cout, 3, 1, dilation), nn.BatchNorm2d(cout)
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.body(x) + self.skip(x))
@@ -67,7 +71,9 @@ class ASPP(nn.Module):
 
     def __init__(self, cin: int, cout: int, dilations: Sequence[int]):
         super().__init__()
-        self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, 1, d) for d in dilations])
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, 1, d) for d in dilations]
+        )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
         self.project = conv_bn_relu(cout * (len(dilations) + 2), cout, 1)
 
@@ -85,31 +91,43 @@ class DeepLabV3Plus(nn.Module):
     ``forward(x, image_labels)`` passes known image labels to the Grad-CAM;
     ``pseudoseg_classifier_backprop=False`` keeps the classifier's loss out of the backbone."""
 
-    def __init__(self, num_classes: int, width: int = 32, rep_dim: Optional[int] = 64,
-                 dilations: Sequence[int] = (2, 4, 6), pseudoseg: bool = False,
-                 pseudoseg_classifier_backprop: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 32,
+        rep_dim: int | None = 64,
+        dilations: Sequence[int] = (2, 4, 6),
+        pseudoseg: bool = False,
+        pseudoseg_classifier_backprop: bool = True,
+    ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
         if width < 4 or width % 2:
             raise ValueError(f"width: expected an even integer >= 4, got {width}")
         w = width
-        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3))          # 1/2
-        self.layer1 = nn.Sequential(ResidualBlock(w, w, 2), ResidualBlock(w, w))                         # 1/4
-        self.layer2 = nn.Sequential(ResidualBlock(w, 2 * w, 2), ResidualBlock(2 * w, 2 * w))             # 1/8
-        self.layer3 = nn.Sequential(ResidualBlock(2 * w, 4 * w, 1, 2), ResidualBlock(4 * w, 4 * w, 1, 2))  # 1/8, dilated
+        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3))  # 1/2
+        self.layer1 = nn.Sequential(ResidualBlock(w, w, 2), ResidualBlock(w, w))  # 1/4
+        self.layer2 = nn.Sequential(ResidualBlock(w, 2 * w, 2), ResidualBlock(2 * w, 2 * w))  # 1/8
+        self.layer3 = nn.Sequential(
+            ResidualBlock(2 * w, 4 * w, 1, 2), ResidualBlock(4 * w, 4 * w, 1, 2)
+        )  # 1/8, dilated
         self.aspp = ASPP(4 * w, 2 * w, dilations)
         self.reduce = conv_bn_relu(w, w // 2, 1)
         self.fuse = nn.Sequential(conv_bn_relu(2 * w + w // 2, 2 * w), conv_bn_relu(2 * w, 2 * w))
         self.classifier = nn.Conv2d(2 * w, num_classes, 1)
-        self.representation = (nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1))
-                               if rep_dim else None)
+        self.representation = (
+            nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1)) if rep_dim else None
+        )
         # PseudoSeg: Grad-CAM of layer3, attention over layer2 + layer3 (both at stride 8)
-        self.pseudoseg = (PseudoSegHeads(num_classes, 4 * w, 6 * w, classifier_backprop=pseudoseg_classifier_backprop)
-                          if pseudoseg else None)
+        self.pseudoseg = (
+            PseudoSegHeads(num_classes, 4 * w, 6 * w, classifier_backprop=pseudoseg_classifier_backprop)
+            if pseudoseg
+            else None
+        )
         self.num_classes = num_classes
 
-    def forward(self, x: torch.Tensor, image_labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, image_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         low = self.layer1(self.stem(x))
         mid = self.layer2(low)
         deep = self.layer3(mid)

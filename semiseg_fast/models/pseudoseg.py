@@ -1,9 +1,8 @@
 """PseudoSeg's model add-ons (Zou et al., ICLR 2021): a multi-label image classifier on the pooled
 deepest features, Grad-CAM of those features with respect to it, the self-attention refinement
 with a background channel, and the SGC head whose logits are fused with the decoder's."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +49,9 @@ class SelfAttentionGradCAM(nn.Module):
     def forward(self, features: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
         features = features.detach()
         n, _, h, w = cam.shape
-        k = self.key(features).flatten(2)                    # (N, d, hw)
+        k = self.key(features).flatten(2)  # (N, d, hw)
         q = self.query(features).flatten(2)
-        attn = torch.softmax(q.transpose(1, 2) @ k / self.key_dim ** 0.5, dim=-1)  # (N, hw, hw)
+        attn = torch.softmax(q.transpose(1, 2) @ k / self.key_dim**0.5, dim=-1)  # (N, hw, hw)
         refined = (cam.flatten(2).to(attn.dtype) @ attn.transpose(1, 2)).view(n, -1, h, w) + cam
         background = 2.0 - refined.amax(dim=1, keepdim=True)
         return self.out(torch.cat([background, refined], dim=1))
@@ -67,15 +66,20 @@ class PseudoSegHeads(nn.Module):
     ``classifier_backprop=False`` trains the classifier on detached pooled features, so its loss
     leaves the backbone alone."""
 
-    def __init__(self, num_classes: int, deep_channels: int, attention_channels: int, key_dim: int = 32,
-                 classifier_backprop: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        deep_channels: int,
+        attention_channels: int,
+        key_dim: int = 32,
+        classifier_backprop: bool = True,
+    ):
         super().__init__()
         self.classifier = nn.Linear(deep_channels, num_classes - 1)
         self.classifier_backprop = classifier_backprop
         self.sgc = SelfAttentionGradCAM(num_classes, attention_channels, key_dim)
 
-    def forward(self, deep: torch.Tensor, attention_features: torch.Tensor,
-                image_labels: Optional[torch.Tensor] = None):
+    def forward(self, deep: torch.Tensor, attention_features: torch.Tensor, image_labels: torch.Tensor | None = None):
         pooled = deep.mean(dim=(2, 3))
         class_logits = self.classifier(pooled if self.classifier_backprop else pooled.detach())
         labels = (class_logits.detach() >= 0).float()  # sigmoid >= 0.5

@@ -5,9 +5,8 @@ Where the dilation is large against the map, most of what a kernel tap reads is 
 padding all the same. Here each tap's gradient is one matrix product over the output positions
 where that tap reads the image, so padding costs nothing. The forward pass and the input gradient
 are PyTorch's own."""
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +24,11 @@ def _valid_positions(size: int, kernel: int, dilation: int, padding: int):
         yield offset, max(0, -offset), min(size, size - offset)
 
 
-def padded_fraction(height: int, width: int, kernel: Tuple[int, int], dilation: Tuple[int, int],
-                    padding: Tuple[int, int]) -> float:
+def padded_fraction(
+    height: int, width: int, kernel: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int]
+) -> float:
     """The fraction of a stride-1 "same" convolution's (tap, output position) pairs that read padding."""
+
     def reads(*side):  # (tap, position) pairs along one side that read the image
         return sum(max(0, stop - start) for _, start, stop in _valid_positions(*side))
 
@@ -44,7 +45,7 @@ def _weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, padd
         for kx, (dx, x0, x1) in enumerate(_valid_positions(width, weight.shape[3], dilation[1], padding[1])):
             if y0 < y1 and x0 < x1:
                 g = grad_hwc[:, y0:y1, x0:x1].reshape(-1, cout)
-                seen = x_hwc[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx].reshape(-1, cin)
+                seen = x_hwc[:, y0 + dy : y1 + dy, x0 + dx : x1 + dx].reshape(-1, cin)
                 torch.mm(g.t(), seen, out=taps[ky, kx])
     if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
         return taps.permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)
@@ -64,9 +65,19 @@ class _TapGradConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(ctx.padding),
-                                                         list(ctx.dilation), False, [0, 0], 1,
-                                                         [True, False, False])[0]
+            grad_x = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                [1, 1],
+                list(ctx.padding),
+                list(ctx.dilation),
+                False,
+                [0, 0],
+                1,
+                [True, False, False],
+            )[0]
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad, weight, ctx.padding, ctx.dilation)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -74,19 +85,30 @@ class _TapGradConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def conv2d_tap_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    padding: Tuple[int, int], dilation: Tuple[int, int]) -> torch.Tensor:
+def conv2d_tap_grad(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, 1, padding, dilation)`` for an ungrouped "same" convolution (odd
     kernel, ``padding = dilation * (kernel // 2)``), with the weight gradient computed tap by tap
     where that is faster: on CPU, in float32 or float64 outside autocast, when at least
     ``MIN_PADDED_FRACTION`` of the taps' reads are padding. Anything else runs ``F.conv2d`` itself.
     The tap-by-tap path is differentiable once: a double backward through it raises."""
-    fast = (torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-            and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
-            and not torch.is_autocast_enabled("cpu") and weight.shape[1] == x.shape[1]
-            and all(k % 2 and p == d * (k // 2) for k, p, d in zip(weight.shape[-2:], padding, dilation))
-            and padded_fraction(x.shape[-2], x.shape[-1], weight.shape[-2:], dilation, padding) >= MIN_PADDED_FRACTION)
+    fast = (
+        torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and weight.shape[1] == x.shape[1]
+        and all(k % 2 and p == d * (k // 2) for k, p, d in zip(weight.shape[-2:], padding, dilation))
+        and padded_fraction(x.shape[-2], x.shape[-1], weight.shape[-2:], dilation, padding) >= MIN_PADDED_FRACTION
+    )
     if not fast:
         return F.conv2d(x, weight, bias, 1, padding, dilation)
     return _TapGradConv2d.apply(x, weight, bias, tuple(padding), tuple(dilation))

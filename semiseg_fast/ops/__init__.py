@@ -1,4 +1,5 @@
 """The fused pixel ops: one module per op (entry point, checks, custom op, fake, autograd)."""
+
 from .cross_entropy import pseudo_label_cross_entropy
 from .fixmatch import fixmatch_loss
 from .negative_mask import negative_class_mask

@@ -10,9 +10,8 @@ The saved gradient is a constant to autograd, so a second derivative through it 
 silently wrong: under ``create_graph=True`` the gradients come back attached to a node that
 raises when differentiated (:func:`first_order_only`).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -42,7 +41,7 @@ class _SecondOrderError(torch.autograd.Function):
 _ANCHOR = torch.zeros((), requires_grad=True)  # gives the wrapped gradient a grad_fn even when nothing else does
 
 
-def first_order_only(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def first_order_only(grad: torch.Tensor | None) -> torch.Tensor | None:
     """``grad`` itself, or under create_graph=True a view of it whose differentiation raises."""
     if grad is None or not torch.is_grad_enabled():
         return grad

@@ -1,8 +1,7 @@
 """pseudo_label_cross_entropy: masked, weighted per-pixel cross-entropy with its gradient
 computed in the same pass (the only logits-sized tensor kept for backward)."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 
@@ -18,12 +17,12 @@ _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
 def _cross_entropy_op(
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
     ignore_index: int,
     reduction: int,
     norm_mode: int,
     norm_value: float,
-    norm_tensor: Optional[torch.Tensor],
+    norm_tensor: torch.Tensor | None,
     need_grad: bool,
     need_ce: bool,
     backend: str,
@@ -42,13 +41,13 @@ def _cross_entropy_op(
         _checks.target_values(target, logits.shape[1], ignore_index)
     from ..triton.cross_entropy import cross_entropy as triton_cross_entropy
 
-    return triton_cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor,
-                                need_grad, need_ce)
+    return triton_cross_entropy(
+        logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce
+    )
 
 
 @_cross_entropy_op.register_fake
-def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce,
-      backend):
+def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, backend):
     n, _, h, w = logits.shape
     f32 = dict(dtype=torch.float32)
     loss = logits.new_empty((n, h, w) if reduction == _NONE else (), **f32)
@@ -66,9 +65,13 @@ def _setup_context(ctx, inputs, output):
     # The weight's gradient needs the per-pixel ce (and the loss), a tensor normalizer's the loss;
     # otherwise only the logits' gradient is kept (and the loss may be modified in place).
     norm_grad = reduction == _MEAN and norm_tensor is not None and norm_tensor.requires_grad
-    ctx.save_for_backward(grad, post_scale, loss if need_ce or norm_grad else None,
-                          norm_tensor if need_ce or norm_grad else None,
-                          *((ce, weight, target) if need_ce else (None,) * 3))
+    ctx.save_for_backward(
+        grad,
+        post_scale,
+        loss if need_ce or norm_grad else None,
+        norm_tensor if need_ce or norm_grad else None,
+        *((ce, weight, target) if need_ce else (None,) * 3),
+    )
 
 
 def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
@@ -113,10 +116,10 @@ _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
 def pseudo_label_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
     ignore_index: int = 255,
     reduction: str = "mean",
-    normalizer: Union[str, float] = "valid",
+    normalizer: str | float = "valid",
 ) -> torch.Tensor:
     """Cross-entropy of (N, C, H, W) logits against integer (pseudo-)labels, in one pass.
 

@@ -1,4 +1,5 @@
 """negative_class_mask: which classes rank in [low_rank, high_rank) per pixel (U2PL's negatives)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,9 @@
 """entropy_percentile: NumPy's percentile of the valid pixels, exactly, as a device tensor."""
+
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -11,7 +12,7 @@ from .._backend import resolve
 
 
 @torch.library.custom_op("semiseg_fast::entropy_percentile", mutates_args=())
-def _percentile_op(values: torch.Tensor, valid: Optional[torch.Tensor], q: Sequence[float], backend: str) -> torch.Tensor:
+def _percentile_op(values: torch.Tensor, valid: torch.Tensor | None, q: Sequence[float], backend: str) -> torch.Tensor:
     if backend == "cpp":
         return torch.ops.semiseg_fast._cpp_percentile(values, valid, list(q))
     from ..triton.percentile import percentile as triton_percentile
@@ -35,7 +36,7 @@ def _check_q(q) -> tuple[list[float], bool]:
 
 
 def entropy_percentile(
-    entropy: torch.Tensor, valid: Optional[torch.Tensor] = None, q: Union[float, Sequence[float]] = 80.0
+    entropy: torch.Tensor, valid: torch.Tensor | None = None, q: float | Sequence[float] = 80.0
 ) -> torch.Tensor:
     """``numpy.percentile(entropy[valid], q)`` (the default "linear" method) without leaving the device.
 

@@ -1,7 +1,8 @@
 """pixel_stats: confidence, label and entropy of softmax(logits / T) from one read of the logits."""
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -11,12 +12,14 @@ from .._backend import resolve
 
 class PixelStats(NamedTuple):
     confidence: torch.Tensor  # (N, H, W) fp32, max_c softmax(x / T)_c
-    label: torch.Tensor       # (N, H, W) argmax_c x_c (first on ties), uint8 if C <= 255 else int64
-    entropy: torch.Tensor     # (N, H, W) fp32, in nats
+    label: torch.Tensor  # (N, H, W) argmax_c x_c (first on ties), uint8 if C <= 255 else int64
+    entropy: torch.Tensor  # (N, H, W) fp32, in nats
 
 
 @torch.library.custom_op("semiseg_fast::pixel_stats", mutates_args=())
-def _pixel_stats_op(logits: torch.Tensor, temperature: float, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pixel_stats_op(
+    logits: torch.Tensor, temperature: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "cpp":
         return tuple(torch.ops.semiseg_fast._cpp_pixel_stats(logits, temperature))
     from ..triton.pixel_stats import pixel_stats as triton_pixel_stats
@@ -36,8 +39,14 @@ def _(logits, temperature, backend):
 
 @torch.library.custom_op("semiseg_fast::pixel_stats_backward", mutates_args=())
 def _pixel_stats_backward_op(
-    logits: torch.Tensor, confidence: torch.Tensor, label: torch.Tensor, entropy: torch.Tensor,
-    grad_conf: Optional[torch.Tensor], grad_ent: Optional[torch.Tensor], temperature: float, backend: str,
+    logits: torch.Tensor,
+    confidence: torch.Tensor,
+    label: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_conf: torch.Tensor | None,
+    grad_ent: torch.Tensor | None,
+    temperature: float,
+    backend: str,
 ) -> torch.Tensor:
     """d/d logits of sum(grad_conf * confidence + grad_ent * entropy), in one pass over the logits."""
     if backend == "cpp":

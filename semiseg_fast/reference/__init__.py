@@ -2,6 +2,7 @@
 the way the research code writes them: the ground truth of the tests, the ``reference``
 backend, and the baseline of the benchmarks. ``reference.u2pl`` transcribes U2PL's official
 loss functions and memory bank."""
+
 from . import pseudoseg, u2pl
 from .core import (
     entropy_percentile,

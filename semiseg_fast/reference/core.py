@@ -6,9 +6,8 @@ calls ``.float()`` or runs without autocast. They make no host syncs (except
 ``entropy_percentile``, which is NumPy on the host exactly as in U2PL), so that
 ``torch.compile(fullgraph=True)`` of them is a fair baseline.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -50,13 +49,15 @@ def _mean_denominator(valid, w, normalizer, numel):
 
 def _safe_div(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
     denom = denom.to(total.device, total.dtype)
-    return torch.where(denom != 0, total / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(total))
+    return torch.where(
+        denom != 0, total / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(total)
+    )
 
 
 def pseudo_label_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
     ignore_index: int = 255,
     reduction: str = "mean",
     normalizer="valid",
@@ -80,7 +81,7 @@ def fixmatch_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     threshold: float = 0.95,
-    ignore_mask: Optional[torch.Tensor] = None,
+    ignore_mask: torch.Tensor | None = None,
     ignore_index: int = 255,
     normalizer="valid",
     return_mask_ratio: bool = False,
@@ -115,7 +116,7 @@ def fixmatch_loss(
     return loss, ratio
 
 
-def entropy_percentile(entropy: torch.Tensor, valid: Optional[torch.Tensor], q: list):
+def entropy_percentile(entropy: torch.Tensor, valid: torch.Tensor | None, q: list):
     """U2PL's threshold: ``np.percentile`` of the valid entropies on the host (in float64 here, the
     reference semantics of the fused op), NaN where NumPy has nothing to take a percentile of."""
     x = entropy.detach()

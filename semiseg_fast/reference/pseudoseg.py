@@ -2,9 +2,8 @@
 code's unlabeled branch (``train_wss.py``, ``logit_norm=True``, ``pseudo_src='avg'``): one global
 scale from the RMS of both logit tensors, the average of the two scaled softmaxes, sharpening with a
 temperature, then the soft (or hard) cross-entropy of the strong view over the valid pixels."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ def pseudoseg_consistency_loss(
     student_logits: torch.Tensor,
     decoder_logits: torch.Tensor,
     sgc_logits: torch.Tensor,
-    valid: Optional[torch.Tensor] = None,
+    valid: torch.Tensor | None = None,
     threshold: float = 0.0,
     soft: bool = True,
     gamma: float = 0.5,

@@ -4,9 +4,10 @@ a list-of-tensors memory bank. The slow baseline of the benchmarks and the groun
 fused versions are tested against. Random draws come from caller-supplied indices, so that a
 fused implementation can be compared draw for draw.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,8 +19,13 @@ def official_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.sum(prob * torch.log(prob + 1e-10), dim=1)
 
 
-def unsupervised_loss(predict: torch.Tensor, target: torch.Tensor, percent: float, pred_teacher: torch.Tensor,
-                      entropy: Optional[torch.Tensor] = None) -> torch.Tensor:
+def unsupervised_loss(
+    predict: torch.Tensor,
+    target: torch.Tensor,
+    percent: float,
+    pred_teacher: torch.Tensor,
+    entropy: torch.Tensor | None = None,
+) -> torch.Tensor:
     """compute_unsupervised_loss: drop the valid pixels whose teacher entropy is at or above the
     ``percent``-th percentile, then ``B*H*W / kept`` times the mean CE over the kept pixels.
     ``entropy`` replaces the official entropy formula when given (to compare at equal entropies)."""
@@ -43,13 +49,29 @@ class MemoryBank:
 
     def enqueue(self, c: int, keys: torch.Tensor) -> None:
         q = torch.cat([self.queues[c], keys.detach().float().cpu()], dim=0)
-        self.queues[c] = q[-self.capacities[c]:] if q.shape[0] > self.capacities[c] else q
+        self.queues[c] = q[-self.capacities[c] :] if q.shape[0] > self.capacities[c] else q
 
 
-def contrastive_loss(rep, rep_teacher, prob, label, reliable, unreliable, is_labeled, memobank: MemoryBank,
-                     anchor_indices: dict, negative_indices: dict, low_rank=3, high_rank=20,
-                     current_class_threshold=0.3, current_class_negative_threshold=1.0, temperature=0.5,
-                     num_queries=256, num_negatives=50, official_quirks=False):
+def contrastive_loss(
+    rep,
+    rep_teacher,
+    prob,
+    label,
+    reliable,
+    unreliable,
+    is_labeled,
+    memobank: MemoryBank,
+    anchor_indices: dict,
+    negative_indices: dict,
+    low_rank=3,
+    high_rank=20,
+    current_class_threshold=0.3,
+    current_class_negative_threshold=1.0,
+    temperature=0.5,
+    num_queries=256,
+    num_negatives=50,
+    official_quirks=False,
+):
     """compute_contra_memobank_loss on feature-resolution inputs.
 
     rep, rep_teacher: (B, D, h, w); prob: (B, C, h, w) teacher probabilities; label: (B, h, w)
@@ -102,6 +124,7 @@ def contrastive_loss(rep, rep_teacher, prob, label, reliable, unreliable, is_lab
         proto = prototypes[anchor_class].unsqueeze(0).repeat(num_queries, 1, 1)
         keys = torch.cat([proto, negs], dim=1)
         logits = torch.cosine_similarity(q.unsqueeze(1), keys, dim=2)
-        loss = loss + F.cross_entropy(logits / temperature, torch.zeros(num_queries, dtype=torch.long,
-                                                                       device=logits.device))
+        loss = loss + F.cross_entropy(
+            logits / temperature, torch.zeros(num_queries, dtype=torch.long, device=logits.device)
+        )
     return loss / valid_seg

@@ -1,11 +1,13 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over
 the target, so a run killed at any moment leaves the old file or the new one, never a torn one."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 
 def _umask() -> int:

@@ -7,9 +7,10 @@ of k batches under a schedule takes the k*B*W positions after the earlier steps'
 :meth:`Schedule.progress`). Each sample also gets its own augmentation seed from its stream
 position. Resuming at step s therefore needs no sampler or RNG state, works with any number of
 DataLoader workers, and a rerun repeats the same images with the same augmentations."""
+
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 
@@ -34,8 +35,18 @@ class StepBatches:
     crop_size)`` with the schedule's crop at that step, and a step takes ``schedule.batch_scale(step)``
     times ``batch_size`` items, from the stream position its :meth:`progress` gives."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, stream: int, start: int, stop: int,
-                 rank: int = 0, world: int = 1, schedule: Optional[Schedule] = None):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+        schedule: Schedule | None = None,
+    ):
         if size <= 0:
             raise ValueError(f"size: expected a non-empty dataset, got {size} items")
         self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
@@ -47,14 +58,14 @@ class StepBatches:
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def _item(self, position: int) -> Tuple[int, int]:
+    def _item(self, position: int) -> tuple[int, int]:
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.stream, epoch))
             self._perm, self._epoch = torch.randperm(self.size, generator=g), epoch
         return int(self._perm[offset]), mix_seed(self.seed, self.stream, position, 1)
 
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_step = self.batch_size * self.world
         for step in range(self.start, self.stop):
             if self.schedule is None:

@@ -1,8 +1,9 @@
 """Checkpoints, written atomically (see :mod:`semiseg_fast.train.atomic`)."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any
 
 import torch
 
@@ -13,7 +14,7 @@ class CheckpointError(RuntimeError):
     """A file that is not a readable semiseg_fast checkpoint; names the file."""
 
 
-def save_atomic(state: Dict[str, Any], path: str) -> None:
+def save_atomic(state: dict[str, Any], path: str) -> None:
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
 
@@ -23,7 +24,7 @@ def checkpoint_path(path: str) -> str:
     return os.path.join(path, "last.pt") if os.path.isdir(path) else path
 
 
-def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location: Any = "cpu") -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: {path!r} does not exist")
     try:

@@ -4,22 +4,27 @@
 With no arguments: FixMatch on the embedded synthetic dataset with 1/8 of the images labeled,
 a few minutes on a laptop CPU. Under ``torchrun --nproc_per_node=N`` each process trains on its
 share of every batch (gloo on CPU, NCCL on CUDA)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from .config import DEFAULTS, RESUME_ADJUSTABLE, dump, load_config, resume_config
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m semiseg_fast.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file with any subset of the keys of --print-defaults")
-    parser.add_argument("--resume", help="continue from a run folder (its last.pt) or a checkpoint file, with the "
-                        "checkpoint's config, in its folder; other arguments may repeat that config but change "
-                        f"only {', '.join(RESUME_ADJUSTABLE)}")
+    parser.add_argument(
+        "--resume",
+        help="continue from a run folder (its last.pt) or a checkpoint file, with the "
+        "checkpoint's config, in its folder; other arguments may repeat that config but change "
+        f"only {', '.join(RESUME_ADJUSTABLE)}",
+    )
     parser.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
     parser.add_argument("--method", help="same as method=...")
     parser.add_argument("--schedule", choices=["standard", "fast2x"], help="same as train.schedule=...")
@@ -28,7 +33,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.print_defaults:
         print(dump(DEFAULTS))
@@ -40,11 +45,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     _train(config, resume)
 
 
-def _resolve_config(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[str]]:
+def _resolve_config(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     """(config, checkpoint to resume or None): a new run's config from the command line, a resumed
     run's from its checkpoint."""
-    flags = [f"{key}={value}" for key, value in (("method", args.method), ("train.schedule", args.schedule),
-                                                  ("semi.selftrain.pseudo_dir", args.pseudo_dir)) if value]
+    flags = [
+        f"{key}={value}"
+        for key, value in (
+            ("method", args.method),
+            ("train.schedule", args.schedule),
+            ("semi.selftrain.pseudo_dir", args.pseudo_dir),
+        )
+        if value
+    ]
     overrides = flags + list(args.overrides)
     if not args.resume:
         return load_config(args.config, overrides), None
@@ -58,7 +70,7 @@ def _resolve_config(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[
     return resume_config(state, resume, args.config, overrides), resume
 
 
-def _train(config: Dict[str, Any], resume: Optional[str]) -> None:
+def _train(config: dict[str, Any], resume: str | None) -> None:
     from ..data import DataError
     from .checkpoint import CheckpointError
     from .distributed import shutdown

@@ -1,14 +1,24 @@
 """Datasets of a run (labeled, unlabeled, validation) and their per-step loaders."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import DataError, SegmentationFolder, SyntheticScenes, cutmix_box, cutout_box, strong_augment, weak_augment
-from ..data import synthetic
+from ..data import (
+    DataError,
+    SegmentationFolder,
+    SyntheticScenes,
+    cutmix_box,
+    cutout_box,
+    strong_augment,
+    synthetic,
+    weak_augment,
+)
 from .batches import StepBatches
 
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED, SPLIT_SEED = 0, 1, 2024  # fixed: the data does not change with the run's seed
@@ -17,13 +27,13 @@ SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED, SPLIT_SEED = 0, 1, 2024  # fixed: the 
 @dataclass
 class RunData:
     labeled: Dataset
-    unlabeled: Optional[Dataset]
+    unlabeled: Dataset | None
     val: Dataset
     num_classes: int
-    class_names: List[str]
+    class_names: list[str]
 
 
-def build_datasets(data_cfg: Dict[str, Any], with_unlabeled: bool = True) -> RunData:
+def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> RunData:
     """The synthetic pool split by ``labeled_fraction`` (a fixed split, the same for every seed
     and method), or a voc / cityscapes folder with its split files."""
     if data_cfg["name"] == "synthetic":
@@ -34,18 +44,22 @@ def build_datasets(data_cfg: Dict[str, Any], with_unlabeled: bool = True) -> Run
         labeled = Subset(pool, order[:n_labeled])
         unlabeled = Subset(pool, order[n_labeled:]) if n_labeled < len(pool) else None
         val = SyntheticScenes(int(data_cfg["synthetic_val"]), (size, size), seed=SYNTHETIC_VAL_SEED)
-        return RunData(labeled, unlabeled if with_unlabeled else None, val, synthetic.NUM_CLASSES,
-                       list(synthetic.CLASS_NAMES))
+        return RunData(
+            labeled, unlabeled if with_unlabeled else None, val, synthetic.NUM_CLASSES, list(synthetic.CLASS_NAMES)
+        )
     num_classes = data_cfg["num_classes"]
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"config: data.num_classes expected an integer >= 2 for {data_cfg['name']} folders, "
-                         f"got {num_classes!r}")
+        raise ValueError(
+            f"config: data.num_classes expected an integer >= 2 for {data_cfg['name']} folders, got {num_classes!r}"
+        )
     root, ignore = data_cfg["root"], int(data_cfg["ignore_index"])
-    folder = lambda split, labels=True: SegmentationFolder(root, data_cfg[split], layout=data_cfg["name"],
-                                                           ignore_index=ignore, labels=labels)
+    folder = lambda split, labels=True: SegmentationFolder(
+        root, data_cfg[split], layout=data_cfg["name"], ignore_index=ignore, labels=labels
+    )
     unlabeled = folder("unlabeled_split", labels=False) if with_unlabeled else None
-    return RunData(folder("labeled_split"), unlabeled, folder("val_split"), num_classes,
-                   [str(i) for i in range(num_classes)])
+    return RunData(
+        folder("labeled_split"), unlabeled, folder("val_split"), num_classes, [str(i) for i in range(num_classes)]
+    )
 
 
 class Subset(Dataset):
@@ -59,7 +73,7 @@ class Subset(Dataset):
         return self.base[self.indices[i]]
 
 
-def _crop_of(item: Tuple[int, ...], data_cfg: Dict[str, Any]):
+def _crop_of(item: tuple[int, ...], data_cfg: dict[str, Any]):
     """The crop size of a sampler item: its third entry under a schedule, else the config's."""
     return item[2] if len(item) > 2 else data_cfg["crop_size"]
 
@@ -68,22 +82,28 @@ class LabeledView(Dataset):
     """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)`` or
     ``(index, augmentation_seed, crop_size)``."""
 
-    def __init__(self, base: Dataset, data_cfg: Dict[str, Any]):
+    def __init__(self, base: Dataset, data_cfg: dict[str, Any]):
         self.base, self.cfg = base, data_cfg
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def _weak(self, item: Tuple[int, ...], keep_label: bool):
+    def _weak(self, item: tuple[int, ...], keep_label: bool):
         g = torch.Generator().manual_seed(item[1])
         image, label = self.base[item[0]]
         if not keep_label:  # only the padding added by the crop stays ignored
             label = torch.zeros_like(label)
-        image, label = weak_augment(image, label, _crop_of(item, self.cfg), g,
-                                    scale_range=tuple(self.cfg["scale_range"]), ignore_index=self.cfg["ignore_index"])
+        image, label = weak_augment(
+            image,
+            label,
+            _crop_of(item, self.cfg),
+            g,
+            scale_range=tuple(self.cfg["scale_range"]),
+            ignore_index=self.cfg["ignore_index"],
+        )
         return image, label, g
 
-    def __getitem__(self, item: Tuple[int, ...]):
+    def __getitem__(self, item: tuple[int, ...]):
         image, label, _ = self._weak(item, keep_label=True)
         return image, label
 
@@ -92,12 +112,18 @@ class UnlabeledView(LabeledView):
     """Weak view, strong view, padding mask (True = ignore) and a box per image: UniMatch's CutMix
     box, or with ``cutout_size`` PseudoSeg's Cutout square (and its colour jitter, always on)."""
 
-    def __init__(self, base: Dataset, data_cfg: Dict[str, Any], strong_color: bool, cutmix_p: float,
-                 cutout_size: Optional[float] = None):
+    def __init__(
+        self,
+        base: Dataset,
+        data_cfg: dict[str, Any],
+        strong_color: bool,
+        cutmix_p: float,
+        cutout_size: float | None = None,
+    ):
         super().__init__(base, data_cfg)
         self.strong_color, self.cutmix_p, self.cutout_size = strong_color, cutmix_p, cutout_size
 
-    def __getitem__(self, item: Tuple[int, ...]):
+    def __getitem__(self, item: tuple[int, ...]):
         weak, pad, g = self._weak(item, keep_label=False)
         if self.cutout_size is None:
             strong = strong_augment(weak, g) if self.strong_color else weak
@@ -117,8 +143,16 @@ class PseudoLabeledView(Dataset):
     The folder must hold labels of exactly these images (its manifest's ids are checked against
     ``unlabeled``'s, its label size against the images', its classes against ``num_classes``)."""
 
-    def __init__(self, unlabeled: Dataset, pseudo_dir: str, data_cfg: Dict[str, Any], threshold: float = 0.0,
-                 soft: bool = False, class_balanced: bool = False, num_classes: Optional[int] = None):
+    def __init__(
+        self,
+        unlabeled: Dataset,
+        pseudo_dir: str,
+        data_cfg: dict[str, Any],
+        threshold: float = 0.0,
+        soft: bool = False,
+        class_balanced: bool = False,
+        num_classes: int | None = None,
+    ):
         from ..pseudo_label import PseudoLabels
 
         self.labels = PseudoLabels(pseudo_dir)
@@ -131,20 +165,24 @@ class PseudoLabeledView(Dataset):
         self.threshold, self.soft, self.class_balanced = threshold, soft, class_balanced
         self._check_same_images(num_classes)
 
-    def _check_same_images(self, num_classes: Optional[int]) -> None:
+    def _check_same_images(self, num_classes: int | None) -> None:
         from ..pseudo_label import item_ids
 
         manifest, where = self.labels.manifest, f"pseudo_dir: {self.pseudo_dir!r}"
         if manifest["split_size"] != len(self.base):
-            raise ValueError(f"{where} was written for a split of {manifest['split_size']} images, but this run's "
-                             f"unlabeled split has {len(self.base)}")
+            raise ValueError(
+                f"{where} was written for a split of {manifest['split_size']} images, but this run's "
+                f"unlabeled split has {len(self.base)}"
+            )
         ids = item_ids(self.base)
         wrong = [(i, stored) for i, stored in self.labels.ids.items() if not 0 <= i < len(ids) or ids[i] != stored]
         if wrong:
             i, stored = wrong[0]
             here = repr(ids[i]) if 0 <= i < len(ids) else "no such image"
-            raise ValueError(f"{where} holds labels of other images than this run's unlabeled split: {len(wrong)} of "
-                             f"{len(self.labels.ids)} ids differ (image {i} is {stored!r} there, {here} here)")
+            raise ValueError(
+                f"{where} holds labels of other images than this run's unlabeled split: {len(wrong)} of "
+                f"{len(self.labels.ids)} ids differ (image {i} is {stored!r} there, {here} here)"
+            )
         stored_classes = manifest.get("num_classes")
         if num_classes is not None and stored_classes != num_classes:
             raise ValueError(f"{where} was written for {stored_classes} classes, but this run has {num_classes}")
@@ -154,14 +192,16 @@ class PseudoLabeledView(Dataset):
         image, _ = self.base[index]
         label, conf, top = self.labels.load(index)
         if tuple(label.shape) != tuple(image.shape[1:]):
-            raise DataError(f"pseudo_dir: {self.pseudo_dir!r} has a {tuple(label.shape)} label for image "
-                            f"{self.labels.ids[index]!r}, which is {tuple(image.shape[1:])} in this run")
+            raise DataError(
+                f"pseudo_dir: {self.pseudo_dir!r} has a {tuple(label.shape)} label for image "
+                f"{self.labels.ids[index]!r}, which is {tuple(image.shape[1:])} in this run"
+            )
         return image, label, conf, top
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: Tuple[int, ...]):
+    def __getitem__(self, item: tuple[int, ...]):
         g = torch.Generator().manual_seed(item[1])
         image, label, conf, top = self._load(self.indices[item[0]])
         ignore = self.cfg["ignore_index"]
@@ -170,9 +210,16 @@ class PseudoLabeledView(Dataset):
         if self.soft:
             classes, probs = top
             extras = torch.cat([classes.float(), probs])
-        out = weak_augment(image, label, _crop_of(item, self.cfg), g, scale_range=tuple(self.cfg["scale_range"]),
-                           ignore_index=ignore,
-                           extras=extras, class_balanced=self.class_balanced)
+        out = weak_augment(
+            image,
+            label,
+            _crop_of(item, self.cfg),
+            g,
+            scale_range=tuple(self.cfg["scale_range"]),
+            ignore_index=ignore,
+            extras=extras,
+            class_balanced=self.class_balanced,
+        )
         if not self.soft:
             return out
         image, label, extras = out
@@ -180,7 +227,17 @@ class PseudoLabeledView(Dataset):
         return image, label, extras[:k].long(), extras[k:]
 
 
-def step_loader(view: Dataset, batch_size: int, seed: int, stream: int, start: int, stop: int, rank: int,
-                world: int, num_workers: int, schedule=None) -> DataLoader:
+def step_loader(
+    view: Dataset,
+    batch_size: int,
+    seed: int,
+    stream: int,
+    start: int,
+    stop: int,
+    rank: int,
+    world: int,
+    num_workers: int,
+    schedule=None,
+) -> DataLoader:
     sampler = StepBatches(len(view), batch_size, seed, stream, start, stop, rank, world, schedule)
     return DataLoader(view, batch_sampler=sampler, num_workers=num_workers, persistent_workers=False)

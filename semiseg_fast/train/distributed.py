@@ -1,5 +1,6 @@
 """Process-group setup from torchrun's environment (gloo on CPU, NCCL on CUDA) and the few
 collectives the loop needs. A plain `python -m` run is a world of one with no process group."""
+
 from __future__ import annotations
 
 import os

@@ -1,9 +1,9 @@
 """Validation: whole-image or sliding-window prediction, a confusion matrix summed over
 processes, mIoU and per-class IoU."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,8 @@ from .distributed import all_reduce_sum
 @dataclass
 class EvalResult:
     miou: float
-    per_class: torch.Tensor   # float64 (C,), NaN for classes absent from labels and predictions
-    confusion: torch.Tensor   # int64 (C, C), rows = ground truth
+    per_class: torch.Tensor  # float64 (C,), NaN for classes absent from labels and predictions
+    confusion: torch.Tensor  # int64 (C, C), rows = ground truth
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -37,22 +37,29 @@ def slide_logits(model: nn.Module, x: torch.Tensor, window: int, stride: int) ->
     H, W = xp.shape[-2:]
     rows = list(range(0, H - window, stride)) + [H - window]
     cols = list(range(0, W - window, stride)) + [W - window]
-    total: Optional[torch.Tensor] = None
+    total: torch.Tensor | None = None
     count = torch.zeros(1, 1, H, W, device=x.device)
     for top in rows:
         for left in cols:
-            part = _logits(model, xp[:, :, top:top + window, left:left + window])
+            part = _logits(model, xp[:, :, top : top + window, left : left + window])
             if total is None:
                 total = x.new_zeros(n, part.shape[1], H, W, dtype=torch.float32)
-            total[:, :, top:top + window, left:left + window] += part
-            count[:, :, top:top + window, left:left + window] += 1
+            total[:, :, top : top + window, left : left + window] += part
+            count[:, :, top : top + window, left : left + window] += 1
     return (total / count)[:, :, :h, :w]
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, images_uint8: torch.Tensor, device: torch.device, mode: str = "whole",
-                   window: int = 512, stride: int = 341, channels_last: bool = True,
-                   amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def predict_labels(
+    model: nn.Module,
+    images_uint8: torch.Tensor,
+    device: torch.device,
+    mode: str = "whole",
+    window: int = 512,
+    stride: int = 341,
+    channels_last: bool = True,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     x = normalize(images_uint8).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -62,17 +69,28 @@ def predict_labels(model: nn.Module, images_uint8: torch.Tensor, device: torch.d
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch.device, mode: str = "whole",
-             window: int = 512, stride: int = 341, batch_size: int = 16, ignore_index: int = 255,
-             channels_last: bool = True, amp_dtype: Optional[torch.dtype] = None, rank: int = 0,
-             world: int = 1) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    device: torch.device,
+    mode: str = "whole",
+    window: int = 512,
+    stride: int = 341,
+    batch_size: int = 16,
+    ignore_index: int = 255,
+    channels_last: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> EvalResult:
     """Each process evaluates images rank, rank + world, ...; the confusion matrices are summed
     over processes, so every process returns the same result. Images of different sizes are
     predicted in separate batches."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    batch: List = []
+    batch: list = []
 
     def flush() -> None:
         images = torch.stack([b[0] for b in batch])
@@ -94,7 +112,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
     return EvalResult(miou, per_class, cm.cpu())
 
 
-def format_iou_table(result: EvalResult, class_names: List[str]) -> str:
+def format_iou_table(result: EvalResult, class_names: list[str]) -> str:
     lines = [f"{'class':<16}{'IoU':>8}"]
     for name, iou in zip(class_names, result.per_class.tolist()):
         lines.append(f"{name:<16}{'n/a' if iou != iou else f'{100 * iou:.2f}':>8}")

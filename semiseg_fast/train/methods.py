@@ -3,10 +3,11 @@ selftrain (offline pseudo-labels).
 
 All of them compute their losses with the library's fused ops. Logits are upsampled to the crop
 size (bilinear, align_corners=True, as UniMatch and U2PL do) before the losses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +29,13 @@ class StepOutput:
 
 @dataclass
 class StepContext:
-    student: nn.Module              # as called for the gradient step (possibly DDP-wrapped)
-    teacher: Optional[nn.Module]    # EMA copy, or the bare student for a shared teacher
-    semi: Dict[str, Any]
+    student: nn.Module  # as called for the gradient step (possibly DDP-wrapped)
+    teacher: nn.Module | None  # EMA copy, or the bare student for a shared teacher
+    semi: dict[str, Any]
     ignore_index: int
     epoch: int
     generator: torch.Generator
-    criterion: Optional[U2PLLoss] = None
+    criterion: U2PLLoss | None = None
     num_classes: int = 0
 
 
@@ -119,9 +120,18 @@ def u2pl_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     teacher_all, teacher_small, teacher_rep = _teacher_predict(ctx, both)
     n_l = images_l.shape[0]
     logits_l, logits_u = logits.split([n_l, weak.shape[0]])
-    out = ctx.criterion(logits_l, labels_l, logits_u, pseudo, teacher_all[n_l:], ctx.epoch, rep=rep,
-                        rep_teacher=teacher_rep, prob_teacher=teacher_small.float().softmax(1),
-                        generator=ctx.generator)
+    out = ctx.criterion(
+        logits_l,
+        labels_l,
+        logits_u,
+        pseudo,
+        teacher_all[n_l:],
+        ctx.epoch,
+        rep=rep,
+        rep_teacher=teacher_rep,
+        prob_teacher=teacher_small.float().softmax(1),
+        generator=ctx.generator,
+    )
     kept = torch.tensor(out.drop_percent / 100.0 if ctx.epoch >= ctx.criterion.sup_only_epochs else 0.0)
     return StepOutput(out.total, out.supervised.detach(), out.unsupervised.detach(), kept)
 
@@ -144,12 +154,22 @@ def pseudoseg_step(ctx: StepContext, labeled, unlabeled) -> StepOutput:
     pred, sgc = up(out["pred"]), up(out["sgc"])
     pred_l, pred_u = pred.split([n_l, n_u])
     ps = ctx.semi["pseudoseg"]
-    sup = (pseudo_label_cross_entropy(pred_l, labels_l, ignore_index=ctx.ignore_index)
-           + ps["sgc_weight"] * pseudo_label_cross_entropy(sgc[:n_l], labels_l, ignore_index=ctx.ignore_index)
-           + ps["classifier_weight"] * F.binary_cross_entropy_with_logits(out["cls"][:n_l].float(), image_labels))
+    sup = (
+        pseudo_label_cross_entropy(pred_l, labels_l, ignore_index=ctx.ignore_index)
+        + ps["sgc_weight"] * pseudo_label_cross_entropy(sgc[:n_l], labels_l, ignore_index=ctx.ignore_index)
+        + ps["classifier_weight"] * F.binary_cross_entropy_with_logits(out["cls"][:n_l].float(), image_labels)
+    )
     unsup, ratio = pseudoseg_consistency_loss(
-        pred_u, up(t_out["pred"]), up(t_out["sgc"]), valid=~(box | pad), threshold=ps["threshold"], soft=ps["soft"],
-        gamma=ps["gamma"], temperature=ps["temperature"], return_mask_ratio=True)
+        pred_u,
+        up(t_out["pred"]),
+        up(t_out["sgc"]),
+        valid=~(box | pad),
+        threshold=ps["threshold"],
+        soft=ps["soft"],
+        gamma=ps["gamma"],
+        temperature=ps["temperature"],
+        return_mask_ratio=True,
+    )
     loss = sup + ctx.semi["unsupervised_weight"] * unsup
     return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 
@@ -176,7 +196,13 @@ def selftrain_step(ctx: StepContext, labeled, pseudo_labeled) -> StepOutput:
     return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())
 
 
-STEPS = {"supervised": supervised_step, "selftrain": selftrain_step, "fixmatch": fixmatch_step, "u2pl": u2pl_step, "pseudoseg": pseudoseg_step}
+STEPS = {
+    "supervised": supervised_step,
+    "selftrain": selftrain_step,
+    "fixmatch": fixmatch_step,
+    "u2pl": u2pl_step,
+    "pseudoseg": pseudoseg_step,
+}
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
 """Triton kernel of pseudo_label_cross_entropy: loss and gradient in one pass."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,17 @@ import triton
 import triton.language as tl
 
 from .._checks import not_ignored
-from ._common import (block_config, ce_from_stats, defer_denominator, flat_pixels, inverse, launch, pixel_offsets,
-                      row_stats, store_grad)
+from ._common import (
+    block_config,
+    ce_from_stats,
+    defer_denominator,
+    flat_pixels,
+    inverse,
+    launch,
+    pixel_offsets,
+    row_stats,
+    store_grad,
+)
 
 _NONE, _MEAN, _SUM = 0, 1, 2
 _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
@@ -15,12 +25,44 @@ _VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
 
 @triton.jit
 def cross_entropy_kernel(
-    x_ptr, t_ptr, w_ptr, g_ptr, loss_ptr, ce_ptr, partial_ptr, gscale_ptr,
-    C, HW, W, ignore_index, num_chunks,
-    sxN, sxC, sxH, sxW, stN, stH, stW, swN, swH, swW, sgN, sgC, sgH, sgW,
-    HAS_W: tl.constexpr, NEED_GRAD: tl.constexpr, PIXEL_LOSS: tl.constexpr, NEED_CE: tl.constexpr,
-    FLAT_X: tl.constexpr, FLAT_T: tl.constexpr, FLAT_W: tl.constexpr, FLAT_G: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    x_ptr,
+    t_ptr,
+    w_ptr,
+    g_ptr,
+    loss_ptr,
+    ce_ptr,
+    partial_ptr,
+    gscale_ptr,
+    C,
+    HW,
+    W,
+    ignore_index,
+    num_chunks,
+    sxN,
+    sxC,
+    sxH,
+    sxW,
+    stN,
+    stH,
+    stW,
+    swN,
+    swH,
+    swW,
+    sgN,
+    sgC,
+    sgH,
+    sgW,
+    HAS_W: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    PIXEL_LOSS: tl.constexpr,
+    NEED_CE: tl.constexpr,
+    FLAT_X: tl.constexpr,
+    FLAT_T: tl.constexpr,
+    FLAT_W: tl.constexpr,
+    FLAT_G: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -53,8 +95,24 @@ def cross_entropy_kernel(
     tl.store(partial_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), tl.sum(lp, axis=0))
     if NEED_GRAD:
         scale = tl.where(wa != 0.0, wa * tl.load(gscale_ptr) / s, 0.0) + poison
-        store_grad(x_ptr + n * sxN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
-                   x_last, m, y32, scale, rest, C, sxC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
+        store_grad(
+            x_ptr + n * sxN,
+            g_ptr + n * sgN,
+            poff,
+            pixel_offsets(hw, W, sgH, sgW, FLAT_G),
+            pmask,
+            x_last,
+            m,
+            y32,
+            scale,
+            rest,
+            C,
+            sxC,
+            sgC,
+            num_chunks,
+            BLOCK_C,
+            SINGLE_CHUNK,
+        )
 
 
 def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, numel, device):
@@ -71,15 +129,18 @@ def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_t
     return valid.sum().float()
 
 
-def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad,
-                  need_ce):
+def cross_entropy(
+    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce
+):
     n, c, h, w = logits.shape
     dev = logits.device
     block_p, block_c, chunks, warps = block_config(c)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     if reduction == _MEAN:
-        inv = inverse(mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev))
+        inv = inverse(
+            mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev)
+        )
     else:
         inv = torch.ones((), device=dev)
     inv, one = inv.float(), torch.ones((), device=dev)
@@ -91,16 +152,37 @@ def cross_entropy(logits, target, weight, ignore_index, reduction, norm_mode, no
         wt = weight if weight is not None else target
         g = grad if need_grad else logits
         launch(
-            cross_entropy_kernel, grid,
-            logits, target, wt, g, loss_pixel, ce, partial, kernel_scale,
-            c, h * w, w, ignore_index, chunks,
-            *logits.stride(), *target.stride(), *wt.stride(), *g.stride(),
-            HAS_W=weight is not None, NEED_GRAD=need_grad, PIXEL_LOSS=reduction == _NONE, NEED_CE=need_ce,
+            cross_entropy_kernel,
+            grid,
+            logits,
+            target,
+            wt,
+            g,
+            loss_pixel,
+            ce,
+            partial,
+            kernel_scale,
+            c,
+            h * w,
+            w,
+            ignore_index,
+            chunks,
+            *logits.stride(),
+            *target.stride(),
+            *wt.stride(),
+            *g.stride(),
+            HAS_W=weight is not None,
+            NEED_GRAD=need_grad,
+            PIXEL_LOSS=reduction == _NONE,
+            NEED_CE=need_ce,
             FLAT_X=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
             FLAT_T=flat_pixels(h, w, target.stride(1), target.stride(2)),
             FLAT_W=flat_pixels(h, w, wt.stride(1), wt.stride(2)),
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
-            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            SINGLE_CHUNK=chunks == 1,
+            num_warps=warps,
         )
     if reduction == _NONE:
         loss = loss_pixel

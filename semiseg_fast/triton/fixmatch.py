@@ -1,22 +1,64 @@
 """Triton kernel of fixmatch_loss: teacher statistics and student cross-entropy in one program."""
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (MaskedMean, block_config, ce_from_stats, defer_denominator, flat_pixels, launch, pixel_offsets,
-                      row_stats, store_grad)
+from ._common import (
+    MaskedMean,
+    block_config,
+    ce_from_stats,
+    defer_denominator,
+    flat_pixels,
+    launch,
+    pixel_offsets,
+    row_stats,
+    store_grad,
+)
 
 
 @triton.jit
 def fixmatch_kernel(
-    s_ptr, t_ptr, mask_ptr, g_ptr, partial_ptr, count_ptr, gscale_ptr,
-    C, HW, W, threshold, ignore_index, num_chunks,
-    ssN, ssC, ssH, ssW, stN, stC, stH, stW, smN, smH, smW, sgN, sgC, sgH, sgW,
-    HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, NEED_GRAD: tl.constexpr,
-    FLAT_S: tl.constexpr, FLAT_T: tl.constexpr, FLAT_M: tl.constexpr, FLAT_G: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    mask_ptr,
+    g_ptr,
+    partial_ptr,
+    count_ptr,
+    gscale_ptr,
+    C,
+    HW,
+    W,
+    threshold,
+    ignore_index,
+    num_chunks,
+    ssN,
+    ssC,
+    ssH,
+    ssW,
+    stN,
+    stC,
+    stH,
+    stW,
+    smN,
+    smH,
+    smW,
+    sgN,
+    sgC,
+    sgH,
+    sgW,
+    HAS_MASK: tl.constexpr,
+    MASK_IS_BOOL: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    FLAT_S: tl.constexpr,
+    FLAT_T: tl.constexpr,
+    FLAT_M: tl.constexpr,
+    FLAT_G: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -30,8 +72,19 @@ def fixmatch_kernel(
             valid = valid & (mv.to(tl.int64) != ignore_index)
     zero = tl.zeros((BLOCK_P,), tl.int32)
     tm, ts, _r, _t, label, _xy, _x = row_stats(
-        t_ptr + n * stN, pixel_offsets(hw, W, stH, stW, FLAT_T), pmask, zero, C, stC, 1.0,
-        num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK,
+        t_ptr + n * stN,
+        pixel_offsets(hw, W, stH, stW, FLAT_T),
+        pmask,
+        zero,
+        C,
+        stC,
+        1.0,
+        num_chunks,
+        False,
+        False,
+        BLOCK_P,
+        BLOCK_C,
+        SINGLE_CHUNK,
     )
     # Carried as a float: live predicates across the inlined log made ptxas spill on sm_80.
     active = tl.where(valid & ((1.0 / ts) >= threshold), 1.0, 0.0)
@@ -45,8 +98,24 @@ def fixmatch_kernel(
     tl.store(count_ptr + pid, tl.sum(active, axis=0).to(tl.int32))
     if NEED_GRAD:
         scale = tl.where(active != 0.0, tl.load(gscale_ptr) / s, 0.0)
-        store_grad(s_ptr + n * ssN, g_ptr + n * sgN, poff, pixel_offsets(hw, W, sgH, sgW, FLAT_G), pmask,
-                   x_last, m, label, scale, rest, C, ssC, sgC, num_chunks, BLOCK_C, SINGLE_CHUNK)
+        store_grad(
+            s_ptr + n * ssN,
+            g_ptr + n * sgN,
+            poff,
+            pixel_offsets(hw, W, sgH, sgW, FLAT_G),
+            pmask,
+            x_last,
+            m,
+            label,
+            scale,
+            rest,
+            C,
+            ssC,
+            sgC,
+            num_chunks,
+            BLOCK_C,
+            SINGLE_CHUNK,
+        )
 
 
 def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad):
@@ -63,10 +132,25 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
         g = grad if need_grad else student
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
-            fixmatch_kernel, grid,
-            student, teacher, mask, g, partial, counts, mean.grad_scale,
-            c, h * w, w, threshold, ignore_index, chunks,
-            *student.stride(), *teacher.stride(), *m_strides, *g.stride(),
+            fixmatch_kernel,
+            grid,
+            student,
+            teacher,
+            mask,
+            g,
+            partial,
+            counts,
+            mean.grad_scale,
+            c,
+            h * w,
+            w,
+            threshold,
+            ignore_index,
+            chunks,
+            *student.stride(),
+            *teacher.stride(),
+            *m_strides,
+            *g.stride(),
             HAS_MASK=ignore_mask is not None,
             MASK_IS_BOOL=ignore_mask is not None and ignore_mask.dtype == torch.bool,
             NEED_GRAD=need_grad,
@@ -74,7 +158,10 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
             FLAT_T=flat_pixels(h, w, teacher.stride(2), teacher.stride(3)),
             FLAT_M=flat_pixels(h, w, m_strides[1], m_strides[2]),
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
-            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            SINGLE_CHUNK=chunks == 1,
+            num_warps=warps,
         )
     loss, ratio, post = mean.finish(partial, counts)
     return loss, ratio, grad, post

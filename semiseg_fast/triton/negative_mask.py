@@ -1,4 +1,5 @@
 """Triton kernel of negative_class_mask: per-pixel class ranks by comparisons, no sort."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,21 @@ from ._common import block_config, flat_pixels, launch, load_chunk, pixel_offset
 
 @triton.jit
 def negative_mask_kernel(
-    x_ptr, out_ptr, C, HW, W, sN, sC, sH, sW, low_rank, high_rank, num_chunks,
-    FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    C,
+    HW,
+    W,
+    sN,
+    sC,
+    sH,
+    sW,
+    low_rank,
+    high_rank,
+    num_chunks,
+    FLAT: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     # rank_c = #{k : x_k > x_c} + #{k < c : x_k == x_c}, accumulated one class k at a time.
     n = tl.program_id(1).to(tl.int64)
@@ -40,8 +54,20 @@ def negative_mask(x: torch.Tensor, low_rank: int, high_rank: int) -> torch.Tenso
         return out
     block_p, block_c, chunks, warps = block_config(c)
     launch(
-        negative_mask_kernel, (triton.cdiv(h * w, block_p), n),
-        x, out.view(torch.int8), c, h * w, w, *x.stride(), low_rank, min(high_rank, c), chunks,
-        FLAT=flat_pixels(h, w, x.stride(2), x.stride(3)), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps,
+        negative_mask_kernel,
+        (triton.cdiv(h * w, block_p), n),
+        x,
+        out.view(torch.int8),
+        c,
+        h * w,
+        w,
+        *x.stride(),
+        low_rank,
+        min(high_rank, c),
+        chunks,
+        FLAT=flat_pixels(h, w, x.stride(2), x.stride(3)),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        num_warps=warps,
     )
     return out

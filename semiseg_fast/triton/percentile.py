@@ -1,6 +1,7 @@
 """Triton radix select for entropy_percentile: the k-th smallest of the valid values for every
 needed rank at once, in four passes of 8 bits over order-preserving uint32 keys, with the rank
 bookkeeping on the device (no host sync, no sort, no size cap)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,17 @@ BLOCK = 1024  # 4 values per thread at 8 warps: larger blocks made ptxas spill p
 
 
 @triton.jit
-def radix_histogram_kernel(x_ptr, valid_ptr, prefix_ptr, hist_ptr, numel,
-                           T: tl.constexpr, SHIFT: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr):
+def radix_histogram_kernel(
+    x_ptr,
+    valid_ptr,
+    prefix_ptr,
+    hist_ptr,
+    numel,
+    T: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """hist[t, d] += #{valid x whose key's digit at SHIFT is d and whose higher digits equal prefix[t]'s}."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
@@ -54,8 +64,20 @@ def select_ranks(values: torch.Tensor, valid: torch.Tensor | None, ranks: torch.
     grid = (triton.cdiv(x.numel(), BLOCK),)
     for shift in (24, 16, 8, 0):
         hist = torch.zeros((t, 256), dtype=torch.int32, device=x.device)
-        launch(radix_histogram_kernel, grid, x, v, prefix, hist, x.numel(),
-               T=t, SHIFT=shift, HAS_VALID=valid is not None, BLOCK=BLOCK, num_warps=8)
+        launch(
+            radix_histogram_kernel,
+            grid,
+            x,
+            v,
+            prefix,
+            hist,
+            x.numel(),
+            T=t,
+            SHIFT=shift,
+            HAS_VALID=valid is not None,
+            BLOCK=BLOCK,
+            num_warps=8,
+        )
         cum = hist.to(torch.int64).cumsum(1)
         b = torch.searchsorted(cum, rank.unsqueeze(1), right=True).squeeze(1).clamp_max(255)
         below = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0).unsqueeze(1)).squeeze(1), torch.zeros_like(b))
@@ -86,7 +108,7 @@ def percentile(values: torch.Tensor, valid: torch.Tensor | None, q: list[float])
     n = mask.sum()
     prev, nxt, gamma = numpy_linear_interp(n, q)
     vals = select_ranks(x, v, torch.cat([prev, nxt])).to(torch.float64)
-    a, b = vals[: len(q)], vals[len(q):]
+    a, b = vals[: len(q)], vals[len(q) :]
     diff = b - a
     res = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
     bad = (n == 0) | (torch.isnan(x) & mask).any()

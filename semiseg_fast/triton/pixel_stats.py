@@ -1,4 +1,5 @@
 """Triton kernel of pixel_stats."""
+
 from __future__ import annotations
 
 import torch
@@ -11,9 +12,23 @@ from ._common import block_config, flat_pixels, launch, load_chunk, log1p_pos, p
 
 @triton.jit
 def pixel_stats_kernel(
-    x_ptr, conf_ptr, label_ptr, ent_ptr,
-    C, HW, W, sN, sC, sH, sW, inv_t,
-    num_chunks, FLAT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    x_ptr,
+    conf_ptr,
+    label_ptr,
+    ent_ptr,
+    C,
+    HW,
+    W,
+    sN,
+    sC,
+    sH,
+    sW,
+    inv_t,
+    num_chunks,
+    FLAT: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -40,20 +55,67 @@ def pixel_stats(logits: torch.Tensor, temperature: float):
     s_n, s_c, s_h, s_w = logits.stride()
     grid = (triton.cdiv(h * w, block_p), n)
     launch(
-        pixel_stats_kernel, grid,
-        logits, conf, label, ent, c, h * w, w, s_n, s_c, s_h, s_w, 1.0 / temperature, chunks,
-        FLAT=flat_pixels(h, w, s_h, s_w), BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+        pixel_stats_kernel,
+        grid,
+        logits,
+        conf,
+        label,
+        ent,
+        c,
+        h * w,
+        w,
+        s_n,
+        s_c,
+        s_h,
+        s_w,
+        1.0 / temperature,
+        chunks,
+        FLAT=flat_pixels(h, w, s_h, s_w),
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        SINGLE_CHUNK=chunks == 1,
+        num_warps=warps,
     )
     return conf, label, ent
 
 
 @triton.jit
 def pixel_stats_backward_kernel(
-    x_ptr, conf_ptr, label_ptr, ent_ptr, gc_ptr, ge_ptr, g_ptr,
-    C, HW, W, sN, sC, sH, sW, gN, gC, gH, gW, gcN, gcH, gcW, geN, geH, geW, inv_t, num_chunks,
-    HAS_GC: tl.constexpr, HAS_GE: tl.constexpr, FLAT: tl.constexpr, FLAT_G: tl.constexpr,
-    FLAT_GC: tl.constexpr, FLAT_GE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    x_ptr,
+    conf_ptr,
+    label_ptr,
+    ent_ptr,
+    gc_ptr,
+    ge_ptr,
+    g_ptr,
+    C,
+    HW,
+    W,
+    sN,
+    sC,
+    sH,
+    sW,
+    gN,
+    gC,
+    gH,
+    gW,
+    gcN,
+    gcH,
+    gcW,
+    geN,
+    geH,
+    geW,
+    inv_t,
+    num_chunks,
+    HAS_GC: tl.constexpr,
+    HAS_GE: tl.constexpr,
+    FLAT: tl.constexpr,
+    FLAT_G: tl.constexpr,
+    FLAT_GC: tl.constexpr,
+    FLAT_GE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
 ):
     # p_c = conf * exp((x_c - x_y) / T) with y the forward's argmax; see the C++ kernel.
     n = tl.program_id(1).to(tl.int64)
@@ -81,8 +143,11 @@ def pixel_stats_backward_kernel(
         onehot = tl.where(c[None, :] == y[:, None], 1.0, 0.0)
         logp = tl.where(x == float("-inf"), 0.0, d + lconf[:, None])
         g = a[:, None] * (onehot - p) - b[:, None] * p * (logp + ent[:, None])
-        tl.store(g_ptr + n * gN + goff[:, None] + c[None, :].to(tl.int64) * gC, g.to(g_ptr.dtype.element_ty),
-                 mask=pmask[:, None] & (c < C)[None, :])
+        tl.store(
+            g_ptr + n * gN + goff[:, None] + c[None, :].to(tl.int64) * gC,
+            g.to(g_ptr.dtype.element_ty),
+            mask=pmask[:, None] & (c < C)[None, :],
+        )
 
 
 def pixel_stats_backward(logits, confidence, label, entropy, grad_conf, grad_ent, temperature):
@@ -95,14 +160,33 @@ def pixel_stats_backward(logits, confidence, label, entropy, grad_conf, grad_ent
     ge = grad_ent if grad_ent is not None else entropy
     grid = (triton.cdiv(h * w, block_p), n)
     launch(
-        pixel_stats_backward_kernel, grid,
-        logits, confidence.contiguous(), label.contiguous(), entropy.contiguous(), gc, ge, grad,
-        c, h * w, w, *logits.stride(), *grad.stride(), *gc.stride(), *ge.stride(), 1.0 / temperature, chunks,
-        HAS_GC=grad_conf is not None, HAS_GE=grad_ent is not None,
+        pixel_stats_backward_kernel,
+        grid,
+        logits,
+        confidence.contiguous(),
+        label.contiguous(),
+        entropy.contiguous(),
+        gc,
+        ge,
+        grad,
+        c,
+        h * w,
+        w,
+        *logits.stride(),
+        *grad.stride(),
+        *gc.stride(),
+        *ge.stride(),
+        1.0 / temperature,
+        chunks,
+        HAS_GC=grad_conf is not None,
+        HAS_GE=grad_ent is not None,
         FLAT=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
         FLAT_G=flat_pixels(h, w, grad.stride(2), grad.stride(3)),
         FLAT_GC=flat_pixels(h, w, gc.stride(1), gc.stride(2)),
         FLAT_GE=flat_pixels(h, w, ge.stride(1), ge.stride(2)),
-        BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        SINGLE_CHUNK=chunks == 1,
+        num_warps=warps,
     )
     return grad

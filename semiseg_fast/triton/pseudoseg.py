@@ -1,13 +1,24 @@
 """Triton kernel of PseudoSeg's consistency loss: the fused target and the student's cross-entropy
 in one program (same per-pixel math as the C++ kernel; see csrc/common/kernels_impl.h)."""
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (CHUNK_CLASSES, MaskedMean, block_config, ce_from_stats, defer_denominator, flat_pixels, launch,
-                      load_chunk, pixel_offsets, row_stats)
+from ._common import (
+    CHUNK_CLASSES,
+    MaskedMean,
+    block_config,
+    ce_from_stats,
+    defer_denominator,
+    flat_pixels,
+    launch,
+    load_chunk,
+    pixel_offsets,
+    row_stats,
+)
 
 _IDENTITY, _SQUARE, _POWER = 0, 1, 2
 
@@ -36,8 +47,28 @@ def _target(p, m, mp, mm, wp, wm, scale, inv_t, SHARPEN: tl.constexpr):
 
 
 @triton.jit
-def _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
-           mp, mm, wp, wm, scale, inv_t, SHARPEN: tl.constexpr, BLOCK_C: tl.constexpr):
+def _chunk(
+    p_base,
+    m_base,
+    z_base,
+    poff_p,
+    poff_m,
+    poff_z,
+    pmask,
+    k,
+    C,
+    spC,
+    smC,
+    szC,
+    mp,
+    mm,
+    wp,
+    wm,
+    scale,
+    inv_t,
+    SHARPEN: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Chunk k: the unnormalised target r, the student logits z and the class indices."""
     pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
     mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
@@ -60,13 +91,54 @@ def _fold_target(r, c, z, mz, R, rmax, y, rz):
 
 @triton.jit
 def pseudoseg_kernel(
-    z_ptr, p_ptr, m_ptr, mask_ptr, g_ptr, partial_ptr, count_ptr, gscale_ptr, scale_ptr,
-    C, HW, W, gamma, inv_t, threshold, num_chunks,
-    szN, szC, szH, szW, spN, spC, spH, spW, smN, smC, smH, smW, skN, skH, skW, sgN, sgC, sgH, sgW,
-    HAS_MASK: tl.constexpr, NEED_GRAD: tl.constexpr, SOFT: tl.constexpr, SHARPEN: tl.constexpr,
+    z_ptr,
+    p_ptr,
+    m_ptr,
+    mask_ptr,
+    g_ptr,
+    partial_ptr,
+    count_ptr,
+    gscale_ptr,
+    scale_ptr,
+    C,
+    HW,
+    W,
+    gamma,
+    inv_t,
+    threshold,
+    num_chunks,
+    szN,
+    szC,
+    szH,
+    szW,
+    spN,
+    spC,
+    spH,
+    spW,
+    smN,
+    smC,
+    smH,
+    smW,
+    skN,
+    skH,
+    skW,
+    sgN,
+    sgC,
+    sgH,
+    sgW,
+    HAS_MASK: tl.constexpr,
+    NEED_GRAD: tl.constexpr,
+    SOFT: tl.constexpr,
+    SHARPEN: tl.constexpr,
     USE_THRESHOLD: tl.constexpr,
-    FLAT_Z: tl.constexpr, FLAT_P: tl.constexpr, FLAT_M: tl.constexpr, FLAT_K: tl.constexpr, FLAT_G: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    FLAT_Z: tl.constexpr,
+    FLAT_P: tl.constexpr,
+    FLAT_M: tl.constexpr,
+    FLAT_K: tl.constexpr,
+    FLAT_G: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
 ):
     n = tl.program_id(1).to(tl.int64)
     hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -83,12 +155,15 @@ def pseudoseg_kernel(
     poff_p = pixel_offsets(hw, W, spH, spW, FLAT_P)
     poff_m = pixel_offsets(hw, W, smH, smW, FLAT_M)
     poff_z = pixel_offsets(hw, W, szH, szW, FLAT_Z)
-    mp, sp, _r0, _t0, _i0, _x0, p_t = row_stats(p_base, poff_p, pmask, zero, C, spC, scale, num_chunks, False, False,
-                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
-    mm, sm, _r1, _t1, _i1, _x1, m_t = row_stats(m_base, poff_m, pmask, zero, C, smC, scale, num_chunks, False, False,
-                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
-    mz, sz, _r2, _t2, _i2, _x2, z_t = row_stats(z_base, poff_z, pmask, zero, C, szC, 1.0, num_chunks, False, False,
-                                                 BLOCK_P, BLOCK_C, SINGLE_CHUNK)
+    mp, sp, _r0, _t0, _i0, _x0, p_t = row_stats(
+        p_base, poff_p, pmask, zero, C, spC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+    )
+    mm, sm, _r1, _t1, _i1, _x1, m_t = row_stats(
+        m_base, poff_m, pmask, zero, C, smC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+    )
+    mz, sz, _r2, _t2, _i2, _x2, z_t = row_stats(
+        z_base, poff_z, pmask, zero, C, szC, 1.0, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+    )
     wp = gamma / sp
     wm = (1.0 - gamma) / sm
     R = tl.zeros((BLOCK_P,), tl.float32)
@@ -101,8 +176,28 @@ def pseudoseg_kernel(
         R, rmax, y, rz = _fold_target(r_t, c, z_t, mz, R, rmax, y, rz)
     else:
         for k in range(num_chunks):
-            rk, zk, c = _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
-                               mp, mm, wp, wm, scale, inv_t, SHARPEN, BLOCK_C)
+            rk, zk, c = _chunk(
+                p_base,
+                m_base,
+                z_base,
+                poff_p,
+                poff_m,
+                poff_z,
+                pmask,
+                k,
+                C,
+                spC,
+                smC,
+                szC,
+                mp,
+                mm,
+                wp,
+                wm,
+                scale,
+                inv_t,
+                SHARPEN,
+                BLOCK_C,
+            )
             R, rmax, y, rz = _fold_target(rk, c, zk, mz, R, rmax, y, rz)
     inv_r = 1.0 / R
     active = valid
@@ -141,8 +236,28 @@ def pseudoseg_kernel(
             _store_grad(g_base, poff_g, pmask, tl.arange(0, BLOCK_C), z_t, r_t, mz, y, gs, gt, rest, C, sgC, SOFT)
         else:
             for k in range(num_chunks):
-                rk, zk, c = _chunk(p_base, m_base, z_base, poff_p, poff_m, poff_z, pmask, k, C, spC, smC, szC,
-                                   mp, mm, wp, wm, scale, inv_t, SHARPEN, BLOCK_C)
+                rk, zk, c = _chunk(
+                    p_base,
+                    m_base,
+                    z_base,
+                    poff_p,
+                    poff_m,
+                    poff_z,
+                    pmask,
+                    k,
+                    C,
+                    spC,
+                    smC,
+                    szC,
+                    mp,
+                    mm,
+                    wp,
+                    wm,
+                    scale,
+                    inv_t,
+                    SHARPEN,
+                    BLOCK_C,
+                )
                 _store_grad(g_base, poff_g, pmask, c, zk, rk, mz, y, gs, gt, rest, C, sgC, SOFT)
 
 
@@ -158,8 +273,9 @@ def _store_grad(g_base, poff_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOF
     tl.store(ptr, g.to(g_base.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
 
 
-def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode,
-                   norm_value, need_grad):
+def pseudoseg_loss(
+    student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value, need_grad
+):
     n, c, h, w = student.shape
     dev = student.device
     block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES["pseudoseg_kernel"])
@@ -174,11 +290,32 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
         g = grad if need_grad else student
         k_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
-            pseudoseg_kernel, grid,
-            student, decoder, sgc, mask, g, partial, counts, mean.grad_scale, scale,
-            c, h * w, w, float(gamma), inv_t, float(threshold), chunks,
-            *student.stride(), *decoder.stride(), *sgc.stride(), *k_strides, *g.stride(),
-            HAS_MASK=ignore_mask is not None, NEED_GRAD=need_grad, SOFT=soft,
+            pseudoseg_kernel,
+            grid,
+            student,
+            decoder,
+            sgc,
+            mask,
+            g,
+            partial,
+            counts,
+            mean.grad_scale,
+            scale,
+            c,
+            h * w,
+            w,
+            float(gamma),
+            inv_t,
+            float(threshold),
+            chunks,
+            *student.stride(),
+            *decoder.stride(),
+            *sgc.stride(),
+            *k_strides,
+            *g.stride(),
+            HAS_MASK=ignore_mask is not None,
+            NEED_GRAD=need_grad,
+            SOFT=soft,
             SHARPEN=_SQUARE if inv_t == 2.0 else _IDENTITY if inv_t == 1.0 else _POWER,
             USE_THRESHOLD=threshold > 0,
             FLAT_Z=flat_pixels(h, w, student.stride(2), student.stride(3)),
@@ -186,7 +323,10 @@ def pseudoseg_loss(student, decoder, sgc, ignore_mask, scale, gamma, temperature
             FLAT_M=flat_pixels(h, w, sgc.stride(2), sgc.stride(3)),
             FLAT_K=flat_pixels(h, w, k_strides[1], k_strides[2]),
             FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
-            BLOCK_P=block_p, BLOCK_C=block_c, SINGLE_CHUNK=chunks == 1, num_warps=warps,
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            SINGLE_CHUNK=chunks == 1,
+            num_warps=warps,
         )
     loss, ratio, post = mean.finish(partial, counts)
     return loss, ratio, grad, post

@@ -1,9 +1,9 @@
 """U2PL's contrastive term with unreliable pixels as negatives, in fixed-size tensors: no
 per-class Python loop over pixels, no boolean indexing, no host sync."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ class ContrastiveDraws:
     """Positions per class slot k (the k-th present class in ascending order): anchors (K, Q)
     among that slot's anchor candidates, negatives (K, Q * num_negatives) among its queue, both
     taken modulo the number of candidates."""
+
     anchors: torch.Tensor
     negatives: torch.Tensor
 
@@ -47,8 +48,8 @@ def u2pl_contrastive_loss(
     push_limit: int = 4096,
     ignore_index: int = 255,
     official_quirks: bool = False,
-    generator: Optional[torch.Generator] = None,
-    draws: Optional[ContrastiveDraws] = None,
+    generator: torch.Generator | None = None,
+    draws: ContrastiveDraws | None = None,
 ) -> torch.Tensor:
     """U2PL's contrastive loss (official ``compute_contra_memobank_loss``), all at feature resolution.
 
@@ -85,12 +86,18 @@ def u2pl_contrastive_loss(
             raise ValueError(f"{name}: expected a 4-D tensor (B, D or C, H, W), got shape {tuple(t.shape)}")
     b, d, h, w = rep.shape
     c = prob_teacher.shape[1]
-    for name, t, shape in [("rep_teacher", rep_teacher, (b, d, h, w)), ("prob_teacher", prob_teacher, (b, c, h, w)),
-                           ("label", label, (b, h, w)), ("reliable", reliable, (b, h, w)),
-                           ("unreliable", unreliable, (b, h, w)), ("is_labeled", is_labeled, (b,))]:
+    for name, t, shape in [
+        ("rep_teacher", rep_teacher, (b, d, h, w)),
+        ("prob_teacher", prob_teacher, (b, c, h, w)),
+        ("label", label, (b, h, w)),
+        ("reliable", reliable, (b, h, w)),
+        ("unreliable", unreliable, (b, h, w)),
+        ("is_labeled", is_labeled, (b,)),
+    ]:
         if tuple(_checks.tensor(t, name).shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape} (batch and size of rep {tuple(rep.shape)}), "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name}: expected shape {shape} (batch and size of rep {tuple(rep.shape)}), got {tuple(t.shape)}"
+            )
     if bank.num_classes != c or bank.dim != d:
         raise ValueError(f"bank: expected {c} classes of dim {d}, got {bank.num_classes} of dim {bank.dim}")
     _checks.number(temperature, "temperature", low=0.0, low_open=True)
@@ -123,8 +130,11 @@ def u2pl_contrastive_loss(
         anchor_start = torch.cumsum(anchor_count, 0) - anchor_count
 
         # Negatives for every (pixel, class) pair, then the newest push_limit per class enter the bank.
-        top = (negative_class_mask(prob, 0, low_rank) if low_rank > 0
-               else torch.zeros(b, c, h, w, dtype=torch.bool, device=dev))
+        top = (
+            negative_class_mask(prob, 0, low_rank)
+            if low_rank > 0
+            else torch.zeros(b, c, h, w, dtype=torch.bool, device=dev)
+        )
         window = negative_class_mask(prob, low_rank, high_rank)
         flat = lambda m: m.permute(0, 2, 3, 1).reshape(p, c)
         top, window = flat(top), flat(window)
@@ -175,9 +185,15 @@ def u2pl_contrastive_loss(
     pos_logit = (q * positive[:, None, :].to(q.dtype)).sum(-1, keepdim=True)  # (C, Q, 1)
     neg_logit = torch.einsum("cqd,cqkd->cqk", q, negatives.to(q.dtype))  # (C, Q, negatives)
     logits = torch.cat([pos_logit, neg_logit], dim=2) / temperature
-    per_slot = F.cross_entropy(logits.reshape(c * num_queries, -1),
-                               torch.zeros(c * num_queries, dtype=torch.long, device=dev),
-                               reduction="none").reshape(c, num_queries).mean(1)
+    per_slot = (
+        F.cross_entropy(
+            logits.reshape(c * num_queries, -1),
+            torch.zeros(c * num_queries, dtype=torch.long, device=dev),
+            reduction="none",
+        )
+        .reshape(c, num_queries)
+        .mean(1)
+    )
     total = torch.where(active, per_slot, torch.zeros_like(per_slot)).sum()
     loss = torch.where(valid_seg > 1, total / valid_seg.clamp_min(1), torch.zeros_like(total))
     return loss + 0.0 * rep.sum()  # keeps every parameter in the graph (DDP), as the official code does

@@ -1,4 +1,5 @@
 """U2PL's per-epoch schedules (official train_semi.py; the paper's alpha_t = alpha_0 (1 - t / T))."""
+
 from __future__ import annotations
 
 from .. import _checks

@@ -1,4 +1,5 @@
 """U2PL's unsupervised loss: entropy-percentile filtering, then weighted cross-entropy."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ def _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_
     n, _, h, w = student_logits.shape
     # official: weight = N*H*W / kept, times the mean over the kept pixels
     denom = keep.sum().double().square() / float(n * h * w)
-    return pseudo_label_cross_entropy(student_logits, pseudo_label, weight=keep, ignore_index=ignore_index,
-                                      normalizer=denom.to(torch.float32))
+    return pseudo_label_cross_entropy(
+        student_logits, pseudo_label, weight=keep, ignore_index=ignore_index, normalizer=denom.to(torch.float32)
+    )
 
 
 def u2pl_unsupervised_loss(
@@ -44,8 +46,10 @@ def u2pl_unsupervised_loss(
     student_logits = _checks.logits(student_logits, "student_logits")
     teacher_logits = _checks.logits(teacher_logits, "teacher_logits")
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher_logits: expected the shape of student_logits {tuple(student_logits.shape)}, "
-                         f"got {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"teacher_logits: expected the shape of student_logits {tuple(student_logits.shape)}, "
+            f"got {tuple(teacher_logits.shape)}"
+        )
     pseudo_label = _checks.target(pseudo_label, student_logits, "pseudo_label", "student_logits")
     percent = _checks.number(percent, "percent", low=0.0, high=100.0)
     ignore_index = _checks.integer(ignore_index, "ignore_index")

@@ -1,7 +1,8 @@
 """Measuring what autograd keeps alive between forward and backward."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

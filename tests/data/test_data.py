@@ -3,8 +3,16 @@ import pytest
 import torch
 from PIL import Image
 
-from semiseg_fast.data import (DataError, SegmentationFolder, SyntheticScenes, cutmix_box, denormalize, normalize,
-                               strong_augment, weak_augment)
+from semiseg_fast.data import (
+    DataError,
+    SegmentationFolder,
+    SyntheticScenes,
+    cutmix_box,
+    denormalize,
+    normalize,
+    strong_augment,
+    weak_augment,
+)
 from semiseg_fast.data.synthetic import NUM_CLASSES
 
 
@@ -68,7 +76,7 @@ def test_weak_augment_flip_and_scale_keep_alignment():
     label = (image[0] > 0).to(torch.uint8)
     for seed in range(5):
         img, lab = weak_augment(image, label, 24, _gen(seed), scale_range=(0.75, 1.5))
-        core = (lab == 1)
+        core = lab == 1
         assert (img[0][core] >= 90).float().mean() > 0.85  # boundary pixels may be off by one
 
 

@@ -42,8 +42,14 @@ def test_build_by_name_and_import_path():
     assert logits.shape == (1, 3, 8, 8) and rep is None
 
 
-@pytest.mark.parametrize("name, message", [("resnet", "expected one of"), ("no.such.module:Model", "cannot import"),
-                                           (f"{__name__}:Missing", "cannot import")])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("resnet", "expected one of"),
+        ("no.such.module:Model", "cannot import"),
+        (f"{__name__}:Missing", "cannot import"),
+    ],
+)
 def test_bad_model_names(name, message):
     with pytest.raises(ValueError, match=message):
         build_model(name, 3)
@@ -113,6 +119,7 @@ def test_dilated_conv_skipping_padding_taps_equals_the_full_convolution(size, ch
     """Rows / columns of taps that see only padding (dilation >= the map's side) are left out:
     same output and gradients as nn.Conv2d, on maps smaller, equal to and larger than the rate."""
     from semiseg_fast.models.deeplab import DilatedConv2d
+
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for kernel, dilation in ((3, 4), (3, 6), (5, 3)):
@@ -134,6 +141,7 @@ def test_dilated_conv_skipping_padding_taps_equals_the_full_convolution(size, ch
 
 def test_dilated_conv_rejects_even_kernels():
     from semiseg_fast.models.deeplab import DilatedConv2d
+
     with pytest.raises(ValueError, match="kernel: expected an odd size"):
         DilatedConv2d(3, 3, 2, 2)
 
@@ -143,7 +151,9 @@ def test_deeplab_on_small_crops_equals_full_kernels(monkeypatch):
     equals the same weights with every kernel applied in full; tracing keeps the full kernels, so
     a traced or fx graph gives the same result at a size where nothing is left out."""
     import torch.fx
+
     from semiseg_fast.models.deeplab import DilatedConv2d
+
     torch.manual_seed(0)
     model = DeepLabV3Plus(6, width=8).double().eval()
     small, large = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.randn(1, 3, 64, 64, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """The tap-by-tap weight gradient of dilated convolutions equals PyTorch's, and is used only where
 it applies."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,16 +20,32 @@ def _brute_padded_fraction(h, w, kernel, dilation, padding):
     return padded / total
 
 
-@pytest.mark.parametrize("h,w,k,d", [(4, 4, (3, 3), (2, 2)), (7, 7, (3, 3), (2, 2)), (7, 7, (3, 3), (6, 6)),
-                                     (5, 9, (3, 5), (4, 1)), (1, 6, (1, 3), (1, 3)), (3, 3, (3, 3), (5, 5))])
+@pytest.mark.parametrize(
+    "h,w,k,d",
+    [
+        (4, 4, (3, 3), (2, 2)),
+        (7, 7, (3, 3), (2, 2)),
+        (7, 7, (3, 3), (6, 6)),
+        (5, 9, (3, 5), (4, 1)),
+        (1, 6, (1, 3), (1, 3)),
+        (3, 3, (3, 3), (5, 5)),
+    ],
+)
 def test_padded_fraction_counts_every_read_of_padding(h, w, k, d):
     padding = (d[0] * (k[0] // 2), d[1] * (k[1] // 2))
     assert padded_fraction(h, w, k, d, padding) == pytest.approx(_brute_padded_fraction(h, w, k, d, padding))
 
 
-@pytest.mark.parametrize("size,kernel,dilation", [((4, 4), (3, 3), (2, 2)), ((7, 7), (3, 3), (4, 4)),
-                                                   ((5, 8), (3, 5), (3, 2)), ((4, 6), (1, 3), (1, 5)),
-                                                   ((3, 3), (3, 3), (3, 3))])
+@pytest.mark.parametrize(
+    "size,kernel,dilation",
+    [
+        ((4, 4), (3, 3), (2, 2)),
+        ((7, 7), (3, 3), (4, 4)),
+        ((5, 8), (3, 5), (3, 2)),
+        ((4, 6), (1, 3), (1, 5)),
+        ((3, 3), (3, 3), (3, 3)),
+    ],
+)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_gradients_equal_pytorchs(size, kernel, dilation, channels_last, bias):
@@ -87,8 +104,13 @@ def test_falls_back_to_pytorch_where_it_does_not_apply(case):
         padding = (1, 1)
     if case == "even_kernel":
         weight, padding = torch.randn(4, 3, 2, 2), (2, 2)
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if case == "autocast" else torch.no_grad() \
-        if case == "no_grad" else torch.enable_grad()
+    context = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if case == "autocast"
+        else torch.no_grad()
+        if case == "no_grad"
+        else torch.enable_grad()
+    )
     with context:
         y = conv2d_tap_grad(x, weight, None, padding, dilation)
         y_ref = F.conv2d(x, weight, None, 1, padding, dilation)
@@ -99,8 +121,8 @@ def test_falls_back_to_pytorch_where_it_does_not_apply(case):
 def test_deeplab_gradients_on_reduced_crops_equal_pytorchs(monkeypatch):
     """The whole model on 32-pixel crops (layer3's four convolutions and ASPP's rate 2 on 4x4 maps
     take the tap-by-tap gradient): every parameter's gradient as with plain convolutions."""
-    from semiseg_fast.models import DeepLabV3Plus
-    from semiseg_fast.models import deeplab
+    from semiseg_fast.models import DeepLabV3Plus, deeplab
+
     torch.manual_seed(0)
     model = DeepLabV3Plus(6, width=8).double()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -131,8 +153,9 @@ def test_deeplab_gradients_on_reduced_crops_equal_pytorchs(monkeypatch):
 def test_double_backward_raises():
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
     weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    (grad_w,) = torch.autograd.grad(conv2d_tap_grad(x, weight, None, (2, 2), (2, 2)).square().sum(), weight,
-                                    create_graph=True)
+    (grad_w,) = torch.autograd.grad(
+        conv2d_tap_grad(x, weight, None, (2, 2), (2, 2)).square().sum(), weight, create_graph=True
+    )
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_w.sum().backward()
 

@@ -1,5 +1,6 @@
 """The ops are torch.library custom ops with fake implementations and registered autograd:
 a loss built from them compiles with fullgraph=True (no graph breaks) and matches eager."""
+
 import pytest
 import torch
 
@@ -78,12 +79,29 @@ def test_opcheck(op):
     ops = torch.ops.semiseg_fast
     cases = {
         "pixel_stats": (ops.pixel_stats.default, (x, 1.0, "cpp")),
-        "pseudo_label_cross_entropy": (ops.pseudo_label_cross_entropy.default,
-                                       (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp")),
+        "pseudo_label_cross_entropy": (
+            ops.pseudo_label_cross_entropy.default,
+            (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp"),
+        ),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
-        "pseudoseg_loss": (ops.pseudoseg_loss.default,
-                           (x, torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4), torch.rand(2, 3, 4) < 0.2,
-                            torch.tensor(0.7), 0.5, 0.5, 0.0, True, 0, 0.0, True, "cpp")),
+        "pseudoseg_loss": (
+            ops.pseudoseg_loss.default,
+            (
+                x,
+                torch.randn(2, 5, 3, 4),
+                torch.randn(2, 5, 3, 4),
+                torch.rand(2, 3, 4) < 0.2,
+                torch.tensor(0.7),
+                0.5,
+                0.5,
+                0.0,
+                True,
+                0,
+                0.0,
+                True,
+                "cpp",
+            ),
+        ),
     }
     fn, args = cases[op]
     torch.library.opcheck(fn, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
@@ -105,6 +123,7 @@ def test_import_does_not_load_dynamo():
     """Importing the library and the training loop must not cost every process torch._dynamo's import."""
     import subprocess
     import sys
+
     code = "import sys, semiseg_fast, semiseg_fast.train.loop; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

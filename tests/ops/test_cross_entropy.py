@@ -90,8 +90,9 @@ def test_all_ignored_gives_zero_loss_and_gradient(backend, reduction):
     t = torch.full((2, 3, 5), 255, dtype=torch.uint8)
     loss, g, _ = loss_and_grad(backend, x, t, reduction=reduction)
     assert torch.all(loss == 0) and torch.all(g == 0)
-    loss, g, _ = loss_and_grad(backend, x, make_target(2, 21, 3, 5), weight=torch.zeros(2, 3, 5),
-                               reduction=reduction, normalizer="weighted")
+    loss, g, _ = loss_and_grad(
+        backend, x, make_target(2, 21, 3, 5), weight=torch.zeros(2, 3, 5), reduction=reduction, normalizer="weighted"
+    )
     assert torch.all(loss == 0) and torch.all(g == 0) and not torch.isnan(g).any()
 
 

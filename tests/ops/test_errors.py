@@ -1,4 +1,5 @@
 """Bad input gets an error naming the argument and the expected form, on every backend."""
+
 import pytest
 import torch
 
@@ -31,8 +32,15 @@ def test_target_checks(backend):
     raises(backend, ValueError, r"target: expected shape \(N, H, W\) = \(2, 3, 4\)", ce, X, T[:, :2])
     bad = T.clone()
     bad[1, 2, 3] = 7
-    raises(backend, IndexError, r"target: expected class indices in \[0, 5\) or ignore_index=255, got 7 "
-           r"at \(n=1, h=2, w=3\)", ce, X, bad)
+    raises(
+        backend,
+        IndexError,
+        r"target: expected class indices in \[0, 5\) or ignore_index=255, got 7 "
+        r"at \(n=1, h=2, w=3\)",
+        ce,
+        X,
+        bad,
+    )
     neg = T.long()
     neg[0, 0, 0] = -100
     raises(backend, IndexError, r"target: .* got -100", ce, X, neg)
@@ -42,12 +50,27 @@ def test_target_checks(backend):
 def test_option_checks(backend):
     ce = sf.pseudo_label_cross_entropy
     raises(backend, ValueError, r"reduction: expected 'mean', 'sum' or 'none', got 'avg'", ce, X, T, reduction="avg")
-    raises(backend, ValueError, r"normalizer: expected one of 'valid', 'weighted', 'total'", ce, X, T,
-           normalizer="confident")
+    raises(
+        backend,
+        ValueError,
+        r"normalizer: expected one of 'valid', 'weighted', 'total'",
+        ce,
+        X,
+        T,
+        normalizer="confident",
+    )
     raises(backend, ValueError, r"normalizer: expected > 0", ce, X, T, normalizer=0)
     raises(backend, TypeError, r"ignore_index: expected an int", ce, X, T, ignore_index=2.5)
     raises(backend, ValueError, r"weight: expected shape", ce, X, T, weight=torch.ones(2, 3))
-    raises(backend, TypeError, r"weight: expected a floating or bool dtype", ce, X, T, weight=torch.ones(2, 3, 4, dtype=torch.long))
+    raises(
+        backend,
+        TypeError,
+        r"weight: expected a floating or bool dtype",
+        ce,
+        X,
+        T,
+        weight=torch.ones(2, 3, 4, dtype=torch.long),
+    )
     raises(backend, ValueError, r"temperature: expected > 0", sf.pixel_stats, X, temperature=0)
     raises(backend, TypeError, r"temperature: expected a number", sf.pixel_stats, X, temperature="1")
 
@@ -62,8 +85,15 @@ def test_fixmatch_checks(backend):
     raises(backend, ValueError, r"threshold: expected >= 0.0", fm, X, X, threshold=-0.1)
     raises(backend, ValueError, r"ignore_mask: expected shape", fm, X, X, ignore_mask=T[0])
     raises(backend, TypeError, r"ignore_mask: expected a bool or integer dtype", fm, X, X, ignore_mask=T.float())
-    raises(backend, ValueError, r"normalizer: expected one of 'valid', 'confident', 'total'", fm, X, X,
-           normalizer="weighted")
+    raises(
+        backend,
+        ValueError,
+        r"normalizer: expected one of 'valid', 'confident', 'total'",
+        fm,
+        X,
+        X,
+        normalizer="weighted",
+    )
 
 
 def test_backend_names():

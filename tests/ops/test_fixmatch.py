@@ -67,9 +67,11 @@ def test_many_classes(backend, c):
 def test_all_ignored_or_unconfident_gives_zero(backend):
     s = make_logits(2, 21, 3, 5, requires_grad=True)
     t = make_logits(2, 21, 3, 5)
-    for kw in [dict(ignore_mask=torch.ones(2, 3, 5, dtype=torch.bool)),
-               dict(ignore_mask=torch.ones(2, 3, 5, dtype=torch.bool), normalizer="confident"),
-               dict(threshold=1.0, normalizer="confident")]:
+    for kw in [
+        dict(ignore_mask=torch.ones(2, 3, 5, dtype=torch.bool)),
+        dict(ignore_mask=torch.ones(2, 3, 5, dtype=torch.bool), normalizer="confident"),
+        dict(threshold=1.0, normalizer="confident"),
+    ]:
         loss, ratio = run(backend, s, t, return_mask_ratio=True, **kw)
         g = torch.autograd.grad(loss, s)[0]
         assert loss == 0 and ratio == 0 and torch.all(g == 0)

@@ -1,5 +1,6 @@
 """Gradients at the edges of the fused losses: fp16 under loss scaling, non-finite logits at
 pixels that do not count, -inf (masked) classes, tensor normalizers and second derivatives."""
+
 import pytest
 import torch
 
@@ -121,14 +122,16 @@ def test_tensor_normalizer_gets_its_gradient(backend):
 def test_second_derivative_raises_and_first_stays_exact(backend):
     x = torch.randn(N, C, H, W, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, C, (N, H, W), dtype=torch.uint8)
-    for fn in (lambda v: sf.pseudo_label_cross_entropy(v, target),
-               lambda v: sf.fixmatch_loss(v, v.detach() * 2, threshold=0.0),
-               lambda v: sf.pseudoseg_consistency_loss(v, v.detach() * 2, v.detach())):
+    for fn in (
+        lambda v: sf.pseudo_label_cross_entropy(v, target),
+        lambda v: sf.fixmatch_loss(v, v.detach() * 2, threshold=0.0),
+        lambda v: sf.pseudoseg_consistency_loss(v, v.detach() * 2, v.detach()),
+    ):
         with sf.backend(backend):
             loss = fn(x)
-        g, = torch.autograd.grad(loss, x, create_graph=True)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
         with sf.backend("reference"):
-            truth, = torch.autograd.grad(fn(x), x)
+            (truth,) = torch.autograd.grad(fn(x), x)
         torch.testing.assert_close(g, truth)
         with pytest.raises(RuntimeError, match="differentiable once"):
             (loss + g.pow(2).sum()).backward()
@@ -144,7 +147,7 @@ def test_the_returned_loss_may_be_modified_in_place(backend, reduction):
     loss *= 0.5
     loss.sum().backward()
     with sf.backend("reference"):
-        truth, = torch.autograd.grad(0.5 * sf.pseudo_label_cross_entropy(x, target, reduction=reduction).sum(), x)
+        (truth,) = torch.autograd.grad(0.5 * sf.pseudo_label_cross_entropy(x, target, reduction=reduction).sum(), x)
     torch.testing.assert_close(x.grad, truth)
 
 

@@ -12,8 +12,8 @@ def values(n, seed=0, ties=True, zeros=True, dtype=torch.float32):
     if ties and n > 3:
         x[: n // 4] = x[0]  # a quarter of the values equal
     if zeros and n > 3:
-        x[n // 4: n // 3] = -0.0  # confident pixels: entropy exactly -0.0
-        x[n // 3: n // 3 + n // 20] = 0.0
+        x[n // 4 : n // 3] = -0.0  # confident pixels: entropy exactly -0.0
+        x[n // 3 : n // 3 + n // 20] = 0.0
     return x[torch.randperm(n, generator=g)].to(dtype)
 
 

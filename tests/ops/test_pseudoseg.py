@@ -10,7 +10,8 @@ def pseudoseg64(student, decoder, sgc, **kw):
     """fp64 loss, gradient and mask ratio of the plain-PyTorch transcription."""
     zd = student.detach().double().requires_grad_()
     loss, ratio = reference.pseudoseg.pseudoseg_consistency_loss(
-        zd, decoder.detach().double(), sgc.detach().double(), return_mask_ratio=True, **kw)
+        zd, decoder.detach().double(), sgc.detach().double(), return_mask_ratio=True, **kw
+    )
     (g,) = torch.autograd.grad(loss, zd)
     return loss.detach().double(), g, float(ratio)
 
@@ -121,7 +122,7 @@ def test_gradcheck_fp64(backend):
     z = make_logits(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
     p, m = weak_views(1, 4, 2, 3, dtype=torch.float64)
     for soft in (True, False):
-        f = lambda z: run(backend, z, p, m, soft=soft)
+        f = lambda z, soft=soft: run(backend, z, p, m, soft=soft)
         assert torch.autograd.gradcheck(f, (z,), eps=1e-3, atol=2e-3, rtol=1e-2)
 
 
@@ -168,8 +169,12 @@ def test_argument_errors(backend):
         (TypeError, r"soft: expected a bool", (z, z, z), dict(soft=1)),
         (ValueError, r"valid: expected shape", (z, z, z), dict(valid=torch.ones(2, 3, dtype=torch.bool))),
         (TypeError, r"valid: expected a bool or integer dtype", (z, z, z), dict(valid=torch.ones(2, 3, 4))),
-        (ValueError, r"normalizer: expected one of 'valid', 'confident', 'total'", (z, z, z),
-         dict(normalizer="weighted")),
+        (
+            ValueError,
+            r"normalizer: expected one of 'valid', 'confident', 'total'",
+            (z, z, z),
+            dict(normalizer="weighted"),
+        ),
     ]
     with sf.backend(backend):
         for exc, msg, args, kw in cases:

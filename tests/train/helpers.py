@@ -2,14 +2,24 @@ import os
 import subprocess
 import sys
 
-
 TINY = {
-    "data": {"synthetic_train": 24, "synthetic_val": 6, "image_size": 32, "crop_size": 32, "batch_size": 2,
-             "unlabeled_batch_size": 2, "labeled_fraction": 0.25, "scale_range": [0.75, 1.25]},
+    "data": {
+        "synthetic_train": 24,
+        "synthetic_val": 6,
+        "image_size": 32,
+        "crop_size": 32,
+        "batch_size": 2,
+        "unlabeled_batch_size": 2,
+        "labeled_fraction": 0.25,
+        "scale_range": [0.75, 1.25],
+    },
     "model": {"kwargs": {"width": 8, "rep_dim": 16}},
     "optim": {"warmup_steps": 2},
     "train": {"epochs": 2, "eval_every": 6, "checkpoint_every": 3, "grid_images": 2},
-    "semi": {"threshold": 0.0, "u2pl": {"num_queries": 8, "num_negatives": 4, "bank_capacity": 64, "sup_only_epochs": 1}},
+    "semi": {
+        "threshold": 0.0,
+        "u2pl": {"num_queries": 8, "num_negatives": 4, "bank_capacity": 64, "sup_only_epochs": 1},
+    },
     "eval": {"batch_size": 4},
 }
 
@@ -18,5 +28,6 @@ def run_module(module, *args, env=None, timeout=600):
     """Runs ``python -m module args`` in a fresh process (one thread: like a CI worker slot)."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     full_env.pop("TRITON_INTERPRET", None)
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, timeout=timeout
+    )

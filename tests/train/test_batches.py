@@ -38,7 +38,10 @@ def test_empty_dataset_is_an_error():
 
 def test_schedule_sets_crop_and_batch_of_each_step():
     from semiseg_fast.train.schedule import Schedule
-    sched = Schedule.fast2x(total_steps=10, lr=0.1, crop_size=32, low_res_fraction=0.6, low_res_scale=0.5, low_res_batch=2)
+
+    sched = Schedule.fast2x(
+        total_steps=10, lr=0.1, crop_size=32, low_res_fraction=0.6, low_res_scale=0.5, low_res_batch=2
+    )
     steps = list(StepBatches(9, 3, 3, stream=1, start=0, stop=sched.num_steps, schedule=sched))
     assert [len(b) for b in steps] == [6, 6, 6, 3, 3, 3, 3]
     assert {c for b in steps[:3] for _, _, c in b} == {16} and {c for b in steps[3:] for _, _, c in b} == {32}

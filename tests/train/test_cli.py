@@ -1,5 +1,6 @@
 """End to end: the training and evaluation CLIs on a tiny configuration, under torchrun with two
 gloo processes, and a run killed mid-way then resumed."""
+
 import csv
 import json
 import os
@@ -47,16 +48,27 @@ def test_train_then_eval(tiny_config, tmp_path, method):
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 18 and (state["teacher"] is None) == (method == "supervised")
 
-    evaluated = run_module("semiseg_fast.eval", "--checkpoint", str(out / "best.pt"), "--mode", "slide",
-                           "--window", "24", "--stride", "16")
+    evaluated = run_module(
+        "semiseg_fast.eval", "--checkpoint", str(out / "best.pt"), "--mode", "slide", "--window", "24", "--stride", "16"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "mIoU" in evaluated.stdout
 
 
 def test_torchrun_two_processes(tiny_config, tmp_path):
     out = tmp_path / "ddp"
-    result = run_module("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "semiseg_fast.train",
-                        "--config", tiny_config, f"out_dir={out}", "method=u2pl", "semi.u2pl.sup_only_epochs=0")
+    result = run_module(
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "semiseg_fast.train",
+        "--config",
+        tiny_config,
+        f"out_dir={out}",
+        "method=u2pl",
+        "semi.u2pl.sup_only_epochs=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("mIoU") == 1  # only rank 0 reports and writes
     steps = [int(r["step"]) for r in _rows(out)]
@@ -67,8 +79,10 @@ def test_torchrun_two_processes(tiny_config, tmp_path):
 
 def _weights(path):
     state = torch.load(path, weights_only=False)
-    return {**{f"model.{k}": v for k, v in state["model"].items()},
-            **{f"teacher.{k}": v for k, v in state["teacher"].items()}}
+    return {
+        **{f"model.{k}": v for k, v in state["model"].items()},
+        **{f"teacher.{k}": v for k, v in state["teacher"].items()},
+    }
 
 
 @pytest.mark.parametrize("method", ["fixmatch", "u2pl"])
@@ -78,9 +92,12 @@ def test_killed_run_resumes_to_the_same_weights(tiny_config, tmp_path, method):
 
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "semiseg_fast.train", "--config", tiny_config,
-                             f"out_dir={killed}", *common], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semiseg_fast.train", "--config", tiny_config, f"out_dir={killed}", *common],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -115,12 +132,35 @@ def test_selftrain_from_offline_pseudo_labels_with_fast2x(tiny_config, tmp_path)
     teacher = tmp_path / "teacher"
     _train(tiny_config, teacher, "method=supervised")
     labels = tmp_path / "pseudo"
-    made = run_module("semiseg_fast.pseudo_label", "--checkpoint", str(teacher / "last.pt"), "--out", str(labels),
-                      "--topk", "2", "--scales", "0.75", "1", "--flip", "--no-progress")
+    made = run_module(
+        "semiseg_fast.pseudo_label",
+        "--checkpoint",
+        str(teacher / "last.pt"),
+        "--out",
+        str(labels),
+        "--topk",
+        "2",
+        "--scales",
+        "0.75",
+        "1",
+        "--flip",
+        "--no-progress",
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     out = tmp_path / "student"
-    result = _train(tiny_config, out, "--method", "selftrain", "--pseudo-dir", str(labels), "--schedule", "fast2x",
-                    "semi.selftrain.soft=true", "semi.selftrain.class_balanced=true", "semi.selftrain.threshold=0.2")
+    result = _train(
+        tiny_config,
+        out,
+        "--method",
+        "selftrain",
+        "--pseudo-dir",
+        str(labels),
+        "--schedule",
+        "fast2x",
+        "semi.selftrain.soft=true",
+        "semi.selftrain.class_balanced=true",
+        "semi.selftrain.threshold=0.2",
+    )
     assert "mIoU" in result.stdout
     rows = _rows(out)
     # a budget of 18 batches: 7 steps of 2 batches on 20-pixel crops, then 4 full-size steps
@@ -128,13 +168,25 @@ def test_selftrain_from_offline_pseudo_labels_with_fast2x(tiny_config, tmp_path)
     assert all(float(r["loss_unsup"]) > 0 for r in rows)
     saved = (out / "config.yaml").read_text()
     assert "schedule: fast2x" in saved and "soft: true" in saved
-    missing = run_module("semiseg_fast.train", "--config", tiny_config, "--method", "selftrain", f"out_dir={tmp_path / 'x'}")
+    missing = run_module(
+        "semiseg_fast.train", "--config", tiny_config, "--method", "selftrain", f"out_dir={tmp_path / 'x'}"
+    )
     assert missing.returncode != 0 and "semi.selftrain.pseudo_dir" in missing.stderr
 
 
 def test_experiments_quick(tmp_path):
-    args = ["--quick", "--out", str(tmp_path / "exp"), "--seeds", "0", "--methods", "supervised", "selftrain",
-            "--fast2x-methods", "supervised"]
+    args = [
+        "--quick",
+        "--out",
+        str(tmp_path / "exp"),
+        "--seeds",
+        "0",
+        "--methods",
+        "supervised",
+        "selftrain",
+        "--fast2x-methods",
+        "supervised",
+    ]
     result = run_module("semiseg_fast.experiments", *args, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "exp" / "table.md").read_text()
@@ -142,12 +194,17 @@ def test_experiments_quick(tmp_path):
     assert Image.open(tmp_path / "exp" / "plot.png").size[0] > 0
     runs = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert {(r["method"], r["schedule"], r["timed"]) for r in runs} == {
-        ("supervised", "standard", False), ("selftrain", "standard", False),
-        ("supervised", "standard", True), ("supervised", "fast2x", True)}
+        ("supervised", "standard", False),
+        ("selftrain", "standard", False),
+        ("supervised", "standard", True),
+        ("supervised", "fast2x", True),
+    }
     assert len(runs) == 6 and all(r["seconds"] > 0 for r in runs)
     assert all((r["overrides"][-1] == "train.epochs=2") == r["timed"] for r in runs)  # the comparison's budget
     assert "2 passes over the unlabeled pool" in table
-    assert re.search(r"\| supervised \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| \d+ \| \d+ \| [\d.]+x \|", table)
+    assert re.search(
+        r"\| supervised \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| \d+ \| \d+ \| [\d.]+x \|", table
+    )
     assert all("train.amp=off" in r["overrides"] for r in runs)  # fp32 whether or not the CPU has native bf16
     again = run_module("semiseg_fast.experiments", *args, timeout=900)  # finished runs are reused
     assert again.returncode == 0 and json.loads((tmp_path / "exp" / "results.json").read_text()) == runs

@@ -1,4 +1,5 @@
 """The experiment runner's scheduling, with the training and pseudo-labelling processes faked."""
+
 import collections
 import os
 import threading
@@ -35,13 +36,27 @@ def _fake_processes(monkeypatch):
 
 def test_shared_teacher_and_pseudo_labels_are_made_once(tmp_path, monkeypatch):
     commands = _fake_processes(monkeypatch)
-    results = experiments.run_all(str(tmp_path), [0.125], [0], ["supervised", "selftrain"],
-                                  ["supervised", "selftrain"], [], jobs=2, schedule_epochs=5)
+    results = experiments.run_all(
+        str(tmp_path),
+        [0.125],
+        [0],
+        ["supervised", "selftrain"],
+        ["supervised", "selftrain"],
+        [],
+        jobs=2,
+        schedule_epochs=5,
+    )
     assert {name: len(c) for name, c in commands.items() if len(c) > 1} == {}
-    assert sorted(commands) == ["pseudo-f0.125-s0", "pseudo-f0.125-s0-e5",
-                                "selftrain-f0.125-s0-fast2x-e5", "selftrain-f0.125-s0-standard",
-                                "selftrain-f0.125-s0-standard-e5", "supervised-f0.125-s0-fast2x-e5",
-                                "supervised-f0.125-s0-standard", "supervised-f0.125-s0-standard-e5"]
+    assert sorted(commands) == [
+        "pseudo-f0.125-s0",
+        "pseudo-f0.125-s0-e5",
+        "selftrain-f0.125-s0-fast2x-e5",
+        "selftrain-f0.125-s0-standard",
+        "selftrain-f0.125-s0-standard-e5",
+        "supervised-f0.125-s0-fast2x-e5",
+        "supervised-f0.125-s0-standard",
+        "supervised-f0.125-s0-standard-e5",
+    ]
     assert len(results) == 6 and sum(r["timed"] for r in results) == 4
     # the comparison's runs train for its budget, and their students learn from its teacher
     for name in ("selftrain-f0.125-s0-fast2x-e5", "supervised-f0.125-s0-standard-e5"):
@@ -73,19 +88,25 @@ def test_a_folder_of_other_settings_is_refused(tmp_path, monkeypatch):
         del old["train"]["fast2x"][key]
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     (run / "result.json").write_text('{"miou": 30.0, "seconds": 1.0}')
-    with pytest.raises(RuntimeError, match="other settings of train.fast2x.low_res_batch, train.fast2x.low_res_lr, train.fast2x.full_res_lr"):
+    with pytest.raises(
+        RuntimeError,
+        match="other settings of train.fast2x.low_res_batch, train.fast2x.low_res_lr, train.fast2x.full_res_lr",
+    ):
         experiments.train_run(str(tmp_path), run.name, overrides)
     old["train"]["fast2x"].update(full_res_lr=1.0, low_res_batch=2, low_res_lr=0.5)  # today's settings: reused
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     assert experiments.train_run(str(tmp_path), run.name, overrides)["miou"] == 30.0
 
 
-@pytest.mark.parametrize("methods, fast2x_methods, timed_methods", [
-    (["supervised", "selftrain", "fixmatch"], ["supervised", "selftrain"], ("supervised", "selftrain")),
-    (["selftrain", "supervised", "fixmatch"], ["supervised"], ("supervised",)),
-    # the timed selftrain runs' teacher is trained alone too, even when supervised is not compared
-    (["selftrain", "supervised"], ["selftrain"], ("selftrain",)),
-])
+@pytest.mark.parametrize(
+    "methods, fast2x_methods, timed_methods",
+    [
+        (["supervised", "selftrain", "fixmatch"], ["supervised", "selftrain"], ("supervised", "selftrain")),
+        (["selftrain", "supervised", "fixmatch"], ["supervised"], ("supervised",)),
+        # the timed selftrain runs' teacher is trained alone too, even when supervised is not compared
+        (["selftrain", "supervised"], ["selftrain"], ("selftrain",)),
+    ],
+)
 def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, timed_methods):
     spans, commands = {}, {}
     _fake_processes(monkeypatch)
@@ -98,9 +119,9 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, ti
         name = os.path.basename(out or cmd[cmd.index("--out") + 1])
         spans[name], commands[name] = (start, time.perf_counter()), cmd
         return seconds
+
     monkeypatch.setattr(experiments, "_run", run)
-    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], methods, fast2x_methods, [], jobs=2,
-                        schedule_epochs=48)
+    experiments.run_all(str(tmp_path), [0.125, 0.25], [0, 1], methods, fast2x_methods, [], jobs=2, schedule_epochs=48)
     timed = [n for n in spans if n.endswith("-e48")]
     assert sorted({n.split("-")[0] for n in timed if "fast2x" in n}) == sorted(timed_methods)
     for name in timed:
@@ -117,12 +138,15 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, ti
     assert not any("data.num_workers=1" in commands[n] for n in spans if n not in timed)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "nope"], "--methods: expected names from"),
-    (["--fast2x-methods", "nope"], "--fast2x-methods: expected names from"),
-    (["--fractions", "1.5"], "--fractions: expected fractions in"),
-    (["--schedule-epochs", "0"], "--schedule-epochs: expected a positive number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "nope"], "--methods: expected names from"),
+        (["--fast2x-methods", "nope"], "--fast2x-methods: expected names from"),
+        (["--fractions", "1.5"], "--fractions: expected fractions in"),
+        (["--schedule-epochs", "0"], "--schedule-epochs: expected a positive number"),
+    ],
+)
 def test_bad_arguments_are_refused(tmp_path, monkeypatch, args, message):
     commands = _fake_processes(monkeypatch)
     with pytest.raises(SystemExit, match=message):
@@ -132,22 +156,45 @@ def test_bad_arguments_are_refused(tmp_path, monkeypatch, args, message):
 
 def test_a_seed_named_twice_is_run_once(tmp_path, monkeypatch):
     commands = _fake_processes(monkeypatch)
-    experiments.main(["--out", str(tmp_path), "--seeds", "0", "0", "--methods", "supervised", "supervised",
-                      "--fast2x-methods", "--fractions", "0.125", "0.125"])
+    experiments.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "0",
+            "--methods",
+            "supervised",
+            "supervised",
+            "--fast2x-methods",
+            "--fractions",
+            "0.125",
+            "0.125",
+        ]
+    )
     assert {name: len(c) for name, c in commands.items()} == {"supervised-f0.125-s0-standard": 1}
 
 
 def test_the_schedule_table_takes_the_timed_runs():
     def run(method, schedule, timed, seed, miou, seconds):
-        return dict(method=method, fraction=0.125, seed=seed, schedule=schedule, timed=timed, miou=miou,
-                    seconds=seconds)
-    results = [run("supervised", "standard", False, 0, 40.0, 10.0), run("supervised", "standard", False, 1, 42.0, 10.0),
-               run("supervised", "standard", True, 1, 52.0, 200.0), run("supervised", "standard", True, 0, 50.0, 100.0),
-               run("supervised", "fast2x", True, 0, 49.0, 50.0), run("supervised", "fast2x", True, 1, 50.0, 100.0)]
+        return dict(
+            method=method, fraction=0.125, seed=seed, schedule=schedule, timed=timed, miou=miou, seconds=seconds
+        )
+
+    results = [
+        run("supervised", "standard", False, 0, 40.0, 10.0),
+        run("supervised", "standard", False, 1, 42.0, 10.0),
+        run("supervised", "standard", True, 1, 52.0, 200.0),
+        run("supervised", "standard", True, 0, 50.0, 100.0),
+        run("supervised", "fast2x", True, 0, 49.0, 50.0),
+        run("supervised", "fast2x", True, 1, 50.0, 100.0),
+    ]
     summary = experiments.summarize(results, [0.125], ["supervised"], ["supervised"])
     assert summary["table"][("supervised", 0.125)] == dict(seeds=[40.0, 42.0], mean=41.0)
-    assert summary["schedules"]["supervised"] == dict(standard=dict(seeds=[50.0, 52.0], miou=51.0, seconds=150.0),
-                                                      fast2x=dict(seeds=[49.0, 50.0], miou=49.5, seconds=75.0))
+    assert summary["schedules"]["supervised"] == dict(
+        standard=dict(seeds=[50.0, 52.0], miou=51.0, seconds=150.0),
+        fast2x=dict(seeds=[49.0, 50.0], miou=49.5, seconds=75.0),
+    )
     text = experiments.markdown(summary, [0.125], ["supervised"], 48, "cmd")
     assert "| supervised | 40.00 / 42.00 | 41.00 |" in text
     assert "| supervised | 50.00 / 52.00 | 51.00 | 49.00 / 50.00 | 49.50 | -1.50 | 150 | 75 | 2.00x |" in text

@@ -31,8 +31,10 @@ def _checkpoint(path, extra=()):
     config = load_config(None, _overrides(TINY) + ["method=supervised", *extra])
     torch.manual_seed(0)
     model = build_run_model(config, 6 if config["data"]["name"] == "synthetic" else config["data"]["num_classes"])
-    torch.save({"config": config, "model": model.state_dict(), "teacher": None, "step": 0,
-                "num_classes": model.num_classes}, path)
+    torch.save(
+        {"config": config, "model": model.state_dict(), "teacher": None, "step": 0, "num_classes": model.num_classes},
+        path,
+    )
     return str(path)
 
 
@@ -84,8 +86,9 @@ def test_multiscale_flip_and_topk(tmp_path):
     model.eval()
     data = build_datasets(state["config"]["data"])
     image, _ = data.unlabeled[0]
-    prob, _ = pseudo_label.teacher_probabilities(model, normalize(image[None]).contiguous(
-        memory_format=torch.channels_last), [0.75, 1.0, 1.5], True)
+    prob, _ = pseudo_label.teacher_probabilities(
+        model, normalize(image[None]).contiguous(memory_format=torch.channels_last), [0.75, 1.0, 1.5], True
+    )
     labels = pseudo_label.PseudoLabels(str(out))
     label, conf, (classes, probs) = labels.load(0)
     assert torch.equal(label.long(), prob[0].argmax(0))
@@ -108,7 +111,9 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path):
     (root / "unlabeled.txt").write_text("im2\nim3\nim4\n")
     (root / "val.txt").write_text("im0\n")
     ckpt = _checkpoint(tmp_path / "t.pt", ["data.name=voc", f"data.root={root}", "data.num_classes=3"])
-    result = run_module("semiseg_fast.pseudo_label", "--checkpoint", ckpt, "--out", str(tmp_path / "pl"), "--no-progress")
+    result = run_module(
+        "semiseg_fast.pseudo_label", "--checkpoint", ckpt, "--out", str(tmp_path / "pl"), "--no-progress"
+    )
     assert result.returncode == 1
     assert "im2.jpg" in result.stderr and "2 of 3 images" in result.stdout
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
@@ -130,8 +135,9 @@ def test_pseudo_labeled_view(tmp_path):
     image, label = PseudoLabeledView(data.unlabeled, str(tmp_path / "pl"), dc, threshold=threshold)[(0, 5)]
     assert image.shape == (3, 32, 32)  # scale 1 and a full-size crop: only a possible flip
     assert int((label != 255).sum()) == int((conf >= threshold).sum()) < 32 * 32
-    image, label, classes, probs = PseudoLabeledView(data.unlabeled, str(tmp_path / "pl"), dc, soft=True,
-                                                     class_balanced=True)[(1, 7, 16)]
+    image, label, classes, probs = PseudoLabeledView(
+        data.unlabeled, str(tmp_path / "pl"), dc, soft=True, class_balanced=True
+    )[(1, 7, 16)]
     assert image.shape == (3, 16, 16) and label.shape == (16, 16) and classes.shape == probs.shape == (2, 16, 16)
     assert torch.equal(classes[0], label.long())
     with pytest.raises(ValueError, match="was written for a split of 18 images"):
@@ -154,14 +160,25 @@ def test_pseudo_labels_of_other_images_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"pseudo_dir: .*pl' holds labels of other images .* ids differ"):
         PseudoLabeledView(unlabeled, str(tmp_path / "pl"), other)
     smaller = dict(config["data"], image_size=16)  # the same scenes, rendered at another size
-    with pytest.raises(DataError, match=r"pseudo_dir: .* has a \(32, 32\) label for image 'scene\d+', which is "
-                                        r"\(16, 16\)"):
+    with pytest.raises(
+        DataError,
+        match=r"pseudo_dir: .* has a \(32, 32\) label for image 'scene\d+', which is "
+        r"\(16, 16\)",
+    ):
         PseudoLabeledView(build_datasets(smaller).unlabeled, str(tmp_path / "pl"), smaller)
     with pytest.raises(ValueError, match="written for 6 classes, but this run has 5"):
         PseudoLabeledView(build_datasets(config["data"]).unlabeled, str(tmp_path / "pl"), config["data"], num_classes=5)
     with pytest.raises(SystemExit, match="error: pseudo_dir"):  # the train CLI: a message before training starts
-        train_cli.main([*_overrides(TINY), "method=selftrain", f"semi.selftrain.pseudo_dir={tmp_path / 'pl'}",
-                        "data.image_size=16", "data.crop_size=16", f"out_dir={tmp_path / 'student'}"])
+        train_cli.main(
+            [
+                *_overrides(TINY),
+                "method=selftrain",
+                f"semi.selftrain.pseudo_dir={tmp_path / 'pl'}",
+                "data.image_size=16",
+                "data.crop_size=16",
+                f"out_dir={tmp_path / 'student'}",
+            ]
+        )
     assert not (tmp_path / "student").exists()
 
 
@@ -171,8 +188,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     first = pseudo_label.generate(ckpt, out, progress=False)
     assert first["teacher_sha256"] == json.loads((tmp_path / "pl" / "settings.json").read_text())["teacher_sha256"]
     before = _files(tmp_path / "pl")
-    with pytest.raises(ValueError, match=r"--out: .*pl' holds pseudo-labels made with other settings \(scales "
-                                         r"\[1.0\] there, \[0.75, 1.0\] now; flip False there, True now"):
+    with pytest.raises(
+        ValueError,
+        match=r"--out: .*pl' holds pseudo-labels made with other settings \(scales "
+        r"\[1.0\] there, \[0.75, 1.0\] now; flip False there, True now",
+    ):
         pseudo_label.generate(ckpt, out, scales=[0.75, 1.0], flip=True, progress=False)
     with pytest.raises(ValueError, match="topk 0 there, 2 now"):
         pseudo_label.generate(ckpt, out, topk=2, progress=False)
@@ -186,10 +206,16 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         pseudo_label.main(["--checkpoint", ckpt, "--out", out, "--no-progress"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-1"], "--batch-size"),
-    (["--scales", "0"], "--scales"), (["--scales", "nan"], "--scales"), (["--topk", "-1"], "--topk"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--scales", "0"], "--scales"),
+        (["--scales", "nan"], "--scales"),
+        (["--topk", "-1"], "--topk"),
+    ],
+)
 def test_bad_numeric_arguments_name_the_flag(tmp_path, args, message):
     ckpt = _checkpoint(tmp_path / "t.pt")
     with pytest.raises(SystemExit) as e:

@@ -32,8 +32,19 @@ def test_matches_official_transcription_step_by_step(official_quirks):
         g = torch.Generator().manual_seed(100 + step)
         a = torch.randint(0, 10**6, (C, Q), generator=g)
         n = torch.randint(0, 10**6, (C, Q * NEG), generator=g)
-        loss_ref = ref.contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, official_bank,
-                                        {k: a[k] for k in range(C)}, {k: n[k] for k in range(C)}, **kw)
+        loss_ref = ref.contrastive_loss(
+            rep,
+            rep_t,
+            prob,
+            label,
+            rel,
+            unrel,
+            isl,
+            official_bank,
+            {k: a[k] for k in range(C)},
+            {k: n[k] for k in range(C)},
+            **kw,
+        )
         g_ref = torch.autograd.grad(loss_ref, rep)[0]
         loss = u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, bank, draws=ContrastiveDraws(a, n), **kw)
         g_ours = torch.autograd.grad(loss, rep)[0]
@@ -48,8 +59,9 @@ def test_single_present_class_gives_zero_and_keeps_graph():
     rep, rep_t, prob, label, rel, unrel, isl = inputs()
     label.fill_(2)
     bank = ClassMemoryBank(C, D, capacity=100)
-    loss = u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, bank, num_queries=Q, num_negatives=NEG,
-                                 low_rank=1, high_rank=4)
+    loss = u2pl_contrastive_loss(
+        rep, rep_t, prob, label, rel, unrel, isl, bank, num_queries=Q, num_negatives=NEG, low_rank=1, high_rank=4
+    )
     assert loss == 0 and loss.requires_grad
 
 
@@ -59,8 +71,23 @@ def test_random_draws_are_reproducible_with_a_generator():
     for _ in range(2):
         bank = ClassMemoryBank(C, D, capacity=100)
         g = torch.Generator().manual_seed(7)
-        outs.append(u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, bank, num_queries=Q,
-                                          num_negatives=NEG, low_rank=1, high_rank=4, generator=g))
+        outs.append(
+            u2pl_contrastive_loss(
+                rep,
+                rep_t,
+                prob,
+                label,
+                rel,
+                unrel,
+                isl,
+                bank,
+                num_queries=Q,
+                num_negatives=NEG,
+                low_rank=1,
+                high_rank=4,
+                generator=g,
+            )
+        )
     assert torch.equal(outs[0], outs[1]) and outs[0] > 0
 
 

@@ -1,6 +1,7 @@
 """Two processes, gloo on the CPU: every rank pushes its own negatives; after each step both
 ranks hold the same memory bank, equal to pushing rank 0's then rank 1's negatives in one
 process, and each rank's loss is the single-process loss on its own data against that bank."""
+
 import os
 import socket
 
@@ -9,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from semiseg_fast.u2pl import ClassMemoryBank, ContrastiveDraws, u2pl_contrastive_loss
-from tests.u2pl.test_contrastive import C, D, NEG, Q, inputs
+from tests.u2pl.test_contrastive import NEG, C, D, Q, inputs
 
 KW = dict(low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG)
 CAPS = [40] + [25] * (C - 1)
@@ -24,8 +25,9 @@ def _free_port():
 
 def _draws(step):
     g = torch.Generator().manual_seed(1000 + step)
-    return ContrastiveDraws(torch.randint(0, 10**6, (C, Q), generator=g),
-                            torch.randint(0, 10**6, (C, Q * NEG), generator=g))
+    return ContrastiveDraws(
+        torch.randint(0, 10**6, (C, Q), generator=g), torch.randint(0, 10**6, (C, Q * NEG), generator=g)
+    )
 
 
 def _worker(rank, world, port, out_dir):
@@ -33,8 +35,10 @@ def _worker(rank, world, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     bank = ClassMemoryBank(C, D, capacity=CAPS)
-    losses = [u2pl_contrastive_loss(*inputs(seed=10 * step + rank), bank, draws=_draws(step), **KW).detach()
-              for step in range(STEPS)]
+    losses = [
+        u2pl_contrastive_loss(*inputs(seed=10 * step + rank), bank, draws=_draws(step), **KW).detach()
+        for step in range(STEPS)
+    ]
     torch.save({"losses": torch.stack(losses), "bank": bank.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -26,8 +26,9 @@ def batch(seed=0):
     return pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_t, prob_t
 
 
-def official_composition(pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_t, prob_t, epoch, epochs, bank,
-                         draws, quirks):
+def official_composition(
+    pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_t, prob_t, epoch, epochs, bank, draws, quirks
+):
     """train_semi.py's loss block, from the official transcription and NumPy thresholds."""
     sup = F.cross_entropy(pred_l, label_l, ignore_index=255)
     percent = drop_percent(epoch, epochs)
@@ -44,23 +45,48 @@ def official_composition(pred_l, label_l, pred_u, pseudo_u, teacher_u, rep, rep_
     unrel = small(torch.cat([label_l != 255, high_u])).bool()
     labels = small(torch.cat([label_l, pseudo_u])).long()
     isl = torch.tensor([True] * BL + [False] * BU)
-    contra = ref.contrastive_loss(rep, rep_t, prob_t, labels, rel, unrel, isl, bank,
-                                  {k: draws.anchors[k] for k in range(C)}, {k: draws.negatives[k] for k in range(C)},
-                                  low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG, official_quirks=quirks)
+    contra = ref.contrastive_loss(
+        rep,
+        rep_t,
+        prob_t,
+        labels,
+        rel,
+        unrel,
+        isl,
+        bank,
+        {k: draws.anchors[k] for k in range(C)},
+        {k: draws.negatives[k] for k in range(C)},
+        low_rank=1,
+        high_rank=4,
+        num_queries=Q,
+        num_negatives=NEG,
+        official_quirks=quirks,
+    )
     return sup + unsup + 0.1 * contra
 
 
 @pytest.mark.parametrize("official_quirks", [False, True])
 def test_matches_the_official_training_step(official_quirks):
     epochs = 4
-    crit = sf.U2PLLoss(C, epochs, rep_dim=D, low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG,
-                       bank_capacity=30, first_class_capacity=40, official_quirks=official_quirks)
+    crit = sf.U2PLLoss(
+        C,
+        epochs,
+        rep_dim=D,
+        low_rank=1,
+        high_rank=4,
+        num_queries=Q,
+        num_negatives=NEG,
+        bank_capacity=30,
+        first_class_capacity=40,
+        official_quirks=official_quirks,
+    )
     official_bank = ref.MemoryBank(C, D, [40] + [30] * (C - 1))
     for epoch in range(epochs):
         data = batch(epoch)
         g = torch.Generator().manual_seed(epoch)
-        draws = ContrastiveDraws(torch.randint(0, 10**6, (C, Q), generator=g),
-                                 torch.randint(0, 10**6, (C, Q * NEG), generator=g))
+        draws = ContrastiveDraws(
+            torch.randint(0, 10**6, (C, Q), generator=g), torch.randint(0, 10**6, (C, Q * NEG), generator=g)
+        )
         out = crit(*data[:5], epoch, rep=data[5], rep_teacher=data[6], prob_teacher=data[7], draws=draws)
         grads = torch.autograd.grad(out.total, [data[0], data[2], data[5]])
         expected = official_composition(*data, epoch, epochs, official_bank, draws, official_quirks)
