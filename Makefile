@@ -1,17 +1,20 @@
 # make train      - create .venv as for the tests, then train with the defaults (python -m semiseg_fast.train)
-# make test       - create .venv, install the pinned dependencies, build the extension, run the
+# make test       - create .venv, install the pinned dependencies, lint, build the extension, run the
 #                   tests, then the ahead-of-time GPU check of every Triton kernel
+# make lint       - ruff check and ruff format --check (make format applies ruff's fixes and formatting)
+# make docs       - regenerate docs/training.md from the config (a test fails when it is stale)
 # make gpu-check  - only the GPU check (compile for sm_80/sm_90, registers, spills)
 # make bench      - the same environment, then the benchmarks (pytest benchmarks --benchmark-only)
 # make results    - run the benchmarks and the GPU check and regenerate benchmarks/RESULTS.md
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUFF := $(VENV)/bin/ruff
 DEPS := $(VENV)/.deps-installed
 EXT := build/.ext-built
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h')
 
-.PHONY: all install train test gpu-check bench results clean
+.PHONY: all install train test lint format docs gpu-check bench results clean
 
 all: install
 
@@ -29,19 +32,30 @@ install: $(EXT)
 train: install
 	$(PY) -m semiseg_fast.train
 
-test: install
+lint: $(DEPS)
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: $(DEPS)
+	$(RUFF) check --fix .
+	$(RUFF) format .
+
+test: lint install
 	$(PY) -m pytest tests -q
-	$(PY) -m semiseg_fast.gpu_check
+	$(PY) -m semiseg_fast.tools.gpu_check
+
+docs: install
+	$(PY) -m semiseg_fast.tools.config_docs
 
 gpu-check: install
-	$(PY) -m semiseg_fast.gpu_check
+	$(PY) -m semiseg_fast.tools.gpu_check
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only
 
 results: install
 	$(PY) benchmarks/write_results.py
-	$(PY) -m semiseg_fast.gpu_check --write-results
+	$(PY) -m semiseg_fast.tools.gpu_check --write-results
 
 clean:
 	rm -rf build $(VENV) semiseg_fast/*.so *.egg-info

@@ -1,5 +1,5 @@
 """Runs the benchmarks and writes benchmarks/RESULTS.md from what that run measured (the GPU
-readiness section, written by `python -m semiseg_fast.gpu_check --write-results`, is kept).
+readiness section, written by `python -m semiseg_fast.tools.gpu_check --write-results`, is kept).
 
     python benchmarks/write_results.py               # run everything (about 30-40 min on 2 CPU cores)
     python benchmarks/write_results.py --json FILE   # only re-render from an earlier --benchmark-json
@@ -7,10 +7,12 @@ readiness section, written by `python -m semiseg_fast.gpu_check --write-results`
 Every figure in RESULTS.md comes from the JSON of one pytest-benchmark run (times, ratios,
 bandwidth, the FixMatch floor) or is measured by this script (saved-tensor bytes).
 """
+
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -30,8 +32,17 @@ OP_TITLES = {
 
 
 def run_benchmarks(json_path: str) -> None:
-    cmd = [sys.executable, "-m", "pytest", os.path.join(HERE), "--benchmark-only", "-q", "-p", "no:logging",
-           f"--benchmark-json={json_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        os.path.join(HERE),
+        "--benchmark-only",
+        "-q",
+        "-p",
+        "no:logging",
+        f"--benchmark-json={json_path}",
+    ]
     print("running:", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 
@@ -56,8 +67,9 @@ def machine(rows):
     copy = gbs(by["copy"]) if "copy" in by else float("nan")
     floor = None
     if "floor_read" in by and "floor_alloc_fill" in by:
-        floor = dict(read=by["floor_read"]["median_s"], alloc=by["floor_alloc_fill"]["median_s"],
-                     shape=by["floor_read"]["shape"])
+        floor = dict(
+            read=by["floor_read"]["median_s"], alloc=by["floor_alloc_fill"]["median_s"], shape=by["floor_read"]["shape"]
+        )
     return dict(read=read, copy=copy, peak=max(read, copy) if read == read else float("nan"), floor=floor)
 
 
@@ -80,17 +92,19 @@ def measure_memory():
                 x = cases._input_of(op, inp).detach().requires_grad_()
                 call = cases._fused_call(op) if impl == "fused" else cases._reference_call(op)
                 with sf.backend("auto"):
-                    _, nbytes = saved_tensor_bytes(lambda: call(x, inp))
+                    _, nbytes = saved_tensor_bytes(functools.partial(call, x, inp))
                 row[impl] = nbytes
             row["logits"] = inp.student.numel() * inp.student.element_size()
             out.append(row)
         row = dict(op="pseudoseg_consistency_loss", dtype=dt_name, shape=shape, logits=out[-1]["logits"])
         sgc = inp.teacher.flip(1)
-        for impl, fn in (("fused", sf.pseudoseg_consistency_loss),
-                         ("eager", reference.pseudoseg.pseudoseg_consistency_loss)):
+        for impl, fn in (
+            ("fused", sf.pseudoseg_consistency_loss),
+            ("eager", reference.pseudoseg.pseudoseg_consistency_loss),
+        ):
             x = inp.student.detach().requires_grad_()
             with sf.backend("auto"):
-                _, row[impl] = saved_tensor_bytes(lambda: fn(x, inp.teacher, sgc))
+                _, row[impl] = saved_tensor_bytes(functools.partial(fn, x, inp.teacher, sgc))
         out.append(row)
         del inp
     return out
@@ -117,15 +131,21 @@ def render(data, rows, mem) -> str:
     w("before timing). Ratios compare medians of the same run.")
     w("")
     w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    w(f"- machine: {info.get('cpu', {}).get('brand_raw', platform.processor())}, "
-      f"{os.cpu_count()} cores, {platform.system()} {platform.release()}")
+    w(
+        f"- machine: {info.get('cpu', {}).get('brand_raw', platform.processor())}, "
+        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    )
     import torch
 
     isa = torch.ops.semiseg_fast._cpp_kernel_isa("") if hasattr(torch.ops.semiseg_fast, "_cpp_kernel_isa") else "?"
-    w(f"- torch {torch.__version__}, {torch.get_num_threads()} threads, device {ops[0]['device'] if ops else '?'}, "
-      f"C++ kernels: {isa}")
-    w(f"- memory bandwidth measured in this run: read {m['read']:.1f} GB/s (sum of 256 MiB), "
-      f"copy {m['copy']:.1f} GB/s (read + write); the '% bw' columns divide by the larger, {m['peak']:.1f} GB/s")
+    w(
+        f"- torch {torch.__version__}, {torch.get_num_threads()} threads, device {ops[0]['device'] if ops else '?'}, "
+        f"C++ kernels: {isa}"
+    )
+    w(
+        f"- memory bandwidth measured in this run: read {m['read']:.1f} GB/s (sum of 256 MiB), "
+        f"copy {m['copy']:.1f} GB/s (read + write); the '% bw' columns divide by the larger, {m['peak']:.1f} GB/s"
+    )
     w("")
     w("GB/s counts the minimal bytes an op must move (each input read once, each output written once,")
     w("uint8 targets; for fwd+bwd the gradient written once) divided by the fused op's time.")
@@ -147,8 +167,10 @@ def render(data, rows, mem) -> str:
             f, e, cp = (c[i]["median_s"] for i in ("fused", "eager", "compile"))
             gbs = c["fused"]["bytes"] / f / 1e9
             shape = "x".join(map(str, c["fused"]["shape"][1:]))
-            w(f"| {k[1]} {shape} | {k[2]} | {k[3]} | {k[4]} | {fmt_ms(f)} | {fmt_ms(e)} | {fmt_ms(cp)} | "
-              f"{e / f:.1f}x | {cp / f:.1f}x | {gbs:.1f} | {100 * gbs / m['peak']:.0f}% |")
+            w(
+                f"| {k[1]} {shape} | {k[2]} | {k[3]} | {k[4]} | {fmt_ms(f)} | {fmt_ms(e)} | {fmt_ms(cp)} | "
+                f"{e / f:.1f}x | {cp / f:.1f}x | {gbs:.1f} | {100 * gbs / m['peak']:.0f}% |"
+            )
         w("")
     # Layout and dtype cost relative to fp32 NCHW.
     w("## channels_last and bf16 against fp32 NCHW (fused, same run)")
@@ -171,9 +193,12 @@ def render(data, rows, mem) -> str:
         floor = fl["read"] + fl["alloc"]
         w("## The fused FixMatch loss against its floor")
         w("")
-        w(f"Floor at {'x'.join(map(str, fl['shape'][1:]))} fp32 NCHW, measured in this run: reading both logits tensors "
-          f"once ({fmt_ms(fl['read'])} ms) + allocating and filling one fresh logits-sized tensor with "
-          f"`torch.empty_like(x).fill_(1)` ({fmt_ms(fl['alloc'])} ms) = **{fmt_ms(floor)} ms**.")
+        w(
+            f"Floor at {'x'.join(map(str, fl['shape'][1:]))} fp32 NCHW, measured in this run: "
+            "reading both logits tensors "
+            f"once ({fmt_ms(fl['read'])} ms) + allocating and filling one fresh logits-sized tensor with "
+            f"`torch.empty_like(x).fill_(1)` ({fmt_ms(fl['alloc'])} ms) = **{fmt_ms(floor)} ms**."
+        )
         w("The fused op writes its gradient into a recycled buffer (the CPU buffer cache, see the README),")
         w("so in steady state it pays no page faults for it, while the floor allocates fresh memory.")
         w("The row 'without buffer cache' is the same op with the cache disabled: every gradient a fresh")
@@ -207,7 +232,10 @@ def render(data, rows, mem) -> str:
         w("## Targets of the core-ops issue (first shape, fp32 NCHW)")
         w("")
         if fl and fl["shape"][1:] != [4, 21, 513, 513]:
-            w(f"(A run at {'x'.join(map(str, fl['shape'][1:]))}: the targets are set for 4x21x513x513 and do not apply.)")
+            w(
+                f"(A run at {'x'.join(map(str, fl['shape'][1:]))}: "
+                "the targets are set for 4x21x513x513 and do not apply.)"
+            )
             w("")
         w("| target | measured | required | met |")
         w("|---|---:|---:|:---:|")
@@ -244,8 +272,10 @@ def render(data, rows, mem) -> str:
         w("| op | dtype | logits MB | fused MB | reference MB | reference / fused |")
         w("|---|---|---:|---:|---:|---:|")
         for r in mem:
-            w(f"| {r['op']} | {r['dtype']} | {r['logits'] / 1e6:.1f} | {r['fused'] / 1e6:.1f} | "
-              f"{r['eager'] / 1e6:.1f} | {r['eager'] / max(r['fused'], 1):.1f}x |")
+            w(
+                f"| {r['op']} | {r['dtype']} | {r['logits'] / 1e6:.1f} | {r['fused'] / 1e6:.1f} | "
+                f"{r['eager'] / 1e6:.1f} | {r['eager'] / max(r['fused'], 1):.1f}x |"
+            )
         w("")
         w("pixel_stats saves its input only when a gradient of confidence or entropy is possible;")
         w("the losses save their precomputed gradient (and per-pixel fp32 buffers when a weight needs one).")
@@ -288,7 +318,7 @@ def render_pseudoseg(w, rows):
             continue
         e, c = by.get((dt, lay, "eager")), by.get((dt, lay, "compile"))
         cell = lambda r: fmt_ms(r["median_s"]) if r else "-"
-        ratio = lambda r: f"{r['median_s'] / f['median_s']:.1f}x" if r else "-"
+        ratio = lambda r, f=f: f"{r['median_s'] / f['median_s']:.1f}x" if r else "-"
         shape = "x".join(map(str, f["shape"]))
         w(f"| {dt} | {lay} | {shape} | {cell(f)} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} |")
         if (dt, lay) == ("fp32", "nchw") and e:
@@ -326,9 +356,13 @@ def render_u2pl(w, rows, m):
             if m["floor"] and "u2pl_percentile" in kinds:
                 floor = m["floor"]["read"] + m["floor"]["alloc"] + kinds["u2pl_percentile"]["median_s"]
                 w("")
-                w(f"Floor of the fused unsupervised loss: the core-ops floor ({fmt_ms(m['floor']['read'] + m['floor']['alloc'])}"
-                  f" ms) + the percentile alone ({fmt_ms(kinds['u2pl_percentile']['median_s'])} ms) = {fmt_ms(floor)} ms;"
-                  f" fused = {f / floor:.2f}x of it.")
+                w(
+                    "Floor of the fused unsupervised loss: the core-ops floor "
+                    f"({fmt_ms(m['floor']['read'] + m['floor']['alloc'])}"
+                    f" ms) + the percentile alone ({fmt_ms(kinds['u2pl_percentile']['median_s'])} ms)"
+                    f" = {fmt_ms(floor)} ms;"
+                    f" fused = {f / floor:.2f}x of it."
+                )
                 w("")
                 w("| benchmark | shape | fused ms | baseline | baseline ms | speedup |")
                 w("|---|---|---:|---|---:|---:|")
@@ -340,15 +374,15 @@ def render_u2pl(w, rows, m):
 
 
 def gpu_section(path: str) -> str:
-    """The section semiseg_fast.gpu_check maintains in the same file, kept across regenerations."""
-    from semiseg_fast.gpu_check import RESULTS_BEGIN, RESULTS_END
+    """The section semiseg_fast.tools.gpu_check maintains in the same file, kept across regenerations."""
+    from semiseg_fast.tools.gpu_check import RESULTS_BEGIN, RESULTS_END
 
     if not os.path.exists(path):
         return ""
     text = open(path).read()
     if RESULTS_BEGIN not in text or RESULTS_END not in text:
         return ""
-    return text[text.index(RESULTS_BEGIN): text.index(RESULTS_END) + len(RESULTS_END)]
+    return text[text.index(RESULTS_BEGIN) : text.index(RESULTS_END) + len(RESULTS_END)]
 
 
 def fl_shape_name(fl, table):

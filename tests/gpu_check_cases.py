@@ -3,6 +3,7 @@
 
     python tests/gpu_check_cases.py   ->  JSON: {case: [problems found by the check]}
 """
+
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from semiseg_fast import gpu_check  # noqa: E402
+from semiseg_fast.tools import gpu_check  # noqa: E402
 
 
 @triton.jit

@@ -1,5 +1,6 @@
-"""The ahead-of-time GPU check (semiseg_fast.gpu_check): it catches planted compile errors and
+"""The ahead-of-time GPU check (semiseg_fast.tools.gpu_check): it catches planted compile errors and
 spills, covers every kernel of the library, and its occupancy model and report behave."""
+
 import json
 import os
 import subprocess
@@ -7,15 +8,20 @@ import sys
 
 import torch
 
-from semiseg_fast import gpu_check
+from semiseg_fast.tools import gpu_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_planted_spill_and_compile_error_fail_the_check():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "gpu_check_cases.py")], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "gpu_check_cases.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cases = json.loads(out.strip().splitlines()[-1])
     assert cases["good"]["problems"] == [] and cases["good"]["local"] == 0
     assert any("local memory" in p for p in cases["spilling"]["problems"])
@@ -32,8 +38,9 @@ def test_sweep_launches_every_kernel_of_the_library():
     for mod in pkgutil.iter_modules(pkg.__path__):
         m = importlib.import_module(f"semiseg_fast.triton.{mod.name}")
         kernels |= {name for name in vars(m) if name.endswith("_kernel")}
-    launched = {kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
-                for _, kernel, _, _, _ in gpu_check.sweep()}
+    launched = {
+        kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__ for _, kernel, _, _, _ in gpu_check.sweep()
+    }
     assert kernels and kernels <= launched, kernels - launched
 
 

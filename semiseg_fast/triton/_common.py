@@ -11,6 +11,7 @@ Tiles hold 1024 elements, 4 per thread at 8 warps (see block_config for why).
 Numerics match the C++ kernels: fp32 math, and the probability mass outside the argmax /
 target class (``rest``) is accumulated directly so confident pixels keep full precision.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,7 @@ from ..ops._grad import inverse
 MAX_BLOCK_C = 64
 TILE_ELEMS = 1024
 
-# When a list, launches are appended to it instead of run (see semiseg_fast.gpu_check).
+# When a list, launches are appended to it instead of run (see semiseg_fast.tools.gpu_check).
 _recorded_launches = None
 
 
@@ -40,7 +41,7 @@ def block_config(num_classes: int, chunk_classes: int = MAX_BLOCK_C) -> tuple[in
     """(BLOCK_P, BLOCK_C, num_chunks, num_warps) for C classes.
 
     Tiles of 1024 elements at 8 warps, 4 elements per thread: one chunk up to 64 classes, else
-    chunks of ``chunk_classes`` classes x 16 pixels. The AOT check (semiseg_fast.gpu_check) found
+    chunks of ``chunk_classes`` classes x 16 pixels. The AOT check (semiseg_fast.tools.gpu_check) found
     4096-element tiles at 150-255 registers per thread, and 8 elements per thread making ptxas
     spill predicate registers on sm_80.
     """
@@ -75,8 +76,16 @@ class MaskedMean:
     ``defer``) goes to the kernel, then :meth:`finish` turns its per-program partials into (loss,
     mask ratio, scale still owed by the gradient)."""
 
-    def __init__(self, ignore_mask, ignore_index: int, num_pixels: int, norm_mode: int, norm_value: float, device,
-                 defer: bool = False):
+    def __init__(
+        self,
+        ignore_mask,
+        ignore_index: int,
+        num_pixels: int,
+        norm_mode: int,
+        norm_value: float,
+        device,
+        defer: bool = False,
+    ):
         self.device, self.norm_mode, self.defer = device, norm_mode, defer
         if ignore_mask is None:
             self.valid = torch.tensor(float(num_pixels), device=device)
@@ -160,9 +169,21 @@ def _update_stats(x, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y: tl.constexpr, N
 
 
 @triton.jit
-def row_stats(base, poff, pmask, y, C, sC, inv_t,
-              num_chunks, USE_Y: tl.constexpr, NEED_T: tl.constexpr,
-              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr):
+def row_stats(
+    base,
+    poff,
+    pmask,
+    y,
+    C,
+    sC,
+    inv_t,
+    num_chunks,
+    USE_Y: tl.constexpr,
+    NEED_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+):
     """Softmax statistics of softmax(x * inv_t) over classes, per pixel.
 
     Returns (m, s, rest, t, idx, xy, x):
@@ -196,8 +217,24 @@ def ce_from_stats(m, s, rest, xy):
 
 
 @triton.jit
-def store_grad(base_x, base_g, poff_x, poff_g, pmask, x_last, m, y, scale, rest, C, sCx, sCg, num_chunks,
-               BLOCK_C: tl.constexpr, SINGLE_CHUNK: tl.constexpr):
+def store_grad(
+    base_x,
+    base_g,
+    poff_x,
+    poff_g,
+    pmask,
+    x_last,
+    m,
+    y,
+    scale,
+    rest,
+    C,
+    sCx,
+    sCg,
+    num_chunks,
+    BLOCK_C: tl.constexpr,
+    SINGLE_CHUNK: tl.constexpr,
+):
     """g_c = scale * p_c for c != y and -scale * rest / s for c = y (scale already holds 1/s)."""
     if SINGLE_CHUNK:
         _store_grad_chunk(base_g, poff_g, pmask, x_last, tl.arange(0, BLOCK_C), m, y, scale, rest, C, sCg)

@@ -2,8 +2,8 @@
 sm_90 ahead of time, read each cubin's resources with cuobjdump, and fail on a compile error,
 on local memory (register spills) or on more registers than the kernel's budget.
 
-    python -m semiseg_fast.gpu_check                  # check; exit status 1 on any failure
-    python -m semiseg_fast.gpu_check --write-results  # also refresh the section of benchmarks/RESULTS.md
+    python -m semiseg_fast.tools.gpu_check                  # check; exit status 1 on any failure
+    python -m semiseg_fast.tools.gpu_check --write-results  # also refresh the section of benchmarks/RESULTS.md
 
 What is compiled is what the library really launches: the Triton wrappers are run on meta
 tensors at real shapes (so strides and sizes get the divisibility specialisations a real
@@ -15,6 +15,7 @@ block, 4 tile elements per thread. The budget is 80 registers per thread for eve
 8 warps that still allows 3 blocks (24 warps, 37.5% occupancy) per H100 SM; at 81 to 128 it
 drops to 2 blocks (25%), which leaves too few loads in flight to cover DRAM latency.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the runtime default, stated to keep results stable
 
@@ -54,9 +55,10 @@ RESULTS_END = "<!-- gpu-check:end -->"
 
 # ---------------------------------------------------------------- recording launches
 
+
 def record_launches(fn: Callable[[], object]) -> list:
     """Runs fn() with every library kernel launch recorded instead of executed."""
-    from .triton import _common
+    from ..triton import _common
 
     saved = _common._recorded_launches
     _common._recorded_launches = []
@@ -82,16 +84,16 @@ SWEEP_LAYOUTS = ["nchw", "channels_last"]
 
 def sweep() -> list:
     """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make."""
-    from .triton.cross_entropy import cross_entropy
-    from .triton.fixmatch import fixmatch
-    from .triton.negative_mask import negative_mask
-    from .triton.percentile import percentile
-    from .triton.pixel_stats import pixel_stats, pixel_stats_backward
-    from .triton.pseudoseg import pseudoseg_loss
+    from ..triton.cross_entropy import cross_entropy
+    from ..triton.fixmatch import fixmatch
+    from ..triton.negative_mask import negative_mask
+    from ..triton.percentile import percentile
+    from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
+    from ..triton.pseudoseg import pseudoseg_loss
 
     calls = []  # (label, thunk)
     scale = torch.empty((), dtype=torch.float32, device="meta")
-    for (n, h, w) in SWEEP_SHAPES:
+    for n, h, w in SWEEP_SHAPES:
         for c in SWEEP_CLASSES:
             for dt in SWEEP_DTYPES:
                 for lay in SWEEP_LAYOUTS:
@@ -106,9 +108,11 @@ def sweep() -> list:
                         (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, None, f, 1.0)),
                         (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, None, True, False)),
                         (label, lambda x=x, t=u8: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True)),
-                        (label, lambda x=x: negative_mask(x, min(3, c - 1), 20)),
-                        (label, lambda x=x, s=scale: pseudoseg_loss(x, x, x, None, s, 0.5, 0.5, 0.0, True, 0, 0.0,
-                                                                    True)),
+                        (label, lambda x=x, c=c: negative_mask(x, min(3, c - 1), 20)),
+                        (
+                            label,
+                            lambda x=x, s=scale: pseudoseg_loss(x, x, x, None, s, 0.5, 0.5, 0.0, True, 0, 0.0, True),
+                        ),
                     ]
     # Options, at the most common class count.
     n, h, w = SWEEP_SHAPES[0]
@@ -120,29 +124,49 @@ def sweep() -> list:
                 t = torch.empty((n, h, w), dtype=tdt, device="meta")
                 for weight in (None, torch.float32, torch.bool):
                     wt = None if weight is None else torch.empty((n, h, w), dtype=weight, device="meta")
-                    for red, need_grad, need_ce in [(1, True, False), (1, False, False), (0, True, False),
-                                                    (2, True, True)]:
+                    for red, need_grad, need_ce in [
+                        (1, True, False),
+                        (1, False, False),
+                        (0, True, False),
+                        (2, True, True),
+                    ]:
                         if need_ce and wt is None:
                             continue
-                        calls.append((label, lambda x=x, t=t, wt=wt, r=red, g=need_grad, ce=need_ce:
-                                      cross_entropy(x, t, wt, 255, r, 0, 0.0, None, g, ce)))
+                        calls.append(
+                            (
+                                label,
+                                lambda x=x, t=t, wt=wt, r=red, g=need_grad, ce=need_ce: cross_entropy(
+                                    x, t, wt, 255, r, 0, 0.0, None, g, ce
+                                ),
+                            )
+                        )
             for mask in (None, torch.bool, torch.int64):
                 m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
                 for need_grad in (True, False):
                     calls.append((label, lambda x=x, m=m, g=need_grad: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g)))
             bool_mask = torch.empty((n, h, w), dtype=torch.bool, device="meta")
             for soft, temperature, threshold in [(False, 0.5, 0.0), (True, 1.0, 0.0), (True, 0.7, 0.5)]:
-                calls.append((label, lambda x=x, m=bool_mask, so=soft, t=temperature, th=threshold:
-                              pseudoseg_loss(x, x, x, m, scale, 0.5, t, th, so, 0, 0.0, True)))
+                calls.append(
+                    (
+                        label,
+                        lambda x=x, m=bool_mask, so=soft, t=temperature, th=threshold: pseudoseg_loss(
+                            x, x, x, m, scale, 0.5, t, th, so, 0, 0.0, True
+                        ),
+                    )
+                )
             calls.append((label, lambda x=x: pseudoseg_loss(x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, False)))
     # entropy_percentile: fp32 entropy maps, with and without a valid mask, 1 to 3 percentiles.
-    for (n, h, w) in SWEEP_SHAPES:
+    for n, h, w in SWEEP_SHAPES:
         ent = torch.empty((n, h, w), dtype=torch.float32, device="meta")
         valid = torch.empty((n, h, w), dtype=torch.bool, device="meta")
         for qs in ([80.0], [80.0, 20.0, 80.0]):
             for v in (valid, None):
-                calls.append((f"entropy {h}x{w} q={len(qs)} valid={v is not None}",
-                              lambda e=ent, v=v, qs=qs: percentile(e, v, qs)))
+                calls.append(
+                    (
+                        f"entropy {h}x{w} q={len(qs)} valid={v is not None}",
+                        lambda e=ent, v=v, qs=qs: percentile(e, v, qs),
+                    )
+                )
     out = []
     for label, thunk in calls:
         for kernel, grid, args, kwargs in record_launches(thunk):
@@ -151,6 +175,7 @@ def sweep() -> list:
 
 
 # ---------------------------------------------------------------- compiling
+
 
 @dataclasses.dataclass
 class Job:
@@ -189,8 +214,15 @@ def jobs_for(launches: Iterable, targets=TARGETS) -> list:
     for label, kernel, _grid, args, kwargs in launches:
         for cc in targets:
             sig, const, attrs, opts = specialize(kernel, args, kwargs, cc)
-            key = (kernel.fn.__module__, kernel.fn.__name__, cc, repr(sorted(sig.items())), repr(sorted(const.items())),
-                   repr(sorted(attrs.items())), repr(sorted(opts.items())))
+            key = (
+                kernel.fn.__module__,
+                kernel.fn.__name__,
+                cc,
+                repr(sorted(sig.items())),
+                repr(sorted(const.items())),
+                repr(sorted(attrs.items())),
+                repr(sorted(opts.items())),
+            )
             if key not in jobs:
                 jobs[key] = Job(kernel.fn.__module__, kernel.fn.__name__, sig, const, attrs, opts, cc, [])
             if label not in jobs[key].labels:
@@ -216,27 +248,38 @@ def resource_usage(cubin: bytes) -> dict:
         f.write(cubin)
         path = f.name
     try:
-        out = subprocess.run([cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True, check=True
+        ).stdout
     finally:
         os.unlink(path)
-    return {m.group(1): dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)),
-                             local=int(m.group(5))) for m in _USAGE.finditer(out)}
+    return {
+        m.group(1): dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)), local=int(m.group(5)))
+        for m in _USAGE.finditer(out)
+    }
 
 
 def compile_job(job: Job) -> dict:
     """Compiles one specialisation; returns its resources or its error."""
-    from triton.compiler import ASTSource, compile as triton_compile, make_backend
+    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import compile as triton_compile
 
-    result = dict(kernel=job.name, cc=job.cc, labels=job.labels, num_warps=job.options.get("num_warps", 4),
-                  constexprs={str(k): v for k, v in job.constexprs.items()}, error=None)
+    result = dict(
+        kernel=job.name,
+        cc=job.cc,
+        labels=job.labels,
+        num_warps=job.options.get("num_warps", 4),
+        constexprs={str(k): v for k, v in job.constexprs.items()},
+        error=None,
+    )
     t0 = time.time()
     try:
         fn = getattr(importlib.import_module(job.module), job.name)
         backend = make_backend(_target(job.cc))
         options = backend.parse_options(dict(job.options, debug=False))
-        ck = triton_compile(ASTSource(fn, job.signature, job.constexprs, job.attrs), target=_target(job.cc),
-                            options=options.__dict__)
+        ck = triton_compile(
+            ASTSource(fn, job.signature, job.constexprs, job.attrs), target=_target(job.cc), options=options.__dict__
+        )
         usage = resource_usage(ck.asm["cubin"])
         if job.name not in usage:
             raise RuntimeError(f"cuobjdump reported no function {job.name}: {sorted(usage)}")
@@ -258,6 +301,7 @@ def compile_all(jobs: list, workers: int) -> list:
 
 # ---------------------------------------------------------------- judging
 
+
 def occupancy_h100(regs: int, num_warps: int, shared: int) -> float:
     """Resident warps / 64 on an H100 SM: 65536 registers (allocated per warp in units of 256),
     64 warps, 32 blocks and 228 KiB of shared memory (1 KiB reserved per block)."""
@@ -269,7 +313,7 @@ def occupancy_h100(regs: int, num_warps: int, shared: int) -> float:
     return blocks * num_warps / 64
 
 
-def judge(result: dict, budgets: Optional[dict] = None) -> list:
+def judge(result: dict, budgets: dict | None = None) -> list:
     """The reasons this compiled kernel fails the check (empty when it passes)."""
     budgets = BUDGETS if budgets is None else budgets
     if result["error"]:
@@ -285,25 +329,26 @@ def judge(result: dict, budgets: Optional[dict] = None) -> list:
 
 # ---------------------------------------------------------------- the report
 
+
 def minimal_bytes(op: str, shape, esize: int = 2) -> int:
     """Bytes each op must move at (N, C, H, W) with bf16 logits and uint8 labels/masks."""
     n, c, h, w = shape
     logits = n * c * h * w * esize
     px = n * h * w
     return {
-        "pixel_stats": logits + 9 * px,                         # read logits; write conf, label, entropy
-        "pixel_stats_backward": logits + 17 * px + logits,       # logits, 4 per-pixel inputs; write grad
-        "cross_entropy (fwd+grad)": logits + px + logits,        # logits, target; write grad
-        "fixmatch (fwd+grad)": 2 * logits + px + logits,         # student, teacher, mask; write grad
+        "pixel_stats": logits + 9 * px,  # read logits; write conf, label, entropy
+        "pixel_stats_backward": logits + 17 * px + logits,  # logits, 4 per-pixel inputs; write grad
+        "cross_entropy (fwd+grad)": logits + px + logits,  # logits, target; write grad
+        "fixmatch (fwd+grad)": 2 * logits + px + logits,  # student, teacher, mask; write grad
         "pseudoseg (scale + fwd+grad)": 2 * logits + 3 * logits + px + logits,  # scale: p, m; then p, m, z, mask; grad
-        "grad_output scaling (CUDA backward)": 2 * logits,       # read + write the gradient
+        "grad_output scaling (CUDA backward)": 2 * logits,  # read + write the gradient
     }[op]
 
 
 def render(results: list, seconds: float) -> str:
     lines = [RESULTS_BEGIN, "## GPU readiness: ahead-of-time compile of every Triton kernel", ""]
     w = lines.append
-    w("Generated by `python -m semiseg_fast.gpu_check --write-results` on a machine without a GPU: every")
+    w("Generated by `python -m semiseg_fast.tools.gpu_check --write-results` on a machine without a GPU: every")
     w("specialisation the library launches is compiled with Triton for sm_80 and sm_90 and its cubin")
     w("read with `cuobjdump --dump-resource-usage`. A kernel fails the check if it does not compile,")
     w("uses local memory (spills) or exceeds its register budget (80 for all kernels: at 8 warps per")
@@ -311,7 +356,10 @@ def render(results: list, seconds: float) -> str:
     w("")
     w(f"{len(results)} compilations in {seconds:.0f} s.")
     w("")
-    w("| kernel | target | specialisations | registers (min-max) | local B | shared B (max) | H100 occupancy (min) | budget | status |")
+    w(
+        "| kernel | target | specialisations | registers (min-max) | local B | shared B (max) "
+        "| H100 occupancy (min) | budget | status |"
+    )
     w("|---|---|---:|---|---:|---:|---:|---:|---|")
     by = {}
     for r in results:
@@ -321,10 +369,12 @@ def render(results: list, seconds: float) -> str:
         fails = sum(1 for r in rs if judge(r))
         regs = [r["regs"] for r in ok]
         occ = min((occupancy_h100(r["regs"], r["num_warps"], r["shared"]) for r in ok), default=0)
-        w(f"| {kernel} | sm_{cc} | {len(rs)} | {min(regs, default=0)}-{max(regs, default=0)} | "
-          f"{max((r['local'] for r in ok), default=0)} | {max((r['shared'] for r in ok), default=0)} | "
-          f"{100 * occ:.0f}% | {BUDGETS.get(kernel, DEFAULT_BUDGET)} | "
-          f"{'ok' if not fails else f'{fails} FAIL'} |")
+        w(
+            f"| {kernel} | sm_{cc} | {len(rs)} | {min(regs, default=0)}-{max(regs, default=0)} | "
+            f"{max((r['local'] for r in ok), default=0)} | {max((r['shared'] for r in ok), default=0)} | "
+            f"{100 * occ:.0f}% | {BUDGETS.get(kernel, DEFAULT_BUDGET)} | "
+            f"{'ok' if not fails else f'{fails} FAIL'} |"
+        )
     w("")
     w("Registers by class-count bucket (sm_90, all dtypes and layouts):")
     w("")
@@ -347,8 +397,14 @@ def render(results: list, seconds: float) -> str:
     w("")
     w("| op | shape (N, C, H, W) | minimal MB | roofline us | GPU us |")
     w("|---|---|---:|---:|---:|")
-    for op in ("pixel_stats", "pixel_stats_backward", "cross_entropy (fwd+grad)", "fixmatch (fwd+grad)",
-               "pseudoseg (scale + fwd+grad)", "grad_output scaling (CUDA backward)"):
+    for op in (
+        "pixel_stats",
+        "pixel_stats_backward",
+        "cross_entropy (fwd+grad)",
+        "fixmatch (fwd+grad)",
+        "pseudoseg (scale + fwd+grad)",
+        "grad_output scaling (CUDA backward)",
+    ):
         for name, shape in ROOFLINE_SHAPES.items():
             b = minimal_bytes(op, shape)
             w(f"| {op} | {name} {shape} | {b / 1e6:.1f} | {b / H100_BANDWIDTH * 1e6:.1f} | |")
@@ -364,7 +420,7 @@ def render(results: list, seconds: float) -> str:
 
 def _bucket(kernel: str, labels: list) -> str:
     """The tile configuration a launch label's class count selects, e.g. '32 classes x 32 px, 4 warps'."""
-    from .triton._common import CHUNK_CLASSES, MAX_BLOCK_C, block_config
+    from ..triton._common import CHUNK_CLASSES, MAX_BLOCK_C, block_config
 
     if not labels[0].startswith("C="):
         return "per-element (no class tile)"
@@ -378,7 +434,7 @@ def write_results_section(section: str, path: str) -> None:
     text = open(path).read() if os.path.exists(path) else ""
     if RESULTS_BEGIN in text and RESULTS_END in text:
         head = text[: text.index(RESULTS_BEGIN)]
-        tail = text[text.index(RESULTS_END) + len(RESULTS_END):]
+        tail = text[text.index(RESULTS_END) + len(RESULTS_END) :]
         text = head + section + tail
     else:
         text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
@@ -391,15 +447,20 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="compute capabilities, e.g. 80,90")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
     ap.add_argument("--write-results", action="store_true", help="refresh the section in benchmarks/RESULTS.md")
-    ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      "benchmarks", "RESULTS.md"))
+    ap.add_argument(
+        "--results",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "RESULTS.md"),
+    )
     args = ap.parse_args(argv)
     targets = tuple(int(t) for t in args.targets.split(","))
     t0 = time.time()
     launches = sweep()
     jobs = jobs_for(launches, targets)
-    print(f"gpu_check: {len(launches)} recorded launches -> {len(jobs)} distinct compilations "
-          f"for {', '.join(f'sm_{t}' for t in targets)}", flush=True)
+    print(
+        f"gpu_check: {len(launches)} recorded launches -> {len(jobs)} distinct compilations "
+        f"for {', '.join(f'sm_{t}' for t in targets)}",
+        flush=True,
+    )
     results = compile_all(jobs, args.jobs)
     seconds = time.time() - t0
     failures = [(r, judge(r)) for r in results if judge(r)]
