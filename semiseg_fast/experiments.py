@@ -19,6 +19,7 @@ their ``last.pt``, so an interrupted experiment continues where it stopped. Writ
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -40,16 +42,26 @@ PSEUDO_LABEL_SCALES = (0.75, 1.0, 1.25)  # the teacher's multi-scale + flip infe
 FP32 = "train.amp=off"
 
 QUICK_OVERRIDES = [
-    "data.synthetic_train=24", "data.synthetic_val=6", "data.image_size=32", "data.crop_size=32",
-    "data.batch_size=2", "data.unlabeled_batch_size=2", "model.kwargs={width: 8, rep_dim: 16}",
-    "optim.warmup_steps=2", "train.epochs=1", "train.eval_every=1000", "train.checkpoint_every=1000",
-    "semi.u2pl.num_queries=8", "semi.u2pl.num_negatives=4", "semi.u2pl.bank_capacity=64",
+    "data.synthetic_train=24",
+    "data.synthetic_val=6",
+    "data.image_size=32",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "model.kwargs={width: 8, rep_dim: 16}",
+    "optim.warmup_steps=2",
+    "train.epochs=1",
+    "train.eval_every=1000",
+    "train.checkpoint_every=1000",
+    "semi.u2pl.num_queries=8",
+    "semi.u2pl.num_negatives=4",
+    "semi.u2pl.bank_capacity=64",
 ]
 
 
 # the schedule comparison's budget (train.epochs): the fast schedule is meant for long runs, and at
 # the default 16 passes the from-scratch model is far from trained, so that the small crops cost
-# more accuracy there than over a longer run (README, the experiment table)
+# more accuracy there than over a longer run (docs/experiments.md#methods-and-schedules)
 SCHEDULE_EPOCHS, QUICK_SCHEDULE_EPOCHS = 48, 2
 
 # the timed runs (one at a time) augment their batches in worker processes (one per data
@@ -62,7 +74,7 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _run(cmd: List[str], log: str, append: bool = False) -> float:
+def _run(cmd: list[str], log: str, append: bool = False) -> float:
     """Runs a command with one thread, its output to ``log``; returns the wall-clock seconds."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
@@ -77,7 +89,7 @@ def _run(cmd: List[str], log: str, append: bool = False) -> float:
 
 
 def _final_miou(run_dir: str) -> float:
-    from .train.report import read_csv
+    from .train.metrics_csv import read_csv
 
     rows = [r for r in read_csv(os.path.join(run_dir, "metrics.csv")) if r.get("miou") == r.get("miou")]
     if not rows:
@@ -97,11 +109,12 @@ def _check_same_settings(run_dir: str, overrides: Sequence[str]) -> None:
         saved = config_from_checkpoint({"config": yaml.safe_load(f)})
     keys = resume_conflicts(saved, load_config(None, [*overrides, f"out_dir={run_dir}"]))
     if keys:
-        raise RuntimeError(f"{run_dir} holds a run with other settings of {', '.join(keys)}; "
-                           "remove it or choose another --out")
+        raise RuntimeError(
+            f"{run_dir} holds a run with other settings of {', '.join(keys)}; remove it or choose another --out"
+        )
 
 
-def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
+def train_run(out: str, name: str, overrides: Sequence[str]) -> dict[str, Any]:
     """One training run in ``out/name``: reused if it already finished, resumed from its
     ``last.pt`` if it was interrupted (``seconds`` then counts the resumed part only)."""
     run_dir = os.path.join(out, name)
@@ -116,8 +129,13 @@ def train_run(out: str, name: str, overrides: Sequence[str]) -> Dict[str, Any]:
     if resumed:
         cmd += ["--resume", run_dir]
     seconds = _run(cmd, os.path.join(run_dir, "log.txt"), append=resumed)
-    result = {"name": name, "overrides": list(overrides), "miou": _final_miou(run_dir), "seconds": seconds,
-              "resumed": resumed}
+    result = {
+        "name": name,
+        "overrides": list(overrides),
+        "miou": _final_miou(run_dir),
+        "seconds": seconds,
+        "resumed": resumed,
+    }
     _write_text(result_path, json.dumps(result))
     return result
 
@@ -127,22 +145,44 @@ def pseudo_label_run(out: str, name: str, teacher_dir: str, base: Sequence[str])
     folder = os.path.join(out, name)
     if not os.path.isfile(os.path.join(folder, "manifest.json")):
         data = [o for o in base if o.startswith("data.")]
-        _run([sys.executable, "-m", "semiseg_fast.pseudo_label", "--checkpoint",
-              os.path.join(teacher_dir, "last.pt"), "--out", folder, "--scales", *map(str, PSEUDO_LABEL_SCALES),
-              "--flip", "--no-progress", *data], os.path.join(out, name + ".log"))
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "semiseg_fast.pseudo_label",
+                "--checkpoint",
+                os.path.join(teacher_dir, "last.pt"),
+                "--out",
+                folder,
+                "--scales",
+                *map(str, PSEUDO_LABEL_SCALES),
+                "--flip",
+                "--no-progress",
+                *data,
+            ],
+            os.path.join(out, name + ".log"),
+        )
     return folder
 
 
-def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods: Sequence[str],
-            fast2x_methods: Sequence[str], base: Sequence[str], jobs: int,
-            schedule_epochs: int) -> List[Dict[str, Any]]:
+def run_all(
+    out: str,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    methods: Sequence[str],
+    fast2x_methods: Sequence[str],
+    base: Sequence[str],
+    jobs: int,
+    schedule_epochs: int,
+) -> list[dict[str, Any]]:
     """The method table's runs at the budget of ``base``, then the schedule comparison's (standard
     and fast2x of ``fast2x_methods`` at the first fraction, ``schedule_epochs`` passes) one at a
     time; each result says which (``timed``)."""
     os.makedirs(out, exist_ok=True)
 
-    def one_seed(fraction: float, seed: int, schedule: str, wanted: Sequence[str],
-                 timed: bool = False) -> List[Dict[str, Any]]:
+    def one_seed(
+        fraction: float, seed: int, schedule: str, wanted: Sequence[str], timed: bool = False
+    ) -> list[dict[str, Any]]:
         # the timed runs augment their batches in a worker (before `base`: a user's own value
         # wins) and train for the comparison's budget (after it: the comparison's budget wins)
         first, last = (TIMED_OVERRIDES, [f"train.epochs={schedule_epochs}"]) if timed else ([], [])
@@ -150,9 +190,12 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
         settings = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}"]
         tag = f"f{fraction:g}-s{seed}"
 
-        def run(method: str, kind: str, *extra: str) -> Dict[str, Any]:  # kind: the run's schedule
-            return train_run(out, f"{method}-{tag}-{kind}{suffix}",
-                             [*first, *settings, f"train.schedule={kind}", f"method={method}", *extra, *last])
+        def run(method: str, kind: str, *extra: str) -> dict[str, Any]:  # kind: the run's schedule
+            return train_run(
+                out,
+                f"{method}-{tag}-{kind}{suffix}",
+                [*first, *settings, f"train.schedule={kind}", f"method={method}", *extra, *last],
+            )
 
         results = []
         for m in wanted:
@@ -161,8 +204,9 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
                 teacher = run("supervised", "standard")["name"]
                 pl = pseudo_label_run(out, f"pseudo-{tag}{suffix}", os.path.join(out, teacher), settings)
                 extra.append(f"semi.selftrain.pseudo_dir={pl}")
-            results.append(dict(run(m, schedule, *extra), method=m, fraction=fraction, seed=seed, schedule=schedule,
-                                timed=timed))
+            results.append(
+                dict(run(m, schedule, *extra), method=m, fraction=fraction, seed=seed, schedule=schedule, timed=timed)
+            )
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
@@ -170,23 +214,36 @@ def run_all(out: str, fractions: Sequence[float], seeds: Sequence[int], methods:
     # data worker processes prepare their batches on the core that is free then. The timed
     # supervised run is also the timed selftrain runs' teacher, trained once for both.
     shared = [(f, s, "standard", list(methods)) for f in fractions for s in seeds]
-    alone = [(fractions[0], s, schedule, list(fast2x_methods)) for s in seeds
-             for schedule in ("standard", "fast2x")] if fast2x_methods else []
+    alone = (
+        [(fractions[0], s, schedule, list(fast2x_methods)) for s in seeds for schedule in ("standard", "fast2x")]
+        if fast2x_methods
+        else []
+    )
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
     chunks += [one_seed(*task, timed=True) for task in alone]
     return [r for chunk in chunks for r in chunk]
 
 
-def _mean(values: List[float]) -> Optional[float]:
+def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods: Sequence[str],
-              fast2x_methods: Sequence[str]) -> Dict[str, Any]:
+def summarize(
+    results: list[dict[str, Any]], fractions: Sequence[float], methods: Sequence[str], fast2x_methods: Sequence[str]
+) -> dict[str, Any]:
     def pick(method, fraction, schedule, timed=False):
-        return sorted((r for r in results if r["method"] == method and r["fraction"] == fraction
-                       and r["schedule"] == schedule and r["timed"] == timed), key=lambda r: r["seed"])
+        return sorted(
+            (
+                r
+                for r in results
+                if r["method"] == method
+                and r["fraction"] == fraction
+                and r["schedule"] == schedule
+                and r["timed"] == timed
+            ),
+            key=lambda r: r["seed"],
+        )
 
     table = {}
     for m in methods:
@@ -196,19 +253,28 @@ def summarize(results: List[Dict[str, Any]], fractions: Sequence[float], methods
     schedules = {}
     for m in fast2x_methods:
         runs = {k: pick(m, fractions[0], k, timed=True) for k in ("standard", "fast2x")}
-        schedules[m] = {k: dict(seeds=[r["miou"] for r in rs], miou=_mean([r["miou"] for r in rs]),
-                                seconds=_mean([r["seconds"] for r in rs])) for k, rs in runs.items()}
+        schedules[m] = {
+            k: dict(
+                seeds=[r["miou"] for r in rs],
+                miou=_mean([r["miou"] for r in rs]),
+                seconds=_mean([r["seconds"] for r in rs]),
+            )
+            for k, rs in runs.items()
+        }
     return dict(table=table, schedules=schedules)
 
 
-def _seeds(values: List[float]) -> str:
+def _seeds(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
-def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int,
-             command: str) -> str:
-    lines = ["| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
-             "|---|" + "---:|---:|" * len(fractions)]
+def markdown(
+    summary: dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int, command: str
+) -> str:
+    lines = [
+        "| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
+        "|---|" + "---:|---:|" * len(fractions),
+    ]
     for m in methods:
         cells = []
         for f in fractions:
@@ -216,57 +282,92 @@ def markdown(summary: Dict[str, Any], fractions: Sequence[float], methods: Seque
             cells += [_seeds(t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["schedules"]:
-        lines += ["", f"Schedules at 1/{round(1 / fractions[0])} labeled, {schedule_epochs} passes over the "
-                  f"unlabeled pool (`train.epochs={schedule_epochs}`; wall-clock of the training process, one thread, "
-                  "a data worker, run alone; mean of the seeds):", "",
-                  "| method | standard (seeds) | mean | fast2x (seeds) | mean | difference | standard s | fast2x s "
-                  "| speed-up |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Schedules at 1/{round(1 / fractions[0])} labeled, {schedule_epochs} passes over the "
+            f"unlabeled pool (`train.epochs={schedule_epochs}`; wall-clock of the training process, one thread, "
+            "a data worker, run alone; mean of the seeds):",
+            "",
+            "| method | standard (seeds) | mean | fast2x (seeds) | mean | difference | standard s | fast2x s "
+            "| speed-up |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for m, s in summary["schedules"].items():
             std, fast = s["standard"], s["fast2x"]
             if std["miou"] is None or fast["miou"] is None:
                 continue
-            lines.append(f"| {m} | {_seeds(std['seeds'])} | {std['miou']:.2f} | {_seeds(fast['seeds'])} | "
-                         f"{fast['miou']:.2f} | {fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | "
-                         f"{fast['seconds']:.0f} | {std['seconds'] / fast['seconds']:.2f}x |")
+            lines.append(
+                f"| {m} | {_seeds(std['seeds'])} | {std['miou']:.2f} | {_seeds(fast['seeds'])} | "
+                f"{fast['miou']:.2f} | {fast['miou'] - std['miou']:+.2f} | {std['seconds']:.0f} | "
+                f"{fast['seconds']:.0f} | {std['seconds'] / fast['seconds']:.2f}x |"
+            )
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
 
-def plot(path: str, summary: Dict[str, Any], fractions: Sequence[float], methods: Sequence[str],
-         schedule_epochs: int) -> None:
-    from .train.report import save_bars
+def plot(
+    path: str, summary: dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int
+) -> None:
+    from .train.figures import save_bars
 
     names = [f"1/{round(1 / f)}" for f in fractions]
-    panels = [dict(title="validation mIoU (mean of seeds)", groups=list(methods), series=names,
-                   values={(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)})]
+    panels = [
+        dict(
+            title="validation mIoU (mean of seeds)",
+            groups=list(methods),
+            series=names,
+            values={(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)},
+        )
+    ]
     if summary["schedules"]:
         sched = summary["schedules"]
         for what, title in (("miou", "mIoU"), ("seconds", "wall-clock s")):
-            panels.append(dict(title=f"standard vs fast2x, {schedule_epochs} passes: {title}", groups=list(sched),
-                               series=["standard", "fast2x"],
-                               values={(m, k): sched[m][k][what] for m in sched for k in ("standard", "fast2x")}))
+            panels.append(
+                dict(
+                    title=f"standard vs fast2x, {schedule_epochs} passes: {title}",
+                    groups=list(sched),
+                    series=["standard", "fast2x"],
+                    values={(m, k): sched[m][k][what] for m in sched for k in ("standard", "fast2x")},
+                )
+            )
     save_bars(path, panels)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.experiments", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m semiseg_fast.experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="runs/experiments")
     parser.add_argument("--quick", action="store_true", help="tiny data, model and budget (for tests)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25],
-                        help="labeled fractions; fast2x runs at the first")
+    parser.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.125, 0.25], help="labeled fractions; fast2x runs at the first"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
-    parser.add_argument("--fast2x-methods", nargs="*", default=["supervised", "selftrain"],
-                        help="methods of the schedule comparison: trained with the standard and the fast2x "
-                             "schedule at the first fraction over --schedule-epochs, timed")
-    parser.add_argument("--schedule-epochs", type=int, default=None,
-                        help="the budget (train.epochs) of the schedule comparison's runs: by default "
-                             f"{SCHEDULE_EPOCHS}, three times the default budget, where training is long enough for "
-                             f"the fast schedule to pay (see the README); {QUICK_SCHEDULE_EPOCHS} with --quick")
+    parser.add_argument(
+        "--fast2x-methods",
+        nargs="*",
+        default=["supervised", "selftrain"],
+        help="methods of the schedule comparison: trained with the standard and the fast2x "
+        "schedule at the first fraction over --schedule-epochs, timed",
+    )
+    parser.add_argument(
+        "--schedule-epochs",
+        type=int,
+        default=None,
+        help="the budget (train.epochs) of the schedule comparison's runs: by default "
+        f"{SCHEDULE_EPOCHS}, three times the default budget, where training is long enough for "
+        f"the fast schedule to pay (docs/experiments.md); {QUICK_SCHEDULE_EPOCHS} with --quick",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value for every run, e.g. optim.lr=0.004 "
-                        "(train.epochs sets the method table's budget; the comparison's is --schedule-epochs)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key.sub=value for every run, e.g. optim.lr=0.004 "
+        "(train.epochs sets the method table's budget; the comparison's is --schedule-epochs)",
+    )
     args = parser.parse_intermixed_args(argv)
     from .train.config import METHODS
 
@@ -280,8 +381,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(f"error: --schedule-epochs: expected a positive number of epochs, got {args.schedule_epochs}")
     epochs = args.schedule_epochs or (QUICK_SCHEDULE_EPOCHS if args.quick else SCHEDULE_EPOCHS)
     # a fraction or seed named twice would have two tasks train into the same folders at once
-    fractions, seeds, methods, fast2x_methods = (list(dict.fromkeys(v)) for v in (
-        args.fractions, args.seeds, args.methods, args.fast2x_methods))
+    fractions, seeds, methods, fast2x_methods = (
+        list(dict.fromkeys(v)) for v in (args.fractions, args.seeds, args.methods, args.fast2x_methods)
+    )
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
         results = run_all(args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs)

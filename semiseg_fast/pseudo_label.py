@@ -18,6 +18,7 @@ the probabilities are averaged before the teacher statistics; with one scale and
 statistics come straight from the logits in one fused pass (:func:`semiseg_fast.pixel_stats`).
 An unreadable image is reported with its path and skipped; the command then exits with status 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,8 @@ import numbers
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,11 +44,20 @@ FORMAT = 1
 # settings that change the files written; a rerun into the same folder must repeat them
 COMPARED_SETTINGS = ("teacher_sha256", "split", "scales", "flip", "topk", "num_classes", "data")
 # the data keys that decide which images a split holds and their size
-IMAGE_KEYS = ("name", "root", "labeled_split", "unlabeled_split", "val_split", "synthetic_train", "synthetic_val",
-              "image_size", "labeled_fraction")
+IMAGE_KEYS = (
+    "name",
+    "root",
+    "labeled_split",
+    "unlabeled_split",
+    "val_split",
+    "synthetic_train",
+    "synthetic_val",
+    "image_size",
+    "labeled_fraction",
+)
 
 
-def item_ids(dataset) -> List[str]:
+def item_ids(dataset) -> list[str]:
     """A stable file name per image of a split: the image path (for folders) or the synthetic pool index."""
     from .data import SegmentationFolder
     from .train.data import Subset
@@ -74,9 +85,17 @@ def teacher_probabilities(model, images: torch.Tensor, scales: Sequence[float] =
         return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True), True
     total, count = None, 0
     for s in scales:
-        x = images if s == 1.0 else F.interpolate(
-            images, size=(max(8, round(size[0] * s)), max(8, round(size[1] * s))), mode="bilinear", align_corners=True)
-        for flipped in ((False, True) if flip else (False,)):
+        x = (
+            images
+            if s == 1.0
+            else F.interpolate(
+                images,
+                size=(max(8, round(size[0] * s)), max(8, round(size[1] * s))),
+                mode="bilinear",
+                align_corners=True,
+            )
+        )
+        for flipped in (False, True) if flip else (False,):
             logits = model_outputs(model(x.flip(-1) if flipped else x))[0]
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
             prob = (logits.flip(-1) if flipped else logits).softmax(dim=1)
@@ -100,9 +119,11 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _paths(out_dir: str, item_id: str, topk: int) -> Dict[str, str]:
-    p = {"label": os.path.join(out_dir, "labels", item_id + ".png"),
-         "confidence": os.path.join(out_dir, "confidence", item_id + ".png")}
+def _paths(out_dir: str, item_id: str, topk: int) -> dict[str, str]:
+    p = {
+        "label": os.path.join(out_dir, "labels", item_id + ".png"),
+        "confidence": os.path.join(out_dir, "confidence", item_id + ".png"),
+    }
     if topk:
         p["topk"] = os.path.join(out_dir, "topk", item_id + ".npz")
     return p
@@ -114,7 +135,7 @@ def _remove_stale_temporaries(out_dir: str) -> None:
             os.unlink(path)
 
 
-def weights_sha256(weights: Dict[str, Any]) -> str:
+def weights_sha256(weights: dict[str, Any]) -> str:
     """A hash of a state dict's names, dtypes, shapes and values: identifies a teacher wherever its
     checkpoint lies, and tells a retrained one apart from the file it replaced."""
     h = hashlib.sha256()
@@ -130,8 +151,9 @@ def weights_sha256(weights: Dict[str, Any]) -> str:
 
 
 def _check_arguments(scales: Sequence[float], flip: bool, topk: int, split: str, batch_size: int, device: str) -> None:
-    if not scales or any(isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s <= 0
-                         for s in scales):
+    if not scales or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s <= 0 for s in scales
+    ):
         raise ValueError(f"scales (--scales): expected positive numbers, got {list(scales)!r}")
     if not isinstance(flip, bool):
         raise TypeError(f"flip (--flip): expected a bool, got {flip!r}")
@@ -147,7 +169,7 @@ def _check_arguments(scales: Sequence[float], flip: bool, topk: int, split: str,
         raise ValueError("device (--device): cuda requested, but torch.cuda.is_available() is False")
 
 
-def _recorded_settings(out_dir: str) -> Optional[Dict[str, Any]]:
+def _recorded_settings(out_dir: str) -> dict[str, Any] | None:
     """The settings an earlier run recorded in ``out_dir`` (a folder from before settings.json:
     its manifest, which has all but the teacher's hash), or None for a new folder."""
     for name in (SETTINGS, MANIFEST):
@@ -161,7 +183,7 @@ def _recorded_settings(out_dir: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _comparable(settings: Dict[str, Any], key: str) -> Any:
+def _comparable(settings: dict[str, Any], key: str) -> Any:
     value = settings[key]
     if key != "data" or not isinstance(value, dict):
         return value
@@ -171,7 +193,7 @@ def _comparable(settings: Dict[str, Any], key: str) -> Any:
     return data
 
 
-def _check_same_settings(out_dir: str, settings: Dict[str, Any]) -> None:
+def _check_same_settings(out_dir: str, settings: dict[str, Any]) -> None:
     recorded = _recorded_settings(out_dir)
     if recorded is None:
         return
@@ -181,17 +203,30 @@ def _check_same_settings(out_dir: str, settings: Dict[str, Any]) -> None:
     described = []
     for key in differ:
         if key == "teacher_sha256":
-            described.append(f"teacher {recorded.get('checkpoint')!r} at step {recorded.get('step')} there, "
-                             f"{settings['checkpoint']!r} at step {settings['step']} now (other weights)")
+            described.append(
+                f"teacher {recorded.get('checkpoint')!r} at step {recorded.get('step')} there, "
+                f"{settings['checkpoint']!r} at step {settings['step']} now (other weights)"
+            )
         else:
             described.append(f"{key} {_comparable(recorded, key)!r} there, {_comparable(settings, key)!r} now")
-    raise ValueError(f"--out: {out_dir!r} holds pseudo-labels made with other settings ({'; '.join(described)}); "
-                     "choose another --out, or delete the folder to make them again")
+    raise ValueError(
+        f"--out: {out_dir!r} holds pseudo-labels made with other settings ({'; '.join(described)}); "
+        "choose another --out, or delete the folder to make them again"
+    )
 
 
-def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Sequence[float] = (1.0,),
-             flip: bool = False, topk: int = 0, overrides: Sequence[str] = (), batch_size: int = 16,
-             device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+def generate(
+    checkpoint: str,
+    out_dir: str,
+    split: str = "unlabeled",
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    topk: int = 0,
+    overrides: Sequence[str] = (),
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Writes the pseudo-labels and returns the manifest (see the module docstring)."""
     from .data import DataError, normalize
     from .ops import pixel_stats
@@ -199,7 +234,7 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     from .train.config import apply_override, config_from_checkpoint, validate
     from .train.data import build_datasets
     from .train.loop import build_run_model
-    from .train.report import ProgressBar
+    from .train.progress import ProgressBar
 
     _check_arguments(scales, flip, topk, split, batch_size, device)
     state = load_checkpoint(checkpoint)
@@ -223,9 +258,17 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     fmt = torch.channels_last if config["train"]["channels_last"] else torch.contiguous_format
     model.to(dev, memory_format=fmt).eval()
 
-    settings = {"checkpoint": os.path.abspath(checkpoint), "step": state.get("step"),
-                "teacher_sha256": weights_sha256(weights), "split": split, "scales": list(map(float, scales)),
-                "flip": bool(flip), "topk": topk, "num_classes": num_classes, "data": config["data"]}
+    settings = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "step": state.get("step"),
+        "teacher_sha256": weights_sha256(weights),
+        "split": split,
+        "scales": list(map(float, scales)),
+        "flip": bool(flip),
+        "topk": topk,
+        "num_classes": num_classes,
+        "data": config["data"],
+    }
     _check_same_settings(out_dir, settings)
     os.makedirs(out_dir, exist_ok=True)
     _write(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=1).encode())  # before any image
@@ -233,9 +276,9 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
     ids = item_ids(dataset)
     written = lambda i: all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())
     todo = [i for i in range(len(dataset)) if not written(i)]
-    failed: List[Dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     bar = ProgressBar(len(todo), desc="pseudo-labels", enabled=progress)
-    pending: List[tuple] = []
+    pending: list[tuple] = []
 
     def flush() -> None:
         images = torch.stack([img for _, img in pending])
@@ -249,8 +292,11 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
             paths = _paths(out_dir, ids[i], topk)
             if top is not None:
                 buf = io.BytesIO()
-                np.savez_compressed(buf, classes=top.indices[j].to(torch.uint8).cpu().numpy(),
-                                    probs=top.values[j].to(torch.float16).cpu().numpy())
+                np.savez_compressed(
+                    buf,
+                    classes=top.indices[j].to(torch.uint8).cpu().numpy(),
+                    probs=top.values[j].to(torch.float16).cpu().numpy(),
+                )
                 _write(paths["topk"], buf.getvalue())
             conf = (stats.confidence[j] * 255).round().to(torch.uint8).cpu().numpy()
             _write(paths["confidence"], _png_bytes(conf))
@@ -273,9 +319,16 @@ def generate(checkpoint: str, out_dir: str, split: str = "unlabeled", scales: Se
         flush()
     bar.close()
     done = [{"index": i, "id": ids[i]} for i in range(len(dataset)) if written(i)]
-    manifest = {"format": FORMAT, **settings, "split_size": len(dataset), "class_names": state.get("class_names"),
-                "confidence_encoding": "uint8 PNG = round(255 * max probability)",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "items": done, "failed": failed}
+    manifest = {
+        "format": FORMAT,
+        **settings,
+        "split_size": len(dataset),
+        "class_names": state.get("class_names"),
+        "confidence_encoding": "uint8 PNG = round(255 * max probability)",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "items": done,
+        "failed": failed,
+    }
     _write(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
 
@@ -288,7 +341,8 @@ class PseudoLabels:
         path = os.path.join(folder, MANIFEST)
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)")
+                f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)"
+            )
         try:
             with open(path) as f:
                 self.manifest = json.load(f)
@@ -302,7 +356,7 @@ class PseudoLabels:
         self.folder = folder
 
     @property
-    def indices(self) -> List[int]:
+    def indices(self) -> list[int]:
         return sorted(self.ids)
 
     def load(self, index: int):
@@ -318,9 +372,12 @@ class PseudoLabels:
         return label, conf, top
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m semiseg_fast.pseudo_label", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m semiseg_fast.pseudo_label",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint (its EMA teacher if it has one)")
     parser.add_argument("--out", required=True, help="output folder (created; rerun to resume)")
     parser.add_argument("--split", default="unlabeled", choices=["unlabeled", "labeled", "val"])
@@ -335,8 +392,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .data import DataError
 
     try:
-        manifest = generate(args.checkpoint, args.out, args.split, args.scales, args.flip, args.topk, args.overrides,
-                            args.batch_size, args.device, not args.no_progress)
+        manifest = generate(
+            args.checkpoint,
+            args.out,
+            args.split,
+            args.scales,
+            args.flip,
+            args.topk,
+            args.overrides,
+            args.batch_size,
+            args.device,
+            not args.no_progress,
+        )
     except (FileNotFoundError, RuntimeError, KeyError, ValueError, TypeError, DataError) as e:
         sys.exit(f"error: {e}")
     print(f"{len(manifest['items'])} of {manifest['split_size']} images pseudo-labelled in {args.out}")

@@ -1,4 +1,5 @@
 """The training loop: builds everything from a config, trains, evaluates, checkpoints."""
+
 from __future__ import annotations
 
 import copy
@@ -6,7 +7,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import normalize
 from ..losses import U2PLLoss
 from ..models import build_model
-from . import report
+from . import figures
 from .atomic import atomic_open
 from .batches import mix_seed
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_atomic
@@ -24,16 +25,21 @@ from .data import LabeledView, PseudoLabeledView, UnlabeledView, build_datasets,
 from .distributed import all_reduce_sum, barrier, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
 from .methods import STEPS, StepContext, ema_update
+from .metrics_csv import MetricsCSV, read_csv
+from .progress import ProgressBar
 from .schedule import from_config as schedule_from_config
+from .tensorboard_log import INSTALL_HINT, TensorBoardLog
+from .tensorboard_log import available as tensorboard_available
 
 CSV_FIELDS = ["step", "epoch", "lr", "loss", "loss_sup", "loss_unsup", "mask_ratio", "img_per_s", "miou"]
 LOG_EVERY = 10
 
 
-def resolve_amp(setting: Any, device: torch.device) -> Optional[torch.dtype]:
+def resolve_amp(setting: Any, device: torch.device) -> torch.dtype | None:
     """auto: bf16 where the hardware has it (CUDA with bf16, CPUs with native bf16 such as
     AVX512-BF16/AMX), fp16 on older CUDA GPUs, otherwise off: on CPUs without native bf16, autocast
-    runs convolutions through conversions and trains several times slower than fp32."""
+    runs convolutions through conversions and trains several times slower than fp32
+    (docs/experiments.md#autocast-on-cpus-without-native-bf16-trainampauto)."""
     if setting in ("off", False):
         return None
     if setting == "fp16":
@@ -47,7 +53,7 @@ def resolve_amp(setting: Any, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
+def build_run_model(config: dict[str, Any], num_classes: int) -> nn.Module:
     kwargs = dict(config["model"]["kwargs"] or {})
     if config["model"]["name"] == "deeplabv3plus":
         if config["method"] != "u2pl":
@@ -61,7 +67,7 @@ def build_run_model(config: Dict[str, Any], num_classes: int) -> nn.Module:
         raise TypeError(f"model.kwargs: building {config['model']['name']!r} with {sorted(kwargs)} failed: {e}") from e
 
 
-def set_determinism(config: Dict[str, Any]) -> None:
+def set_determinism(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     if config["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -72,7 +78,7 @@ def set_determinism(config: Dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, config: Dict[str, Any], resume: Optional[str] = None):
+    def __init__(self, config: dict[str, Any], resume: str | None = None):
         self.config = config
         self.world = init_world(config["device"])
         set_determinism(config)
@@ -94,48 +100,73 @@ class Trainer:
 
         self.model = build_run_model(config, self.data.num_classes)
         self.model.to(self.world.device, memory_format=self.memory_format)
-        self.teacher: Optional[nn.Module] = None
+        self.teacher: nn.Module | None = None
         if self.method not in ("supervised", "selftrain") and sc["teacher"] == "ema":
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.criterion: Optional[U2PLLoss] = None
+        self.criterion: U2PLLoss | None = None
         if self.method == "u2pl":
             u = sc["u2pl"]
             self.criterion = U2PLLoss(
-                self.data.num_classes, tc["epochs"], rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64),
+                self.data.num_classes,
+                tc["epochs"],
+                rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64),
                 ignore_index=dc["ignore_index"],
-                drop_percent=u["drop_percent"], unsupervised_weight=sc["unsupervised_weight"],
-                contrastive=u["contrastive"], contrastive_weight=u["contrastive_weight"], low_rank=u["low_rank"],
-                high_rank=u["high_rank"], num_queries=u["num_queries"], num_negatives=u["num_negatives"],
-                bank_capacity=u["bank_capacity"], first_class_capacity=u["bank_capacity"],
-                sup_only_epochs=u["sup_only_epochs"]).to(self.world.device)
+                drop_percent=u["drop_percent"],
+                unsupervised_weight=sc["unsupervised_weight"],
+                contrastive=u["contrastive"],
+                contrastive_weight=u["contrastive_weight"],
+                low_rank=u["low_rank"],
+                high_rank=u["high_rank"],
+                num_queries=u["num_queries"],
+                num_negatives=u["num_negatives"],
+                bank_capacity=u["bank_capacity"],
+                first_class_capacity=u["bank_capacity"],
+                sup_only_epochs=u["sup_only_epochs"],
+            ).to(self.world.device)
         o = config["optim"]
         if o["name"] == "sgd":  # not fused: that one fails on a parameter whose first gradient comes late
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
-                                             weight_decay=o["weight_decay"], nesterov=True)
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(),
+                lr=o["lr"],
+                momentum=o["momentum"],
+                weight_decay=o["weight_decay"],
+                nesterov=True,
+            )
         else:
             # fused: one kernel over all parameters instead of ~10 ops per tensor (8 -> 2 ms a step
             # on this project's CPUs). It rounds otherwise than the per-tensor loop; a checkpoint
             # written by that loop resumes with it (load_state_dict restores `fused`)
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"],
-                                               fused=True)
+            self.optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], fused=True
+            )
         self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.best_miou = 0, -1.0
+        if tc["tensorboard"] and not tensorboard_available():  # before training, not at its end
+            raise ValueError(f"config: train.tensorboard=true needs the tensorboard package: {INSTALL_HINT}")
         self.unlabeled_view = self._unlabeled_view()  # before training: a bad pseudo_dir is a setup error
         if resume:
             self._load(checkpoint_path(resume))
         self.student: nn.Module = self.model
         if self.world.size > 1:
-            self.student = DistributedDataParallel(self.model, device_ids=[self.world.device.index]
-                                                   if self.world.device.type == "cuda" else None)
+            self.student = DistributedDataParallel(
+                self.model, device_ids=[self.world.device.index] if self.world.device.type == "cuda" else None
+            )
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _state(self, miou: float) -> Dict[str, Any]:
-        return {"config": self.config, "step": self.step, "best_miou": self.best_miou, "miou": miou,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-                "criterion": self.criterion.state_dict() if self.criterion is not None else None,
-                "class_names": self.data.class_names, "num_classes": self.data.num_classes}
+    def _state(self, miou: float) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "step": self.step,
+            "best_miou": self.best_miou,
+            "miou": miou,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "criterion": self.criterion.state_dict() if self.criterion is not None else None,
+            "class_names": self.data.class_names,
+            "num_classes": self.data.num_classes,
+        }
 
     def _load(self, path: str) -> None:
         """Continues the run of checkpoint ``path``: only with its config (up to the keys of
@@ -169,8 +200,15 @@ class Trainer:
             return None
         if self.method == "selftrain":
             st = sc["selftrain"]
-            return PseudoLabeledView(self.data.unlabeled, st["pseudo_dir"], dc, float(st["threshold"]), st["soft"],
-                                     st["class_balanced"], num_classes=self.data.num_classes)
+            return PseudoLabeledView(
+                self.data.unlabeled,
+                st["pseudo_dir"],
+                dc,
+                float(st["threshold"]),
+                st["soft"],
+                st["class_balanced"],
+                num_classes=self.data.num_classes,
+            )
         cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
         return UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout)
 
@@ -178,8 +216,9 @@ class Trainer:
         dc, w = self.config["data"], self.world
         seed, start, stop = self.config["seed"], self.step, self.num_steps
         schedule = self.schedule if self.schedule.low_res_steps else None
-        loader = lambda view, batch, stream: step_loader(view, batch, seed, stream, start, stop, w.rank, w.size,
-                                                         dc["num_workers"], schedule)
+        loader = lambda view, batch, stream: step_loader(
+            view, batch, seed, stream, start, stop, w.rank, w.size, dc["num_workers"], schedule
+        )
         labeled = loader(LabeledView(self.data.labeled, dc), dc["batch_size"], 0)
         if self.unlabeled_view is None:
             return zip(labeled, [None] * (stop - start))
@@ -198,30 +237,41 @@ class Trainer:
             out.append(t)
         return out
 
-    def train(self) -> Dict[str, Any]:
+    def train(self) -> dict[str, Any]:
         cfg, tc, w = self.config, self.config["train"], self.world
         if w.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
             with atomic_open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
                 f.write(dump(cfg))
             print(dump(cfg), file=sys.stderr)
-            print(f"{self.method}: {len(self.data.labeled)} labeled, "
-                  f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
-                  f"{self.num_steps} steps ({tc['epochs']} epochs of {self.steps_per_epoch} batches), {w.size} "
-                  f"process(es), device {w.device}, "
-                  f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}", file=sys.stderr)
+            print(
+                f"{self.method}: {len(self.data.labeled)} labeled, "
+                f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
+                f"{self.num_steps} steps ({tc['epochs']} epochs of {self.steps_per_epoch} batches), {w.size} "
+                f"process(es), device {w.device}, "
+                f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}",
+                file=sys.stderr,
+            )
             if self.schedule.low_res_steps:
-                print("schedule: " + ", ".join(f"steps {p['start']}-{p['stop'] - 1} on {p['crop']}-pixel crops, "
-                                               f"{p['batch_scale']}x batch" for p in self.schedule.phases()),
-                      file=sys.stderr)
+                print(
+                    "schedule: "
+                    + ", ".join(
+                        f"steps {p['start']}-{p['stop'] - 1} on {p['crop']}-pixel crops, {p['batch_scale']}x batch"
+                        for p in self.schedule.phases()
+                    ),
+                    file=sys.stderr,
+                )
         csv = self._metrics_csv() if w.is_main else None
+        board = TensorBoardLog(self.out_dir, self.step) if w.is_main and tc["tensorboard"] else None
         step_fn = STEPS[self.method]
         sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, steps
-        images_per_step = (self.config["data"]["batch_size"] + (0 if self.method == "supervised" else
-                           self.config["data"]["unlabeled_batch_size"])) * w.size  # at batch scale 1
+        images_per_step = (
+            self.config["data"]["batch_size"]
+            + (0 if self.method == "supervised" else self.config["data"]["unlabeled_batch_size"])
+        ) * w.size  # at batch scale 1
         images_since_log = 0
         last_result = None
-        bar = report.ProgressBar(self.num_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
+        bar = ProgressBar(self.num_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
         t_log = time.perf_counter()
         for labeled, unlabeled in self._loaders():
             step = self.step
@@ -231,10 +281,19 @@ class Trainer:
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
             progress, scale = self.schedule.progress(step), self.schedule.batch_scale(step)
-            ctx = StepContext(self.student, self.eval_model,
-                              cfg["semi"], cfg["data"]["ignore_index"], min(progress // self.steps_per_epoch,
-                              tc["epochs"] - 1), gen, self.criterion, self.data.num_classes)
-            with torch.autocast(w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            ctx = StepContext(
+                self.student,
+                self.eval_model,
+                cfg["semi"],
+                cfg["data"]["ignore_index"],
+                min(progress // self.steps_per_epoch, tc["epochs"] - 1),
+                gen,
+                self.criterion,
+                self.data.num_classes,
+            )
+            with torch.autocast(
+                w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 out = step_fn(ctx, self._to_device(labeled), self._to_device(unlabeled))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
@@ -243,8 +302,15 @@ class Trainer:
             if self.teacher is not None:
                 # a step of k batches counts as k: the teacher averages over the same number of images
                 ema_update(self.teacher, self.model, min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"] ** scale))
-            sums += torch.stack([out.loss.detach().float(), out.supervised.float(), out.unsupervised.float(),
-                                 out.mask_ratio.float().to(w.device), torch.tensor(1.0, device=w.device)])
+            sums += torch.stack(
+                [
+                    out.loss.detach().float(),
+                    out.supervised.float(),
+                    out.unsupervised.float(),
+                    out.mask_ratio.float().to(w.device),
+                    torch.tensor(1.0, device=w.device),
+                ]
+            )
             self.step = step + 1
             last = self.step == self.num_steps
             images_since_log += scale * images_per_step
@@ -253,9 +319,17 @@ class Trainer:
                 totals = all_reduce_sum(sums.clone()).tolist()
                 n = totals[4]
                 elapsed = time.perf_counter() - t_log
-                row = {"step": self.step, "epoch": round((progress + scale) / self.steps_per_epoch, 3), "lr": lr,
-                       "loss": totals[0] / n, "loss_sup": totals[1] / n, "loss_unsup": totals[2] / n,
-                       "mask_ratio": totals[3] / n, "img_per_s": images_since_log / elapsed, "miou": ""}
+                row = {
+                    "step": self.step,
+                    "epoch": round((progress + scale) / self.steps_per_epoch, 3),
+                    "lr": lr,
+                    "loss": totals[0] / n,
+                    "loss_sup": totals[1] / n,
+                    "loss_unsup": totals[2] / n,
+                    "mask_ratio": totals[3] / n,
+                    "img_per_s": images_since_log / elapsed,
+                    "miou": "",
+                }
                 bar.set_metrics(loss=row["loss"], mask=row["mask_ratio"])
                 sums.zero_()
                 images_since_log = 0
@@ -264,59 +338,103 @@ class Trainer:
                     row["miou"] = last_result.miou
                     if w.is_main:
                         bar.write(f"step {self.step}: mIoU {100 * last_result.miou:.2f}")
+                    if board is not None and (grid := self._prediction_grid()) is not None:
+                        board.image(
+                            "val/predictions", figures.prediction_grid_array(*grid, self.data.num_classes), self.step
+                        )
                     if last_result.miou > self.best_miou:
                         self.best_miou = last_result.miou
                         if w.is_main:
                             save_atomic(self._state(last_result.miou), os.path.join(self.out_dir, "best.pt"))
                 if csv is not None:
                     csv.write(row)
+                if board is not None:
+                    board.scalars(row, self.step)
                 t_log = time.perf_counter()
             if (self.step % tc["checkpoint_every"] == 0 or last) and w.is_main:
-                save_atomic(self._state(last_result.miou if last_result else float("nan")),
-                            os.path.join(self.out_dir, "last.pt"))
+                save_atomic(
+                    self._state(last_result.miou if last_result else float("nan")),
+                    os.path.join(self.out_dir, "last.pt"),
+                )
         bar.close()
+        if board is not None:
+            board.close()
         if last_result is None:  # resumed at the end: nothing left to train
             last_result = self._evaluate()
         if w.is_main:
             self._write_figures()
             print(format_iou_table(last_result, self.data.class_names))
         barrier()  # no process tears its process group down while rank 0 still writes
-        return {"miou": last_result.miou, "per_class": last_result.per_class.tolist(), "out_dir": self.out_dir,
-                "best_miou": self.best_miou, "steps": self.step}
+        return {
+            "miou": last_result.miou,
+            "per_class": last_result.per_class.tolist(),
+            "out_dir": self.out_dir,
+            "best_miou": self.best_miou,
+            "steps": self.step,
+        }
 
-    def _metrics_csv(self) -> report.MetricsCSV:
+    def _metrics_csv(self) -> MetricsCSV:
         path = os.path.join(self.out_dir, "metrics.csv")
         if self.step == 0 and os.path.exists(path):
             os.unlink(path)  # a fresh run in a used folder: the old run's rows are not this run's
-        csv = report.MetricsCSV(path, CSV_FIELDS)
+        csv = MetricsCSV(path, CSV_FIELDS)
         if self.step > 0:
             csv.truncate_after(self.step)  # rows a killed run logged after its last checkpoint
         return csv
 
     def _evaluate(self):
         ec, w = self.config["eval"], self.world
-        return evaluate(self.eval_model, self.data.val, self.data.num_classes, w.device, ec["mode"], ec["window"],
-                        ec["stride"], ec["batch_size"], self.config["data"]["ignore_index"],
-                        self.config["train"]["channels_last"], self.amp_dtype, w.rank, w.size)
+        return evaluate(
+            self.eval_model,
+            self.data.val,
+            self.data.num_classes,
+            w.device,
+            ec["mode"],
+            ec["window"],
+            ec["stride"],
+            ec["batch_size"],
+            self.config["data"]["ignore_index"],
+            self.config["train"]["channels_last"],
+            self.amp_dtype,
+            w.rank,
+            w.size,
+        )
+
+    def _prediction_grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(images, labels, predictions) of the first ``train.grid_images`` validation images,
+        or None when that is 0 (only the first when their sizes differ)."""
+        n = min(self.config["train"]["grid_images"], len(self.data.val))
+        if n == 0:
+            return None
+        samples = [self.data.val[i] for i in range(n)]
+        if not all(s[0].shape == samples[0][0].shape for s in samples):
+            samples = samples[:1]
+        images = torch.stack([s[0] for s in samples])
+        labels = torch.stack([s[1] for s in samples])
+        ec, model = self.config["eval"], self.eval_model
+        was_training = model.training
+        preds = predict_labels(
+            model.eval(),
+            images,
+            self.world.device,
+            ec["mode"],
+            ec["window"],
+            ec["stride"],
+            self.config["train"]["channels_last"],
+            self.amp_dtype,
+        ).cpu()
+        model.train(was_training)
+        return images, labels, preds
 
     def _write_figures(self) -> None:
-        n = min(self.config["train"]["grid_images"], len(self.data.val))
-        if n > 0:
-            samples = [self.data.val[i] for i in range(n)]
-            same = all(s[0].shape == samples[0][0].shape for s in samples)
-            samples = samples if same else samples[:1]
-            images = torch.stack([s[0] for s in samples])
-            labels = torch.stack([s[1] for s in samples])
-            ec = self.config["eval"]
-            preds = predict_labels(self.eval_model.eval(), images, self.world.device, ec["mode"], ec["window"],
-                                   ec["stride"], self.config["train"]["channels_last"], self.amp_dtype).cpu()
-            report.save_prediction_grid(os.path.join(self.out_dir, "predictions.png"), images, labels, preds,
-                                        self.data.num_classes, self.config["data"]["ignore_index"])
-        rows = report.read_csv(os.path.join(self.out_dir, "metrics.csv"))
-        report.save_curves(os.path.join(self.out_dir, "curves.png"), rows)
+        grid = self._prediction_grid()
+        if grid is not None:
+            figures.save_prediction_grid(os.path.join(self.out_dir, "predictions.png"), *grid, self.data.num_classes)
+        rows = read_csv(os.path.join(self.out_dir, "metrics.csv"))
+        figures.save_curves(os.path.join(self.out_dir, "curves.png"), rows)
 
 
-def train(config: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
+def train(config: dict[str, Any], resume: str | None = None) -> dict[str, Any]:
     """Train with a resolved config (see :func:`semiseg_fast.train.load_config`); returns the
     final validation mIoU, per-class IoU and the run folder."""
     try:

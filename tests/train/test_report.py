@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from semiseg_fast.metrics import confusion_matrix, iou_from_confusion, pixel_accuracy
-from semiseg_fast.train.report import MetricsCSV, ProgressBar, palette, read_csv, save_curves, save_prediction_grid
+from semiseg_fast.train.figures import palette, prediction_grid_array, save_bars, save_curves, save_prediction_grid
+from semiseg_fast.train.metrics_csv import MetricsCSV, read_csv
+from semiseg_fast.train.progress import ProgressBar
 
 
 def test_confusion_matrix_counts_and_ignores():
@@ -47,7 +49,11 @@ def test_progress_bar_on_a_pipe():
     bar.write("step 4: mIoU 10.00")
     bar.close()
     lines = stream.getvalue().splitlines()
-    assert lines[-2].startswith("fixmatch 4/4 loss=0.5000 mask=0.2500") and "img/s" in lines[-2] and "eta 0:00" in lines[-2]
+    assert (
+        lines[-2].startswith("fixmatch 4/4 loss=0.5000 mask=0.2500")
+        and "img/s" in lines[-2]
+        and "eta 0:00" in lines[-2]
+    )
     assert lines[-1] == "step 4: mIoU 10.00" and "\r" not in stream.getvalue()
     quiet = io.StringIO()
     off = ProgressBar(4, stream=quiet, enabled=False)
@@ -74,15 +80,43 @@ def test_palette_is_the_voc_colour_map():
     assert palette(5).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_is_tqdm():
+    stream = _Terminal()
+    bar = ProgressBar(4, desc="fixmatch", stream=stream)
+    assert bar.bar is not None
+    bar.set_metrics(loss=0.5, mask=0.25)
+    for _ in range(4):
+        bar.update(1, images=16)
+    bar.write("step 4: mIoU 10.00")
+    bar.close()
+    text = stream.getvalue()
+    assert "fixmatch" in text and "4/4" in text and "loss=0.5000" in text and "img/s=" in text
+    assert "\r" in text and "step 4: mIoU 10.00\n" in text
+
+
 def test_pngs(tmp_path):
     images = torch.randint(0, 256, (2, 3, 8, 10), dtype=torch.uint8)
     labels = torch.randint(0, 3, (2, 8, 10))
     labels[0, 0, 0] = 255
+    grid = prediction_grid_array(images, labels, labels, num_classes=3)
+    assert grid.shape == (16, 30, 3) and grid.dtype == np.uint8
+    assert (grid[:8, :10] == images[0].permute(1, 2, 0).numpy()).all()
+    assert grid[0, 10].tolist() == [255, 255, 255]  # the ignored pixel, in the ground truth column
+    assert grid[8:, 20:].reshape(-1, 3).tolist() == palette(3)[labels[1].flatten()].tolist()
     save_prediction_grid(str(tmp_path / "grid.png"), images, labels, labels, num_classes=3)
-    grid = np.array(Image.open(tmp_path / "grid.png"))
-    assert grid.shape[1] == 30 and grid.shape[0] > 16
-    save_curves(str(tmp_path / "curves.png"), [{"step": 1.0, "loss": 2.0, "miou": float("nan")},
-                                               {"step": 2.0, "loss": 1.0, "miou": 0.3}])
-    assert Image.open(tmp_path / "curves.png").size == (720, 300)
+    save_curves(
+        str(tmp_path / "curves.png"),
+        [{"step": 1.0, "loss": 2.0, "miou": float("nan")}, {"step": 2.0, "loss": 1.0, "miou": 0.3}],
+    )
     save_curves(str(tmp_path / "empty.png"), [])
+    panel = {"title": "t", "groups": ["a", "b"], "series": ["x", "y"], "values": {("a", "x"): 1.0, ("b", "y"): None}}
+    save_bars(str(tmp_path / "bars.png"), [panel, panel])
+    for name in ("grid.png", "curves.png", "empty.png", "bars.png"):
+        image = np.array(Image.open(tmp_path / name).convert("RGB"))
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0, name  # drawn, not blank
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".tmp-")]

@@ -1,5 +1,6 @@
 """Resuming continues the checkpoint's own run; a fresh run starts its own metrics; setup errors
 of the train and eval CLIs are messages, not tracebacks. In-process, on one tiny trained run."""
+
 import csv
 import shutil
 
@@ -9,8 +10,14 @@ import yaml
 
 from semiseg_fast import eval as eval_cli
 from semiseg_fast.train import cli, load_config, train
-from semiseg_fast.train.config import (DEFAULTS, FORMER_DEFAULTS, _lookup, config_from_checkpoint, resume_config,
-                                       resume_conflicts)
+from semiseg_fast.train.config import (
+    DEFAULTS,
+    FORMER_DEFAULTS,
+    _lookup,
+    config_from_checkpoint,
+    resume_config,
+    resume_conflicts,
+)
 from semiseg_fast.train.schedule import from_config
 
 from .helpers import TINY
@@ -150,9 +157,18 @@ def test_eval_of_an_fp16_run_on_a_cpu_falls_back_to_fp32():
 
 def test_fast2x_with_larger_reduced_batches_resumes_to_the_same_weights(tiny_yaml, tmp_path, monkeypatch):
     # 18 budget steps: 8 steps of 2 x 2 images on 16-pixel crops, then 2 of 2 images at 32 pixels
-    run = ["method=supervised", "deterministic=true", "train.epochs=2", "train.progress=false", "train.amp=off",
-           "train.schedule=fast2x", "train.fast2x.low_res_batch=2", "train.fast2x.low_res_fraction=0.85",
-           "train.fast2x.low_res_scale=0.5", "train.checkpoint_every=3"]
+    run = [
+        "method=supervised",
+        "deterministic=true",
+        "train.epochs=2",
+        "train.progress=false",
+        "train.amp=off",
+        "train.schedule=fast2x",
+        "train.fast2x.low_res_batch=2",
+        "train.fast2x.low_res_fraction=0.85",
+        "train.fast2x.low_res_scale=0.5",
+        "train.checkpoint_every=3",
+    ]
     cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'whole'}"])
     rows = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))
     assert [r["step"] for r in rows] == ["6", "10"] and float(rows[-1]["epoch"]) == 2.0
@@ -160,14 +176,16 @@ def test_fast2x_with_larger_reduced_batches_resumes_to_the_same_weights(tiny_yam
     class Killed(Exception):
         pass
 
-    from semiseg_fast.train import report
-    real_update = report.ProgressBar.update
+    from semiseg_fast.train import progress
+
+    real_update = progress.ProgressBar.update
 
     def update(bar, n=1, images=0):  # dies after step 5; its last checkpoint is step 3's
         real_update(bar, n, images)
         if bar.count >= 5:
             raise Killed
-    monkeypatch.setattr(report.ProgressBar, "update", update)
+
+    monkeypatch.setattr(progress.ProgressBar, "update", update)
     with pytest.raises(Killed):
         cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'killed'}"])
     monkeypatch.undo()

@@ -1,0 +1,50 @@
+"""metrics.csv: one row per logged step, appended and flushed as it comes, so that a killed run
+keeps what it logged; a resumed run drops the rows logged after its checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+
+from .atomic import atomic_open
+
+
+class MetricsCSV:
+    """Appends rows with fixed columns, flushed row by row so a killed run keeps what it logged."""
+
+    def __init__(self, path: str, fieldnames: Sequence[str]):
+        self.path, self.fieldnames = path, list(fieldnames)
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header is not None and header != self.fieldnames:
+                raise ValueError(f"metrics CSV: {path!r} has columns {header}, expected {self.fieldnames}")
+
+    def write(self, row: dict[str, object]) -> None:
+        unknown = set(row) - set(self.fieldnames)
+        if unknown:
+            raise KeyError(f"metrics CSV: unknown columns {sorted(unknown)}")
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, self.fieldnames)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows logged after ``step`` (a resumed run logs them again), atomically."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+        with atomic_open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_csv(path: str) -> list[dict[str, float]]:
+    """Rows of a metrics CSV with numbers as floats (empty cells as NaN)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in r.items()} for r in csv.DictReader(f)]
