@@ -14,8 +14,8 @@ rate warms up, holds, then decays: the reduced phase runs at ``low_res_lr * lr``
 the full-size phase restarts at ``full_res_lr * lr`` and decays (poly) to 0 over that phase
 (``full_res_lr=None`` continues the run's curve instead). The defaults (80% of the images on
 0.6-side crops, two batches per step held at half the rate, then a restart at the full rate)
-were chosen on the embedded dataset (README, "The learning rate" and "Before the learning rate
-was tuned"), where they train on 46% of the standard schedule's pixels in 60% of its optimizer
+were chosen on the embedded dataset (docs/experiments.md, "The learning rate" and "fast2x over
+eight seeds"), where they train on 46% of the standard schedule's pixels in 60% of its optimizer
 steps.
 
 The budget, ``total_steps``, is counted in steps of the configured batch (the standard
@@ -31,11 +31,12 @@ Use it from any loop::
     for step in range(sched.num_steps):
         lr, crop, k = sched.lr(step), sched.crop_size(step), sched.batch_scale(step)
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .. import _checks
 
@@ -44,16 +45,16 @@ KINDS = ("standard", "fast2x")
 
 @dataclass(frozen=True)
 class Schedule:
-    total_steps: int               # the budget, in steps of the configured batch
+    total_steps: int  # the budget, in steps of the configured batch
     base_lr: float
     full_crop: int
     warmup_steps: int = 0
     poly_power: float = 0.9
     low_res_fraction: float = 0.0  # share of the budget (images) at the reduced crop (0: standard)
-    low_res_scale: float = 1.0     # reduced crop side / full crop side
-    full_res_lr: Optional[float] = None  # restart factor of the full-resolution phase (None: no restart)
-    low_res_batch: int = 1         # images per reduced-phase step, in multiples of the configured batch
-    low_res_lr: Optional[float] = None   # the reduced phase's held rate, a factor of base_lr (None: poly curve)
+    low_res_scale: float = 1.0  # reduced crop side / full crop side
+    full_res_lr: float | None = None  # restart factor of the full-resolution phase (None: no restart)
+    low_res_batch: int = 1  # images per reduced-phase step, in multiples of the configured batch
+    low_res_lr: float | None = None  # the reduced phase's held rate, a factor of base_lr (None: poly curve)
 
     def __post_init__(self):
         for name in ("total_steps", "full_crop"):
@@ -73,28 +74,52 @@ class Schedule:
         if _checks.integer(self.low_res_batch, "low_res_batch") < 1:
             raise ValueError(f"low_res_batch: expected a positive integer, got {self.low_res_batch}")
         if self.low_res_fraction > 0 and self.low_res_steps == 0:
-            raise ValueError(f"low_res_fraction: {self.low_res_fraction} of a budget of {self.total_steps} steps in "
-                             f"steps of {self.low_res_batch} batches rounds to no reduced step; expected a larger "
-                             "fraction or budget, or a smaller low_res_batch")
+            raise ValueError(
+                f"low_res_fraction: {self.low_res_fraction} of a budget of {self.total_steps} steps in "
+                f"steps of {self.low_res_batch} batches rounds to no reduced step; expected a larger "
+                "fraction or budget, or a smaller low_res_batch"
+            )
 
     @classmethod
-    def standard(cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0,
-                 poly_power: float = 0.9) -> "Schedule":
+    def standard(
+        cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0, poly_power: float = 0.9
+    ) -> Schedule:
         return cls(total_steps, lr, crop_size, warmup_steps, poly_power)
 
     @classmethod
-    def fast2x(cls, total_steps: int, lr: float, crop_size: int, warmup_steps: int = 0, poly_power: float = 0.9,
-               low_res_fraction: float = 0.8, low_res_scale: float = 0.6,
-               full_res_lr: Optional[float] = 1.0, low_res_batch: int = 2,
-               low_res_lr: Optional[float] = 0.5) -> "Schedule":
-        return cls(total_steps, lr, crop_size, warmup_steps, poly_power, low_res_fraction, low_res_scale, full_res_lr,
-                   low_res_batch, low_res_lr)
+    def fast2x(
+        cls,
+        total_steps: int,
+        lr: float,
+        crop_size: int,
+        warmup_steps: int = 0,
+        poly_power: float = 0.9,
+        low_res_fraction: float = 0.8,
+        low_res_scale: float = 0.6,
+        full_res_lr: float | None = 1.0,
+        low_res_batch: int = 2,
+        low_res_lr: float | None = 0.5,
+    ) -> Schedule:
+        return cls(
+            total_steps,
+            lr,
+            crop_size,
+            warmup_steps,
+            poly_power,
+            low_res_fraction,
+            low_res_scale,
+            full_res_lr,
+            low_res_batch,
+            low_res_lr,
+        )
 
     @property
     def low_res_steps(self) -> int:
         """Optimizer steps at the reduced crop."""
-        return min(int(round(self.low_res_fraction * self.total_steps / self.low_res_batch)),
-                   self.total_steps // self.low_res_batch)
+        return min(
+            int(round(self.low_res_fraction * self.total_steps / self.low_res_batch)),
+            self.total_steps // self.low_res_batch,
+        )
 
     @property
     def low_res_budget(self) -> int:
@@ -144,7 +169,7 @@ class Schedule:
         self._check_step(step)
         return self.low_res_crop if step < self.low_res_steps else self.full_crop
 
-    def phases(self) -> List[Dict[str, Any]]:
+    def phases(self) -> list[dict[str, Any]]:
         """The phases as (first step, last step + 1, crop size, batch scale), for logs and docs."""
         out = []
         low = self.low_res_steps
@@ -157,24 +182,36 @@ class Schedule:
     def relative_pixels(self) -> float:
         """Pixels trained on, relative to the standard schedule (a proxy for compute)."""
         low = self.low_res_budget
-        return (low * self.low_res_crop ** 2 + (self.total_steps - low) * self.full_crop ** 2) / (
-            self.total_steps * self.full_crop ** 2)
+        return (low * self.low_res_crop**2 + (self.total_steps - low) * self.full_crop**2) / (
+            self.total_steps * self.full_crop**2
+        )
 
     def _check_step(self, step: int) -> None:
         if _checks.integer(step, "step") < 0 or step >= self.num_steps:
             raise ValueError(f"step: expected 0 <= step < {self.num_steps}, got {step}")
 
 
-def from_config(config: Dict[str, Any], total_steps: int) -> Schedule:
+def from_config(config: dict[str, Any], total_steps: int) -> Schedule:
     """The schedule named by ``train.schedule`` with the run's optimizer and crop settings."""
     o, tc = config["optim"], config["train"]
-    args = (total_steps, float(o["lr"]), int(config["data"]["crop_size"]), int(o["warmup_steps"]), float(o["poly_power"]))
+    args = (
+        total_steps,
+        float(o["lr"]),
+        int(config["data"]["crop_size"]),
+        int(o["warmup_steps"]),
+        float(o["poly_power"]),
+    )
     if tc["schedule"] == "fast2x":
         f = tc["fast2x"]
         try:
-            return Schedule.fast2x(*args, low_res_fraction=float(f["low_res_fraction"]),
-                                   low_res_scale=float(f["low_res_scale"]), full_res_lr=f["full_res_lr"],
-                                   low_res_batch=int(f["low_res_batch"]), low_res_lr=f["low_res_lr"])
+            return Schedule.fast2x(
+                *args,
+                low_res_fraction=float(f["low_res_fraction"]),
+                low_res_scale=float(f["low_res_scale"]),
+                full_res_lr=f["full_res_lr"],
+                low_res_batch=int(f["low_res_batch"]),
+                low_res_lr=f["low_res_lr"],
+            )
         except ValueError as e:  # e.g. a budget too short for the settings: name the config key
             if str(e).split(":")[0] in f:
                 raise ValueError(f"train.fast2x.{e}") from None
