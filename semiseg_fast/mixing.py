@@ -8,10 +8,10 @@ the same. So the teacher's statistics are computed once per image by one fused p
 or softmaxes never exist. Every mask here is bool (N, H, W), True where the mixed image takes
 image ``a``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import torch
 
@@ -19,11 +19,11 @@ from . import _checks
 from .data.transforms import cutmix_box
 
 
-def _generator_uniform(g: Optional[torch.Generator], n: int, low: float, high: float) -> torch.Tensor:
+def _generator_uniform(g: torch.Generator | None, n: int, low: float, high: float) -> torch.Tensor:
     return torch.rand(n, generator=g, dtype=torch.float64) * (high - low) + low
 
 
-def _maps(name: str, x: object, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _maps(name: str, x: object, like: torch.Tensor | None = None) -> torch.Tensor:
     x = _checks.tensor(x, name)
     if x.dim() != 3:
         raise ValueError(f"{name}: expected a 3-D tensor (N, H, W), got shape {tuple(x.shape)}")
@@ -41,9 +41,16 @@ def _size(name: str, v: object) -> int:
     return v
 
 
-def cutmix_masks(n: int, height: int, width: int, generator: Optional[torch.Generator] = None, p: float = 0.5,
-                 size_range: Tuple[float, float] = (0.02, 0.4), ratio_range: Tuple[float, float] = (0.3, 1 / 0.3),
-                 device=None) -> torch.Tensor:
+def cutmix_masks(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    p: float = 0.5,
+    size_range: tuple[float, float] = (0.02, 0.4),
+    ratio_range: tuple[float, float] = (0.3, 1 / 0.3),
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """UniMatch's CutMix box per image (the training loop's, :func:`semiseg_fast.data.cutmix_box`):
     with probability ``p`` one box of area fraction in ``size_range`` and aspect ratio in
     ``ratio_range``, inside the image; True inside the box."""
@@ -59,13 +66,25 @@ def cutmix_masks(n: int, height: int, width: int, generator: Optional[torch.Gene
     return mask.to(device) if device is not None else mask
 
 
-def cps_box_masks(n: int, height: int, width: int, generator: Optional[torch.Generator] = None,
-                  num_boxes: int = 3, area_range: Tuple[float, float] = (0.25, 0.5), invert: bool = True,
-                  device=None) -> torch.Tensor:
+def cps_box_masks(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    num_boxes: int = 3,
+    area_range: tuple[float, float] = (0.25, 0.5),
+    invert: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """CPS's box masks (also RRN's): ``num_boxes`` in-bounds boxes whose total area fraction is drawn
     from ``area_range`` (each box a ``1 / num_boxes`` share), log-uniform aspect ratio, overlaps
     toggling (XOR). With ``invert=True`` (CPS's setting) the mask is True inside the boxes."""
-    n, height, width, num_boxes = _size("n", n), _size("height", height), _size("width", width), _size("num_boxes", num_boxes)
+    n, height, width, num_boxes = (
+        _size("n", n),
+        _size("height", height),
+        _size("width", width),
+        _size("num_boxes", num_boxes),
+    )
     lo, hi = (_checks.number(v, "area_range", low=0.0, high=1.0) for v in area_range)
     if lo > hi:
         raise ValueError(f"area_range: expected low <= high, got {area_range}")
@@ -80,13 +99,14 @@ def cps_box_masks(n: int, height: int, width: int, generator: Optional[torch.Gen
         bh = max(1, min(height, round(side * math.sqrt(r))))
         bw = max(1, min(width, round(side / math.sqrt(r))))
         top, left = int(pos[k, 0] * (height - bh + 1)), int(pos[k, 1] * (width - bw + 1))
-        inside[i, top:top + bh, left:left + bw] ^= True
+        inside[i, top : top + bh, left : left + bw] ^= True
     mask = inside if invert else ~inside
     return mask.to(device) if device is not None else mask
 
 
-def classmix_masks(labels: torch.Tensor, generator: Optional[torch.Generator] = None,
-                   ignore_index: int = 255) -> torch.Tensor:
+def classmix_masks(
+    labels: torch.Tensor, generator: torch.Generator | None = None, ignore_index: int = 255
+) -> torch.Tensor:
     """ClassMix: per image, ``floor(n / 2)`` of the ``n`` classes present in ``labels`` (the teacher's
     argmax of image a; ``ignore_index`` excluded), drawn at random; True on their pixels."""
     labels = _maps("labels", labels)
@@ -104,8 +124,9 @@ def classmix_masks(labels: torch.Tensor, generator: Optional[torch.Generator] = 
     return masks
 
 
-def depthmix_masks(disparity_a: torch.Tensor, disparity_b: torch.Tensor, margin: float = 0.03,
-                   foreground_threshold: float = 0.0) -> torch.Tensor:
+def depthmix_masks(
+    disparity_a: torch.Tensor, disparity_b: torch.Tensor, margin: float = 0.03, foreground_threshold: float = 0.0
+) -> torch.Tensor:
     """DepthMix (Hoyer et al. 2021): keep image a's pixel where it is at least as near as image b's,
     up to ``margin``: ``d_a >= d_b - margin`` and ``d_a >= foreground_threshold``, with each disparity
     map (larger = nearer) min-max normalised per image first."""
@@ -126,8 +147,9 @@ def depthmix_masks(disparity_a: torch.Tensor, disparity_b: torch.Tensor, margin:
     return (a >= b - margin) & (a >= foreground_threshold)
 
 
-def mix_pseudo_labels(label_a: torch.Tensor, conf_a: torch.Tensor, label_b: torch.Tensor, conf_b: torch.Tensor,
-                      mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def mix_pseudo_labels(
+    label_a: torch.Tensor, conf_a: torch.Tensor, label_b: torch.Tensor, conf_b: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, confidence) of the mixed image: image a's where ``mask`` is True, else image b's.
     Equal to the argmax / max of the mixed softmaxes, without forming them."""
     label_a = _maps("label_a", label_a)
@@ -142,12 +164,16 @@ def mix_images(image_a: torch.Tensor, image_b: torch.Tensor, mask: torch.Tensor)
     """(N, C, H, W) image a where ``mask`` (N, H, W) is True, else image b."""
     image_a, image_b = _checks.tensor(image_a, "image_a"), _checks.tensor(image_b, "image_b")
     if image_a.dim() != 4 or image_b.shape != image_a.shape:
-        raise ValueError(f"image_a, image_b: expected two (N, C, H, W) tensors of one shape, got "
-                         f"{tuple(image_a.shape)} and {tuple(image_b.shape)}")
+        raise ValueError(
+            f"image_a, image_b: expected two (N, C, H, W) tensors of one shape, got "
+            f"{tuple(image_a.shape)} and {tuple(image_b.shape)}"
+        )
     _checks.same_device(image_a, image_b, "image_b", "image_a")
     mask = _maps("mask", mask)
     _checks.same_device(image_a, mask, "mask", "image_a")
     if mask.shape != (image_a.shape[0],) + tuple(image_a.shape[2:]) or mask.dtype != torch.bool:
-        raise ValueError(f"mask: expected a bool (N, H, W) = {(image_a.shape[0],) + tuple(image_a.shape[2:])} "
-                         f"tensor, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected a bool (N, H, W) = {(image_a.shape[0],) + tuple(image_a.shape[2:])} "
+            f"tensor, got {mask.dtype} {tuple(mask.shape)}"
+        )
     return torch.where(mask[:, None], image_a, image_b)

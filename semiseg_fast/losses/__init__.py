@@ -1,4 +1,5 @@
 """nn.Module losses that drop into existing training code."""
+
 from .fixmatch import FixMatchLoss
 from .pseudo_label import PseudoLabelCrossEntropy
 from .u2pl import U2PLLoss, U2PLOutput

@@ -1,7 +1,6 @@
 """The FixMatch/UniMatch unlabeled loss as a module."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -16,17 +15,25 @@ class FixMatchLoss(nn.Module):
     non-ignored pixels that passed the threshold (a 0-dim tensor, no host sync).
     See :func:`semiseg_fast.fixmatch_loss` for the arguments."""
 
-    def __init__(self, threshold: float = 0.95, ignore_index: int = 255, normalizer: Union[str, float] = "valid"):
+    def __init__(self, threshold: float = 0.95, ignore_index: int = 255, normalizer: str | float = "valid") -> None:
         super().__init__()
         self.threshold = threshold
         self.ignore_index = ignore_index
         self.normalizer = normalizer
-        self.last_mask_ratio: Optional[torch.Tensor] = None
+        self.last_mask_ratio: torch.Tensor | None = None
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                ignore_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        loss, ratio = fixmatch_loss(student_logits, teacher_logits, self.threshold, ignore_mask, self.ignore_index,
-                                    self.normalizer, return_mask_ratio=True)
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, ignore_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        loss, ratio = fixmatch_loss(
+            student_logits,
+            teacher_logits,
+            self.threshold,
+            ignore_mask,
+            self.ignore_index,
+            self.normalizer,
+            return_mask_ratio=True,
+        )
         self.last_mask_ratio = ratio
         return loss
 

@@ -1,7 +1,6 @@
 """Cross-entropy against (pseudo-)labels as a module: a drop-in for nn.CrossEntropyLoss(ignore_index=255)."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -15,13 +14,13 @@ class PseudoLabelCrossEntropy(nn.Module):
     fused pass, with uint8 targets accepted and an optional per-pixel ``weight`` in ``forward``.
     See :func:`semiseg_fast.pseudo_label_cross_entropy` for the arguments."""
 
-    def __init__(self, ignore_index: int = 255, reduction: str = "mean", normalizer: Union[str, float] = "valid"):
+    def __init__(self, ignore_index: int = 255, reduction: str = "mean", normalizer: str | float = "valid") -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.normalizer = normalizer
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         return pseudo_label_cross_entropy(logits, target, weight, self.ignore_index, self.reduction, self.normalizer)
 
     def extra_repr(self) -> str:

@@ -1,8 +1,8 @@
 """U2PL's three losses with its epoch schedules, as one module for a user's training loop."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ class U2PLOutput:
     unsupervised: torch.Tensor
     contrastive: torch.Tensor
     drop_percent: float  # the unsupervised loss's entropy percentile this epoch
-    alpha_t: float       # the contrastive term's reliable/unreliable percentage this epoch
+    alpha_t: float  # the contrastive term's reliable/unreliable percentage this epoch
 
 
 class U2PLLoss(nn.Module):
@@ -47,21 +47,40 @@ class U2PLLoss(nn.Module):
     bank is a submodule: it moves with ``.to()`` and is saved in ``state_dict()``.
     """
 
-    def __init__(self, num_classes: int, epochs: int, rep_dim: int = 256, ignore_index: int = 255,
-                 drop_percent: float = 80.0, unsupervised_weight: float = 1.0, contrastive: bool = True,
-                 contrastive_weight: float = 0.1, alpha_0: float = 20.0, low_rank: int = 3, high_rank: int = 20,
-                 current_class_threshold: float = 0.3, current_class_negative_threshold: float = 1.0,
-                 temperature: float = 0.5, num_queries: int = 256, num_negatives: int = 50,
-                 bank_capacity: int = 30000, first_class_capacity: Optional[int] = 50000, push_limit: int = 4096,
-                 sup_only_epochs: int = 0, official_quirks: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        epochs: int,
+        rep_dim: int = 256,
+        ignore_index: int = 255,
+        drop_percent: float = 80.0,
+        unsupervised_weight: float = 1.0,
+        contrastive: bool = True,
+        contrastive_weight: float = 0.1,
+        alpha_0: float = 20.0,
+        low_rank: int = 3,
+        high_rank: int = 20,
+        current_class_threshold: float = 0.3,
+        current_class_negative_threshold: float = 1.0,
+        temperature: float = 0.5,
+        num_queries: int = 256,
+        num_negatives: int = 50,
+        bank_capacity: int = 30000,
+        first_class_capacity: int | None = 50000,
+        push_limit: int = 4096,
+        sup_only_epochs: int = 0,
+        official_quirks: bool = False,
+    ) -> None:
         super().__init__()
         self.num_classes = _checks.integer(num_classes, "num_classes")
         self.epochs = _checks.integer(epochs, "epochs")
         if self.num_classes < 2 or self.epochs < 1:
             raise ValueError(f"num_classes, epochs: expected >= 2 and >= 1, got {num_classes}, {epochs}")
         if contrastive and low_rank >= num_classes:
-            raise ValueError(f"low_rank: expected < num_classes={num_classes}, got {low_rank}: the contrastive term "
-                             "would have no negatives (use low_rank=1 for 2- or 3-class datasets)")
+            raise ValueError(
+                f"low_rank: expected < num_classes={num_classes}, got {low_rank}: the contrastive term "
+                "would have no negatives (use low_rank=1 for 2- or 3-class datasets)"
+            )
         if contrastive and high_rank <= low_rank:
             raise ValueError(f"high_rank: expected > low_rank={low_rank}, got {high_rank}")
         self.ignore_index = ignore_index
@@ -71,26 +90,43 @@ class U2PLLoss(nn.Module):
         self.alpha_0 = alpha_0
         self.sup_only_epochs = sup_only_epochs
         self.contrastive_kwargs = dict(
-            low_rank=low_rank, high_rank=high_rank, current_class_threshold=current_class_threshold,
-            current_class_negative_threshold=current_class_negative_threshold, temperature=temperature,
-            num_queries=num_queries, num_negatives=num_negatives, push_limit=push_limit, ignore_index=ignore_index,
+            low_rank=low_rank,
+            high_rank=high_rank,
+            current_class_threshold=current_class_threshold,
+            current_class_negative_threshold=current_class_negative_threshold,
+            temperature=temperature,
+            num_queries=num_queries,
+            num_negatives=num_negatives,
+            push_limit=push_limit,
+            ignore_index=ignore_index,
             official_quirks=official_quirks,
         )
-        self.bank: Optional[ClassMemoryBank] = None
+        self.bank: ClassMemoryBank | None = None
         if contrastive:
             caps = [bank_capacity] * num_classes
             if first_class_capacity is not None:
                 caps[0] = first_class_capacity
             self.bank = ClassMemoryBank(num_classes, rep_dim, capacity=caps)
 
-    def forward(self, pred_l: torch.Tensor, label_l: torch.Tensor, pred_u: torch.Tensor, pseudo_u: torch.Tensor,
-                teacher_u: torch.Tensor, epoch: int, rep: Optional[torch.Tensor] = None,
-                rep_teacher: Optional[torch.Tensor] = None, prob_teacher: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None,
-                draws: Optional[ContrastiveDraws] = None) -> U2PLOutput:
+    def forward(
+        self,
+        pred_l: torch.Tensor,
+        label_l: torch.Tensor,
+        pred_u: torch.Tensor,
+        pseudo_u: torch.Tensor,
+        teacher_u: torch.Tensor,
+        epoch: int,
+        rep: torch.Tensor | None = None,
+        rep_teacher: torch.Tensor | None = None,
+        prob_teacher: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        draws: ContrastiveDraws | None = None,
+    ) -> U2PLOutput:
         pred_u = _checks.logits(pred_u, "pred_u")
         if tuple(_checks.tensor(teacher_u, "teacher_u").shape) != tuple(pred_u.shape):
-            raise ValueError(f"teacher_u: expected the shape of pred_u {tuple(pred_u.shape)}, got {tuple(teacher_u.shape)}")
+            raise ValueError(
+                f"teacher_u: expected the shape of pred_u {tuple(pred_u.shape)}, got {tuple(teacher_u.shape)}"
+            )
         pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u")
         sup = pseudo_label_cross_entropy(pred_l, label_l, ignore_index=self.ignore_index)
         percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
@@ -106,13 +142,15 @@ class U2PLLoss(nn.Module):
         unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index)
         contra = zero
         if self.bank is not None and rep is not None:
-            contra = self._contrastive(label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher,
-                                       prob_teacher, generator, draws)
+            contra = self._contrastive(
+                label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher, prob_teacher, generator, draws
+            )
         total = sup + self.unsupervised_weight * unsup + self.contrastive_weight * contra
         return U2PLOutput(total, sup, unsup, contra, percent, at)
 
-    def _contrastive(self, label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher, prob_teacher,
-                     generator, draws):
+    def _contrastive(
+        self, label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher, prob_teacher, generator, draws
+    ):
         if rep_teacher is None or prob_teacher is None:
             raise ValueError("rep_teacher, prob_teacher: required with rep for the contrastive term")
         b_l = label_l.shape[0]
@@ -127,5 +165,16 @@ class U2PLLoss(nn.Module):
             unreliable = small(torch.cat([labeled_valid, high_u])) > 0.5
             labels = small(torch.cat([label_l.long(), pseudo_u.long()])).long()
             is_labeled = torch.arange(rep.shape[0], device=rep.device) < b_l
-        return u2pl_contrastive_loss(rep, rep_teacher, prob_teacher, labels, reliable, unreliable, is_labeled,
-                                     self.bank, generator=generator, draws=draws, **self.contrastive_kwargs)
+        return u2pl_contrastive_loss(
+            rep,
+            rep_teacher,
+            prob_teacher,
+            labels,
+            reliable,
+            unreliable,
+            is_labeled,
+            self.bank,
+            generator=generator,
+            draws=draws,
+            **self.contrastive_kwargs,
+        )

@@ -1,8 +1,7 @@
 """fixmatch_loss: UniMatch/FixMatch's unlabeled loss with the teacher statistics and the student
 cross-entropy fused: each logits tensor is read once and the teacher never gets a gradient."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 
@@ -16,7 +15,7 @@ def _fixmatch_op(
     student: torch.Tensor,
     teacher: torch.Tensor,
     threshold: float,
-    ignore_mask: Optional[torch.Tensor],
+    ignore_mask: torch.Tensor | None,
     ignore_index: int,
     norm_mode: int,
     norm_value: float,
@@ -49,11 +48,11 @@ def fixmatch_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     threshold: float = 0.95,
-    ignore_mask: Optional[torch.Tensor] = None,
+    ignore_mask: torch.Tensor | None = None,
     ignore_index: int = 255,
-    normalizer: Union[str, float] = "valid",
+    normalizer: str | float = "valid",
     return_mask_ratio: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """UniMatch-style unlabeled loss: ``sum(CE(student, argmax teacher) * [conf >= threshold] *
     [not ignored]) / #not-ignored``, with ``conf`` the teacher's max softmax probability.
 
@@ -89,7 +88,14 @@ def fixmatch_loss(
         )
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, ratio, _, _ = _fixmatch_op(
-        student_logits, teacher_logits.detach(), threshold, ignore_mask, ignore_index, norm_mode, norm_value,
-        need_grad, impl,
+        student_logits,
+        teacher_logits.detach(),
+        threshold,
+        ignore_mask,
+        ignore_index,
+        norm_mode,
+        norm_value,
+        need_grad,
+        impl,
     )
     return (loss, ratio) if return_mask_ratio else loss

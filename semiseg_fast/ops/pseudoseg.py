@@ -1,9 +1,8 @@
 """PseudoSeg's calibrated fusion (Zou et al., ICLR 2021) and its consistency loss, fused: one
 reduction for the global logit scale, then one pass that reads the decoder, SGC and student logits
 once, builds the sharpened target per pixel and writes the loss partials and the student's gradient."""
-from __future__ import annotations
 
-from typing import Optional, Union
+from __future__ import annotations
 
 import torch
 
@@ -31,7 +30,7 @@ def _loss_op(
     student: torch.Tensor,
     decoder: torch.Tensor,
     sgc: torch.Tensor,
-    ignore_mask: Optional[torch.Tensor],
+    ignore_mask: torch.Tensor | None,
     scale: torch.Tensor,
     gamma: float,
     temperature: float,
@@ -43,8 +42,20 @@ def _loss_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, mask ratio, gradient or an empty tensor, scale still owed by the gradient)."""
-    args = (student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value,
-            need_grad)
+    args = (
+        student,
+        decoder,
+        sgc,
+        ignore_mask,
+        scale,
+        gamma,
+        temperature,
+        threshold,
+        soft,
+        norm_mode,
+        norm_value,
+        need_grad,
+    )
     if backend == "cpp":
         return tuple(torch.ops.semiseg_fast._cpp_pseudoseg(*args))
     from ..triton.pseudoseg import pseudoseg_loss
@@ -53,8 +64,21 @@ def _loss_op(
 
 
 @_loss_op.register_fake
-def _(student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value,
-      need_grad, backend):
+def _(
+    student,
+    decoder,
+    sgc,
+    ignore_mask,
+    scale,
+    gamma,
+    temperature,
+    threshold,
+    soft,
+    norm_mode,
+    norm_value,
+    need_grad,
+    backend,
+):
     scalar = student.new_empty((), dtype=torch.float32)
     grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
     return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
@@ -68,7 +92,8 @@ def _check_pair(decoder_logits, sgc_logits):
     sgc_logits = _checks.logits(sgc_logits, "sgc_logits")
     if sgc_logits.shape != decoder_logits.shape:
         raise ValueError(
-            f"sgc_logits: expected the shape of decoder_logits {tuple(decoder_logits.shape)}, got {tuple(sgc_logits.shape)}"
+            f"sgc_logits: expected the shape of decoder_logits {tuple(decoder_logits.shape)}, "
+            f"got {tuple(sgc_logits.shape)}"
         )
     _checks.same_device(decoder_logits, sgc_logits, "sgc_logits", "decoder_logits")
     return decoder_logits.detach(), sgc_logits.detach()
@@ -90,8 +115,9 @@ def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch
     return _scale_op(decoder_logits, sgc_logits, impl)
 
 
-def calibrated_fusion(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor, gamma: float = 0.5,
-                      temperature: float = 0.5) -> torch.Tensor:
+def calibrated_fusion(
+    decoder_logits: torch.Tensor, sgc_logits: torch.Tensor, gamma: float = 0.5, temperature: float = 0.5
+) -> torch.Tensor:
     """PseudoSeg's pseudo-label: ``sharpen(gamma * softmax(s * p) + (1 - gamma) * softmax(s * m), T)``
     with ``s`` from :func:`logit_scale`; (N, C, H, W) float32 probabilities, no gradient.
 
@@ -109,14 +135,14 @@ def pseudoseg_consistency_loss(
     student_logits: torch.Tensor,
     decoder_logits: torch.Tensor,
     sgc_logits: torch.Tensor,
-    valid: Optional[torch.Tensor] = None,
+    valid: torch.Tensor | None = None,
     threshold: float = 0.0,
     soft: bool = True,
     gamma: float = 0.5,
     temperature: float = 0.5,
-    normalizer: Union[str, float] = "valid",
+    normalizer: str | float = "valid",
     return_mask_ratio: bool = False,
-):
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """PseudoSeg's unlabeled loss: ``sum(valid * CE(student, q)) / sum(valid)`` with ``q`` the
     :func:`calibrated_fusion` of the weak view's decoder and SGC logits (both treated as detached).
 
@@ -147,20 +173,45 @@ def pseudoseg_consistency_loss(
     if not isinstance(soft, bool):
         raise TypeError(f"soft: expected a bool, got {soft!r}")
     if valid is not None:
-        valid = _checks.pixel_map(valid, "valid", student_logits, "student_logits",
-                                  _checks.INT_DTYPES + (torch.bool,), "a bool or integer dtype")
+        valid = _checks.pixel_map(
+            valid,
+            "valid",
+            student_logits,
+            "student_logits",
+            _checks.INT_DTYPES + (torch.bool,),
+            "a bool or integer dtype",
+        )
     norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
     impl = resolve(student_logits.device)
     if impl == "reference":
         return reference.pseudoseg.pseudoseg_consistency_loss(
-            student_logits, decoder_logits, sgc_logits, valid, threshold, soft, gamma, temperature, normalizer,
+            student_logits,
+            decoder_logits,
+            sgc_logits,
+            valid,
+            threshold,
+            soft,
+            gamma,
+            temperature,
+            normalizer,
             return_mask_ratio,
         )
     ignore_mask = None if valid is None else valid == 0
     scale = _scale_op(decoder_logits, sgc_logits, impl)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, ratio, _, _ = _loss_op(
-        student_logits, decoder_logits, sgc_logits, ignore_mask, scale, gamma, temperature, threshold, soft,
-        norm_mode, norm_value, need_grad, impl,
+        student_logits,
+        decoder_logits,
+        sgc_logits,
+        ignore_mask,
+        scale,
+        gamma,
+        temperature,
+        threshold,
+        soft,
+        norm_mode,
+        norm_value,
+        need_grad,
+        impl,
     )
     return (loss, ratio) if return_mask_ratio else loss

@@ -1,7 +1,8 @@
 """Per-class FIFO memory bank of negative keys, on the device, updated for all classes at once."""
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,8 +24,14 @@ class ClassMemoryBank(nn.Module):
     ``state_dict()`` and checkpoints.
     """
 
-    def __init__(self, num_classes: int, dim: int, capacity: Union[int, Sequence[int]] = 30000,
-                 dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None):
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        capacity: int | Sequence[int] = 30000,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+    ) -> None:
         super().__init__()
         num_classes = _checks.integer(num_classes, "num_classes")
         dim = _checks.integer(dim, "dim")
@@ -103,8 +110,9 @@ class ClassMemoryBank(nn.Module):
     def queue(self, c: int) -> torch.Tensor:
         """Class c's keys, oldest first (a copy; reads the length on the host, for inspection)."""
         n = int(self.length[c])
-        return self.gather(torch.tensor([c], device=self.keys.device),
-                           torch.arange(n, device=self.keys.device)[None, :])[0]
+        return self.gather(
+            torch.tensor([c], device=self.keys.device), torch.arange(n, device=self.keys.device)[None, :]
+        )[0]
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dim={self.dim}, capacity={self.capacity.tolist()}"
