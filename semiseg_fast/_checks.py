@@ -7,13 +7,18 @@ from collections.abc import Sequence
 
 import torch
 
+from .base import Normalizer, Reduction, not_ignored
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
-REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-NORMALIZERS = {"valid": 0, "weighted": 1, "total": 2, "confident": 4}
-NORM_VALUE = 3
-NORM_TENSOR = 5
+REDUCTIONS = {"none": Reduction.NONE, "mean": Reduction.MEAN, "sum": Reduction.SUM}
+NORMALIZERS = {
+    "valid": Normalizer.VALID,
+    "weighted": Normalizer.WEIGHTED,
+    "total": Normalizer.TOTAL,
+    "confident": Normalizer.CONFIDENT,
+}
 
 
 def tensor(x: object, name: str) -> torch.Tensor:
@@ -105,17 +110,8 @@ def normalizer(n: object, allowed: Sequence[str], like: torch.Tensor | None = No
         if n.dim() != 0 or not (n.dtype.is_floating_point or not n.dtype.is_complex):
             raise ValueError(f"normalizer: expected a 0-dim real tensor, got shape {tuple(n.shape)} {n.dtype}")
         same_device(like, n, "normalizer", "logits")
-        return NORM_TENSOR, 0.0
-    return NORM_VALUE, number(n, "normalizer", low=0.0, low_open=True)
-
-
-def not_ignored(t: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """``t != ignore_index``, exact for every integer dtype: PyTorch would cast -1 to 255 for uint8."""
-    if not t.dtype.is_floating_point and t.dtype != torch.bool:
-        info = torch.iinfo(t.dtype)
-        if not info.min <= ignore_index <= info.max:
-            return torch.ones_like(t, dtype=torch.bool)
-    return t != ignore_index
+        return Normalizer.TENSOR, 0.0
+    return Normalizer.VALUE, number(n, "normalizer", low=0.0, low_open=True)
 
 
 def target_values(t: torch.Tensor, num_classes: int, ignore_index: int, name: str = "target") -> None:

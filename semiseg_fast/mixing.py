@@ -16,7 +16,8 @@ import math
 import torch
 
 from . import _checks
-from .data.transforms import cutmix_box
+from .base import not_ignored
+from .base.draws import randint, uniform
 
 
 def _generator_uniform(g: torch.Generator | None, n: int, low: float, high: float) -> torch.Tensor:
@@ -41,6 +42,43 @@ def _size(name: str, v: object) -> int:
     return v
 
 
+def cutmix_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    p: float = 0.5,
+    size_min: float = 0.02,
+    size_max: float = 0.4,
+    ratio_min: float = 0.3,
+    ratio_max: float = 1 / 0.3,
+) -> torch.Tensor:
+    """bool (H, W), True inside a random box of area fraction in [size_min, size_max] and aspect
+    ratio in [ratio_min, ratio_max] that lies inside the image; all False with probability 1 - p."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    if uniform(generator, 0, 1) >= p:
+        return mask
+    area = uniform(generator, size_min, size_max) * height * width
+    ratio = uniform(generator, ratio_min, ratio_max)
+    box_w = max(1, min(width, int(math.sqrt(area / ratio))))
+    box_h = max(1, min(height, int(math.sqrt(area * ratio))))
+    top, left = randint(generator, height - box_h + 1), randint(generator, width - box_w + 1)
+    mask[top : top + box_h, left : left + box_w] = True
+    return mask
+
+
+def cutout_box(height: int, width: int, generator: torch.Generator, size: float = 0.2) -> torch.Tensor:
+    """bool (H, W), True inside PseudoSeg's Cutout square: side ``size`` times the shorter image side,
+    centre anywhere in the image, clipped at the borders (PseudoSeg: 100 px of a 513 crop)."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    side = int(round(size * min(height, width)))
+    if side == 0:
+        return mask
+    top = randint(generator, height) - side // 2  # the centre is uniform over the image
+    left = randint(generator, width) - side // 2
+    mask[max(0, top) : top + side, max(0, left) : left + side] = True
+    return mask
+
+
 def cutmix_masks(
     n: int,
     height: int,
@@ -51,7 +89,7 @@ def cutmix_masks(
     ratio_range: tuple[float, float] = (0.3, 1 / 0.3),
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """UniMatch's CutMix box per image (the training loop's, :func:`semiseg_fast.data.cutmix_box`):
+    """UniMatch's CutMix box per image (the training loop's, :func:`cutmix_box`):
     with probability ``p`` one box of area fraction in ``size_range`` and aspect ratio in
     ``ratio_range``, inside the image; True inside the box."""
     n, height, width = _size("n", n), _size("height", height), _size("width", width)
@@ -115,7 +153,7 @@ def classmix_masks(
     masks = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     for i in range(labels.shape[0]):
         classes = torch.unique(labels[i])
-        classes = classes[_checks.not_ignored(classes, ignore_index)]
+        classes = classes[not_ignored(classes, ignore_index)]
         k = classes.numel() // 2
         if k == 0:
             continue

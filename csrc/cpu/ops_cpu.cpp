@@ -11,6 +11,7 @@
 #include <string>
 
 
+#include "../common/codes.h"
 #include "../common/types.h"
 #include "buffer_pool.h"
 
@@ -203,9 +204,6 @@ at::Tensor negative_mask_cpu(const at::Tensor& logits, int64_t low_rank, int64_t
   }
   return out;
 }
-
-enum Reduction { kNone = 0, kMean = 1, kSum = 2 };
-enum Normalizer { kValid = 0, kWeighted = 1, kTotal = 2, kValue = 3, kConfident = 4 };
 
 // Denominator of a mean: valid pixels, their summed weight, all pixels, or a given value.
 double denominator(const Shape& S, const Tiling& T, const PixelMap& target, const PixelMap& weight,

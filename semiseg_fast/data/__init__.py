@@ -3,14 +3,12 @@
 from . import synthetic
 from .folders import DataError, SegmentationFolder
 from .synthetic import SyntheticScenes
-from .transforms import cutmix_box, cutout_box, denormalize, normalize, strong_augment, weak_augment
+from .transforms import denormalize, normalize, strong_augment, weak_augment
 
 __all__ = [
     "DataError",
     "SegmentationFolder",
     "SyntheticScenes",
-    "cutmix_box",
-    "cutout_box",
     "denormalize",
     "normalize",
     "strong_augment",

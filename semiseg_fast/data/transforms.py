@@ -9,17 +9,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..base.draws import randint, uniform
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _uniform(g: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=g))
-
-
-def _randint(g: torch.Generator, high: int) -> int:
-    """An integer in [0, high)."""
-    return int(torch.randint(high, (), generator=g))
 
 
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -54,7 +47,7 @@ def weak_augment(
         )
     if extras is not None and (extras.dim() != 3 or extras.shape[1:] != label.shape):
         raise ValueError(f"extras: expected (K, H, W) with (H, W) = {tuple(label.shape)}, got {tuple(extras.shape)}")
-    scale = _uniform(generator, *scale_range)
+    scale = uniform(generator, *scale_range)
     h, w = image.shape[1:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     img = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
@@ -67,15 +60,15 @@ def weak_augment(
         ext = None if ext is None else F.pad(ext, (0, pad_w, 0, pad_h), value=0.0)
     centre = _class_centre(lab, ignore_index, generator) if class_balanced else None
     if centre is None:
-        top = _randint(generator, img.shape[1] - crop_h + 1)
-        left = _randint(generator, img.shape[2] - crop_w + 1)
+        top = randint(generator, img.shape[1] - crop_h + 1)
+        left = randint(generator, img.shape[2] - crop_w + 1)
     else:
         top = min(max(centre[0] - crop_h // 2, 0), img.shape[1] - crop_h)
         left = min(max(centre[1] - crop_w // 2, 0), img.shape[2] - crop_w)
     img = img[:, top : top + crop_h, left : left + crop_w]
     lab = lab[top : top + crop_h, left : left + crop_w]
     ext = None if ext is None else ext[:, top : top + crop_h, left : left + crop_w]
-    if flip and _uniform(generator, 0, 1) < 0.5:
+    if flip and uniform(generator, 0, 1) < 0.5:
         img, lab = img.flip(-1), lab.flip(-1)
         ext = None if ext is None else ext.flip(-1)
     out = img.round_().clamp_(0, 255).to(torch.uint8), lab.to(label.dtype)
@@ -88,9 +81,9 @@ def _class_centre(label: torch.Tensor, ignore_index: int, generator: torch.Gener
     classes = classes[classes != ignore_index]
     if classes.numel() == 0:
         return None
-    cls = classes[_randint(generator, classes.numel())]
+    cls = classes[randint(generator, classes.numel())]
     rows, cols = (label == cls).nonzero(as_tuple=True)
-    k = _randint(generator, rows.numel())
+    k = randint(generator, rows.numel())
     return int(rows[k]), int(cols[k])
 
 
@@ -124,55 +117,18 @@ def strong_augment(
     """UniMatch's strong view: colour jitter (brightness, contrast, saturation 0.5, hue 0.25)
     with probability 0.8, greyscale with 0.2, Gaussian blur (sigma 0.1-2) with 0.5."""
     img = image.float() / 255.0
-    if _uniform(generator, 0, 1) < jitter_p:
-        img = img * _uniform(generator, 0.5, 1.5)
+    if uniform(generator, 0, 1) < jitter_p:
+        img = img * uniform(generator, 0.5, 1.5)
         mean = _gray(img).mean()
-        img = (img - mean) * _uniform(generator, 0.5, 1.5) + mean
+        img = (img - mean) * uniform(generator, 0.5, 1.5) + mean
         gray = _gray(img)
-        img = (img - gray) * _uniform(generator, 0.5, 1.5) + gray
-        img = _rotate_hue(img.clamp(0, 1), _uniform(generator, -0.25, 0.25))
-    if _uniform(generator, 0, 1) < gray_p:
+        img = (img - gray) * uniform(generator, 0.5, 1.5) + gray
+        img = _rotate_hue(img.clamp(0, 1), uniform(generator, -0.25, 0.25))
+    if uniform(generator, 0, 1) < gray_p:
         img = _gray(img).expand(3, -1, -1)
-    if _uniform(generator, 0, 1) < blur_p:
-        img = _blur(img.contiguous(), _uniform(generator, 0.1, 2.0))
+    if uniform(generator, 0, 1) < blur_p:
+        img = _blur(img.contiguous(), uniform(generator, 0.1, 2.0))
     return (img.clamp(0, 1) * 255).round_().to(torch.uint8)
-
-
-def cutmix_box(
-    height: int,
-    width: int,
-    generator: torch.Generator,
-    p: float = 0.5,
-    size_min: float = 0.02,
-    size_max: float = 0.4,
-    ratio_min: float = 0.3,
-    ratio_max: float = 1 / 0.3,
-) -> torch.Tensor:
-    """bool (H, W), True inside a random box of area fraction in [size_min, size_max] and aspect
-    ratio in [ratio_min, ratio_max] that lies inside the image; all False with probability 1 - p."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    if _uniform(generator, 0, 1) >= p:
-        return mask
-    area = _uniform(generator, size_min, size_max) * height * width
-    ratio = _uniform(generator, ratio_min, ratio_max)
-    box_w = max(1, min(width, int(math.sqrt(area / ratio))))
-    box_h = max(1, min(height, int(math.sqrt(area * ratio))))
-    top, left = _randint(generator, height - box_h + 1), _randint(generator, width - box_w + 1)
-    mask[top : top + box_h, left : left + box_w] = True
-    return mask
-
-
-def cutout_box(height: int, width: int, generator: torch.Generator, size: float = 0.2) -> torch.Tensor:
-    """bool (H, W), True inside PseudoSeg's Cutout square: side ``size`` times the shorter image side,
-    centre anywhere in the image, clipped at the borders (PseudoSeg: 100 px of a 513 crop)."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    side = int(round(size * min(height, width)))
-    if side == 0:
-        return mask
-    top = _randint(generator, height) - side // 2  # the centre is uniform over the image
-    left = _randint(generator, width) - side // 2
-    mask[max(0, top) : top + side, max(0, left) : left + side] = True
-    return mask
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

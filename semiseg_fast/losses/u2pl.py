@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _checks
+from ..base import not_ignored
 from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
 from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
 from ..u2pl.unsupervised import _loss_from_entropy
@@ -136,7 +137,7 @@ class U2PLLoss(nn.Module):
             return U2PLOutput(sup + zero, sup, zero, zero, percent, at)
         with torch.no_grad():
             entropy = pixel_stats(teacher_u.detach()).entropy
-            valid_u = _checks.not_ignored(pseudo_u, self.ignore_index)
+            valid_u = not_ignored(pseudo_u, self.ignore_index)
             # one selection pass for the drop threshold and both contrastive thresholds
             thresholds = entropy_percentile(entropy, valid_u, [percent, at, 100.0 - at])
         unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index)
@@ -157,7 +158,7 @@ class U2PLLoss(nn.Module):
         with torch.no_grad():
             low_u = (entropy <= thresholds[1]) & valid_u
             high_u = (entropy >= thresholds[2]) & valid_u
-            labeled_valid = _checks.not_ignored(label_l, self.ignore_index)
+            labeled_valid = not_ignored(label_l, self.ignore_index)
             size = rep.shape[-2:]
             # U2PL downsamples masks and labels with PyTorch's (legacy) nearest rule
             small = lambda t: F.interpolate(t[:, None].float(), size=size, mode="nearest")[:, 0]

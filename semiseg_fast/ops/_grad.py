@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["first_order_only", "inverse", "register_loss_autograd", "scaled_grad"]
+__all__ = ["first_order_only", "register_loss_autograd", "scaled_grad"]
 
 _REDUCED = (torch.float16, torch.bfloat16)
-
-
-def inverse(d: torch.Tensor) -> torch.Tensor:
-    """1 / d, and 0 where d is 0."""
-    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
 
 
 class _SecondOrderError(torch.autograd.Function):

@@ -7,10 +7,8 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import first_order_only, inverse, scaled_grad
-
-_NONE, _MEAN, _SUM = 0, 1, 2
-_VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
+from ..base import Normalizer, Reduction, inverse, mean_denominator, not_ignored
+from ._grad import first_order_only, scaled_grad
 
 
 @torch.library.custom_op("semiseg_fast::pseudo_label_cross_entropy", mutates_args=())
@@ -30,8 +28,8 @@ def _cross_entropy_op(
     """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor, scale
     still owed by the gradient)."""
     if backend == "cpp":
-        if norm_mode == _TENSOR:  # a CPU scalar: reading it is free (0 still gives a loss of 0)
-            norm_mode, norm_value = _VALUE, float(norm_tensor)
+        if norm_mode == Normalizer.TENSOR:  # a CPU scalar: reading it is free (0 still gives a loss of 0)
+            norm_mode, norm_value = Normalizer.VALUE, float(norm_tensor)
         return tuple(
             torch.ops.semiseg_fast._cpp_cross_entropy(
                 logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce
@@ -50,7 +48,7 @@ def _cross_entropy_op(
 def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, backend):
     n, _, h, w = logits.shape
     f32 = dict(dtype=torch.float32)
-    loss = logits.new_empty((n, h, w) if reduction == _NONE else (), **f32)
+    loss = logits.new_empty((n, h, w) if reduction == Reduction.NONE else (), **f32)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
     ce = logits.new_empty((n, h, w), **f32) if need_ce else logits.new_empty((0,), **f32)
     return loss, grad, ce, logits.new_empty((), **f32)
@@ -64,7 +62,7 @@ def _setup_context(ctx, inputs, output):
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
     # The weight's gradient needs the per-pixel ce (and the loss), a tensor normalizer's the loss;
     # otherwise only the logits' gradient is kept (and the loss may be modified in place).
-    norm_grad = reduction == _MEAN and norm_tensor is not None and norm_tensor.requires_grad
+    norm_grad = reduction == Reduction.MEAN and norm_tensor is not None and norm_tensor.requires_grad
     ctx.save_for_backward(
         grad,
         post_scale,
@@ -75,24 +73,16 @@ def _setup_context(ctx, inputs, output):
 
 
 def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
-    valid = _checks.not_ignored(target, ctx.ignore_index)
-    if ctx.reduction == _NONE:
+    valid = not_ignored(target, ctx.ignore_index)
+    if ctx.reduction == Reduction.NONE:
         return (g * ce).to(weight.dtype)
-    if ctx.reduction == _SUM:
+    if ctx.reduction == Reduction.SUM:
         return (g * ce).to(weight.dtype)
-    wf = weight.float()
-    if ctx.norm_mode == _VALID:
-        denom = valid.sum().float()
-    elif ctx.norm_mode == _WEIGHTED:
-        denom = (wf * valid).sum()
-    elif ctx.norm_mode == _TOTAL:
-        denom = torch.tensor(float(ce.numel()), device=ce.device)
-    elif ctx.norm_mode == _TENSOR:
-        denom = norm_tensor.float()
-    else:
-        denom = torch.tensor(ctx.norm_value, device=ce.device)
+    denom = mean_denominator(
+        target, weight, ctx.ignore_index, ctx.norm_mode, ctx.norm_value, norm_tensor, ce.numel(), ce.device
+    )
     inv = inverse(denom)
-    d = ce - loss if ctx.norm_mode == _WEIGHTED else ce  # d (sum w ce / sum w) / d w = (ce - L) / sum w
+    d = ce - loss if ctx.norm_mode == Normalizer.WEIGHTED else ce  # d (sum w ce / sum w) / d w = (ce - L) / sum w
     return (g * torch.where(valid, d, torch.zeros_like(d)) * inv).to(weight.dtype)
 
 
@@ -103,7 +93,7 @@ def _backward(ctx, g_loss, _g_grad, _g_ce, _g_post):
         grad_logits = scaled_grad(grad, g_loss * post_scale)
     if g_loss is not None and ctx.needs_input_grad[2]:
         grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss, norm_tensor)
-    if g_loss is not None and ctx.needs_input_grad[7] and ctx.reduction == _MEAN:
+    if g_loss is not None and ctx.needs_input_grad[7] and ctx.reduction == Reduction.MEAN:
         # loss = sum / d, so d loss / d d = -loss / d (0 for a zero denominator, where the loss is 0)
         grad_norm = (-g_loss * loss * inverse(norm_tensor.float())).to(norm_tensor.dtype)
     grad_logits, grad_weight, grad_norm = map(first_order_only, (grad_logits, grad_weight, grad_norm))
@@ -147,7 +137,7 @@ def pseudo_label_cross_entropy(
     ignore_index = _checks.integer(ignore_index, "ignore_index")
     red = _checks.reduction(reduction)
     norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "weighted", "total"), like=logits)
-    norm_tensor = normalizer if norm_mode == _TENSOR else None
+    norm_tensor = normalizer if norm_mode == Normalizer.TENSOR else None
     impl = resolve(logits.device)
     if impl == "reference":
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():

@@ -8,6 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
+from ..base import label_dtype
 
 
 class PixelStats(NamedTuple):
@@ -32,7 +33,7 @@ def _(logits, temperature, backend):
     n, c, h, w = logits.shape
     return (
         logits.new_empty((n, h, w), dtype=torch.float32),
-        logits.new_empty((n, h, w), dtype=reference.label_dtype(c)),
+        logits.new_empty((n, h, w), dtype=label_dtype(c)),
         logits.new_empty((n, h, w), dtype=torch.float32),
     )
 

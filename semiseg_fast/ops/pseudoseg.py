@@ -128,7 +128,11 @@ def calibrated_fusion(
     gamma, temperature = _check_fusion_args(gamma, temperature)
     with torch.no_grad():
         s = logit_scale(decoder_logits, sgc_logits)
-        return reference.pseudoseg.fused_target(decoder_logits, sgc_logits, s, gamma, temperature)
+        if resolve(decoder_logits.device) == "reference":
+            return reference.pseudoseg.fused_target(decoder_logits, sgc_logits, s, gamma, temperature).float()
+        mix = gamma * torch.softmax(s * decoder_logits.float(), dim=1)
+        mix += (1.0 - gamma) * torch.softmax(s * sgc_logits.float(), dim=1)
+        return torch.softmax(mix.log_() / temperature, dim=1)  # mix^(1/T), normalised, in log space
 
 
 def pseudoseg_consistency_loss(

@@ -7,7 +7,6 @@ from . import pseudoseg, u2pl
 from .core import (
     entropy_percentile,
     fixmatch_loss,
-    label_dtype,
     negative_class_mask,
     pixel_stats,
     pseudo_label_cross_entropy,
@@ -16,7 +15,6 @@ from .core import (
 __all__ = [
     "entropy_percentile",
     "fixmatch_loss",
-    "label_dtype",
     "negative_class_mask",
     "pixel_stats",
     "pseudo_label_cross_entropy",

@@ -14,15 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks
+from ..base import label_dtype
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def label_dtype(num_classes: int) -> torch.dtype:
-    """uint8 labels while every class fits next to the ignore value 255, else int64."""
-    return torch.uint8 if num_classes <= 255 else torch.int64
 
 
 def pixel_stats(logits: torch.Tensor, temperature: float = 1.0):

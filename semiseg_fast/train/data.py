@@ -13,12 +13,11 @@ from ..data import (
     DataError,
     SegmentationFolder,
     SyntheticScenes,
-    cutmix_box,
-    cutout_box,
     strong_augment,
     synthetic,
     weak_augment,
 )
+from ..mixing import cutmix_box, cutout_box
 from .batches import StepBatches
 
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED, SPLIT_SEED = 0, 1, 2024  # fixed: the data does not change with the run's seed

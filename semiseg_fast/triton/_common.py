@@ -18,8 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import not_ignored
-from ..ops._grad import inverse
+from ..base import Normalizer, inverse, not_ignored
 
 MAX_BLOCK_C = 64
 TILE_ELEMS = 1024
@@ -60,9 +59,6 @@ def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
     return h == 1 or s_h == w * s_w
 
 
-_VALID, _TOTAL, _VALUE, _CONFIDENT = 0, 2, 3, 4  # normalizer codes (semiseg_fast._checks)
-
-
 def defer_denominator(logits: torch.Tensor) -> bool:
     """fp16 cannot hold d loss / d logits divided by a large denominator (it flushes to subnormals
     and zero): for fp16 logits the kernels write the gradient without 1 / denominator, and that
@@ -93,11 +89,11 @@ class MaskedMean:
             self.valid = (~ignore_mask).sum().float()
         else:
             self.valid = not_ignored(ignore_mask, ignore_index).sum().float()
-        if norm_mode == _VALID:
+        if norm_mode == Normalizer.VALID:
             self.inv = inverse(self.valid)
-        elif norm_mode == _TOTAL:
+        elif norm_mode == Normalizer.TOTAL:
             self.inv = inverse(torch.tensor(float(num_pixels), device=device))
-        elif norm_mode == _VALUE:
+        elif norm_mode == Normalizer.VALUE:
             self.inv = inverse(torch.tensor(float(norm_value), device=device))
         else:
             self.inv = torch.ones((), device=device)
@@ -108,7 +104,7 @@ class MaskedMean:
         confident = counts.sum().float()
         inv = self.inv
         post = self.inv if self.defer else torch.ones((), device=self.device)
-        if self.norm_mode == _CONFIDENT:
+        if self.norm_mode == Normalizer.CONFIDENT:
             inv = post = inverse(confident)
         loss = (partial.double().sum() * inv).float()
         ratio = (confident.double() * inverse(self.valid.double())).float()

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import not_ignored
+from ..base import Reduction, mean_denominator
 from ._common import (
     block_config,
     ce_from_stats,
@@ -18,9 +18,6 @@ from ._common import (
     row_stats,
     store_grad,
 )
-
-_NONE, _MEAN, _SUM = 0, 1, 2
-_VALID, _WEIGHTED, _TOTAL, _VALUE, _TENSOR = 0, 1, 2, 3, 5
 
 
 @triton.jit
@@ -115,20 +112,6 @@ def cross_entropy_kernel(
         )
 
 
-def mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, numel, device):
-    """The mean's denominator as a device tensor (no host sync)."""
-    if norm_mode == _TENSOR:
-        return norm_tensor.to(torch.float32)
-    if norm_mode == _TOTAL:
-        return torch.tensor(float(numel), device=device)
-    if norm_mode == _VALUE:
-        return torch.tensor(float(norm_value), device=device)
-    valid = not_ignored(target, ignore_index)
-    if norm_mode == _WEIGHTED and weight is not None:
-        return (weight.float() * valid).sum()
-    return valid.sum().float()
-
-
 def cross_entropy(
     logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce
 ):
@@ -137,7 +120,7 @@ def cross_entropy(
     block_p, block_c, chunks, warps = block_config(c)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
-    if reduction == _MEAN:
+    if reduction == Reduction.MEAN:
         inv = inverse(
             mean_denominator(target, weight, ignore_index, norm_mode, norm_value, norm_tensor, n * h * w, dev)
         )
@@ -146,7 +129,7 @@ def cross_entropy(
     inv, one = inv.float(), torch.ones((), device=dev)
     kernel_scale, post = (one, inv) if defer_denominator(logits) else (inv, one)
     grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
-    loss_pixel = torch.empty((n, h, w), device=dev, dtype=torch.float32) if reduction == _NONE else partial
+    loss_pixel = torch.empty((n, h, w), device=dev, dtype=torch.float32) if reduction == Reduction.NONE else partial
     ce = torch.empty((n, h, w), device=dev, dtype=torch.float32) if need_ce else torch.empty(0, device=dev)
     if n * h * w > 0:
         wt = weight if weight is not None else target
@@ -173,7 +156,7 @@ def cross_entropy(
             *g.stride(),
             HAS_W=weight is not None,
             NEED_GRAD=need_grad,
-            PIXEL_LOSS=reduction == _NONE,
+            PIXEL_LOSS=reduction == Reduction.NONE,
             NEED_CE=need_ce,
             FLAT_X=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
             FLAT_T=flat_pixels(h, w, target.stride(1), target.stride(2)),
@@ -184,8 +167,8 @@ def cross_entropy(
             SINGLE_CHUNK=chunks == 1,
             num_warps=warps,
         )
-    if reduction == _NONE:
+    if reduction == Reduction.NONE:
         loss = loss_pixel
     else:
-        loss = partial.double().sum().float() * (inv if reduction == _MEAN else 1.0)
+        loss = partial.double().sum().float() * (inv if reduction == Reduction.MEAN else 1.0)
     return loss, grad, ce, post

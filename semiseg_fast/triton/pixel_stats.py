@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import label_dtype
+from ..base import label_dtype
 from ._common import block_config, flat_pixels, launch, load_chunk, log1p_pos, pixel_offsets, row_stats
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
+from ..base import not_ignored
 from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
 
 
 def _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index):
-    valid = _checks.not_ignored(pseudo_label, ignore_index)
+    valid = not_ignored(pseudo_label, ignore_index)
     keep = valid & ~(entropy >= threshold)
     n, _, h, w = student_logits.shape
     # official: weight = N*H*W / kept, times the mean over the kept pixels
@@ -55,5 +56,5 @@ def u2pl_unsupervised_loss(
     ignore_index = _checks.integer(ignore_index, "ignore_index")
     with torch.no_grad():
         entropy = pixel_stats(teacher_logits.detach()).entropy
-        threshold = entropy_percentile(entropy, _checks.not_ignored(pseudo_label, ignore_index), percent)
+        threshold = entropy_percentile(entropy, not_ignored(pseudo_label, ignore_index), percent)
     return _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index)

@@ -7,13 +7,13 @@ from semiseg_fast.data import (
     DataError,
     SegmentationFolder,
     SyntheticScenes,
-    cutmix_box,
     denormalize,
     normalize,
     strong_augment,
     weak_augment,
 )
 from semiseg_fast.data.synthetic import NUM_CLASSES
+from semiseg_fast.mixing import cutmix_box
 
 
 def _gen(seed):
