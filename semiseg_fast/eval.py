@@ -89,7 +89,7 @@ def evaluate_checkpoint(state: dict[str, Any], config: dict[str, Any], split: st
 
     from .train.data import build_datasets
     from .train.evaluate import evaluate
-    from .train.loop import build_run_model
+    from .train.run_model import build_run_model
 
     data = build_datasets(config["data"], with_unlabeled=False)
     model = build_run_model(config, state["num_classes"])

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .train.atomic import atomic_open
+from .utils.atomic import atomic_open
 
 PSEUDO_LABEL_SCALES = (0.75, 1.0, 1.25)  # the teacher's multi-scale + flip inference
 # train.amp=auto would pick bf16 on CPUs with native bf16 and fp32 elsewhere, and the figures with
@@ -369,12 +369,12 @@ def main(argv: list[str] | None = None) -> None:
         "(train.epochs sets the method table's budget; the comparison's is --schedule-epochs)",
     )
     args = parser.parse_intermixed_args(argv)
-    from .train.config import METHODS
+    from .train import methods as registry
 
     for option, names in (("--methods", args.methods), ("--fast2x-methods", args.fast2x_methods)):
         for m in names:
-            if m not in METHODS:
-                sys.exit(f"error: {option}: expected names from {', '.join(METHODS)}, got {m!r}")
+            if m not in registry.names():
+                sys.exit(f"error: {option}: expected names from {', '.join(registry.names())}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
         sys.exit(f"error: --fractions: expected fractions in (0, 1), got {args.fractions}")
     if args.schedule_epochs is not None and args.schedule_epochs < 1:

@@ -22,7 +22,6 @@ An unreadable image is reported with its path and skipped; the command then exit
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import io
 import json
@@ -38,9 +37,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-MANIFEST = "manifest.json"
-SETTINGS = "settings.json"
-FORMAT = 1
+from .data.pseudo_labels import (
+    FORMAT,
+    MANIFEST,
+    SETTINGS,
+    item_ids,
+    label_paths,
+    png_bytes,
+    remove_stale_temporaries,
+    write_file,
+)
+
 # settings that change the files written; a rerun into the same folder must repeat them
 COMPARED_SETTINGS = ("teacher_sha256", "split", "scales", "flip", "topk", "num_classes", "data")
 # the data keys that decide which images a split holds and their size
@@ -55,22 +62,6 @@ IMAGE_KEYS = (
     "image_size",
     "labeled_fraction",
 )
-
-
-def item_ids(dataset) -> list[str]:
-    """A stable file name per image of a split: the image path (for folders) or the synthetic pool index."""
-    from .data import SegmentationFolder
-    from .train.data import Subset
-
-    if isinstance(dataset, Subset) and not isinstance(dataset.base, SegmentationFolder):
-        return [f"scene{i:06d}" for i in dataset.indices]
-    if isinstance(dataset, SegmentationFolder):
-        out = []
-        for image_path, _ in dataset.pairs:
-            rel = os.path.splitext(os.path.relpath(image_path, dataset.root))[0]
-            out.append(rel.replace(os.sep, "__"))
-        return out
-    return [f"item{i:06d}" for i in range(len(dataset))]
 
 
 @torch.no_grad()
@@ -102,37 +93,6 @@ def teacher_probabilities(model, images: torch.Tensor, scales: Sequence[float] =
             total = prob if total is None else total + prob
             count += 1
     return total / count, False
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write(path: str, data: bytes) -> None:
-    from .train.atomic import atomic_open
-
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def _paths(out_dir: str, item_id: str, topk: int) -> dict[str, str]:
-    p = {
-        "label": os.path.join(out_dir, "labels", item_id + ".png"),
-        "confidence": os.path.join(out_dir, "confidence", item_id + ".png"),
-    }
-    if topk:
-        p["topk"] = os.path.join(out_dir, "topk", item_id + ".npz")
-    return p
-
-
-def _remove_stale_temporaries(out_dir: str) -> None:
-    for sub in ("labels", "confidence", "topk", ""):
-        for path in glob.glob(os.path.join(out_dir, sub, ".tmp-*")):
-            os.unlink(path)
 
 
 def weights_sha256(weights: dict[str, Any]) -> str:
@@ -233,8 +193,8 @@ def generate(
     from .train.checkpoint import load_checkpoint
     from .train.config import apply_override, config_from_checkpoint, validate
     from .train.data import build_datasets
-    from .train.loop import build_run_model
     from .train.progress import ProgressBar
+    from .train.run_model import build_run_model
 
     _check_arguments(scales, flip, topk, split, batch_size, device)
     state = load_checkpoint(checkpoint)
@@ -271,10 +231,10 @@ def generate(
     }
     _check_same_settings(out_dir, settings)
     os.makedirs(out_dir, exist_ok=True)
-    _write(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=1).encode())  # before any image
-    _remove_stale_temporaries(out_dir)
+    write_file(os.path.join(out_dir, SETTINGS), json.dumps(settings, indent=1).encode())  # before any image
+    remove_stale_temporaries(out_dir)
     ids = item_ids(dataset)
-    written = lambda i: all(os.path.isfile(p) for p in _paths(out_dir, ids[i], topk).values())
+    written = lambda i: all(os.path.isfile(p) for p in label_paths(out_dir, ids[i], topk).values())
     todo = [i for i in range(len(dataset)) if not written(i)]
     failed: list[dict[str, Any]] = []
     bar = ProgressBar(len(todo), desc="pseudo-labels", enabled=progress)
@@ -289,7 +249,7 @@ def generate(
         if topk:
             top = torch.topk(out.float().softmax(dim=1) if are_logits else out, topk, dim=1)
         for j, (i, _) in enumerate(pending):
-            paths = _paths(out_dir, ids[i], topk)
+            paths = label_paths(out_dir, ids[i], topk)
             if top is not None:
                 buf = io.BytesIO()
                 np.savez_compressed(
@@ -297,10 +257,10 @@ def generate(
                     classes=top.indices[j].to(torch.uint8).cpu().numpy(),
                     probs=top.values[j].to(torch.float16).cpu().numpy(),
                 )
-                _write(paths["topk"], buf.getvalue())
+                write_file(paths["topk"], buf.getvalue())
             conf = (stats.confidence[j] * 255).round().to(torch.uint8).cpu().numpy()
-            _write(paths["confidence"], _png_bytes(conf))
-            _write(paths["label"], _png_bytes(stats.label[j].to(torch.uint8).cpu().numpy()))  # last: marks done
+            write_file(paths["confidence"], png_bytes(conf))
+            write_file(paths["label"], png_bytes(stats.label[j].to(torch.uint8).cpu().numpy()))  # last: marks done
         bar.update(len(pending), images=len(pending))
         pending.clear()
 
@@ -329,47 +289,8 @@ def generate(
         "items": done,
         "failed": failed,
     }
-    _write(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+    write_file(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
-
-
-class PseudoLabels:
-    """Reads a folder written by :func:`generate`: ``load(index)`` gives (label uint8 (H, W),
-    confidence float32 (H, W), top-k (classes uint8 (K, H, W), probabilities float32) or None)."""
-
-    def __init__(self, folder: str):
-        path = os.path.join(folder, MANIFEST)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"pseudo_dir: {folder!r} has no {MANIFEST} (run python -m semiseg_fast.pseudo_label)"
-            )
-        try:
-            with open(path) as f:
-                self.manifest = json.load(f)
-            if self.manifest.get("format") != FORMAT:
-                raise ValueError(f"has format {self.manifest.get('format')!r}, expected {FORMAT}")
-            self.topk = int(self.manifest["topk"])
-            self.ids = {int(it["index"]): str(it["id"]) for it in self.manifest["items"]}
-            int(self.manifest["split_size"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"pseudo_dir: {path!r} is not a pseudo-label manifest: {e}") from e
-        self.folder = folder
-
-    @property
-    def indices(self) -> list[int]:
-        return sorted(self.ids)
-
-    def load(self, index: int):
-        from .data.folders import SegmentationFolder
-
-        paths = _paths(self.folder, self.ids[index], self.topk)
-        label = torch.from_numpy(SegmentationFolder._open(paths["label"], "label"))
-        conf = torch.from_numpy(SegmentationFolder._open(paths["confidence"], "label")).float() / 255.0
-        top = None
-        if self.topk:
-            with np.load(paths["topk"]) as z:
-                top = torch.from_numpy(z["classes"]), torch.from_numpy(z["probs"].astype(np.float32))
-        return label, conf, top
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,14 @@
 
 from . import synthetic
 from .folders import DataError, SegmentationFolder
+from .subset import Subset
 from .synthetic import SyntheticScenes
 from .transforms import denormalize, normalize, strong_augment, weak_augment
 
 __all__ = [
     "DataError",
     "SegmentationFolder",
+    "Subset",
     "SyntheticScenes",
     "denormalize",
     "normalize",

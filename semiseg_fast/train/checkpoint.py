@@ -1,4 +1,4 @@
-"""Checkpoints, written atomically (see :mod:`semiseg_fast.train.atomic`)."""
+"""Checkpoints, written atomically (see :mod:`semiseg_fast.utils.atomic`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_open
+from ..utils.atomic import atomic_open
 
 
 class CheckpointError(RuntimeError):

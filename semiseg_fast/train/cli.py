@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from .config import DEFAULTS, RESUME_ADJUSTABLE, dump, load_config, resume_config
+from . import methods
+from .config import default_config, dump, load_config, resume_adjustable_keys, resume_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,9 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume",
         help="continue from a run folder (its last.pt) or a checkpoint file, with the "
         "checkpoint's config, in its folder; other arguments may repeat that config but change "
-        f"only {', '.join(RESUME_ADJUSTABLE)}",
+        f"only {', '.join(resume_adjustable_keys())}",
     )
     parser.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
+    parser.add_argument(
+        "--list-methods", action="store_true", help="print each registered method with a line about it and exit"
+    )
     parser.add_argument("--method", help="same as method=...")
     parser.add_argument("--schedule", choices=["standard", "fast2x"], help="same as train.schedule=...")
     parser.add_argument("--pseudo-dir", help="same as semi.selftrain.pseudo_dir=... (for --method selftrain)")
@@ -36,7 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.print_defaults:
-        print(dump(DEFAULTS))
+        print(dump(default_config()))
+        return
+    if args.list_methods:
+        for name in methods.names():
+            print(f"{name:12s} {methods.get(name).description}")
         return
     try:
         config, resume = _resolve_config(args)

@@ -1,141 +1,380 @@
-"""Training configuration: defaults, a YAML file on top, then ``key.sub=value`` overrides.
+"""The training configuration: its schema (one dataclass per section; each method declares its
+own section, ``semi.<method>``, in its file), a YAML file on top of the defaults, then
+``key.sub=value`` overrides.
 
-Every key has a default here, so an unknown key in a file or on the command line is an error
-that names it rather than a silently ignored typo; :func:`validate` checks the type and range of
-every value, naming the key. A resumed run takes its config from its checkpoint
-(:func:`resume_config`)."""
+Every key has a default, so an unknown key in a file or on the command line is an error that
+names it rather than a silently ignored typo; :func:`validate` checks the type and range of every
+value, naming the key. A resumed run takes its config from its checkpoint (:func:`resume_config`).
+docs/training.md is generated from this schema (``make docs``)."""
 
 from __future__ import annotations
 
 import copy
-import math
-import numbers
+import dataclasses
+import functools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-METHODS = ("supervised", "fixmatch", "u2pl", "pseudoseg", "selftrain")
-
-# Every key with its default. What each means, what it accepts and, where an experiment chose the
-# default, the table that did: config_help.HELP, rendered as docs/training.md.
-DEFAULTS: dict[str, Any] = {
-    "method": "fixmatch",
-    "seed": 0,
-    "deterministic": False,
-    "device": "auto",
-    "out_dir": "runs/{method}-seed{seed}",
-    "data": {
-        "name": "synthetic",
-        "root": None,
-        "num_classes": None,
-        "labeled_split": "labeled.txt",
-        "unlabeled_split": "unlabeled.txt",
-        "val_split": "val.txt",
-        "synthetic_train": 800,
-        "synthetic_val": 120,
-        "image_size": 64,
-        "labeled_fraction": 0.125,
-        "crop_size": 56,
-        "scale_range": [0.75, 1.5],
-        "batch_size": 8,
-        "unlabeled_batch_size": 8,
-        "num_workers": 0,
-        "ignore_index": 255,
-    },
-    "model": {"name": "deeplabv3plus", "kwargs": {"width": 32, "rep_dim": 64}},
-    "optim": {
-        "name": "adamw",
-        "lr": 0.008,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "poly_power": 0.9,
-        "warmup_steps": 50,
-    },
-    "train": {
-        "epochs": 16,
-        "eval_every": 400,
-        "checkpoint_every": 200,
-        "channels_last": True,
-        "amp": "auto",
-        "grid_images": 6,
-        "progress": True,
-        "tensorboard": False,
-        "schedule": "standard",
-        "fast2x": {
-            "low_res_fraction": 0.8,
-            "low_res_scale": 0.6,
-            "low_res_batch": 2,
-            "low_res_lr": 0.5,
-            "full_res_lr": 1.0,
-        },
-    },
-    "semi": {
-        "teacher": "ema",
-        "ema_decay": 0.99,
-        "threshold": 0.95,
-        "unsupervised_weight": 1.0,
-        "strong_color": True,
-        "cutmix_p": 0.5,
-        "u2pl": {
-            "drop_percent": 80.0,
-            "contrastive": True,
-            "contrastive_weight": 0.1,
-            "sup_only_epochs": 1,
-            "low_rank": 3,
-            "high_rank": 7,
-            "num_queries": 64,
-            "num_negatives": 32,
-            "bank_capacity": 4096,
-        },
-        "selftrain": {"pseudo_dir": None, "threshold": 0.0, "soft": False, "class_balanced": False},
-        "pseudoseg": {
-            "gamma": 0.75,
-            "temperature": 0.5,
-            "threshold": 0.0,
-            "soft": True,
-            "cutout_size": 0.2,
-            "sgc_weight": 1.0,
-            "classifier_weight": 1.0,
-            "classifier_backprop": False,
-        },
-    },
-    "eval": {"mode": "whole", "window": 64, "stride": 48, "batch_size": 32},
-}
-
-
-# Mappings handed to user code as they are (any keys): ``model.kwargs.width=16`` sets one entry
-# and keeps the others, while ``model.kwargs={...}`` (or a file) replaces the whole mapping.
-FREE_FORM = ("model.kwargs",)
-
-# Folders: a resumed run may name them by another path (relative, absolute, through a link).
-PATH_KEYS = ("data.root", "semi.selftrain.pseudo_dir")
-
-# Keys a resumed run may change: they decide what is shown, logged, evaluated or how data is
-# loaded, never which weights training produces.
-RESUME_ADJUSTABLE = (
-    "train.progress",
-    "train.tensorboard",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.grid_images",
-    "data.num_workers",
-    "eval.batch_size",
+from . import methods, schema
+from .schema import (
+    BOOLEAN,
+    MAPPING,
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_INT,
+    NON_NEGATIVE_NUMBER,
+    OPTIONAL_FOLDER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    UNIT_INTERVAL,
+    Accepts,
+    Fail,
+    Section,
+    choice,
+    is_int,
+    is_number,
+    number_in,
+    option,
+    optional,
+    section,
 )
 
+TABLES = "docs/experiments.md"  # where the experiments behind defaults are
 
-def merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
-    for key, value in update.items():
-        path = f"{where}{key}"
-        if key not in base:
-            raise KeyError(f"config: unknown key {path!r}")
-        if isinstance(base[key], dict) and path not in FREE_FORM:
-            if not isinstance(value, dict):
-                raise TypeError(f"config: {path!r} expects a mapping, got {value!r}")
-            merge(base[key], value, path + ".")
-        else:
-            base[key] = value
+
+def _formats(template: Any) -> bool:
+    try:
+        template.format(method="m", seed=0)
+        return True
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class DataConfig(Section):
+    name: str = option(
+        "synthetic",
+        "synthetic (the embedded dataset, generated from data.* settings) | voc | cityscapes",
+        choice("synthetic", "voc", "cityscapes"),
+    )
+    root: str | None = option(
+        None, "folder of a voc / cityscapes dataset with the split files", OPTIONAL_FOLDER, path=True
+    )
+    num_classes: int | None = option(
+        None,
+        "number of classes of a folder dataset (integer >= 2); the synthetic set knows its own",
+        optional(Accepts(lambda v: is_int(v) and v >= 2, ""), "an integer >= 2"),
+    )
+    labeled_split: str = option("labeled.txt", "split file of the labeled images, under data.root", NON_EMPTY_STRING)
+    unlabeled_split: str = option(
+        "unlabeled.txt", "split file of the unlabeled images, under data.root", NON_EMPTY_STRING
+    )
+    val_split: str = option("val.txt", "split file of the validation images, under data.root", NON_EMPTY_STRING)
+    synthetic_train: int = option(800, "images in the synthetic training pool", POSITIVE_INT)
+    synthetic_val: int = option(120, "synthetic validation images", POSITIVE_INT)
+    image_size: int = option(
+        64, "side of a synthetic image, in pixels (>= 8)", Accepts(lambda v: is_int(v) and v >= 8, "an integer >= 8")
+    )
+    labeled_fraction: float = option(
+        0.125,
+        "synthetic only: the labeled share of the pool, in (0, 1]; the rest is unlabeled",
+        number_in(0, 1, "a fraction in (0, 1]", low_open=True),
+    )
+    crop_size: int = option(56, "side of the training crops, in pixels", POSITIVE_INT)
+    scale_range: list[float] = option(
+        [0.75, 1.5],
+        "[min, max] random rescale of a training image before cropping",
+        Accepts(
+            lambda v: (
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(is_number(s) and s > 0 for s in v) and v[0] <= v[1]
+            ),
+            "[min, max], two positive numbers with min <= max",
+        ),
+    )
+    batch_size: int = option(8, "labeled images per step and process", POSITIVE_INT)
+    unlabeled_batch_size: int = option(8, "unlabeled (or pseudo-labeled) images per step and process", POSITIVE_INT)
+    num_workers: int = option(
+        0,
+        "data worker processes per data stream (0: augment on the training thread)",
+        NON_NEGATIVE_INT,
+        resume_adjustable=True,
+    )
+    ignore_index: int = option(
+        255,
+        "label value of pixels without a label, in [0, 255]",
+        Accepts(lambda v: is_int(v) and 0 <= v <= 255, "an integer in [0, 255]"),
+    )
+
+    @classmethod
+    def check(cls, values, config, fail: Fail) -> None:
+        if values["name"] != "synthetic" and not values["root"]:
+            fail("data.root", "a folder for voc / cityscapes")
+
+
+@dataclass
+class ModelConfig(Section):
+    name: str = option(
+        "deeplabv3plus",
+        "deeplabv3plus, or package.module:Class of your own, called with num_classes= and the kwargs",
+        NON_EMPTY_STRING,
+    )
+    kwargs: dict[str, Any] | None = option(
+        {"width": 32, "rep_dim": 64},
+        "keyword arguments of the model; model.kwargs.width=16 sets one and keeps the others",
+        MAPPING,
+        free_form=True,
+    )
+
+
+@dataclass
+class OptimConfig(Section):
+    name: str = option("adamw", "adamw (fused step) | sgd (Nesterov)", choice("adamw", "sgd"))
+    lr: float = option(
+        0.008,
+        "peak learning rate; 0.008 was the best found on the embedded dataset "
+        f"({TABLES}#the-learning-rate-optimlr-and-trainfast2xlow_res_lr)",
+        POSITIVE_NUMBER,
+    )
+    momentum: float = option(
+        0.9, "SGD's momentum, in [0, 1); adamw ignores it", number_in(0, 1, "a number in [0, 1)", high_open=True)
+    )
+    weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 penalty (sgd), >= 0", NON_NEGATIVE_NUMBER)
+    poly_power: float = option(0.9, "exponent of the poly decay after the warm-up", NON_NEGATIVE_NUMBER)
+    warmup_steps: int = option(50, "linear warm-up, in batches of the configured size", NON_NEGATIVE_INT)
+
+    @classmethod
+    def check(cls, values, config, fail: Fail) -> None:
+        if values["name"] == "sgd" and values["momentum"] <= 0:
+            fail("optim.momentum", "a number in (0, 1) with sgd (Nesterov)")
+
+
+@dataclass
+class Fast2xConfig(Section):
+    low_res_fraction: float = option(
+        0.8,
+        f"share of the budget's images on reduced crops, in [0, 1] "
+        f"({TABLES}#fast2x-over-eight-seeds-trainfast2xlow_res_fraction)",
+        UNIT_INTERVAL,
+    )
+    low_res_scale: float = option(
+        0.6,
+        "side of the reduced crops as a fraction of data.crop_size, in (0, 1]",
+        number_in(0, 1, "a fraction of the crop side in (0, 1]", low_open=True),
+    )
+    low_res_batch: int = option(
+        2, "batches per reduced step: the reduced phase sees the same images in fewer steps", POSITIVE_INT
+    )
+    low_res_lr: float | None = option(
+        0.5,
+        "the reduced phase's rate, held, as a factor of optim.lr; null follows the run's poly curve "
+        f"({TABLES}#the-learning-rate-optimlr-and-trainfast2xlow_res_lr)",
+        optional(POSITIVE_NUMBER, "null or a positive factor of optim.lr"),
+    )
+    full_res_lr: float | None = option(
+        1.0,
+        "the full-size phase restarts at this factor of optim.lr, in (0, 1], and decays to 0; null continues the "
+        "run's curve",
+        optional(number_in(0, 1, "", low_open=True), "null or a factor of optim.lr in (0, 1]"),
+    )
+
+
+@dataclass
+class TrainConfig(Section):
+    epochs: int = option(
+        16,
+        "passes over the unlabeled pool (the labeled one for supervised folder runs): the budget of every method",
+        POSITIVE_INT,
+    )
+    eval_every: int = option(
+        400, "evaluate every this many optimizer steps, and at the end", POSITIVE_INT, resume_adjustable=True
+    )
+    checkpoint_every: int = option(
+        200, "write last.pt every this many optimizer steps, and at the end", POSITIVE_INT, resume_adjustable=True
+    )
+    channels_last: bool = option(True, "channels_last model and inputs", BOOLEAN)
+    amp: str = option(
+        "auto",
+        "auto | bf16 | fp16 | off; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, off on other "
+        f"CPUs ({TABLES}#autocast-on-cpus-without-native-bf16-trainampauto)",
+        Accepts(lambda v: v in ("auto", "bf16", "fp16", "off", False), "auto | bf16 | fp16 | off"),
+    )
+    grid_images: int = option(
+        6,
+        "validation images in predictions.png and the TensorBoard grid (0: none)",
+        NON_NEGATIVE_INT,
+        resume_adjustable=True,
+    )
+    progress: bool = option(
+        True,
+        "show the progress bar (a plain line every 10 s when the output is not a terminal)",
+        BOOLEAN,
+        resume_adjustable=True,
+    )
+    tensorboard: bool = option(
+        False,
+        "also write a TensorBoard log of the scalars and prediction grids into the run folder (needs the "
+        "tensorboard package: pip install semiseg_fast[tensorboard])",
+        BOOLEAN,
+        resume_adjustable=True,
+    )
+    schedule: str = option(
+        "standard",
+        "standard | fast2x (most of the budget on reduced crops, see the train.fast2x keys)",
+        choice("standard", "fast2x"),
+    )
+    fast2x: Fast2xConfig = section(Fast2xConfig)
+
+
+@dataclass
+class SemiConfig(Section):
+    """Settings every semi-supervised method shares; each method's own keys are ``semi.<method>``."""
+
+    teacher: str = option("ema", "ema | shared (the student itself, without gradients)", choice("ema", "shared"))
+    ema_decay: float = option(0.99, "decay of the EMA teacher per batch, in [0, 1]", UNIT_INTERVAL)
+    unsupervised_weight: float = option(1.0, "weight of the unsupervised loss", NON_NEGATIVE_NUMBER)
+    strong_color: bool = option(True, "colour jitter, grayscale and blur on the strong view", BOOLEAN)
+    cutmix_p: float = option(0.5, "probability of CutMix on the strong view", UNIT_INTERVAL)
+
+
+@dataclass
+class EvalConfig(Section):
+    mode: str = option("whole", "whole (the full image at once) | slide (windows)", choice("whole", "slide"))
+    window: int = option(64, "slide: window side in pixels", POSITIVE_INT)
+    stride: int = option(48, "slide: stride in pixels, 0 < stride <= eval.window", POSITIVE_INT)
+    batch_size: int = option(32, "images (or windows) per forward pass", POSITIVE_INT, resume_adjustable=True)
+
+    @classmethod
+    def check(cls, values, config, fail: Fail) -> None:
+        if values["mode"] == "slide" and values["stride"] > values["window"]:
+            fail(
+                "eval.stride",
+                f"at most eval.window={values['window']} (a larger stride leaves pixels that no window covers)",
+            )
+
+
+@dataclass
+class RunConfig(Section):
+    method: str = option(
+        "",  # the registry's default method (see tree())
+        "a registered method (python -m semiseg_fast.train --list-methods) or package.module:Class of your own",
+        NON_EMPTY_STRING,
+    )
+    seed: int = option(0, "seeds the weights, the data order and every augmentation (integer >= 0)", NON_NEGATIVE_INT)
+    deterministic: bool = option(
+        False,
+        "deterministic algorithms only: a rerun, or a killed and resumed run, ends with bit-identical weights",
+        BOOLEAN,
+    )
+    device: str = option("auto", "auto | cpu | cuda (auto: cuda when a GPU is present)", choice("auto", "cpu", "cuda"))
+    out_dir: str = option(
+        "runs/{method}-seed{seed}",
+        "the run folder; may hold {method} and {seed}",
+        Accepts(lambda v: isinstance(v, str) and bool(v) and _formats(v), "a folder (may hold {method} and {seed})"),
+    )
+    data: DataConfig = section(DataConfig)
+    model: ModelConfig = section(ModelConfig)
+    optim: OptimConfig = section(OptimConfig)
+    train: TrainConfig = section(TrainConfig)
+    semi: SemiConfig = section(SemiConfig)
+    eval: EvalConfig = section(EvalConfig)
+
+    @classmethod
+    def check(cls, values, config, fail: Fail) -> None:
+        try:
+            method = methods.get(values["method"])
+        except ValueError:
+            fail("method", f"{' | '.join(methods.names())} or package.module:Class")
+        method.check_config(config, fail)
+
+
+def tree() -> schema.Node:
+    """The config's schema: the sections above, and each registered method's own section under
+    ``semi``; the default method is the registry's."""
+    return _tree(tuple(methods.names()))
+
+
+@functools.lru_cache(maxsize=8)
+def _tree(_names: tuple[str, ...]) -> schema.Node:
+    extra = {m.name: m.config for m in map(methods.get, methods.names()) if m.config is not None}
+    root = schema.node_of(RunConfig)
+    root.children["semi"] = schema.node_of(SemiConfig, "semi.", extra)
+    method = root.children["method"]
+    root.children["method"] = dataclasses.replace(method, default=methods.default_name())
+    return root
+
+
+def default_config() -> dict[str, Any]:
+    return schema.defaults(tree())
+
+
+def _keys(flag: str) -> tuple[str, ...]:
+    return tuple(o.key for o in schema.options(tree()) if getattr(o, flag))
+
+
+def resume_adjustable_keys() -> tuple[str, ...]:
+    """Keys a resumed run may change: they decide what is shown, logged, evaluated or how data is
+    loaded, never which weights training produces."""
+    return _keys("resume_adjustable")
+
+
+def path_keys() -> tuple[str, ...]:
+    """Folders: a resumed run may name them by another path (relative, absolute, through a link)."""
+    return _keys("path")
+
+
+def free_form_keys() -> tuple[str, ...]:
+    """Mappings handed to user code as they are (any keys): ``model.kwargs.width=16`` sets one
+    entry and keeps the others, while ``model.kwargs={...}`` (or a file) replaces the whole mapping."""
+    return _keys("free_form")
+
+
+# keys a user method names: it is imported before the config's schema is built
+def _import_user_method(value: Any) -> None:
+    if isinstance(value, str) and ":" in value:
+        methods.get(value)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Sets ``update``'s values into ``base``; an unknown key is an error that names it."""
+    _refuse_renamed(update)
+    _import_user_method(update.get("method"))
+    schema.merge(tree(), base, update)
+
+
+# keys that moved: a file or override naming the old key is told the new one
+RENAMED = {"semi.threshold": "semi.fixmatch.threshold"}
+
+
+def _refuse_renamed(update: dict[str, Any]) -> None:
+    for old, new in RENAMED.items():
+        if _has(update, old):
+            raise KeyError(f"config: unknown key {old!r}: it is now {new!r}")
+
+
+def _has(config: dict[str, Any], key: str) -> bool:
+    try:
+        schema.get(config, key)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Types and ranges of every key, then the rules between keys; the first bad one raises an
+    error naming it."""
+    _import_user_method(config.get("method"))
+    schema.validate(tree(), config)
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    return schema.get(config, key)
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
 
 def _split_override(text: str) -> tuple[list[str], Any]:
@@ -161,13 +400,13 @@ def apply_override(config: dict[str, Any], text: str) -> None:
     set in that mapping, keeping its other entries."""
     parts, value = _split_override(text)
     for n in range(2, len(parts)):
-        if ".".join(parts[:n]) in FREE_FORM:
+        if ".".join(parts[:n]) in free_form_keys():
             parent = _get(config, ".".join(parts[: n - 1]))
             if parent[parts[n - 1]] is None:
                 parent[parts[n - 1]] = {}
             _set_nested(parent[parts[n - 1]], parts[n:], value, ".".join(parts[:n]))
             return
-    merge(config, parse_override(text), "")
+    merge(config, parse_override(text))
 
 
 def _set_nested(node: Any, parts: list[str], value: Any, where: str) -> None:
@@ -183,26 +422,43 @@ def _set_nested(node: Any, parts: list[str], value: Any, where: str) -> None:
 
 def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Defaults, then the YAML file at ``path``, then each ``key.sub=value`` override."""
-    config = _apply_command_line(copy.deepcopy(DEFAULTS), path, overrides)
+    config = _apply_command_line(default_config(), path, overrides)
     validate(config)
     return config
 
 
 def _apply_command_line(config: dict[str, Any], path: str | None, overrides: Iterable[str]) -> dict[str, Any]:
-    if path:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise FileNotFoundError(f"config: cannot read {path!r}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"config: {path!r} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise TypeError(f"config: {path!r} must hold a mapping at the top level")
-        merge(config, loaded, "")
+    loaded = _read_yaml(path) if path else {}
+    overrides = list(overrides)
+    # a user's method first: its section must be in the schema before any of its keys is read
+    for value in [loaded.get("method")] + [
+        parse_override(t).get("method") for t in overrides if t.startswith("method=")
+    ]:
+        _import_user_method(value)
+    _add_missing_sections(config)
+    merge(config, loaded)
     for text in overrides:
         apply_override(config, text)
     return config
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise FileNotFoundError(f"config: cannot read {path!r}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config: {path!r} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise TypeError(f"config: {path!r} must hold a mapping at the top level")
+    return loaded
+
+
+def _add_missing_sections(config: dict[str, Any]) -> None:
+    """Default sections of the methods registered since ``config`` was made."""
+    for name, value in default_config()["semi"].items():
+        config["semi"].setdefault(name, value)
 
 
 # keys added after runs were already being saved, with the value those runs trained with (their
@@ -223,10 +479,21 @@ def config_from_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     since it was written have values: those of :data:`FORMER_DEFAULTS` where they changed)."""
     if not isinstance(state.get("config"), dict):
         raise ValueError("checkpoint: its config entry is not a mapping")
-    config = copy.deepcopy(DEFAULTS)
+    saved = copy.deepcopy(state["config"])
+    _import_user_method(saved.get("method"))
+    config = default_config()
     for key, value in FORMER_DEFAULTS.items():
         _set_existing(config, key, value)
-    merge(config, copy.deepcopy(state["config"]), "")
+    for old, new in RENAMED.items():
+        if _has(saved, old):
+            parent, _, leaf = old.rpartition(".")
+            value = schema.get(saved, parent).pop(leaf)
+            new_parent, _, new_leaf = new.rpartition(".")
+            node = saved
+            for part in new_parent.split("."):
+                node = node.setdefault(part, {})
+            node[new_leaf] = value
+    merge(config, saved)
     return config
 
 
@@ -235,7 +502,7 @@ def resume_config(
 ) -> dict[str, Any]:
     """The config to resume ``checkpoint`` with: the checkpoint's own, written to the checkpoint's
     folder. A command line (file ``path``, ``overrides``) may repeat it and change the keys of
-    :data:`RESUME_ADJUSTABLE`; any other change is refused with an error naming the keys."""
+    :func:`resume_adjustable_keys`; any other change is refused with an error naming the keys."""
     saved = config_from_checkpoint(state)
     requested = _apply_command_line(dict(copy.deepcopy(saved), out_dir=None), path, overrides)
     conflicts = resume_conflicts(saved, requested)
@@ -259,14 +526,14 @@ def run_folder(checkpoint: str) -> str:
 def resume_conflicts(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """Keys whose values differ between a checkpoint's config and ``config`` and would change the
     resumed run (out_dir is checked separately: see :func:`check_same_folder`)."""
-    ignored = set(RESUME_ADJUSTABLE) | {"out_dir"}
+    ignored = set(resume_adjustable_keys()) | {"out_dir"}
     standard = saved["train"]["schedule"] == config["train"]["schedule"] == "standard"
     return [
         key
         for key in differing_keys(saved, config)
         if key not in ignored
         and not (standard and key.startswith("train.fast2x."))  # settings of a schedule not in use
-        and not (key in PATH_KEYS and _same_path(_lookup(saved, key), _lookup(config, key)))
+        and not (key in path_keys() and _same_path(_lookup(saved, key), _lookup(config, key)))
     ]
 
 
@@ -302,7 +569,7 @@ def differing_keys(a: Any, b: Any, where: str = "") -> list[str]:
             out += differing_keys(a.get(key, _MISSING), b.get(key, _MISSING), f"{where}{key}.")
         return out
     same = a is not _MISSING and b is not _MISSING and type(a) is type(b) and a == b
-    numbers_equal = all(_is_number(v) for v in (a, b)) and a == b
+    numbers_equal = all(is_number(v) for v in (a, b)) and a == b
     return [] if same or numbers_equal else [where[:-1]]
 
 
@@ -311,219 +578,3 @@ def _lookup(config: dict[str, Any], key: str) -> Any:
         return _get(config, key)
     except (KeyError, TypeError):
         return "(unset)"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _non_empty_str(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
-
-
-def _formats(template: Any) -> bool:
-    try:
-        template.format(method="m", seed=0)
-        return True
-    except (KeyError, IndexError, ValueError, AttributeError):
-        return False
-
-
-# key groups of the same type and range, checked by validate()
-POSITIVE_INTS = (
-    "data.synthetic_train",
-    "data.synthetic_val",
-    "data.image_size",
-    "data.crop_size",
-    "data.batch_size",
-    "data.unlabeled_batch_size",
-    "train.epochs",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.fast2x.low_res_batch",
-    "semi.u2pl.low_rank",
-    "semi.u2pl.num_queries",
-    "semi.u2pl.num_negatives",
-    "semi.u2pl.bank_capacity",
-    "eval.window",
-    "eval.stride",
-    "eval.batch_size",
-)
-NON_NEGATIVE_INTS = ("seed", "data.num_workers", "optim.warmup_steps", "train.grid_images", "semi.u2pl.sup_only_epochs")
-BOOLEANS = (
-    "deterministic",
-    "train.channels_last",
-    "train.progress",
-    "train.tensorboard",
-    "semi.strong_color",
-    "semi.u2pl.contrastive",
-    "semi.selftrain.soft",
-    "semi.selftrain.class_balanced",
-    "semi.pseudoseg.soft",
-    "semi.pseudoseg.classifier_backprop",
-)
-UNIT_INTERVAL = (
-    "train.fast2x.low_res_fraction",
-    "semi.ema_decay",
-    "semi.threshold",
-    "semi.cutmix_p",
-    "semi.selftrain.threshold",
-    "semi.pseudoseg.gamma",
-    "semi.pseudoseg.threshold",
-    "semi.pseudoseg.cutout_size",
-)
-NON_NEGATIVE_NUMBERS = (
-    "optim.weight_decay",
-    "optim.poly_power",
-    "semi.unsupervised_weight",
-    "semi.u2pl.contrastive_weight",
-    "semi.pseudoseg.sgc_weight",
-    "semi.pseudoseg.classifier_weight",
-)
-NON_EMPTY_STRINGS = ("data.labeled_split", "data.unlabeled_split", "data.val_split", "model.name")
-
-
-Check = Callable[[bool, str, str], None]
-
-
-def validate(config: dict[str, Any]) -> None:
-    """Types and ranges of every key; the first bad one raises an error naming it."""
-
-    def check(ok: bool, key: str, expected: str) -> None:
-        if not ok:
-            raise ValueError(f"config: {key} expected {expected}, got {_get(config, key)!r}")
-
-    check(config["method"] in METHODS, "method", " | ".join(METHODS))
-    check(config["device"] in ("auto", "cpu", "cuda"), "device", "auto | cpu | cuda")
-    check(
-        _non_empty_str(config["out_dir"]) and _formats(config["out_dir"]),
-        "out_dir",
-        "a folder (may hold {method} and {seed})",
-    )
-    _check_groups(config, check)
-    _check_data_and_model(config, check)
-    _check_optim_and_train(config, check)
-    _check_semi_and_eval(config, check)
-
-
-def _check_groups(config: dict[str, Any], check: Check) -> None:
-    get = lambda key: _get(config, key)
-    for key in BOOLEANS:
-        check(isinstance(get(key), bool), key, "true | false")
-    for key in POSITIVE_INTS:
-        check(_is_int(get(key)) and get(key) > 0, key, "a positive integer")
-    for key in NON_NEGATIVE_INTS:
-        check(_is_int(get(key)) and get(key) >= 0, key, "an integer >= 0")
-    for key in UNIT_INTERVAL:
-        check(_is_number(get(key)) and 0.0 <= get(key) <= 1.0, key, "a number in [0, 1]")
-    for key in NON_NEGATIVE_NUMBERS:
-        check(_is_number(get(key)) and get(key) >= 0.0, key, "a number >= 0")
-    for key in NON_EMPTY_STRINGS:
-        check(_non_empty_str(get(key)), key, "a non-empty string")
-
-
-def _check_data_and_model(config: dict[str, Any], check: Check) -> None:
-    dc = config["data"]
-    check(dc["image_size"] >= 8, "data.image_size", "an integer >= 8")
-    check(dc["name"] in ("synthetic", "voc", "cityscapes"), "data.name", "synthetic | voc | cityscapes")
-    check(dc["name"] == "synthetic" or _non_empty_str(dc["root"]), "data.root", "a folder for voc / cityscapes")
-    check(dc["root"] is None or isinstance(dc["root"], str), "data.root", "a folder")
-    check(
-        dc["num_classes"] is None or (_is_int(dc["num_classes"]) and dc["num_classes"] >= 2),
-        "data.num_classes",
-        "an integer >= 2",
-    )
-    check(
-        _is_number(dc["labeled_fraction"]) and 0.0 < dc["labeled_fraction"] <= 1.0,
-        "data.labeled_fraction",
-        "a fraction in (0, 1]",
-    )
-    scales = dc["scale_range"]
-    check(
-        isinstance(scales, (list, tuple))
-        and len(scales) == 2
-        and all(_is_number(s) and s > 0 for s in scales)
-        and scales[0] <= scales[1],
-        "data.scale_range",
-        "[min, max], two positive numbers with min <= max",
-    )
-    check(_is_int(dc["ignore_index"]) and 0 <= dc["ignore_index"] <= 255, "data.ignore_index", "an integer in [0, 255]")
-    check(
-        config["model"]["kwargs"] is None or isinstance(config["model"]["kwargs"], dict),
-        "model.kwargs",
-        "a mapping of keyword arguments",
-    )
-
-
-def _check_optim_and_train(config: dict[str, Any], check: Check) -> None:
-    o = config["optim"]
-    check(o["name"] in ("sgd", "adamw"), "optim.name", "sgd | adamw")
-    check(_is_number(o["lr"]) and o["lr"] > 0.0, "optim.lr", "a positive number")
-    check(_is_number(o["momentum"]) and 0.0 <= o["momentum"] < 1.0, "optim.momentum", "a number in [0, 1)")
-    check(o["name"] != "sgd" or o["momentum"] > 0.0, "optim.momentum", "a number in (0, 1) with sgd (Nesterov)")
-    tc = config["train"]
-    check(tc["amp"] in ("auto", "bf16", "fp16", "off", False), "train.amp", "auto | bf16 | fp16 | off")
-    check(tc["schedule"] in ("standard", "fast2x"), "train.schedule", "standard | fast2x")
-    scale = tc["fast2x"]["low_res_scale"]
-    check(
-        _is_number(scale) and 0.0 < scale <= 1.0, "train.fast2x.low_res_scale", "a fraction of the crop side in (0, 1]"
-    )
-    held = tc["fast2x"]["low_res_lr"]
-    check(
-        held is None or (_is_number(held) and held > 0.0),
-        "train.fast2x.low_res_lr",
-        "null or a positive factor of optim.lr",
-    )
-    restart = tc["fast2x"]["full_res_lr"]
-    check(
-        restart is None or (_is_number(restart) and 0.0 < restart <= 1.0),
-        "train.fast2x.full_res_lr",
-        "null or a factor of optim.lr in (0, 1]",
-    )
-
-
-def _check_semi_and_eval(config: dict[str, Any], check: Check) -> None:
-    sc = config["semi"]
-    check(sc["teacher"] in ("ema", "shared"), "semi.teacher", "ema | shared")
-    u = sc["u2pl"]
-    check(
-        _is_number(u["drop_percent"]) and 0.0 <= u["drop_percent"] <= 100.0,
-        "semi.u2pl.drop_percent",
-        "a percentage in [0, 100]",
-    )
-    check(
-        _is_int(u["high_rank"]) and u["high_rank"] > u["low_rank"],
-        "semi.u2pl.high_rank",
-        f"an integer > semi.u2pl.low_rank={u['low_rank']}",
-    )
-    st = sc["selftrain"]
-    check(st["pseudo_dir"] is None or isinstance(st["pseudo_dir"], str), "semi.selftrain.pseudo_dir", "a folder")
-    check(
-        config["method"] != "selftrain" or _non_empty_str(st["pseudo_dir"]),
-        "semi.selftrain.pseudo_dir",
-        "a folder written by python -m semiseg_fast.pseudo_label (--pseudo-dir)",
-    )
-    temperature = sc["pseudoseg"]["temperature"]
-    check(_is_number(temperature) and temperature > 0.0, "semi.pseudoseg.temperature", "a positive number")
-    ec = config["eval"]
-    check(ec["mode"] in ("whole", "slide"), "eval.mode", "whole | slide")
-    check(
-        ec["mode"] != "slide" or ec["stride"] <= ec["window"],
-        "eval.stride",
-        f"at most eval.window={ec['window']} (a larger stride leaves pixels that no window covers)",
-    )
-
-
-def _get(config: dict[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def dump(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,8 @@ from ..data import (
     synthetic,
     weak_augment,
 )
+from ..data.pseudo_labels import PseudoLabels, item_ids
+from ..data.subset import Subset
 from ..mixing import cutmix_box, cutout_box
 from .batches import StepBatches
 
@@ -59,17 +60,6 @@ def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> Run
     return RunData(
         folder("labeled_split"), unlabeled, folder("val_split"), num_classes, [str(i) for i in range(num_classes)]
     )
-
-
-class Subset(Dataset):
-    def __init__(self, base: Dataset, indices: Sequence[int]):
-        self.base, self.indices = base, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.base[self.indices[i]]
 
 
 def _crop_of(item: tuple[int, ...], data_cfg: dict[str, Any]):
@@ -152,8 +142,6 @@ class PseudoLabeledView(Dataset):
         class_balanced: bool = False,
         num_classes: int | None = None,
     ):
-        from ..pseudo_label import PseudoLabels
-
         self.labels = PseudoLabels(pseudo_dir)
         if soft and not self.labels.topk:
             raise ValueError(f"semi.selftrain.soft: {pseudo_dir!r} has no top-k probabilities (pseudo_label --topk K)")
@@ -165,8 +153,6 @@ class PseudoLabeledView(Dataset):
         self._check_same_images(num_classes)
 
     def _check_same_images(self, num_classes: int | None) -> None:
-        from ..pseudo_label import item_ids
-
         manifest, where = self.labels.manifest, f"pseudo_dir: {self.pseudo_dir!r}"
         if manifest["split_size"] != len(self.base):
             raise ValueError(

@@ -11,7 +11,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .atomic import atomic_open
+from ..utils.atomic import atomic_open
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -14,19 +14,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import normalize
-from ..losses import U2PLLoss
-from ..models import build_model
-from . import figures
-from .atomic import atomic_open
+from ..utils.atomic import atomic_open
+from . import figures, methods
 from .batches import mix_seed
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
-from .data import LabeledView, PseudoLabeledView, UnlabeledView, build_datasets, step_loader
+from .data import LabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, barrier, init_world, shutdown
 from .evaluate import evaluate, format_iou_table, predict_labels
-from .methods import STEPS, StepContext, ema_update
+from .methods import StepContext, ema_update
 from .metrics_csv import MetricsCSV, read_csv
 from .progress import ProgressBar
+from .run_model import build_run_model
 from .schedule import from_config as schedule_from_config
 from .tensorboard_log import INSTALL_HINT, TensorBoardLog
 from .tensorboard_log import available as tensorboard_available
@@ -53,20 +52,6 @@ def resolve_amp(setting: Any, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def build_run_model(config: dict[str, Any], num_classes: int) -> nn.Module:
-    kwargs = dict(config["model"]["kwargs"] or {})
-    if config["model"]["name"] == "deeplabv3plus":
-        if config["method"] != "u2pl":
-            kwargs["rep_dim"] = None  # no representation head to train (and no unused DDP parameters)
-        if config["method"] == "pseudoseg":
-            kwargs["pseudoseg"] = True
-            kwargs["pseudoseg_classifier_backprop"] = config["semi"]["pseudoseg"]["classifier_backprop"]
-    try:
-        return build_model(config["model"]["name"], num_classes, **kwargs)
-    except TypeError as e:  # a keyword the model does not take
-        raise TypeError(f"model.kwargs: building {config['model']['name']!r} with {sorted(kwargs)} failed: {e}") from e
-
-
 def set_determinism(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"])
     if config["deterministic"]:
@@ -83,13 +68,14 @@ class Trainer:
         self.world = init_world(config["device"])
         set_determinism(config)
         dc, tc, sc = config["data"], config["train"], config["semi"]
-        self.method = config["method"]
-        self.out_dir = config["out_dir"].format(method=self.method, seed=config["seed"])
-        # the synthetic pool's unlabeled part also sets a supervised run's epoch length, so every
-        # method gets the same number of steps for the same config
-        self.data = build_datasets(dc, with_unlabeled=self.method != "supervised" or dc["name"] == "synthetic")
-        if self.method != "supervised" and self.data.unlabeled is None:
-            raise ValueError("config: this method needs unlabeled images; data.labeled_fraction is 1")
+        method_cls = methods.get(config["method"])
+        self.out_dir = config["out_dir"].format(method=method_cls.name, seed=config["seed"])
+        # the synthetic pool's unlabeled part also sets the epoch length of a method without
+        # unlabeled images, so every method gets the same number of steps for the same config
+        self.data = build_datasets(dc, with_unlabeled=method_cls.uses_unlabeled or dc["name"] == "synthetic")
+        if method_cls.uses_unlabeled and self.data.unlabeled is None:
+            raise ValueError(f"config: method {method_cls.name} needs unlabeled images; data.labeled_fraction is 1")
+        self.method = method_cls(config, self.data.num_classes)
         pool = self.data.unlabeled if self.data.unlabeled is not None else self.data.labeled
         batch = dc["unlabeled_batch_size"] if self.data.unlabeled is not None else dc["batch_size"]
         self.steps_per_epoch = math.ceil(len(pool) / (batch * self.world.size))
@@ -101,28 +87,11 @@ class Trainer:
         self.model = build_run_model(config, self.data.num_classes)
         self.model.to(self.world.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
-        if self.method not in ("supervised", "selftrain") and sc["teacher"] == "ema":
+        if method_cls.uses_teacher and sc["teacher"] == "ema":
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.criterion: U2PLLoss | None = None
-        if self.method == "u2pl":
-            u = sc["u2pl"]
-            self.criterion = U2PLLoss(
-                self.data.num_classes,
-                tc["epochs"],
-                rep_dim=(config["model"]["kwargs"] or {}).get("rep_dim", 64),
-                ignore_index=dc["ignore_index"],
-                drop_percent=u["drop_percent"],
-                unsupervised_weight=sc["unsupervised_weight"],
-                contrastive=u["contrastive"],
-                contrastive_weight=u["contrastive_weight"],
-                low_rank=u["low_rank"],
-                high_rank=u["high_rank"],
-                num_queries=u["num_queries"],
-                num_negatives=u["num_negatives"],
-                bank_capacity=u["bank_capacity"],
-                first_class_capacity=u["bank_capacity"],
-                sup_only_epochs=u["sup_only_epochs"],
-            ).to(self.world.device)
+        self.method_state = self.method.state()
+        if self.method_state is not None:
+            self.method_state.to(self.world.device)
         o = config["optim"]
         if o["name"] == "sgd":  # not fused: that one fails on a parameter whose first gradient comes late
             self.optimizer = torch.optim.SGD(
@@ -163,14 +132,14 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "criterion": self.criterion.state_dict() if self.criterion is not None else None,
+            "criterion": self.method_state.state_dict() if self.method_state is not None else None,
             "class_names": self.data.class_names,
             "num_classes": self.data.num_classes,
         }
 
     def _load(self, path: str) -> None:
         """Continues the run of checkpoint ``path``: only with its config (up to the keys of
-        config.RESUME_ADJUSTABLE) and in its folder, else the run would silently change."""
+        config.resume_adjustable_keys()) and in its folder, else the run would silently change."""
         state = load_checkpoint(path, map_location=self.world.device)
         saved = config_from_checkpoint(state)
         conflicts = resume_conflicts(saved, self.config)
@@ -183,8 +152,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             if self.teacher is not None:
                 self.teacher.load_state_dict(state["teacher"])
-            if self.criterion is not None:
-                self.criterion.load_state_dict(state["criterion"])
+            if self.method_state is not None:
+                self.method_state.load_state_dict(state["criterion"])
             self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume: {path!r} does not hold this run's training state: {e}") from e
@@ -195,22 +164,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _unlabeled_view(self):
-        dc, sc = self.config["data"], self.config["semi"]
-        if self.method == "supervised":
-            return None
-        if self.method == "selftrain":
-            st = sc["selftrain"]
-            return PseudoLabeledView(
-                self.data.unlabeled,
-                st["pseudo_dir"],
-                dc,
-                float(st["threshold"]),
-                st["soft"],
-                st["class_balanced"],
-                num_classes=self.data.num_classes,
-            )
-        cutout = sc["pseudoseg"]["cutout_size"] if self.method == "pseudoseg" else None
-        return UnlabeledView(self.data.unlabeled, dc, sc["strong_color"], sc["cutmix_p"], cutout)
+        return self.method.unlabeled_view(self.data) if self.method.uses_unlabeled else None
 
     def _loaders(self):
         dc, w = self.config["data"], self.world
@@ -245,7 +199,7 @@ class Trainer:
                 f.write(dump(cfg))
             print(dump(cfg), file=sys.stderr)
             print(
-                f"{self.method}: {len(self.data.labeled)} labeled, "
+                f"{self.method.name}: {len(self.data.labeled)} labeled, "
                 f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
                 f"{self.num_steps} steps ({tc['epochs']} epochs of {self.steps_per_epoch} batches), {w.size} "
                 f"process(es), device {w.device}, "
@@ -263,15 +217,14 @@ class Trainer:
                 )
         csv = self._metrics_csv() if w.is_main else None
         board = TensorBoardLog(self.out_dir, self.step) if w.is_main and tc["tensorboard"] else None
-        step_fn = STEPS[self.method]
         sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, steps
         images_per_step = (
             self.config["data"]["batch_size"]
-            + (0 if self.method == "supervised" else self.config["data"]["unlabeled_batch_size"])
+            + (self.config["data"]["unlabeled_batch_size"] if self.method.uses_unlabeled else 0)
         ) * w.size  # at batch scale 1
         images_since_log = 0
         last_result = None
-        bar = ProgressBar(self.num_steps - self.step, desc=self.method, enabled=w.is_main and tc["progress"])
+        bar = ProgressBar(self.num_steps - self.step, desc=self.method.name, enabled=w.is_main and tc["progress"])
         t_log = time.perf_counter()
         for labeled, unlabeled in self._loaders():
             step = self.step
@@ -288,13 +241,12 @@ class Trainer:
                 cfg["data"]["ignore_index"],
                 min(progress // self.steps_per_epoch, tc["epochs"] - 1),
                 gen,
-                self.criterion,
                 self.data.num_classes,
             )
             with torch.autocast(
                 w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
-                out = step_fn(ctx, self._to_device(labeled), self._to_device(unlabeled))
+                out = self.method.step(ctx, self._to_device(labeled), self._to_device(unlabeled))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             self.scaler.step(self.optimizer)

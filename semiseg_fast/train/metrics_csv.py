@@ -7,7 +7,7 @@ import csv
 import os
 from collections.abc import Sequence
 
-from .atomic import atomic_open
+from ..utils.atomic import atomic_open
 
 
 class MetricsCSV:

@@ -2,13 +2,13 @@ import re
 
 import pytest
 
-from semiseg_fast.train.config import DEFAULTS, load_config, resume_conflicts
+from semiseg_fast.train.config import default_config, load_config, resume_conflicts
 
 
 def test_defaults_are_valid_and_not_mutated():
     config = load_config()
     config["data"]["crop_size"] = 1
-    assert DEFAULTS["data"]["crop_size"] != 1
+    assert default_config()["data"]["crop_size"] != 1
     assert load_config()["method"] == "fixmatch"
 
 
@@ -41,7 +41,10 @@ def test_file_then_overrides(tmp_path):
     [
         ("trian.epochs=3", "unknown key 'trian'"),
         ("train.epoch=3", "unknown key 'train.epoch'"),
-        ("method=mixmatch", "method expected supervised | fixmatch | u2pl"),
+        (
+            "method=mixmatch",
+            "method expected fixmatch | pseudoseg | selftrain | supervised | u2pl or package.module:Class",
+        ),
         ("train.epochs=0", "train.epochs expected a positive integer"),
         ("data.batch_size=2.5", "data.batch_size expected a positive integer"),
         ("data.labeled_fraction=0", "data.labeled_fraction expected a fraction"),

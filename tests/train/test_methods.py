@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import semiseg_fast as sf
-from semiseg_fast.train.methods import _mix, _mixed_pseudo_labels
+from semiseg_fast.train.methods.base import mix as _mix
+from semiseg_fast.train.methods.base import mixed_pseudo_labels as _mixed_pseudo_labels
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

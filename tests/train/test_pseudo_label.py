@@ -8,10 +8,11 @@ from PIL import Image
 
 from semiseg_fast import pseudo_label
 from semiseg_fast.data import DataError, normalize
+from semiseg_fast.data.pseudo_labels import PseudoLabels
 from semiseg_fast.train import cli as train_cli
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.data import PseudoLabeledView, build_datasets
-from semiseg_fast.train.loop import build_run_model
+from semiseg_fast.train.run_model import build_run_model
 
 from .helpers import TINY, run_module
 
@@ -53,7 +54,7 @@ def test_generation_resumes_after_an_interruption(tmp_path, monkeypatch):
     full = pseudo_label.generate(ckpt, str(tmp_path / "a"), progress=False, batch_size=4)
     assert len(full["items"]) == full["split_size"] == 18 and not full["failed"]
     calls = {"n": 0}
-    real = pseudo_label._png_bytes
+    real = pseudo_label.png_bytes
 
     def crash_on_the_seventh(array):
         calls["n"] += 1
@@ -61,10 +62,10 @@ def test_generation_resumes_after_an_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed while writing the 4th image
         return real(array)
 
-    monkeypatch.setattr(pseudo_label, "_png_bytes", crash_on_the_seventh)
+    monkeypatch.setattr(pseudo_label, "png_bytes", crash_on_the_seventh)
     with pytest.raises(KeyboardInterrupt):
         pseudo_label.generate(ckpt, str(tmp_path / "b"), progress=False, batch_size=4)
-    monkeypatch.setattr(pseudo_label, "_png_bytes", real)
+    monkeypatch.setattr(pseudo_label, "png_bytes", real)
     partial = _files(tmp_path / "b")
     assert not any(".tmp-" in name for name in partial)
     assert len([n for n in partial if n.startswith("labels")]) == 3  # complete images only
@@ -89,7 +90,7 @@ def test_multiscale_flip_and_topk(tmp_path):
     prob, _ = pseudo_label.teacher_probabilities(
         model, normalize(image[None]).contiguous(memory_format=torch.channels_last), [0.75, 1.0, 1.5], True
     )
-    labels = pseudo_label.PseudoLabels(str(out))
+    labels = PseudoLabels(str(out))
     label, conf, (classes, probs) = labels.load(0)
     assert torch.equal(label.long(), prob[0].argmax(0))
     assert (conf - prob[0].amax(0)).abs().max() <= 0.5 / 255 + 1e-6
@@ -126,7 +127,7 @@ def test_pseudo_labeled_view(tmp_path):
     pseudo_label.generate(ckpt, str(tmp_path / "pl"), topk=2, progress=False)
     config = torch.load(ckpt, weights_only=False)["config"]
     data = build_datasets(config["data"])
-    labels = pseudo_label.PseudoLabels(str(tmp_path / "pl"))
+    labels = PseudoLabels(str(tmp_path / "pl"))
     dc = dict(config["data"], scale_range=[1.0, 1.0])
     ramp = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))  # confidence 0 .. 0.97 across columns
     Image.fromarray(ramp).save(tmp_path / "pl" / "confidence" / f"{labels.ids[0]}.png")

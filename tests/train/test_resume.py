@@ -11,10 +11,10 @@ import yaml
 from semiseg_fast import eval as eval_cli
 from semiseg_fast.train import cli, load_config, train
 from semiseg_fast.train.config import (
-    DEFAULTS,
     FORMER_DEFAULTS,
     _lookup,
     config_from_checkpoint,
+    default_config,
     resume_config,
     resume_conflicts,
 )
@@ -99,7 +99,7 @@ def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(f
     schedule = from_config(old, 18)
     assert schedule.low_res_batch == 1 and schedule.num_steps == 18  # the schedule it was started with
     assert load_config(None, [])["train"]["fast2x"]["low_res_batch"] == 2  # today's default differs
-    assert all(_lookup(DEFAULTS, key) != "(unset)" for key in FORMER_DEFAULTS)
+    assert all(_lookup(default_config(), key) != "(unset)" for key in FORMER_DEFAULTS)
 
 
 def test_fast2x_settings_do_not_conflict_in_a_standard_run(finished, tiny_yaml):

@@ -1,7 +1,7 @@
 import os
 import stat
 
-from semiseg_fast.train.atomic import atomic_open
+from semiseg_fast.utils.atomic import atomic_open
 
 
 def test_written_files_get_the_mode_open_would_give(tmp_path):

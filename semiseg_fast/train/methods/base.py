@@ -1,0 +1,135 @@
+"""What a training method is to the loop: a :class:`Method` subclass in a file of its own, declaring
+its config section, the arguments it needs of the built-in model, whether it has a teacher, its
+unlabeled data view, any state of its own (kept in checkpoints) and its step. The loop knows no
+method by name. Also the helpers most steps share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from ...mixing import mix_pseudo_labels
+from ...models import model_outputs
+from ...ops import pixel_stats
+from ..data import RunData
+from ..schema import Fail
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    supervised: torch.Tensor
+    unsupervised: torch.Tensor
+    mask_ratio: torch.Tensor  # fraction of unlabeled pixels that trained the student
+
+
+@dataclass
+class StepContext:
+    student: nn.Module  # as called for the gradient step (possibly DDP-wrapped)
+    teacher: nn.Module | None  # EMA copy, or the bare student for a shared teacher
+    semi: dict[str, Any]  # the semi section: settings every semi-supervised method shares
+    ignore_index: int
+    epoch: int
+    generator: torch.Generator
+    num_classes: int
+
+
+class Method:
+    """Subclass, set the class attributes, implement :meth:`step` (and what differs from the
+    defaults), and decorate with :func:`semiseg_fast.train.methods.register`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line, for --list-methods
+    # the dataclass of the method's own keys (semi.<name>.*), or None
+    config: ClassVar[type | None] = None
+    # trains on unlabeled images (each step gets a batch of unlabeled_view's items)
+    uses_unlabeled: ClassVar[bool] = True
+    # learns from a teacher: the EMA copy of the model or the model itself (semi.teacher)
+    uses_teacher: ClassVar[bool] = True
+
+    def __init__(self, config: dict[str, Any], num_classes: int):
+        self.run_config, self.num_classes = config, num_classes
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """This method's section of the config (``semi.<name>``)."""
+        return self.run_config["semi"][self.name]
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        """Rules a run of this method adds to the config's own (``fail(key, expected)`` raises)."""
+
+    @classmethod
+    def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The built-in model's keyword arguments for this method (``kwargs``: model.kwargs).
+        By default no representation head: nothing would train it (and DDP would find it unused)."""
+        return dict(kwargs, rep_dim=None)
+
+    def state(self) -> nn.Module | None:
+        """A module holding the method's own state (a loss with a memory bank, say): moved to the
+        run's device, saved in checkpoints and restored on resume."""
+        return None
+
+    def unlabeled_view(self, data: RunData) -> Dataset | None:
+        """The dataset of unlabeled items a step receives (see train/data.py's views)."""
+        return None
+
+    def step(self, ctx: StepContext, labeled: list[torch.Tensor], unlabeled: list[torch.Tensor] | None) -> StepOutput:
+        raise NotImplementedError
+
+
+def upsampled(output: Any, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(logits at ``size``, logits as the model gave them, representation or None). Bilinear with
+    align_corners=True, as UniMatch and U2PL upsample before their losses."""
+    logits, rep = model_outputs(output)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True), logits, rep
+
+
+def predict(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return upsampled(model(images), images.shape[-2:])
+
+
+def teacher_outputs(ctx: StepContext, images: torch.Tensor) -> Any:
+    """The teacher's raw outputs, in eval mode and without gradients."""
+    with torch.no_grad():
+        was_training = ctx.teacher.training
+        ctx.teacher.eval()
+        out = ctx.teacher(images)
+        ctx.teacher.train(was_training)
+    return out
+
+
+def teacher_predict(ctx: StepContext, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return upsampled(teacher_outputs(ctx, images), images.shape[-2:])
+
+
+def mix(box: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """CutMix within the batch: inside image i's box, take image i - 1 (cyclically)."""
+    b = box[:, None] if t.dim() == 4 else box
+    return torch.where(b, t.roll(1, dims=0), t)
+
+
+def mixed_pseudo_labels(box: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label, confidence) of the CutMixed images from one fused pass over the teacher's logits:
+    outside the box image i's own, inside it image i - 1's."""
+    stats = pixel_stats(teacher_logits)
+    label, conf = stats.label, stats.confidence
+    return mix_pseudo_labels(label, conf, label.roll(1, dims=0), conf.roll(1, dims=0), ~box)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher = decay * teacher + (1 - decay) * student, over parameters and float buffers
+    (BatchNorm statistics); integer buffers are copied."""
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        if t.is_floating_point():
+            t.lerp_(s, 1.0 - decay)
+        else:
+            t.copy_(s)

@@ -1,0 +1,49 @@
+"""FixMatch as UniMatch trains it: the teacher labels the weak view, the student learns the
+confident pixels of a colour-jittered strong view with CutMix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...ops import pseudo_label_cross_entropy
+from ..data import RunData, UnlabeledView
+from ..schema import UNIT_INTERVAL, Section, option
+from .base import Method, StepContext, StepOutput, mix, mixed_pseudo_labels, predict, teacher_predict
+from .registry import register
+
+
+@dataclass
+class FixMatchConfig(Section):
+    threshold: float = option(0.95, "confidence a pseudo-label needs, in [0, 1]", UNIT_INTERVAL)
+
+
+@register(default=True)
+class FixMatch(Method):
+    name = "fixmatch"
+    description = "UniMatch-style FixMatch: confident teacher pseudo-labels on a strong view with CutMix"
+    config = FixMatchConfig
+
+    def unlabeled_view(self, data: RunData) -> UnlabeledView:
+        semi = self.run_config["semi"]
+        return UnlabeledView(data.unlabeled, self.run_config["data"], semi["strong_color"], semi["cutmix_p"])
+
+    def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
+        images_l, labels_l = labeled
+        weak, strong, pad, box = unlabeled
+        teacher_logits, _, _ = teacher_predict(ctx, weak)
+        mixed = mix(box, strong)
+        logits, _, _ = predict(ctx.student, torch.cat([images_l, mixed]))
+        logits_l, logits_u = logits.split([images_l.shape[0], weak.shape[0]])
+        sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+        # UniMatch's loss_u_s: CE on confident pixels, over the count of pixels that are not padding
+        label, conf = mixed_pseudo_labels(box, teacher_logits)
+        valid = ~mix(box, pad)
+        confident = valid & (conf >= self.settings["threshold"])
+        target = label.masked_fill(~confident, ctx.ignore_index)
+        num_valid = valid.sum()
+        unsup = pseudo_label_cross_entropy(logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid)
+        ratio = confident.sum() / num_valid.clamp(min=1)
+        loss = sup + ctx.semi["unsupervised_weight"] * unsup
+        return StepOutput(loss, sup.detach(), unsup.detach(), ratio)

@@ -1,0 +1,79 @@
+"""Self-training's student (Zhu et al. 2020): human-labeled and offline pseudo-labeled crops in one
+pass; the pseudo-labels come from ``python -m semiseg_fast.pseudo_label`` run on a teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...ops import pseudo_label_cross_entropy
+from ..data import PseudoLabeledView, RunData
+from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, option
+from .base import Method, StepContext, StepOutput, predict
+from .registry import register
+
+
+@dataclass
+class SelfTrainConfig(Section):
+    pseudo_dir: str | None = option(
+        None,
+        "folder written by python -m semiseg_fast.pseudo_label (selftrain needs it; --pseudo-dir); the "
+        "human:pseudo mix is data.batch_size:data.unlabeled_batch_size",
+        OPTIONAL_FOLDER,
+        path=True,
+    )
+    threshold: float = option(0.0, "pseudo-labels under this confidence are ignored, in [0, 1]", UNIT_INTERVAL)
+    soft: bool = option(
+        False, "soft cross-entropy against the stored top-k probabilities (pseudo_label --topk)", BOOLEAN
+    )
+    class_balanced: bool = option(
+        False, "centre each crop on a pixel of a class drawn uniformly from those in the image", BOOLEAN
+    )
+
+
+@register
+class SelfTrain(Method):
+    name = "selftrain"
+    description = "self-training on offline pseudo-labels of a teacher (Zhu et al. 2020; needs --pseudo-dir)"
+    config = SelfTrainConfig
+    uses_teacher = False  # the teacher ran offline: its labels are files
+
+    @classmethod
+    def check_config(cls, config, fail: Fail) -> None:
+        pseudo_dir = config["semi"]["selftrain"]["pseudo_dir"]
+        if not (isinstance(pseudo_dir, str) and pseudo_dir):
+            fail("semi.selftrain.pseudo_dir", "a folder written by python -m semiseg_fast.pseudo_label (--pseudo-dir)")
+
+    def unlabeled_view(self, data: RunData) -> PseudoLabeledView:
+        st = self.settings
+        return PseudoLabeledView(
+            data.unlabeled,
+            st["pseudo_dir"],
+            self.run_config["data"],
+            float(st["threshold"]),
+            st["soft"],
+            st["class_balanced"],
+            num_classes=data.num_classes,
+        )
+
+    def step(self, ctx: StepContext, labeled, pseudo_labeled) -> StepOutput:
+        """Hard cross-entropy on both parts, or a soft cross-entropy against the stored top-k
+        probabilities (renormalised) on the pseudo-labeled part."""
+        images_l, labels_l = labeled
+        images_p, labels_p, *soft = pseudo_labeled
+        logits, _, _ = predict(ctx.student, torch.cat([images_l, images_p]))
+        logits_l, logits_p = logits.split([images_l.shape[0], images_p.shape[0]])
+        sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+        kept = labels_p != ctx.ignore_index
+        if soft:
+            classes, probs = soft
+            target = torch.zeros_like(logits_p, dtype=torch.float32).scatter_(1, classes, probs)
+            target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            ce = -(target * F.log_softmax(logits_p.float(), dim=1)).sum(dim=1)
+            pseudo = torch.where(kept, ce, torch.zeros_like(ce)).sum() / kept.sum().clamp(min=1)
+        else:
+            pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index)
+        loss = sup + ctx.semi["unsupervised_weight"] * pseudo
+        return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())

@@ -1,0 +1,24 @@
+"""Supervised training on the labeled images alone: the baseline every method is judged against."""
+
+from __future__ import annotations
+
+import torch
+
+from ...ops import pseudo_label_cross_entropy
+from .base import Method, StepContext, StepOutput, predict
+from .registry import register
+
+
+@register
+class Supervised(Method):
+    name = "supervised"
+    description = "labeled images only: cross-entropy, no teacher (the baseline)"
+    uses_unlabeled = False
+    uses_teacher = False
+
+    def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
+        images, labels = labeled
+        logits, _, _ = predict(ctx.student, images)
+        loss = pseudo_label_cross_entropy(logits, labels, ignore_index=ctx.ignore_index)
+        zero = torch.zeros((), device=loss.device)
+        return StepOutput(loss, loss.detach(), zero, zero)
