@@ -40,6 +40,9 @@ def _worker(rank, world, port, out_dir):
         for step in range(STEPS)
     ]
     torch.save({"losses": torch.stack(losses), "bank": bank.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # no rank tears gloo down while the other may still be in a collective (a SIGABRT with
+    # 'terminate called without an active exception' was seen once under load, not reproduced since)
+    dist.barrier()
     dist.destroy_process_group()
 
 
