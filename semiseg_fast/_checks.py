@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -82,8 +83,8 @@ def number(v: object, name: str, low: float | None = None, high: float | None = 
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {v!r}")
     f = float(v)
-    if f != f:
-        raise ValueError(f"{name}: expected a number, got nan")
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {f}")
     if low is not None and (f < low or (low_open and f == low)):
         raise ValueError(f"{name}: expected {'>' if low_open else '>='} {low}, got {f}")
     if high is not None and f > high:
@@ -97,21 +98,46 @@ def reduction(r: object) -> int:
     return REDUCTIONS[r]  # type: ignore[index]
 
 
-def normalizer(n: object, allowed: Sequence[str], like: torch.Tensor | None = None) -> tuple[int, float]:
-    """(mode code, value) of a mean's denominator: a name from ``allowed``, a positive number, or
-    (when ``like`` is given) a 0-dim tensor on ``like``'s device, read by the kernel itself."""
+def normalizer(
+    n: object, allowed: Sequence[str], like: torch.Tensor | None = None, tensors: bool = False
+) -> tuple[int, float]:
+    """(mode code, value) of a mean's denominator: a name from ``allowed``, a finite positive
+    number, or with ``tensors`` a 0-dim tensor holding one (on ``like``'s device when given), which
+    the kernel reads itself."""
     if isinstance(n, str):
         if n not in allowed:
             raise ValueError(
                 f"normalizer: expected one of {', '.join(map(repr, allowed))} or a positive number, got {n!r}"
             )
         return NORMALIZERS[n], 0.0
-    if isinstance(n, torch.Tensor) and like is not None:
+    if isinstance(n, torch.Tensor) and tensors:
         if n.dim() != 0 or not (n.dtype.is_floating_point or not n.dtype.is_complex):
             raise ValueError(f"normalizer: expected a 0-dim real tensor, got shape {tuple(n.shape)} {n.dtype}")
-        same_device(like, n, "normalizer", "logits")
+        if like is not None:
+            same_device(like, n, "normalizer", "logits")
+        tensor_number(n, "normalizer", low=0.0)  # a count computed on the device may be 0: loss 0
         return Normalizer.TENSOR, 0.0
     return Normalizer.VALUE, number(n, "normalizer", low=0.0, low_open=True)
+
+
+def tensor_number(
+    t: torch.Tensor, name: str, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> None:
+    """The value of a 0-dim tensor, held to what :func:`number` requires of a number. A plain CPU
+    tensor is read (free) and refused at once with number()'s error; elsewhere (CUDA, or traced
+    by torch.compile) the check runs on the device, asserting without a host sync."""
+    if type(t) is torch.Tensor and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        number(t.item(), name, low, high, low_open)
+        return
+    v = t.detach().double()
+    ok = torch.isfinite(v)
+    if low is not None:
+        ok &= v > low if low_open else v >= low
+    if high is not None:
+        ok &= v <= high
+    bounds = " ".join(filter(None, [f"{'>' if low_open else '>='} {low}" if low is not None else "",
+                                     f"<= {high}" if high is not None else ""]))  # fmt: skip
+    torch._assert_async(ok, f"{name}: expected a finite number {bounds}".strip())
 
 
 def target_values(t: torch.Tensor, num_classes: int, ignore_index: int, name: str = "target") -> None:

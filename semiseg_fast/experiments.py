@@ -219,7 +219,7 @@ def run_all(
         if fast2x_methods
         else []
     )
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    with ThreadPoolExecutor(jobs) as pool:
         chunks = list(pool.map(lambda t: one_seed(*t), shared))
     chunks += [one_seed(*task, timed=True) for task in alone]
     return [r for chunk in chunks for r in chunk]
@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"error: {option}: expected names from {', '.join(registry.names())}, got {m!r}")
     if any(not 0 < f < 1 for f in args.fractions):
         sys.exit(f"error: --fractions: expected fractions in (0, 1), got {args.fractions}")
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs: expected a positive number of processes, got {args.jobs}")
+    if any(seed < 0 for seed in args.seeds):
+        sys.exit(f"error: --seeds: expected integers >= 0, got {args.seeds}")
     if args.schedule_epochs is not None and args.schedule_epochs < 1:
         sys.exit(f"error: --schedule-epochs: expected a positive number of epochs, got {args.schedule_epochs}")
     epochs = args.schedule_epochs or (QUICK_SCHEDULE_EPOCHS if args.quick else SCHEDULE_EPOCHS)

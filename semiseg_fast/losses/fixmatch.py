@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import fixmatch_loss
+from ..ops.fixmatch import check_options
 
 
 class FixMatchLoss(nn.Module):
@@ -17,6 +18,7 @@ class FixMatchLoss(nn.Module):
 
     def __init__(self, threshold: float = 0.95, ignore_index: int = 255, normalizer: str | float = "valid") -> None:
         super().__init__()
+        check_options(threshold, ignore_index, normalizer)  # refused here, not at the first call
         self.threshold = threshold
         self.ignore_index = ignore_index
         self.normalizer = normalizer

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import pseudo_label_cross_entropy
+from ..ops.cross_entropy import check_options
 
 
 class PseudoLabelCrossEntropy(nn.Module):
@@ -16,6 +17,7 @@ class PseudoLabelCrossEntropy(nn.Module):
 
     def __init__(self, ignore_index: int = 255, reduction: str = "mean", normalizer: str | float = "valid") -> None:
         super().__init__()
+        check_options(ignore_index, reduction, normalizer)  # refused here, not at the first call
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.normalizer = normalizer

@@ -103,6 +103,19 @@ def _backward(ctx, g_loss, _g_grad, _g_ce, _g_post):
 _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+NORMALIZERS = ("valid", "weighted", "total")
+
+
+def check_options(
+    ignore_index: object, reduction: object, normalizer: object, like: torch.Tensor | None = None
+) -> tuple[int, int, int, float]:
+    """(ignore_index, reduction code, normalizer code, normalizer value): the one check of these
+    arguments, for the op and for the module at construction."""
+    ignore_index = _checks.integer(ignore_index, "ignore_index")
+    norm_mode, norm_value = _checks.normalizer(normalizer, NORMALIZERS, like=like, tensors=True)
+    return ignore_index, _checks.reduction(reduction), norm_mode, norm_value
+
+
 def pseudo_label_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -134,9 +147,7 @@ def pseudo_label_cross_entropy(
     logits = _checks.logits(logits)
     target = _checks.target(target, logits)
     weight = _checks.weight(weight, logits)
-    ignore_index = _checks.integer(ignore_index, "ignore_index")
-    red = _checks.reduction(reduction)
-    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "weighted", "total"), like=logits)
+    ignore_index, red, norm_mode, norm_value = check_options(ignore_index, reduction, normalizer, like=logits)
     norm_tensor = normalizer if norm_mode == Normalizer.TENSOR else None
     impl = resolve(logits.device)
     if impl == "reference":

@@ -44,6 +44,15 @@ def _(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_va
 register_loss_autograd(_fixmatch_op, 9)
 
 
+def check_options(threshold: object, ignore_index: object, normalizer: object) -> tuple[float, int, int, float]:
+    """(threshold, ignore_index, normalizer code, normalizer value): the one check of these
+    arguments, for the op and for :class:`semiseg_fast.FixMatchLoss` at construction."""
+    threshold = _checks.number(threshold, "threshold", low=0.0, high=1.0)
+    ignore_index = _checks.integer(ignore_index, "ignore_index")
+    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
+    return threshold, ignore_index, norm_mode, norm_value
+
+
 def fixmatch_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -77,10 +86,8 @@ def fixmatch_loss(
             f"got {tuple(teacher_logits.shape)}"
         )
     _checks.same_device(student_logits, teacher_logits, "teacher_logits", "student_logits")
-    threshold = _checks.number(threshold, "threshold", low=0.0, high=1.0)
+    threshold, ignore_index, norm_mode, norm_value = check_options(threshold, ignore_index, normalizer)
     ignore_mask = _checks.ignore_mask(ignore_mask, student_logits, "student_logits")
-    ignore_index = _checks.integer(ignore_index, "ignore_index")
-    norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
     impl = resolve(student_logits.device)
     if impl == "reference":
         return reference.fixmatch_loss(
