@@ -7,40 +7,48 @@ itself is the gradient: no pass, no allocation. That test reads the scalar, whic
 CPU tensors; on CUDA it would be a host sync, so there the product is always taken.
 
 The saved gradient is a constant to autograd, so a second derivative through it would be
-silently wrong: under ``create_graph=True`` the gradients come back attached to a node that
-raises when differentiated (:func:`first_order_only`).
+silently wrong: a backward under ``create_graph=True`` raises (:func:`first_order_only`).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["first_order_only", "register_loss_autograd", "scaled_grad"]
+__all__ = [
+    "SECOND_ORDER_MESSAGE",
+    "first_order_only",
+    "refuse_function_transforms",
+    "register_loss_autograd",
+    "scaled_grad",
+]
 
 _REDUCED = (torch.float16, torch.bfloat16)
 
 
-class _SecondOrderError(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, grad, anchor):
-        return grad.view_as(grad)
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError(
-            "semiseg_fast: the fused losses are differentiable once; their gradient cannot be differentiated "
-            "again (create_graph=True). Run them under semiseg_fast.backend('reference') for higher-order gradients."
-        )
-
-
-_ANCHOR = torch.zeros((), requires_grad=True)  # gives the wrapped gradient a grad_fn even when nothing else does
+SECOND_ORDER_MESSAGE = (
+    "semiseg_fast: the fused losses are differentiable once: their backward refuses create_graph=True "
+    "(which torch.func's transforms use too), since the gradient of their gradient would be wrong. Run them "
+    "under semiseg_fast.backend('reference') for higher-order gradients."
+)
 
 
 def first_order_only(grad: torch.Tensor | None) -> torch.Tensor | None:
-    """``grad`` itself, or under create_graph=True a view of it whose differentiation raises."""
-    if grad is None or not torch.is_grad_enabled():
-        return grad
-    return _SecondOrderError.apply(grad, _ANCHOR)
+    """``grad`` itself; a backward building a graph (create_graph=True, torch.func) is refused at
+    once. A gradient handed back for later differentiation could not be correct: the path from it to
+    the logits does not exist (the kernel computed it), so a second derivative over that path, asked
+    for with allow_unused or materialize_grads, would come back as zeros instead of an error."""
+    if grad is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(SECOND_ORDER_MESSAGE)
+    return grad
+
+
+def refuse_function_transforms(x: torch.Tensor, impl: str) -> None:
+    """The fused kernels do not run under torch.func (grad, vmap, jacrev, ...): refused with
+    :data:`SECOND_ORDER_MESSAGE` rather than torch's own error about autograd.Function."""
+    if impl == "reference" or torch.compiler.is_compiling():  # dynamo does not trace the probe
+        return
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        raise RuntimeError(SECOND_ORDER_MESSAGE)
 
 
 def scaled_grad(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

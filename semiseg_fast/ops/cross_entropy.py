@@ -8,7 +8,7 @@ import torch
 from .. import _checks, reference
 from .._backend import resolve
 from ..base import Normalizer, Reduction, inverse, mean_denominator, not_ignored
-from ._grad import first_order_only, scaled_grad
+from ._grad import first_order_only, refuse_function_transforms, scaled_grad
 
 
 @torch.library.custom_op("semiseg_fast::pseudo_label_cross_entropy", mutates_args=())
@@ -150,6 +150,7 @@ def pseudo_label_cross_entropy(
     ignore_index, red, norm_mode, norm_value = check_options(ignore_index, reduction, normalizer, like=logits)
     norm_tensor = normalizer if norm_mode == Normalizer.TENSOR else None
     impl = resolve(logits.device)
+    refuse_function_transforms(logits, impl)
     if impl == "reference":
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
             _checks.target_values(target, logits.shape[1], ignore_index)

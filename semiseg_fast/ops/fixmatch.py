@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import register_loss_autograd
+from ._grad import refuse_function_transforms, register_loss_autograd
 
 
 @torch.library.custom_op("semiseg_fast::fixmatch_loss", mutates_args=())
@@ -89,6 +89,7 @@ def fixmatch_loss(
     threshold, ignore_index, norm_mode, norm_value = check_options(threshold, ignore_index, normalizer)
     ignore_mask = _checks.ignore_mask(ignore_mask, student_logits, "student_logits")
     impl = resolve(student_logits.device)
+    refuse_function_transforms(student_logits, impl)
     if impl == "reference":
         return reference.fixmatch_loss(
             student_logits, teacher_logits.detach(), threshold, ignore_mask, ignore_index, normalizer, return_mask_ratio

@@ -9,6 +9,7 @@ import torch
 from .. import _checks, reference
 from .._backend import resolve
 from ..base import label_dtype
+from ._grad import first_order_only, refuse_function_transforms
 
 
 class PixelStats(NamedTuple):
@@ -78,7 +79,7 @@ def _backward(ctx, g_conf, g_label, g_ent):
         return None, None, None
     logits, confidence, label, entropy = ctx.saved_tensors
     grad = _pixel_stats_backward_op(logits, confidence, label, entropy, g_conf, g_ent, ctx.temperature, ctx.backend)
-    return grad, None, None
+    return first_order_only(grad), None, None
 
 
 _pixel_stats_op.register_autograd(_backward, setup_context=_setup_context)
@@ -101,6 +102,7 @@ def pixel_stats(logits: torch.Tensor, temperature: float = 1.0) -> PixelStats:
     logits = _checks.logits(logits)
     temperature = _checks.number(temperature, "temperature", low=0.0, low_open=True)
     impl = resolve(logits.device)
+    refuse_function_transforms(logits, impl)
     if impl == "reference":
         return PixelStats(*reference.pixel_stats(logits, temperature))
     return PixelStats(*_pixel_stats_op(logits, temperature, impl))

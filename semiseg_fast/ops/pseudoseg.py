@@ -8,7 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ._grad import register_loss_autograd
+from ._grad import refuse_function_transforms, register_loss_autograd
 
 
 @torch.library.custom_op("semiseg_fast::pseudoseg_scale", mutates_args=())
@@ -187,6 +187,7 @@ def pseudoseg_consistency_loss(
         )
     norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
     impl = resolve(student_logits.device)
+    refuse_function_transforms(student_logits, impl)
     if impl == "reference":
         return reference.pseudoseg.pseudoseg_consistency_loss(
             student_logits,
