@@ -17,7 +17,7 @@ from ..data import normalize
 from ..utils.atomic import atomic_open
 from . import figures, methods
 from .batches import mix_seed
-from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_atomic
+from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, remove_temporaries, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, barrier, init_world, shutdown
@@ -110,6 +110,7 @@ class Trainer:
             )
         self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.best_miou = 0, -1.0
+        self.resumed_log_sums: torch.Tensor | None = None
         if tc["tensorboard"] and not tensorboard_available():  # before training, not at its end
             raise ValueError(f"config: train.tensorboard=true needs the tensorboard package: {INSTALL_HINT}")
         self.unlabeled_view = self._unlabeled_view()  # before training: a bad pseudo_dir is a setup error
@@ -122,7 +123,9 @@ class Trainer:
             )
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _state(self, miou: float) -> dict[str, Any]:
+    def _state(self, miou: float, log_sums: torch.Tensor | None = None) -> dict[str, Any]:
+        """``log_sums``: the metrics summed over every rank since the last logged row, so that a
+        resumed run's first row covers its whole interval."""
         return {
             "config": self.config,
             "step": self.step,
@@ -135,6 +138,7 @@ class Trainer:
             "criterion": self.method_state.state_dict() if self.method_state is not None else None,
             "class_names": self.data.class_names,
             "num_classes": self.data.num_classes,
+            "log_sums": log_sums.cpu() if log_sums is not None else None,
         }
 
     def _load(self, path: str) -> None:
@@ -155,6 +159,7 @@ class Trainer:
             if self.method_state is not None:
                 self.method_state.load_state_dict(state["criterion"])
             self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
+            self.resumed_log_sums = state.get("log_sums")  # absent in checkpoints older than it
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"--resume: {path!r} does not hold this run's training state: {e}") from e
 
@@ -195,6 +200,8 @@ class Trainer:
         cfg, tc, w = self.config, self.config["train"], self.world
         if w.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
+            for path in remove_temporaries(self.out_dir):
+                print(f"removed {path!r}, left by an interrupted write", file=sys.stderr)
             with atomic_open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
                 f.write(dump(cfg))
             print(dump(cfg), file=sys.stderr)
@@ -218,6 +225,8 @@ class Trainer:
         csv = self._metrics_csv() if w.is_main else None
         board = TensorBoardLog(self.out_dir, self.step) if w.is_main and tc["tensorboard"] else None
         sums = torch.zeros(5, device=w.device)  # loss, sup, unsup, mask ratio, steps
+        if self.resumed_log_sums is not None and w.is_main:  # every rank's, reduced when saved
+            sums += self.resumed_log_sums.to(w.device)
         images_per_step = (
             self.config["data"]["batch_size"]
             + (self.config["data"]["unlabeled_batch_size"] if self.method.uses_unlabeled else 0)
@@ -303,11 +312,14 @@ class Trainer:
                 if board is not None:
                     board.scalars(row, self.step)
                 t_log = time.perf_counter()
-            if (self.step % tc["checkpoint_every"] == 0 or last) and w.is_main:
-                save_atomic(
-                    self._state(last_result.miou if last_result else float("nan")),
-                    os.path.join(self.out_dir, "last.pt"),
-                )
+            if self.step % tc["checkpoint_every"] == 0 or last:
+                pending = all_reduce_sum(sums.clone())  # every rank: a collective at checkpoints only
+                if w.is_main:
+                    save_atomic(
+                        self._state(last_result.miou if last_result else float("nan"), pending),
+                        os.path.join(self.out_dir, LAST),
+                        keep_previous=True,
+                    )
         bar.close()
         if board is not None:
             board.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 
@@ -22,19 +22,27 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+TEMPORARY_PREFIX = ".tmp-"  # what an interrupted write leaves behind is named so
+
+
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", **kwargs) -> Iterator[IO]:
-    """``with atomic_open(path, "w") as f: ...`` writes ``path`` only if the block completes."""
+def atomic_open(
+    path: str, mode: str = "wb", before_replace: Callable[[str], None] | None = None, **kwargs
+) -> Iterator[IO]:
+    """``with atomic_open(path, "w") as f: ...`` writes ``path`` only if the block completes.
+    ``before_replace(path)`` runs once the new content is on disk, just before it takes the name."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
+        if before_replace is not None:
+            before_replace(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

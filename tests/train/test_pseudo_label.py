@@ -10,6 +10,7 @@ from semiseg_fast import pseudo_label
 from semiseg_fast.data import DataError, normalize
 from semiseg_fast.data.pseudo_labels import PseudoLabels
 from semiseg_fast.train import cli as train_cli
+from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.data import PseudoLabeledView, build_datasets
 from semiseg_fast.train.run_model import build_run_model
@@ -199,7 +200,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
         pseudo_label.generate(ckpt, out, topk=2, progress=False)
     state = torch.load(ckpt, weights_only=False)  # retrained: the same path and step, other weights
     state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
-    torch.save(state, ckpt)
+    save_atomic({k: v for k, v in state.items() if k != "sha256"}, ckpt)
     with pytest.raises(ValueError, match=r"teacher .*t.pt' at step 0 there, .*t.pt' at step 0 now \(other weights\)"):
         pseudo_label.generate(ckpt, out, progress=False)
     assert _files(tmp_path / "pl") == before  # nothing written by the refused runs

@@ -10,6 +10,7 @@ import yaml
 
 from semiseg_fast import eval as eval_cli
 from semiseg_fast.train import cli, load_config, train
+from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import (
     FORMER_DEFAULTS,
     _lookup,
@@ -64,7 +65,7 @@ def test_readme_resume_continues_the_checkpoints_run_in_its_folder(finished, tmp
     folder = _copy(finished, tmp_path)
     state = torch.load(folder / "last.pt", weights_only=False)
     state["config"]["train"]["epochs"] = 2  # as if a 2-epoch run had been killed at step 9
-    torch.save(state, folder / "last.pt")
+    save_atomic({k: v for k, v in state.items() if k != "sha256"}, str(folder / "last.pt"))  # digest of the edit
     monkeypatch.chdir(tmp_path)
     cli.main(["--resume", "runs/supervised-seed1", "train.progress=false"])  # no method, seed or data given
     resumed = torch.load(folder / "last.pt", weights_only=False)
@@ -190,7 +191,13 @@ def test_fast2x_with_larger_reduced_batches_resumes_to_the_same_weights(tiny_yam
         cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'killed'}"])
     monkeypatch.undo()
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["step"] == 3
+    (tmp_path / "killed" / ".tmp-kill9.pt").write_bytes(b"half a checkpoint")  # a write cut short
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
     resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not list((tmp_path / "killed").glob(".tmp-*"))
+    # the first row after the resume covers its whole interval (steps 1-6), as the uninterrupted run's
+    resumed_rows = list(csv.DictReader(open(tmp_path / "killed" / "metrics.csv")))
+    strip = lambda r: {k: v for k, v in r.items() if k != "img_per_s"}
+    assert [strip(r) for r in resumed_rows] == [strip(r) for r in rows]
