@@ -96,8 +96,6 @@ def cutmix_masks(
     p = _checks.number(p, "p", low=0.0, high=1.0)
     lo, hi = (_checks.number(v, "size_range", low=0.0, high=1.0) for v in size_range)
     r_lo, r_hi = (_checks.number(v, "ratio_range", low=0.0, low_open=True) for v in ratio_range)
-    if not math.isfinite(r_hi):
-        raise ValueError(f"ratio_range: expected finite values, got {ratio_range}")
     if lo > hi or r_lo > r_hi:
         raise ValueError(f"size_range, ratio_range: expected low <= high, got {size_range} and {ratio_range}")
     mask = torch.stack([cutmix_box(height, width, generator, p, lo, hi, r_lo, r_hi) for _ in range(n)])
