@@ -203,13 +203,17 @@ def row_stats(
         for k in range(num_chunks):
             xk, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
             m, s, rest, t, xy, idx = _update_stats(xk, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y, NEED_T)
+    # a row of -inf has no softmax: NaN, as the reference's (confidence, entropy and loss NaN, never
+    # "confident"); padding lanes beyond the image get it too, and every kernel masks them out
+    s = tl.where(m == float("-inf"), float("nan"), s)
     return m, s, rest, t, idx, xy, x
 
 
 @triton.jit
 def ce_from_stats(m, s, rest, xy):
-    """lse - x_y, as log1p(rest) when the target is the max (confident pixels), else m - x_y + log s."""
-    return tl.where(xy == m, log1p_pos(rest), (m - xy) + tl.log(s))
+    """lse - x_y, as log1p(rest) when the target is the max (confident pixels), else m - x_y + log s;
+    NaN where s is (a row without a softmax)."""
+    return tl.where(s != s, s, tl.where(xy == m, log1p_pos(rest), (m - xy) + tl.log(s)))
 
 
 @triton.jit
