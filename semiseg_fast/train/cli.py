@@ -83,15 +83,16 @@ def _train(config: dict[str, Any], resume: str | None) -> None:
     from .checkpoint import CheckpointError
     from .distributed import shutdown
     from .loop import Trainer  # after argument errors: importing torch takes a while
+    from .run_folder import RunFolderError
 
     try:
         trainer = Trainer(config, resume=resume)
-    except (ValueError, TypeError, FileNotFoundError, DataError, CheckpointError) as e:
+    except (ValueError, TypeError, FileNotFoundError, DataError, CheckpointError, RunFolderError) as e:
         shutdown()  # settings that are valid alone but not together, or data, device, checkpoint unusable
         sys.exit(f"error: {e}")
     try:
         trainer.train()
-    except (FileNotFoundError, DataError) as e:  # missing or unreadable data: the message names the file
+    except (FileNotFoundError, DataError, RunFolderError) as e:  # the message names the file
         sys.exit(f"error: {e}")
     finally:
         shutdown()

@@ -25,6 +25,7 @@ from .evaluate import evaluate, format_iou_table, predict_labels
 from .methods import StepContext, ema_update
 from .metrics_csv import MetricsCSV, read_csv
 from .progress import ProgressBar
+from .run_folder import check_writable, in_folder, write_failure
 from .run_model import build_run_model
 from .schedule import from_config as schedule_from_config
 from .tensorboard_log import INSTALL_HINT, TensorBoardLog
@@ -70,6 +71,7 @@ class Trainer:
         dc, tc, sc = config["data"], config["train"], config["semi"]
         method_cls = methods.get(config["method"])
         self.out_dir = config["out_dir"].format(method=method_cls.name, seed=config["seed"])
+        check_writable(self.out_dir)  # before the data and the model: a bad folder is a setup error
         # the synthetic pool's unlabeled part also sets the epoch length of a method without
         # unlabeled images, so every method gets the same number of steps for the same config
         self.data = build_datasets(dc, with_unlabeled=method_cls.uses_unlabeled or dc["name"] == "synthetic")
@@ -197,6 +199,14 @@ class Trainer:
         return out
 
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        except OSError as e:  # disk full, a folder made read-only: one line naming the file
+            if not in_folder(e.filename, self.out_dir):
+                raise
+            raise write_failure(e, os.path.join(self.out_dir, LAST)) from e
+
+    def _train(self) -> dict[str, Any]:
         cfg, tc, w = self.config, self.config["train"], self.world
         if w.is_main:
             os.makedirs(self.out_dir, exist_ok=True)

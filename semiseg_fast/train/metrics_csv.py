@@ -26,11 +26,14 @@ class MetricsCSV:
         if unknown:
             raise KeyError(f"metrics CSV: unknown columns {sorted(unknown)}")
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, self.fieldnames)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with open(self.path, "a", newline="") as f:
+                writer = csv.DictWriter(f, self.fieldnames)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as e:  # a failed write (disk full) names the file
+            raise OSError(e.errno, e.strerror or str(e), self.path) from e
 
     def truncate_after(self, step: int) -> None:
         """Drops rows logged after ``step`` (a resumed run logs them again), atomically."""

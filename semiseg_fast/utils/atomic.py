@@ -44,9 +44,11 @@ def atomic_open(
         if before_replace is not None:
             before_replace(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names the file it was for
+            raise OSError(e.errno, e.strerror or str(e), path) from e
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
