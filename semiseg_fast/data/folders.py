@@ -7,12 +7,16 @@ root. Either layout also accepts lines of two paths, image then label, relative 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from ..utils.atomic import atomic_open
 
 
 class DataError(RuntimeError):
@@ -78,6 +82,35 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def check_labels(self, num_classes: int) -> None:
+        """Every label file, before training: single-channel, the size of its image, and only
+        classes in [0, num_classes) besides ignore_index; a bad one raises :class:`DataError`
+        naming it. Files that passed are remembered (by path, size and modification time) in a
+        cache, so a large data set is scanned once."""
+        if not self.labels:
+            return
+        cache = _LabelCheckCache(self.root, num_classes, self.ignore_index)
+        for image_path, label_path in self.pairs:
+            if cache.passed(label_path):
+                continue
+            label = self._open(label_path, "label")
+            try:
+                with Image.open(image_path) as im:
+                    size = (im.height, im.width)  # the header only
+            except Exception as e:
+                raise DataError(f"cannot read {image_path!r}: {e}") from e
+            if label.shape != size:
+                raise DataError(f"label {label_path!r} is {label.shape} but image {image_path!r} is {size}")
+            values = np.unique(label)
+            bad = values[(values >= num_classes) & (values != self.ignore_index)]
+            if bad.size:
+                raise DataError(
+                    f"label {label_path!r} holds class {int(bad[0])}, outside [0, {num_classes}) "
+                    f"(data.num_classes={num_classes}) and not the ignore value {self.ignore_index}"
+                )
+            cache.add(label_path)
+        cache.save()
+
     @staticmethod
     def _open(path: str, mode: str) -> np.ndarray:
         try:
@@ -104,3 +137,41 @@ class SegmentationFolder(Dataset):
                 f"image {image_path!r} is {tuple(image.shape[1:])} but label {label_path!r} is {tuple(label.shape)}"
             )
         return image, label
+
+
+class _LabelCheckCache:
+    """Label files that passed :meth:`SegmentationFolder.check_labels` with these settings, kept in
+    the user's cache folder (a data set's own folder may be read-only); a cache that cannot be
+    read or written is simply not used."""
+
+    def __init__(self, root: str, num_classes: int, ignore_index: int):
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        digest = hashlib.sha256(f"{os.path.abspath(root)} {num_classes} {ignore_index}".encode()).hexdigest()[:24]
+        self.path = os.path.join(base, "semiseg_fast", "label-checks", digest + ".json")
+        try:
+            with open(self.path) as f:
+                self.entries: dict[str, list[int]] = json.load(f)
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _stamp(path: str) -> list[int]:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+
+    def passed(self, path: str) -> bool:
+        return self.entries.get(os.path.abspath(path)) == self._stamp(path)
+
+    def add(self, path: str) -> None:
+        self.entries[os.path.abspath(path)] = self._stamp(path)
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            with atomic_open(self.path, "w") as f:
+                json.dump(self.entries, f)
+        except OSError:
+            pass  # the next run checks again

@@ -57,9 +57,10 @@ def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> Run
         root, data_cfg[split], layout=data_cfg["name"], ignore_index=ignore, labels=labels
     )
     unlabeled = folder("unlabeled_split", labels=False) if with_unlabeled else None
-    return RunData(
-        folder("labeled_split"), unlabeled, folder("val_split"), num_classes, [str(i) for i in range(num_classes)]
-    )
+    labeled, val = folder("labeled_split"), folder("val_split")
+    for split in (labeled, val):
+        split.check_labels(num_classes)  # before training: a bad label file is named now, not mid-run
+    return RunData(labeled, unlabeled, val, num_classes, [str(i) for i in range(num_classes)])
 
 
 def _crop_of(item: tuple[int, ...], data_cfg: dict[str, Any]):
