@@ -72,7 +72,8 @@ def render() -> str:
     adjustable = ", ".join(f"`{k}`" for k in resume_adjustable_keys())
     lines = [HEADER.format(adjustable=adjustable)]
     by_heading: dict[str, list[schema.Option]] = {}
-    for opt in schema.options(tree()):
+    built_in = tuple(n for n in methods.names() if methods.get(n).__module__.startswith(methods.__name__ + "."))
+    for opt in schema.options(tree(built_in)):
         by_heading.setdefault(_heading(opt.key), []).append(opt)
     for heading, rows in by_heading.items():
         lines += [f"## {heading}", "", "| key | type | default | meaning |", "|---|---|---|---|"]

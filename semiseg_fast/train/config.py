@@ -290,15 +290,15 @@ class RunConfig(Section):
         method.check_config(config, fail)
 
 
-def tree() -> schema.Node:
+def tree(method_names: tuple[str, ...] | None = None) -> schema.Node:
     """The config's schema: the sections above, and each registered method's own section under
     ``semi``; the default method is the registry's."""
-    return _tree(tuple(methods.names()))
+    return _tree(tuple(methods.names()) if method_names is None else method_names)
 
 
 @functools.lru_cache(maxsize=8)
-def _tree(_names: tuple[str, ...]) -> schema.Node:
-    extra = {m.name: m.config for m in map(methods.get, methods.names()) if m.config is not None}
+def _tree(method_names: tuple[str, ...]) -> schema.Node:
+    extra = {m.name: m.config for m in map(methods.get, method_names) if m.config is not None}
     root = schema.node_of(RunConfig)
     root.children["semi"] = schema.node_of(SemiConfig, "semi.", extra)
     method = root.children["method"]
@@ -344,12 +344,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> None:
     schema.merge(tree(), base, update)
 
 
-# keys that moved: a file or override naming the old key is told the new one
-RENAMED = {"semi.threshold": "semi.fixmatch.threshold"}
+def renamed_keys() -> dict[str, str]:
+    """Keys that moved, as each method declares them: former dotted key -> key. A file or override
+    naming a former key is told the new one; a checkpoint holding it resumes with its value."""
+    return {old: f"semi.{m.name}.{new}" for m in map(methods.get, methods.names()) for old, new in m.renamed.items()}
 
 
 def _refuse_renamed(update: dict[str, Any]) -> None:
-    for old, new in RENAMED.items():
+    for old, new in renamed_keys().items():
         if _has(update, old):
             raise KeyError(f"config: unknown key {old!r}: it is now {new!r}")
 
@@ -484,7 +486,7 @@ def config_from_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     config = default_config()
     for key, value in FORMER_DEFAULTS.items():
         _set_existing(config, key, value)
-    for old, new in RENAMED.items():
+    for old, new in renamed_keys().items():
         if _has(saved, old):
             parent, _, leaf = old.rpartition(".")
             value = schema.get(saved, parent).pop(leaf)

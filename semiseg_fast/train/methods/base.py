@@ -51,6 +51,8 @@ class Method:
     uses_unlabeled: ClassVar[bool] = True
     # learns from a teacher: the EMA copy of the model or the model itself (semi.teacher)
     uses_teacher: ClassVar[bool] = True
+    # keys of this method's section that were saved elsewhere before: former dotted key -> key
+    renamed: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         self.run_config, self.num_classes = config, num_classes

@@ -24,6 +24,7 @@ class FixMatch(Method):
     name = "fixmatch"
     description = "UniMatch-style FixMatch: confident teacher pseudo-labels on a strong view with CutMix"
     config = FixMatchConfig
+    renamed = {"semi.threshold": "threshold"}  # where it was before methods had sections of their own
 
     def unlabeled_view(self, data: RunData) -> UnlabeledView:
         semi = self.run_config["semi"]
