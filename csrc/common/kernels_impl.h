@@ -95,6 +95,7 @@ inline void tile_cross_entropy(TileIn x, TileOut g, int64_t C, int64_t P, const 
       if (grad) vstore(g.p + c * g.cs + v, e);
     }
     vf l = vselect(xy == m, vlog1p(rest), (m - xy) + vlog(s));
+    nan |= s != s;  // a +inf logit: its term is exp(inf - inf), so no softmax, as in the reference
     l = vselect(nan, vsplat(__builtin_nanf("")), l);
     vstore(ce + v, vselect(act, l, vf{}));
     if (grad) {
@@ -466,7 +467,8 @@ void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
         }
         if (g.p) vstore(g.p + c * g.cs + v, e);
       }
-      const vf loss = a.soft ? vlog(sum_z) - rz * inv_r : vselect(zy == mz, vlog1p(rest), (mz - zy) + vlog(sum_z));
+      const vf hard = vselect(sum_z != sum_z, sum_z, vselect(zy == mz, vlog1p(rest), (mz - zy) + vlog(sum_z)));
+      const vf loss = a.soft ? vlog(sum_z) - rz * inv_r : hard;  // hard: NaN without a softmax (a +inf logit)
       vstore(ce.data() + v, vselect(act, loss, vf{}));
       for (int i = 0; i < kVL; ++i) confident += act[i] != 0;
       if (g.p) {

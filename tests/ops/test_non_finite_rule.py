@@ -46,8 +46,9 @@ def test_pixel_stats(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_cross_entropy_and_its_gradient(backend):
-    target = torch.tensor([[[0, 1, 2, 0, 1, 2]]])
+@pytest.mark.parametrize("inf_target", [1, 0])  # 0: the target is the +inf class itself
+def test_cross_entropy_and_its_gradient(backend, inf_target):
+    target = torch.tensor([[[0, inf_target, 2, 0, 1, 2]]])
 
     def run(b):
         x = _logits().requires_grad_()
