@@ -6,10 +6,11 @@ effect; the reference itself, as the research code, lets a NaN there reach the l
 through the interpreter on fewer, smaller cases."""
 
 import math
+import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import semiseg_fast as sf
@@ -17,6 +18,7 @@ import semiseg_fast as sf
 from .helpers import grad_tol, tol
 
 BUDGET = {"cpp": 200, "triton": 30}
+SEED = int(os.environ.get("SEMISEG_FAST_FUZZ_SEED", "0"))  # another seed explores other cases
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -71,10 +73,10 @@ def _fuzz(backend, max_side):
     budget = settings(
         max_examples=BUDGET[backend],
         deadline=None,
-        derandomize=True,
+        database=None,  # the same cases on every machine and run: no replay of earlier failures
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    return lambda check: budget(given(case=cases(max_side))(check))
+    return lambda check: seed(SEED)(budget(given(case=cases(max_side))(check)))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
@@ -124,9 +126,11 @@ def test_fixmatch(backend):
         x, _, ignored, threshold = case
         student = x.detach().flip(1).contiguous()
         got = _run(backend, lambda: sf.fixmatch_loss(student, x, threshold, ignored, return_mask_ratio=True))
-        confident = ~ignored & (sf.reference.pixel_stats(x)[0] >= threshold)
+        # thresholds decide on the fp32 confidence (the kernels' arithmetic), fp64 inputs included
+        teacher = x.float() if x.dtype == torch.float64 else x
+        confident = ~ignored & (sf.reference.pixel_stats(teacher)[0] >= threshold)
         rule = _without_effect(student, confident)
-        ref = _run("reference", lambda: sf.fixmatch_loss(rule, x, threshold, ignored, return_mask_ratio=True))
+        ref = _run("reference", lambda: sf.fixmatch_loss(rule, teacher, threshold, ignored, return_mask_ratio=True))
         _close(got[1], ref[1], torch.float32)  # which pixels pass: decided alike
         _close(got[0], ref[0], x.dtype)
 
