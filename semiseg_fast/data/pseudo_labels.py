@@ -5,7 +5,6 @@ Every file is written to a temporary name and renamed."""
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -13,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from ..utils.atomic import TEMPORARY_PREFIX, atomic_open
+from ..utils.atomic import atomic_open, remove_temporaries
 from .folders import SegmentationFolder
 from .subset import Subset
 
@@ -60,8 +59,7 @@ def label_paths(out_dir: str, item_id: str, topk: int) -> dict[str, str]:
 
 def remove_stale_temporaries(out_dir: str) -> None:
     for sub in ("labels", "confidence", "topk", ""):
-        for path in glob.glob(os.path.join(out_dir, sub, TEMPORARY_PREFIX + "*")):
-            os.unlink(path)
+        remove_temporaries(os.path.join(out_dir, sub))
 
 
 class PseudoLabels:

@@ -4,14 +4,13 @@ that a damaged one has a good one beside it."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from typing import Any
 
 import torch
 
-from ..utils.atomic import TEMPORARY_PREFIX, atomic_open
+from ..utils.atomic import atomic_open
 
 LAST, PREVIOUS = "last.pt", "previous.pt"
 CHECKSUM = "sha256"  # the entry holding the digest of all the others
@@ -62,14 +61,6 @@ def _keep_previous(path: str) -> None:
 def checkpoint_path(path: str) -> str:
     """A checkpoint file, or a run folder meaning its ``last.pt``."""
     return os.path.join(path, LAST) if os.path.isdir(path) else path
-
-
-def remove_temporaries(folder: str) -> list[str]:
-    """Deletes what an interrupted atomic write left in a run folder; returns the paths."""
-    found = glob.glob(os.path.join(glob.escape(folder), TEMPORARY_PREFIX + "*"))
-    for path in found:
-        os.unlink(path)
-    return found
 
 
 def _alternative(path: str) -> str:

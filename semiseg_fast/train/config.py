@@ -340,7 +340,6 @@ def _import_user_method(value: Any) -> None:
 def merge(base: dict[str, Any], update: dict[str, Any]) -> None:
     """Sets ``update``'s values into ``base``; an unknown key is an error that names it."""
     _refuse_renamed(update)
-    _import_user_method(update.get("method"))
     schema.merge(tree(), base, update)
 
 

@@ -14,10 +14,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import normalize
-from ..utils.atomic import atomic_open
+from ..utils.atomic import atomic_open, remove_temporaries
 from . import figures, methods
 from .batches import mix_seed
-from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, remove_temporaries, save_atomic
+from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, barrier, init_world, shutdown

@@ -34,9 +34,7 @@ class ProgressBar:
         )
 
     def set_metrics(self, **metrics: float) -> None:
-        self.metrics.update(metrics)
-        if self.bar is not None:
-            self.bar.set_postfix(self._postfix(), refresh=False)
+        self.metrics.update(metrics)  # shown from the next update on
 
     def update(self, n: int = 1, images: int = 0) -> None:
         self.count += n

@@ -4,6 +4,7 @@ the target, so a run killed at any moment leaves the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,6 +24,14 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 TEMPORARY_PREFIX = ".tmp-"  # what an interrupted write leaves behind is named so
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Deletes what interrupted atomic writes left in ``folder``; returns the paths."""
+    found = glob.glob(os.path.join(glob.escape(folder), TEMPORARY_PREFIX + "*"))
+    for path in found:
+        os.unlink(path)
+    return found
 
 
 @contextlib.contextmanager

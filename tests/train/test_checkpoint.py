@@ -9,9 +9,9 @@ from semiseg_fast.train.checkpoint import (
     CheckpointError,
     content_sha256,
     load_checkpoint,
-    remove_temporaries,
     save_atomic,
 )
+from semiseg_fast.utils.atomic import remove_temporaries
 
 PATTERN = 1.2345678
 
