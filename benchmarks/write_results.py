@@ -110,11 +110,18 @@ def measure_memory():
     return out
 
 
+def measure_varying_shapes() -> dict:
+    """benchmarks/varying_shapes.py in a fresh process, so that its resident memory is its own."""
+    cmd = [sys.executable, "-m", "benchmarks.varying_shapes"]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def fmt_ms(s):
     return f"{s * 1e3:.1f}"
 
 
-def render(data, rows, mem) -> str:
+def render(data, rows, mem, varying=None) -> str:
     m = machine(rows)
     ops = [r for r in rows if r.get("op") in OP_TITLES]
     table = {}
@@ -280,6 +287,21 @@ def render(data, rows, mem) -> str:
         w("pixel_stats saves its input only when a gradient of confidence or entropy is possible;")
         w("the losses save their precomputed gradient (and per-pixel fp32 buffers when a weight needs one).")
         w("")
+    if varying:
+        v = varying
+        w("## CPU buffer cache under shapes that change every call")
+        w("")
+        w(f"`python -m benchmarks.varying_shapes`: {v['calls']} fixmatch_loss forward+backward calls (C++ kernels),")
+        w(f"N in 1-2, C = 21, H and W drawn in 32-128 (up to {'x'.join(map(str, v['max_shape']))}), cache budget")
+        w(f"{v['limit_mb']:.0f} MB. Resident memory after a warm-up call at the largest shape, then after the calls:")
+        w("")
+        w("| start MB | end MB | growth MB | peak growth MB | cached at end MB |")
+        w("|---:|---:|---:|---:|---:|")
+        w(
+            f"| {v['start_mb']:.0f} | {v['end_mb']:.0f} | {v['growth_mb']:.0f} | {v['peak_growth_mb']:.0f} | "
+            f"{v['cached_mb']:.1f} |"
+        )
+        w("")
     return "\n".join(lines)
 
 
@@ -404,7 +426,8 @@ def main():
         run_benchmarks(json_path)
     data, rows = load(json_path)
     mem = [] if args.no_memory else measure_memory()
-    text = render(data, rows, mem)
+    varying = None if args.no_memory else measure_varying_shapes()
+    text = render(data, rows, mem, varying)
     gpu = gpu_section(args.out)
     with open(args.out, "w") as f:
         f.write(text + ("\n" + gpu + "\n" if gpu else ""))

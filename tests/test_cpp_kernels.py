@@ -110,6 +110,32 @@ def test_large_outputs_are_recycled():
         sf.set_cpu_cache_limit(-1)
 
 
+def test_nearby_sizes_share_cached_blocks():
+    """Blocks are kept by size class (four per power of two), so a slightly smaller gradient reuses
+    the block of a larger one, and shapes that change every call keep one block per class."""
+    sf.empty_cpu_cache()
+    t_of = lambda n, h, w: torch.randint(0, 21, (n, h, w), dtype=torch.uint8)
+    with sf.backend("cpp"):
+        x = make_logits(1, 21, 128, 128, requires_grad=True)  # 1.38 MB: the 1.5 MiB class
+        g = torch.autograd.grad(sf.pseudo_label_cross_entropy(x, t_of(1, 128, 128)), x)[0]
+        ptr = g.data_ptr()
+        del g
+        y = make_logits(1, 21, 124, 127, requires_grad=True)  # 1.32 MB: the same class
+        g = torch.autograd.grad(sf.pseudo_label_cross_entropy(y, t_of(1, 124, 127)), y)[0]
+        assert g.data_ptr() == ptr
+        del g
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(60):
+            n, h, w = (int(v) for v in torch.randint(32, 129, (3,), generator=gen))
+            n = 1 + n % 2
+            x = make_logits(n, 21, h, w, requires_grad=True)
+            torch.autograd.grad(sf.fixmatch_loss(x, x.detach() * 4, 0.5), x)
+    # Pooled gradients here lie between 1 MiB and 2.6 MiB: classes 1, 1.25, 1.5, 1.75, 2, 2.5 and 3 MiB,
+    # one block each (by exact size, the 60 calls would keep about 100 MB).
+    assert sf.cpu_cache_info()["cached_bytes"] <= 13 << 20
+    sf.empty_cpu_cache()
+
+
 def test_recycled_gradient_keeps_channels_last_layout():
     x = make_logits(1, 21, 128, 96, layout="channels_last", requires_grad=True)
     t = torch.randint(0, 21, (1, 128, 96), dtype=torch.uint8)

@@ -37,7 +37,8 @@ def cpu_cache_info() -> dict:
     """Bytes of freed CPU output buffers kept for reuse, and the budget for them.
 
     The CPU ops recycle their large outputs (gradients, per-pixel maps): a fresh allocation
-    costs its page faults on first write, as much as the op itself at real shapes. The budget
+    costs its page faults on first write, as much as the op itself at real shapes. Blocks are kept
+    by size class (four per power of two), so shapes that vary from call to call share them. The budget
     comes from SEMISEG_FAST_CPU_CACHE_MB (default 1024) or :func:`set_cpu_cache_limit`.
     """
     ops = _cpp_ops()
