@@ -79,5 +79,6 @@ def test_results_section_is_replaced_in_place(tmp_path):
 def test_roofline_bytes():
     n, c, h, w = 16, 21, 513, 513
     logits = n * c * h * w * 2
-    assert gpu_check.minimal_bytes("fixmatch (fwd+grad)", (n, c, h, w)) == 3 * logits + n * h * w
+    # student and teacher read, the mask read, the fp32 gradient written
+    assert gpu_check.minimal_bytes("fixmatch (fwd+grad)", (n, c, h, w)) == 4 * logits + n * h * w
     assert torch.isfinite(torch.tensor(gpu_check.minimal_bytes("pixel_stats", (n, c, h, w)) / gpu_check.H100_BANDWIDTH))

@@ -491,9 +491,33 @@ void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+template <DType D>
+void scale_round_t(const ScaleRoundArgs& a, int64_t b, int64_t e) {
+  using T = typename Storage<D>::type;
+  constexpr int64_t kChunk = 1024;  // a stack buffer of products, converted as a tile row is
+  alignas(64) float buf[kChunk];
+  const vf s = vsplat(a.scale);
+  T* out = static_cast<T*>(a.out);
+  for (int64_t i0 = b; i0 < e; i0 += kChunk) {
+    const int64_t n = std::min(kChunk, e - i0);
+    int64_t i = 0;
+    for (; i + kVL <= n; i += kVL) vstore(buf + i, vload(a.grad + i0 + i) * s);
+    for (; i < n; ++i) buf[i] = a.grad[i0 + i] * a.scale;
+    from_f32<D>(out + i0, buf, n);
+  }
+}
+
+void scale_round_range(const ScaleRoundArgs& a, int64_t b, int64_t e) {
+  if (a.dtype == DType::F16) {
+    scale_round_t<DType::F16>(a, b, e);
+  } else {
+    scale_round_t<DType::BF16>(a, b, e);
+  }
+}
+
 const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
                                 pixel_stats_backward_range, negative_mask_range, sum_squares_range,
-                                pseudoseg_range,            SSF_ISA_NAME};
+                                pseudoseg_range,            scale_round_range,   SSF_ISA_NAME};
   return t;
 }

@@ -171,6 +171,15 @@ struct PseudoSegArgs {
 };
 
 // Function table for one instruction set.
+// out[i] = round(grad[i] * scale) for i in [0, n): the fp32 gradient a loss kept, times the
+// incoming gradient, written once in the logits' fp16/bf16 dtype (both buffers dense, same strides).
+struct ScaleRoundArgs {
+  const float* grad = nullptr;
+  void* out = nullptr;
+  DType dtype = DType::BF16;
+  float scale = 1.f;
+};
+
 struct KernelTable {
   void (*pixel_stats)(const PixelStatsArgs&, int64_t, int64_t);
   void (*cross_entropy)(const CrossEntropyArgs&, int64_t, int64_t);
@@ -180,6 +189,7 @@ struct KernelTable {
   void (*negative_mask)(const NegativeMaskArgs&, int64_t, int64_t);
   void (*sum_squares)(const SumSquaresArgs&, int64_t, int64_t);
   void (*pseudoseg)(const PseudoSegArgs&, int64_t, int64_t);
+  void (*scale_round)(const ScaleRoundArgs&, int64_t, int64_t);
   const char* name;
 };
 

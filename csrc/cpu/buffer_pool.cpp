@@ -139,11 +139,11 @@ at::Tensor from_pool(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarT
 
 }  // namespace
 
-at::Tensor pooled_empty_like(const at::Tensor& like) {
+at::Tensor pooled_empty_like(const at::Tensor& like, at::ScalarType dtype) {
   // empty_like's layout rules (dense strides kept, channels_last kept, otherwise contiguous),
   // computed on the meta device so nothing is allocated.
   const at::Tensor meta = at::empty_like(like, like.options().device(at::kMeta));
-  return from_pool(meta.sizes(), meta.strides(), like.scalar_type());
+  return from_pool(meta.sizes(), meta.strides(), dtype);
 }
 
 at::Tensor pooled_empty(at::IntArrayRef sizes, at::ScalarType dtype) {

@@ -7,8 +7,8 @@
 
 namespace ssf {
 
-// An uninitialised tensor shaped and strided like empty_like(like), drawn from the pool.
-at::Tensor pooled_empty_like(const at::Tensor& like);
+// An uninitialised tensor of `dtype` shaped and strided like empty_like(like), drawn from the pool.
+at::Tensor pooled_empty_like(const at::Tensor& like, at::ScalarType dtype);
 // An uninitialised contiguous tensor, drawn from the pool.
 at::Tensor pooled_empty(at::IntArrayRef sizes, at::ScalarType dtype);
 

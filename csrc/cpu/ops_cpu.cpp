@@ -118,7 +118,20 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   return pooled_empty(sizes, options.dtype().toScalarType());
 }
 
-at::Tensor empty_output_like(const at::Tensor& x) { return pooled_empty_like(x); }
+at::Tensor empty_output_like(const at::Tensor& x) { return pooled_empty_like(x, x.scalar_type()); }
+
+// A loss's gradient, written in forward and kept for backward, is fp32 for fp16/bf16 logits:
+// backward multiplies it by the incoming gradient and rounds once (rounding here too would put
+// the result one unit in the last place off whenever that gradient is not 1).
+at::ScalarType saved_grad_dtype(const at::Tensor& logits) {
+  const auto t = logits.scalar_type();
+  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
+}
+
+at::Tensor saved_grad_buffer(const at::Tensor& logits, bool need_grad) {
+  const auto dtype = saved_grad_dtype(logits);
+  return need_grad ? pooled_empty_like(logits, dtype) : at::empty({0}, logits.options().dtype(dtype));
+}
 
 Shape shape_of(const at::Tensor& x) {
   return Shape{x.size(0), x.size(1), x.size(2), x.size(3)};
@@ -229,11 +242,6 @@ double denominator(const Shape& S, const Tiling& T, const PixelMap& target, cons
   return sum_in_order(valid);
 }
 
-// fp16 cannot hold d loss / d logits divided by a large denominator (it flushes to subnormals and
-// zero), so for fp16 logits the gradient is written without 1 / denominator and that factor is
-// returned as the scale still owed, applied in fp32 in backward together with the loss scale.
-bool defer_denominator(const at::Tensor& logits) { return logits.scalar_type() == at::kHalf; }
-
 // (loss, gradient or an empty tensor, per-pixel ce or an empty tensor, scale still owed by the gradient).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
@@ -257,9 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const double d = denominator(S, a.tiling, a.target, a.weight, PixelMap{}, ignore_index, norm_mode, norm_value);
     inv = d != 0.0 ? 1.0 / d : 0.0;
   }
-  const bool defer = defer_denominator(logits);
-  a.grad_scale = defer ? 1.f : (float)inv;
-  at::Tensor grad = need_grad ? empty_output_like(logits) : at::empty({0}, logits.options());
+  a.grad_scale = (float)inv;
+  at::Tensor grad = saved_grad_buffer(logits, need_grad);
   if (need_grad) a.grad = grad_view(grad);
   at::Tensor loss_pixel = reduction == kNone ? empty_output({S.N, S.H, S.W}, f32) : at::Tensor();
   at::Tensor ce = need_ce ? empty_output({S.N, S.H, S.W}, f32) : at::empty({0}, f32);
@@ -276,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   TORCH_CHECK_INDEX(!bad.found, "target: expected class indices in [0, ", S.C, ") or ignore_index=", ignore_index,
                     ", got ", bad.value, " at (n=", bad.n, ", h=", bad.h, ", w=", bad.w, ")");
   at::Tensor loss = reduction == kNone ? loss_pixel : scalar(sum_in_order(tile_loss) * inv);
-  return {loss, grad, ce, scalar(defer ? inv : 1.0)};
+  return {loss, grad, ce, scalar(1.0)};
 }
 
 // The mean of a masked per-pixel loss, shared by fixmatch and pseudoseg: the denominator counts
@@ -310,9 +317,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
     int64_t norm_mode, double norm_value, bool need_grad) {
   const Shape& S = a.shape;
   MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
-  const bool defer = defer_denominator(student);
-  a.grad_scale = defer ? 1.f : mean.grad_scale;
-  at::Tensor grad = need_grad ? empty_output_like(student) : at::empty({0}, student.options());
+  a.grad_scale = mean.grad_scale;
+  at::Tensor grad = saved_grad_buffer(student, need_grad);
   if (need_grad) a.grad = grad_view(grad);
   std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);
   std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
@@ -321,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
   if (S.N * S.H * S.W > 0) run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { kernel(a, b, e); });
   int64_t confident = 0;
   for (int64_t c : tile_conf) confident += c;
-  double post = defer ? mean.inv : 1.0;
+  double post = 1.0;
   if (norm_mode == kConfident) {
     mean.inv = confident > 0 ? 1.0 / (double)confident : 0.0;
     post = mean.inv;
@@ -400,6 +406,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pseudoseg_cpu(
   return run_masked_mean(a, table().pseudoseg, student, 255, norm_mode, norm_value, need_grad);
 }
 
+// grad * scale written as `dtype` into a recycled buffer, in one pass: the product is taken in
+// fp32 (or fp64) and rounded once. `scale` is a 0-dim tensor or a per-pixel (N, 1, H, W) one.
+at::Tensor scaled_grad_cpu(const at::Tensor& grad, const at::Tensor& scale, at::ScalarType dtype) {
+  at::Tensor out = pooled_empty_like(grad, dtype);
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  // The usual case, a scalar times a dense fp32 gradient into fp16/bf16, in our vector kernel:
+  // ATen's mixed-dtype multiply runs it at a few times the cost of this pass.
+  if (half && grad.scalar_type() == at::kFloat && scale.dim() == 0 && grad.is_non_overlapping_and_dense() &&
+      out.strides() == grad.strides()) {
+    ScaleRoundArgs a;
+    a.grad = grad.data_ptr<float>();
+    a.out = out.data_ptr();
+    a.dtype = dtype == at::kHalf ? DType::F16 : DType::BF16;
+    a.scale = scale.item<float>();
+    const auto& k = table();
+    at::parallel_for(0, grad.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) { k.scale_round(a, b, e); });
+    return out;
+  }
+  return at::mul_out(out, grad, scale);
+}
+
 }  // namespace
 }  // namespace ssf
 
@@ -407,6 +434,7 @@ TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_pixel_stats", &ssf::pixel_stats_cpu);
   m.impl("_cpp_pixel_stats_backward", &ssf::pixel_stats_backward_cpu);
   m.impl("_cpp_negative_mask", &ssf::negative_mask_cpu);
+  m.impl("_cpp_scaled_grad", &ssf::scaled_grad_cpu);
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
   m.impl("_cpp_pseudoseg_scale", &ssf::pseudoseg_scale_cpu);

@@ -1,10 +1,15 @@
 """Backward of the fused losses: the forward already wrote d loss / d logits into a buffer of
 its own, so backward only scales that buffer by the incoming gradient.
 
+The buffer is fp32 for fp16/bf16 logits (``base.saved_grad_dtype``): backward multiplies it by the
+incoming gradient and rounds once to the logits' dtype, as a loss computed in fp32 on upcast
+logits would. (Stored in the logits' dtype, the gradient would be rounded twice, one unit in the
+last place off whenever the incoming gradient is not 1: a loss weight, a tensor normalizer.)
+
 The buffer is never modified, so backward can run any number of times (retain_graph,
-gradcheck, jacobians). When the scale is exactly 1 (the usual ``loss.backward()``) the buffer
-itself is the gradient: no pass, no allocation. That test reads the scalar, which is free for
-CPU tensors; on CUDA it would be a host sync, so there the product is always taken.
+gradcheck, jacobians). When the scale is exactly 1 (the usual ``loss.backward()``) an fp32 or
+fp64 buffer is itself the gradient: no pass, no allocation. That test reads the scalar, which is
+free for CPU tensors; on CUDA it would be a host sync, so there the product is always taken.
 
 The saved gradient is a constant to autograd, so a second derivative through it would be
 silently wrong: a backward under ``create_graph=True`` raises (:func:`first_order_only`).
@@ -21,9 +26,6 @@ __all__ = [
     "register_loss_autograd",
     "scaled_grad",
 ]
-
-_REDUCED = (torch.float16, torch.bfloat16)
-
 
 SECOND_ORDER_MESSAGE = (
     "semiseg_fast: the fused losses are differentiable once: their backward refuses create_graph=True "
@@ -51,23 +53,25 @@ def refuse_function_transforms(x: torch.Tensor, impl: str) -> None:
         raise RuntimeError(SECOND_ORDER_MESSAGE)
 
 
-def scaled_grad(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """grad * scale, where scale is an fp32 scalar or a per-pixel (N, H, W) tensor.
+def scaled_grad(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad * scale as ``dtype`` (the logits'), rounded once; scale is an fp32 scalar or a per-pixel
+    (N, H, W) tensor.
 
-    For fp16/bf16 gradients the product is taken in fp32 and rounded once, as PyTorch's own
-    losses do: a loss scale such as GradScaler's 2**16 does not fit in fp16 itself.
+    The product is taken in fp32 (fp64 for fp64 gradients): a loss scale such as GradScaler's
+    2**16 need not fit in fp16 itself.
     """
     if scale.dim() != 0:
         scale = scale.unsqueeze(1)
     # Only a plain CPU tensor is read: fake/functional tensors under torch.compile are subclasses.
     elif type(scale) is torch.Tensor and scale.device.type == "cpu" and not torch.compiler.is_compiling():
-        if float(scale) == 1.0:
+        if float(scale) == 1.0 and grad.dtype == dtype:
             return grad
-        if grad.dtype in _REDUCED:  # a CPU scalar multiplies in fp32 already, without a temporary
-            return grad * scale
-    if grad.dtype in _REDUCED:
-        return (grad.float() * scale).to(grad.dtype)
-    return grad * scale.to(grad.dtype)
+    if type(grad) is torch.Tensor and grad.device.type == "cpu" and not torch.compiler.is_compiling():
+        from .._backend import cpp_available
+
+        if cpp_available():  # one pass into a recycled buffer: no page faults on a fresh one
+            return torch.ops.semiseg_fast._cpp_scaled_grad(grad, scale.to(grad.dtype), dtype)
+    return torch.mul(grad, scale.to(grad.dtype), out=torch.empty_like(grad, dtype=dtype))
 
 
 def register_loss_autograd(op, num_inputs: int) -> None:
@@ -80,12 +84,13 @@ def register_loss_autograd(op, num_inputs: int) -> None:
         ctx.mark_non_differentiable(ratio, grad, post_scale)
         ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
         ctx.save_for_backward(grad, post_scale)
+        ctx.student_dtype = inputs[0].dtype
 
     def backward(ctx, g_loss, *_):
         grad, post_scale = ctx.saved_tensors
         grad_student = None
         if ctx.needs_input_grad[0] and g_loss is not None:
-            grad_student = first_order_only(scaled_grad(grad, g_loss * post_scale))
+            grad_student = first_order_only(scaled_grad(grad, g_loss * post_scale, ctx.student_dtype))
         return (grad_student,) + (None,) * (num_inputs - 1)
 
     op.register_autograd(backward, setup_context=setup_context)

@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
-from ..base import Normalizer, Reduction, inverse, mean_denominator, not_ignored
+from ..base import Normalizer, Reduction, inverse, mean_denominator, not_ignored, saved_grad_buffer
 from ._grad import first_order_only, refuse_function_transforms, scaled_grad
 
 
@@ -49,7 +49,7 @@ def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, no
     n, _, h, w = logits.shape
     f32 = dict(dtype=torch.float32)
     loss = logits.new_empty((n, h, w) if reduction == Reduction.NONE else (), **f32)
-    grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
+    grad = saved_grad_buffer(logits, need_grad)
     ce = logits.new_empty((n, h, w), **f32) if need_ce else logits.new_empty((0,), **f32)
     return loss, grad, ce, logits.new_empty((), **f32)
 
@@ -60,6 +60,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(grad, ce, post_scale)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
+    ctx.logits_dtype = logits.dtype
     # The weight's gradient needs the per-pixel ce (and the loss), a tensor normalizer's the loss;
     # otherwise only the logits' gradient is kept (and the loss may be modified in place).
     norm_grad = reduction == Reduction.MEAN and norm_tensor is not None and norm_tensor.requires_grad
@@ -90,7 +91,7 @@ def _backward(ctx, g_loss, _g_grad, _g_ce, _g_post):
     grad, post_scale, loss, norm_tensor, ce, weight, target = ctx.saved_tensors
     grad_logits = grad_weight = grad_norm = None
     if g_loss is not None and ctx.needs_input_grad[0]:
-        grad_logits = scaled_grad(grad, g_loss * post_scale)
+        grad_logits = scaled_grad(grad, g_loss * post_scale, ctx.logits_dtype)
     if g_loss is not None and ctx.needs_input_grad[2]:
         grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss, norm_tensor)
     if g_loss is not None and ctx.needs_input_grad[7] and ctx.reduction == Reduction.MEAN:

@@ -8,6 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
+from ..base import saved_grad_buffer
 from ._grad import refuse_function_transforms, register_loss_autograd
 
 
@@ -80,8 +81,7 @@ def _(
     backend,
 ):
     scalar = student.new_empty((), dtype=torch.float32)
-    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
-    return scalar, torch.empty_like(scalar), grad, torch.empty_like(scalar)
+    return scalar, torch.empty_like(scalar), saved_grad_buffer(student, need_grad), torch.empty_like(scalar)
 
 
 register_loss_autograd(_loss_op, 13)

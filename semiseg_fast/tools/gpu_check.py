@@ -331,17 +331,19 @@ def judge(result: dict, budgets: dict | None = None) -> list:
 
 
 def minimal_bytes(op: str, shape, esize: int = 2) -> int:
-    """Bytes each op must move at (N, C, H, W) with bf16 logits and uint8 labels/masks."""
+    """Bytes each op must move at (N, C, H, W) with bf16 logits and uint8 labels/masks; the losses
+    write their gradient in fp32 (twice the logits' bytes), rounded once in backward."""
     n, c, h, w = shape
     logits = n * c * h * w * esize
     px = n * h * w
+    grad = 2 * logits
     return {
         "pixel_stats": logits + 9 * px,  # read logits; write conf, label, entropy
         "pixel_stats_backward": logits + 17 * px + logits,  # logits, 4 per-pixel inputs; write grad
-        "cross_entropy (fwd+grad)": logits + px + logits,  # logits, target; write grad
-        "fixmatch (fwd+grad)": 2 * logits + px + logits,  # student, teacher, mask; write grad
-        "pseudoseg (scale + fwd+grad)": 2 * logits + 3 * logits + px + logits,  # scale: p, m; then p, m, z, mask; grad
-        "grad_output scaling (CUDA backward)": 2 * logits,  # read + write the gradient
+        "cross_entropy (fwd+grad)": logits + px + grad,  # logits, target; write grad
+        "fixmatch (fwd+grad)": 2 * logits + px + grad,  # student, teacher, mask; write grad
+        "pseudoseg (scale + fwd+grad)": 2 * logits + 3 * logits + px + grad,  # scale: p, m; then p, m, z, mask; grad
+        "grad_output scaling (backward)": grad + logits,  # read the fp32 gradient, write it as bf16
     }[op]
 
 
@@ -403,15 +405,16 @@ def render(results: list, seconds: float) -> str:
         "cross_entropy (fwd+grad)",
         "fixmatch (fwd+grad)",
         "pseudoseg (scale + fwd+grad)",
-        "grad_output scaling (CUDA backward)",
+        "grad_output scaling (backward)",
     ):
         for name, shape in ROOFLINE_SHAPES.items():
             b = minimal_bytes(op, shape)
             w(f"| {op} | {name} {shape} | {b / 1e6:.1f} | {b / H100_BANDWIDTH * 1e6:.1f} | |")
     w("")
-    w("On CUDA the losses' backward multiplies the saved gradient by the incoming gradient (one read")
-    w("and one write of it), because testing that gradient for 1 would need a host sync; on the CPU")
-    w("that test is free and the usual `loss.backward()` skips the pass.")
+    w("The losses keep their gradient in fp32 for bf16 logits; backward multiplies it by the incoming")
+    w("gradient and rounds once to bf16 (one read of it, one write of the result). For fp32 logits on")
+    w("the CPU an incoming gradient of exactly 1 skips that pass; on CUDA testing for 1 would need a")
+    w("host sync, so the pass always runs.")
     w("")
     w("CUDA C++ sources: none. The CUDA path is Triton only, so there is nothing for `nvcc -c`.")
     w(RESULTS_END)

@@ -59,18 +59,11 @@ def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
     return h == 1 or s_h == w * s_w
 
 
-def defer_denominator(logits: torch.Tensor) -> bool:
-    """fp16 cannot hold d loss / d logits divided by a large denominator (it flushes to subnormals
-    and zero): for fp16 logits the kernels write the gradient without 1 / denominator, and that
-    factor becomes the scale still owed, applied in fp32 in backward with the loss scale."""
-    return logits.dtype == torch.float16
-
-
 class MaskedMean:
     """The denominator of a masked-mean loss (fixmatch, pseudoseg) on the device, without host syncs:
-    ``grad_scale`` (1 / denominator; 1 for "confident", known only after the kernel, or when
-    ``defer``) goes to the kernel, then :meth:`finish` turns its per-program partials into (loss,
-    mask ratio, scale still owed by the gradient)."""
+    ``grad_scale`` (1 / denominator; 1 for "confident", known only after the kernel) goes to the
+    kernel, then :meth:`finish` turns its per-program partials into (loss, mask ratio, scale still
+    owed by the gradient)."""
 
     def __init__(
         self,
@@ -80,9 +73,8 @@ class MaskedMean:
         norm_mode: int,
         norm_value: float,
         device,
-        defer: bool = False,
     ):
-        self.device, self.norm_mode, self.defer = device, norm_mode, defer
+        self.device, self.norm_mode = device, norm_mode
         if ignore_mask is None:
             self.valid = torch.tensor(float(num_pixels), device=device)
         elif ignore_mask.dtype == torch.bool:
@@ -98,12 +90,12 @@ class MaskedMean:
         else:
             self.inv = torch.ones((), device=device)
         self.inv = self.inv.float()
-        self.grad_scale = torch.ones((), device=device) if defer else self.inv
+        self.grad_scale = self.inv
 
     def finish(self, partial: torch.Tensor, counts: torch.Tensor):
         confident = counts.sum().float()
         inv = self.inv
-        post = self.inv if self.defer else torch.ones((), device=self.device)
+        post = torch.ones((), device=self.device)
         if self.norm_mode == Normalizer.CONFIDENT:
             inv = post = inverse(confident)
         loss = (partial.double().sum() * inv).float()

@@ -6,11 +6,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..base import Reduction, mean_denominator
+from ..base import Reduction, mean_denominator, saved_grad_buffer
 from ._common import (
     block_config,
     ce_from_stats,
-    defer_denominator,
     flat_pixels,
     inverse,
     launch,
@@ -126,9 +125,8 @@ def cross_entropy(
         )
     else:
         inv = torch.ones((), device=dev)
-    inv, one = inv.float(), torch.ones((), device=dev)
-    kernel_scale, post = (one, inv) if defer_denominator(logits) else (inv, one)
-    grad = torch.empty_like(logits) if need_grad else logits.new_empty((0,))
+    inv = inv.float()
+    grad = saved_grad_buffer(logits, need_grad)
     loss_pixel = torch.empty((n, h, w), device=dev, dtype=torch.float32) if reduction == Reduction.NONE else partial
     ce = torch.empty((n, h, w), device=dev, dtype=torch.float32) if need_ce else torch.empty(0, device=dev)
     if n * h * w > 0:
@@ -144,7 +142,7 @@ def cross_entropy(
             loss_pixel,
             ce,
             partial,
-            kernel_scale,
+            inv,
             c,
             h * w,
             w,
@@ -171,4 +169,4 @@ def cross_entropy(
         loss = loss_pixel
     else:
         loss = partial.double().sum().float() * (inv if reduction == Reduction.MEAN else 1.0)
-    return loss, grad, ce, post
+    return loss, grad, ce, torch.ones((), device=dev)

@@ -6,11 +6,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..base import saved_grad_buffer
 from ._common import (
     MaskedMean,
     block_config,
     ce_from_stats,
-    defer_denominator,
     flat_pixels,
     launch,
     pixel_offsets,
@@ -125,8 +125,8 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
-    mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev, defer_denominator(student))
-    grad = torch.empty_like(student) if need_grad else student.new_empty((0,))
+    mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev)
+    grad = saved_grad_buffer(student, need_grad)
     if n * h * w > 0:
         mask = ignore_mask if ignore_mask is not None else partial
         g = grad if need_grad else student
