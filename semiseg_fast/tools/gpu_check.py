@@ -37,6 +37,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the runtime default, s
 import torch  # noqa: E402
 
 TARGETS = (80, 90)
+# semiseg_fast/tools/gpu_check.py -> the checkout's root (the tool writes benchmarks/RESULTS.md there)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUDGET = 80
 BUDGETS = {
     "pixel_stats_kernel": 80,
@@ -452,7 +454,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write-results", action="store_true", help="refresh the section in benchmarks/RESULTS.md")
     ap.add_argument(
         "--results",
-        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "RESULTS.md"),
+        default=os.path.join(REPO_ROOT, "benchmarks", "RESULTS.md"),
     )
     args = ap.parse_args(argv)
     targets = tuple(int(t) for t in args.targets.split(","))
