@@ -24,7 +24,7 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "Tensor? grad_ent, float temperature) -> Tensor");
   m.def(
       "_cpp_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, int reduction, "
-      "int norm_mode, float norm_value, bool need_grad, bool need_ce) -> (Tensor, Tensor, Tensor, Tensor)");
+      "int norm_mode, float norm_value, bool need_grad, bool need_ce) -> (Tensor, Tensor, Tensor)");
   m.def("_cpp_scaled_grad(Tensor grad, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("_cpp_negative_mask(Tensor logits, int low_rank, int high_rank) -> Tensor");
   m.def("_cpp_percentile(Tensor values, Tensor? valid, float[] q) -> Tensor");

@@ -242,8 +242,8 @@ double denominator(const Shape& S, const Tiling& T, const PixelMap& target, cons
   return sum_in_order(valid);
 }
 
-// (loss, gradient or an empty tensor, per-pixel ce or an empty tensor, scale still owed by the gradient).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
+// (loss, gradient or an empty tensor, per-pixel ce or an empty tensor).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
     int64_t ignore_index, int64_t reduction, int64_t norm_mode, double norm_value, bool need_grad, bool need_ce) {
   check_logits(logits, "logits");
@@ -283,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   TORCH_CHECK_INDEX(!bad.found, "target: expected class indices in [0, ", S.C, ") or ignore_index=", ignore_index,
                     ", got ", bad.value, " at (n=", bad.n, ", h=", bad.h, ", w=", bad.w, ")");
   at::Tensor loss = reduction == kNone ? loss_pixel : scalar(sum_in_order(tile_loss) * inv);
-  return {loss, grad, ce, scalar(1.0)};
+  return {loss, grad, ce};
 }
 
 // The mean of a masked per-pixel loss, shared by fixmatch and pseudoseg: the denominator counts

@@ -24,9 +24,8 @@ def _cross_entropy_op(
     need_grad: bool,
     need_ce: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor, scale
-    still owed by the gradient)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor)."""
     if backend == "cpp":
         if norm_mode == Normalizer.TENSOR:  # a CPU scalar: reading it is free (0 still gives a loss of 0)
             norm_mode, norm_value = Normalizer.VALUE, float(norm_tensor)
@@ -51,13 +50,13 @@ def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, no
     loss = logits.new_empty((n, h, w) if reduction == Reduction.NONE else (), **f32)
     grad = saved_grad_buffer(logits, need_grad)
     ce = logits.new_empty((n, h, w), **f32) if need_ce else logits.new_empty((0,), **f32)
-    return loss, grad, ce, logits.new_empty((), **f32)
+    return loss, grad, ce
 
 
 def _setup_context(ctx, inputs, output):
     logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, _ = inputs
-    loss, grad, ce, post_scale = output
-    ctx.mark_non_differentiable(grad, ce, post_scale)
+    loss, grad, ce = output
+    ctx.mark_non_differentiable(grad, ce)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
     ctx.reduction, ctx.norm_mode, ctx.norm_value, ctx.ignore_index = reduction, norm_mode, norm_value, ignore_index
     ctx.logits_dtype = logits.dtype
@@ -66,7 +65,6 @@ def _setup_context(ctx, inputs, output):
     norm_grad = reduction == Reduction.MEAN and norm_tensor is not None and norm_tensor.requires_grad
     ctx.save_for_backward(
         grad,
-        post_scale,
         loss if need_ce or norm_grad else None,
         norm_tensor if need_ce or norm_grad else None,
         *((ce, weight, target) if need_ce else (None,) * 3),
@@ -87,11 +85,11 @@ def _weight_grad(ctx, g, ce, weight, target, loss, norm_tensor):
     return (g * torch.where(valid, d, torch.zeros_like(d)) * inv).to(weight.dtype)
 
 
-def _backward(ctx, g_loss, _g_grad, _g_ce, _g_post):
-    grad, post_scale, loss, norm_tensor, ce, weight, target = ctx.saved_tensors
+def _backward(ctx, g_loss, _g_grad, _g_ce):
+    grad, loss, norm_tensor, ce, weight, target = ctx.saved_tensors
     grad_logits = grad_weight = grad_norm = None
     if g_loss is not None and ctx.needs_input_grad[0]:
-        grad_logits = scaled_grad(grad, g_loss * post_scale, ctx.logits_dtype)
+        grad_logits = scaled_grad(grad, g_loss, ctx.logits_dtype)
     if g_loss is not None and ctx.needs_input_grad[2]:
         grad_weight = _weight_grad(ctx, g_loss, ce, weight, target, loss, norm_tensor)
     if g_loss is not None and ctx.needs_input_grad[7] and ctx.reduction == Reduction.MEAN:
@@ -159,7 +157,7 @@ def pseudo_label_cross_entropy(
     grad_on = torch.is_grad_enabled()
     need_grad = grad_on and logits.requires_grad
     need_ce = grad_on and weight is not None and weight.requires_grad
-    loss, _, _, _ = _cross_entropy_op(
+    loss, _, _ = _cross_entropy_op(
         logits, target, weight, ignore_index, red, norm_mode, norm_value, norm_tensor, need_grad, need_ce, impl
     )
     return loss
