@@ -291,8 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
 // only after the kernel: then the gradient is written unscaled and its scale is returned as `post`.
 struct MaskedMean {
   double valid = 0.0;  // non-ignored pixels
-  double inv = 1.0;    // 1 / denominator when known before the kernel
-  float grad_scale = 1.f;
+  double inv = 1.0;    // 1 / denominator when known before the kernel (scales the gradient), else 1
 };
 
 MaskedMean masked_mean(const Shape& S, const Tiling& T, const PixelMap& ignore_mask, int64_t ignore_index,
@@ -304,7 +303,6 @@ MaskedMean masked_mean(const Shape& S, const Tiling& T, const PixelMap& ignore_m
   if (norm_mode != kConfident) {
     const double d = norm_mode == kValid ? r.valid : norm_mode == kTotal ? (double)(S.N * S.H * S.W) : norm_value;
     r.inv = d != 0.0 ? 1.0 / d : 0.0;
-    r.grad_scale = (float)r.inv;
   }
   return r;
 }
@@ -317,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
     int64_t norm_mode, double norm_value, bool need_grad) {
   const Shape& S = a.shape;
   MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
-  a.grad_scale = mean.grad_scale;
+  a.grad_scale = (float)mean.inv;
   at::Tensor grad = saved_grad_buffer(student, need_grad);
   if (need_grad) a.grad = grad_view(grad);
   std::vector<double> tile_loss(a.tiling.num_tiles, 0.0);

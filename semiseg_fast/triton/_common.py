@@ -61,7 +61,7 @@ def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
 
 class MaskedMean:
     """The denominator of a masked-mean loss (fixmatch, pseudoseg) on the device, without host syncs:
-    ``grad_scale`` (1 / denominator; 1 for "confident", known only after the kernel) goes to the
+    ``inv`` (1 / denominator; 1 for "confident", known only after the kernel) scales the gradient in the
     kernel, then :meth:`finish` turns its per-program partials into (loss, mask ratio, scale still
     owed by the gradient)."""
 
@@ -90,7 +90,6 @@ class MaskedMean:
         else:
             self.inv = torch.ones((), device=device)
         self.inv = self.inv.float()
-        self.grad_scale = self.inv
 
     def finish(self, partial: torch.Tensor, counts: torch.Tensor):
         confident = counts.sum().float()

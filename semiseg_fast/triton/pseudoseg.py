@@ -299,7 +299,7 @@ def pseudoseg_loss(
             g,
             partial,
             counts,
-            mean.grad_scale,
+            mean.inv,
             scale,
             c,
             h * w,
