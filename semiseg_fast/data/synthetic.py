@@ -70,20 +70,21 @@ def _shape(cls: int, u: np.ndarray, v: np.ndarray, r: float, aspect: float) -> n
     return ((np.abs(u) < arm) & (np.abs(v) < r)) | ((np.abs(v) < arm) & (np.abs(u) < r))
 
 
-def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (H, W, 3), label uint8 (H, W)) of scene ``index`` of dataset ``seed``."""
-    rng = np.random.default_rng([seed, index])
+def grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Pixel-centre coordinates (y (H, 1), x (1, W)) in units of the shorter side, and that side."""
     h, w = size
     side = float(min(h, w))
-    y = (np.arange(h)[:, None] + 0.5) / side
-    x = (np.arange(w)[None, :] + 0.5) / side
+    return (np.arange(h)[:, None] + 0.5) / side, (np.arange(w)[None, :] + 0.5) / side, side
 
-    # background: a two-colour gradient, low-frequency blobs, maybe a texture patch as distractor
+
+def background(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, side: float) -> np.ndarray:
+    """(H, W, 3) in about [0, 1]: a two-colour gradient, low-frequency blobs, and in DISTRACTOR_P
+    of images a patch of object-like texture."""
+    h, w = y.shape[0], x.shape[1]
     c1, c2 = _random_colour(rng), _random_colour(rng)
     t = np.clip(0.5 + 0.5 * _low_frequency(rng, y, x, waves=2), 0, 1)[..., None]
     image = c1 * (1 - t) + c2 * t
     image = image * (1 + 0.15 * _low_frequency(rng, y * 3, x * 3)[..., None])
-    label = np.zeros((h, w), dtype=np.uint8)
     if rng.random() < DISTRACTOR_P:
         y0, x0 = rng.uniform(0, 0.6, size=2)
         patch = (y >= y0) & (y < y0 + rng.uniform(0.2, 0.4)) & (x >= x0) & (x < x0 + rng.uniform(0.2, 0.4))
@@ -91,30 +92,52 @@ def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarr
         tex = _texture(TEXTURES[rng.integers(len(TEXTURES))], rng, u, np.broadcast_to(y, (h, w)) * side, side * 0.3)
         alpha = rng.uniform(0.25, 0.5)
         image = np.where(patch[..., None], image * (1 - alpha * tex[..., None]) + alpha * tex[..., None] * c2, image)
+    return image
 
-    for _ in range(rng.integers(1, 5)):
-        cls = int(rng.integers(1, NUM_CLASSES))
-        r = rng.uniform(0.1, 0.3) * side
-        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        angle = rng.uniform(0, 2 * np.pi)
-        dy, dx = y * side - cy, x * side - cx
-        u = np.cos(angle) * dx + np.sin(angle) * dy
-        v = -np.sin(angle) * dx + np.cos(angle) * dy
-        mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
-        tex = _texture(TEXTURES[cls - 1], rng, u, v, r)[..., None]
-        a = _random_colour(rng)
-        b = a * rng.uniform(0.25, 0.6) if rng.random() < 0.5 else _random_colour(rng)
-        image = np.where(mask[..., None], a * (1 - tex) + b * tex, image)
-        label[mask] = cls
 
-    # illumination: a random linear gradient, brightness and contrast, sensor noise
+def pose(rng: np.random.Generator, y: np.ndarray, x: np.ndarray, side: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(u, v, r): an object's rotated coordinates around a random centre, and its random radius."""
+    h, w = y.shape[0], x.shape[1]
+    r = rng.uniform(0.1, 0.3) * side
+    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    angle = rng.uniform(0, 2 * np.pi)
+    dy, dx = y * side - cy, x * side - cx
+    return np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy, r
+
+
+def paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, tex: np.ndarray) -> np.ndarray:
+    """``image`` with the object ``mask`` filled by a random colour pair mixed by ``tex``."""
+    tex = tex[..., None]
+    a = _random_colour(rng)
+    b = a * rng.uniform(0.25, 0.6) if rng.random() < 0.5 else _random_colour(rng)
+    return np.where(mask[..., None], a * (1 - tex) + b * tex, image)
+
+
+def illuminate(rng: np.random.Generator, image: np.ndarray, y: np.ndarray, x: np.ndarray, side: float) -> np.ndarray:
+    """uint8 (H, W, 3): a random linear light gradient, brightness and contrast, sensor noise."""
+    h, w = y.shape[0], x.shape[1]
     angle = rng.uniform(0, 2 * np.pi)
     along = (np.cos(angle) * (x - x.mean()) + np.sin(angle) * (y - y.mean())) * side / max(h, w)  # in [-0.71, 0.71]
     light = 1 + rng.uniform(0.1, 0.4) * along * np.sqrt(2)
     image = image * light[..., None]
     image = (image - 0.5) * rng.uniform(0.7, 1.2) + 0.5 + rng.uniform(-0.12, 0.12)
     image = image + rng.normal(0, rng.uniform(0.01, 0.05), size=image.shape)
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), label
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (H, W, 3), label uint8 (H, W)) of scene ``index`` of dataset ``seed``."""
+    rng = np.random.default_rng([seed, index])
+    y, x, side = grid(size)
+    image = background(rng, y, x, side)
+    label = np.zeros(size, dtype=np.uint8)
+    for _ in range(rng.integers(1, 5)):
+        cls = int(rng.integers(1, NUM_CLASSES))
+        u, v, r = pose(rng, y, x, side)
+        mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
+        image = paint(rng, image, mask, _texture(TEXTURES[cls - 1], rng, u, v, r))
+        label[mask] = cls
+    return illuminate(rng, image, y, x, side), label
 
 
 class SyntheticScenes(Dataset):
