@@ -7,6 +7,7 @@ root. Either layout also accepts lines of two paths, image then label, relative 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -81,6 +82,16 @@ class SegmentationFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def with_labels(self, indices: list[int]) -> SegmentationFolder:
+        """These items with their label files read (an unlabeled split's ground truth, where it has
+        one); a missing label file raises FileNotFoundError naming it."""
+        missing = [self.pairs[i][1] for i in indices if not os.path.isfile(self.pairs[i][1])]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(indices)} label files are missing, e.g. {missing[0]!r}")
+        subset = copy.copy(self)
+        subset.pairs, subset.labels = [self.pairs[i] for i in indices], True
+        return subset
 
     def check_labels(self, num_classes: int) -> None:
         """Every label file, before training: single-channel, the size of its image, and only

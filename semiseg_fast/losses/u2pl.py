@@ -12,7 +12,7 @@ from .. import _checks
 from ..base import not_ignored
 from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
 from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
-from ..u2pl.unsupervised import _loss_from_entropy
+from ..u2pl.unsupervised import _loss_from_entropy, reliable_pixels
 
 
 @dataclass
@@ -148,6 +148,18 @@ class U2PLLoss(nn.Module):
             )
         total = sup + self.unsupervised_weight * unsup + self.contrastive_weight * contra
         return U2PLOutput(total, sup, unsup, contra, percent, at)
+
+    def kept_pixels(self, teacher_u: torch.Tensor, pseudo_u: torch.Tensor, epoch: int) -> torch.Tensor:
+        """(N, H, W) bool: the pixels whose pseudo-label the unsupervised loss of :meth:`forward`
+        trains on at ``epoch``: none before ``sup_only_epochs``, then the valid pixels under the
+        epoch's entropy percentile of this batch."""
+        if epoch < self.sup_only_epochs:
+            return torch.zeros(pseudo_u.shape, dtype=torch.bool, device=pseudo_u.device)
+        with torch.no_grad():
+            entropy = pixel_stats(teacher_u.detach()).entropy
+            valid = not_ignored(pseudo_u, self.ignore_index)
+            threshold = entropy_percentile(entropy, valid, drop_percent(epoch, self.epochs, self.initial_drop_percent))
+            return reliable_pixels(valid, entropy, threshold)
 
     def _contrastive(
         self, label_l, pseudo_u, entropy, valid_u, thresholds, rep, rep_teacher, prob_teacher, generator, draws

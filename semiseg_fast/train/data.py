@@ -187,11 +187,15 @@ class PseudoLabeledView(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def thresholded(self, label: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """The stored label with the pixels under ``threshold`` confidence ignored: what trains."""
+        return label.masked_fill(confidence < self.threshold, self.cfg["ignore_index"])
+
     def __getitem__(self, item: tuple[int, ...]):
         g = torch.Generator().manual_seed(item[1])
         image, label, conf, top = self._load(self.indices[item[0]])
         ignore = self.cfg["ignore_index"]
-        label = label.masked_fill(conf < self.threshold, ignore)
+        label = self.thresholded(label, conf)
         extras = None
         if self.soft:
             classes, probs = top

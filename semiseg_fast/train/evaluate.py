@@ -3,7 +3,9 @@ processes, mIoU and per-class IoU."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,25 @@ def slide_logits(model: nn.Module, x: torch.Tensor, window: int, stride: int) ->
     return (total / count)[:, :, :h, :w]
 
 
+def model_input(images_uint8: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    x = normalize(images_uint8).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def same_size_batches(dataset: Dataset, items: Iterable[int], batch_size: int) -> Iterator[list[tuple[int, Any]]]:
+    """``(item, dataset[item])`` pairs in order, at most ``batch_size`` a batch, a new batch where
+    the image size changes (images of different sizes cannot be stacked)."""
+    batch: list[tuple[int, Any]] = []
+    for i in items:
+        sample = dataset[i]
+        if batch and (len(batch) == batch_size or batch[0][1][0].shape != sample[0].shape):
+            yield batch
+            batch = []
+        batch.append((i, sample))
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
 def predict_labels(
     model: nn.Module,
@@ -60,9 +81,7 @@ def predict_labels(
     channels_last: bool = True,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    x = normalize(images_uint8).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = model_input(images_uint8, device, channels_last)
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = _logits(model, x) if mode == "whole" else slide_logits(model, x, window, stride)
     return logits.argmax(1)
@@ -90,22 +109,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    batch: list = []
-
-    def flush() -> None:
-        images = torch.stack([b[0] for b in batch])
-        labels = torch.stack([b[1] for b in batch]).to(device)
+    for batch in same_size_batches(dataset, range(rank, len(dataset), world), batch_size):
+        images = torch.stack([image for _, (image, _) in batch])
+        labels = torch.stack([label for _, (_, label) in batch]).to(device)
         pred = predict_labels(model, images, device, mode, window, stride, channels_last, amp_dtype)
         cm.add_(confusion_matrix(pred, labels, num_classes, ignore_index))
-        batch.clear()
-
-    for i in range(rank, len(dataset), world):
-        image, label = dataset[i]
-        if batch and (len(batch) == batch_size or batch[0][0].shape != image.shape):
-            flush()
-        batch.append((image, label))
-    if batch:
-        flush()
     model.train(was_training)
     all_reduce_sum(cm)
     miou, per_class = iou_from_confusion(cm.cpu())

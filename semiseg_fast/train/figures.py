@@ -1,5 +1,5 @@
-"""The figures a run leaves behind, drawn with matplotlib: a grid of predictions, the loss and mIoU
-curves, and the grouped bars of the experiment table. Each PNG is written atomically."""
+"""The figures a run leaves behind, drawn with matplotlib: a grid of predictions, the loss, mIoU and
+pseudo-label quality curves, and the grouped bars of the experiment table. Each PNG is written atomically."""
 
 from __future__ import annotations
 
@@ -75,24 +75,48 @@ def save_prediction_grid(
     _save(figure, path)
 
 
+PSEUDO_LABEL_SERIES = (
+    ("pseudo_coverage", "kept", "tab:green"),
+    ("pseudo_accuracy", "accuracy of kept", "tab:purple"),
+    ("pseudo_miou", "mIoU", "tab:orange"),
+)
+
+
+def _points(rows: Sequence[dict[str, float]], key: str, scale: float) -> list[tuple[float, float]]:
+    points = [(r.get("step", math.nan), scale * r.get(key, math.nan)) for r in rows]
+    return [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+
+
 def save_curves(path: str, rows: Sequence[dict[str, float]]) -> None:
-    """Training loss and validation mIoU against the step, side by side."""
-    figure = Figure(figsize=(10, 3.6), dpi=100, layout="constrained")
-    panels = figure.subplots(1, 2)
+    _save(curves_figure(rows), path)
+
+
+def curves_figure(rows: Sequence[dict[str, float]]) -> Figure:
+    """Training loss and validation mIoU against the step, side by side, and the pseudo-labels'
+    quality against the truth (metrics.csv's pseudo_* columns) when the rows have it."""
+    pseudo = {key: _points(rows, key, 100.0) for key, _, _ in PSEUDO_LABEL_SERIES}
+    figure = Figure(figsize=(15 if any(pseudo.values()) else 10, 3.6), dpi=100, layout="constrained")
+    panels = figure.subplots(1, 3 if any(pseudo.values()) else 2)
     for axes, key, scale, title, colour in (
         (panels[0], "loss", 1.0, "training loss", "tab:blue"),
         (panels[1], "miou", 100.0, "validation mIoU (%)", "tab:red"),
     ):
-        points = [(r.get("step", math.nan), scale * r.get(key, math.nan)) for r in rows]
-        points = [(x, y) for x, y in points if math.isfinite(x) and math.isfinite(y)]
+        points = _points(rows, key, scale)
         if points:
             axes.plot(*zip(*points), marker="o", markersize=3, color=colour)
         else:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, color="gray")
         axes.set_title(title)
+    if any(pseudo.values()):
+        for key, label, colour in PSEUDO_LABEL_SERIES:
+            if pseudo[key]:
+                panels[2].plot(*zip(*pseudo[key]), marker="o", markersize=3, color=colour, label=label)
+        panels[2].set_title("unlabeled images' pseudo-labels (%)")
+        panels[2].legend(fontsize=8)
+    for axes in panels:
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)
-    _save(figure, path)
+    return figure
 
 
 def save_bars(path: str, panels: Sequence[dict[str, object]]) -> None:

@@ -1,11 +1,12 @@
 """metrics.csv: one row per logged step, appended and flushed as it comes, so that a killed run
-keeps what it logged; a resumed run drops the rows logged after its checkpoint."""
+keeps what it logged; a resumed run drops the rows logged after its checkpoint, and gains the
+columns added since its file was written."""
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..utils.atomic import atomic_open
 
@@ -19,7 +20,9 @@ class MetricsCSV:
             with open(path, newline="") as f:
                 header = next(csv.reader(f), None)
             if header is not None and header != self.fieldnames:
-                raise ValueError(f"metrics CSV: {path!r} has columns {header}, expected {self.fieldnames}")
+                if header != self.fieldnames[: len(header)]:
+                    raise ValueError(f"metrics CSV: {path!r} has columns {header}, expected {self.fieldnames}")
+                self._rewrite(lambda row: True)  # written before columns were added: they are empty there
 
     def write(self, row: dict[str, object]) -> None:
         unknown = set(row) - set(self.fieldnames)
@@ -37,12 +40,15 @@ class MetricsCSV:
 
     def truncate_after(self, step: int) -> None:
         """Drops rows logged after ``step`` (a resumed run logs them again), atomically."""
-        if not os.path.exists(self.path):
-            return
+        if os.path.exists(self.path):
+            self._rewrite(lambda row: int(float(row["step"])) <= step)
+
+    def _rewrite(self, keep: Callable[[dict[str, str]], bool]) -> None:
+        """The rows ``keep`` accepts, under this file's columns (absent ones empty), atomically."""
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= step]
+            rows = [r for r in csv.DictReader(f) if keep(r)]
         with atomic_open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.fieldnames)
+            writer = csv.DictWriter(f, self.fieldnames, restval="")
             writer.writeheader()
             writer.writerows(rows)
 

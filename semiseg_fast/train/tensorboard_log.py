@@ -21,6 +21,9 @@ TAGS = {
     "lr": "optim/lr",
     "img_per_s": "speed/images_per_second",
     "miou": "val/miou",
+    "pseudo_coverage": "pseudo_labels/coverage",
+    "pseudo_accuracy": "pseudo_labels/accuracy",
+    "pseudo_miou": "pseudo_labels/miou",
 }
 
 

@@ -9,9 +9,13 @@ from ..base import not_ignored
 from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
 
 
+def reliable_pixels(valid: torch.Tensor, entropy: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """The pixels the unsupervised loss trains on: valid, with a teacher entropy under the threshold."""
+    return valid & ~(entropy >= threshold)
+
+
 def _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index):
-    valid = not_ignored(pseudo_label, ignore_index)
-    keep = valid & ~(entropy >= threshold)
+    keep = reliable_pixels(not_ignored(pseudo_label, ignore_index), entropy, threshold)
     n, _, h, w = student_logits.shape
     # official: weight = N*H*W / kept, times the mean over the kept pixels
     denom = keep.sum().double().square() / float(n * h * w)

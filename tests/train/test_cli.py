@@ -71,8 +71,10 @@ def test_torchrun_two_processes(tiny_config, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("mIoU") == 1  # only rank 0 reports and writes
-    steps = [int(r["step"]) for r in _rows(out)]
-    assert steps[-1] == 10  # 18 unlabeled images / (2 per process * 2 processes), rounded up, * 2 epochs
+    rows = _rows(out)
+    assert int(rows[-1]["step"]) == 10  # 18 unlabeled images / (2 per process * 2 processes), rounded up, * 2 epochs
+    evaluated = [r for r in rows if r["miou"]]
+    assert evaluated and all(0 <= float(r["pseudo_coverage"]) <= 1 for r in evaluated)  # summed over both ranks
     state = torch.load(out / "last.pt", weights_only=False)
     assert int(state["criterion"]["bank.length"].sum()) > 0  # the contrastive term ran and filled the bank
 
@@ -166,6 +168,7 @@ def test_selftrain_from_offline_pseudo_labels_with_fast2x(tiny_config, tmp_path)
     # a budget of 18 batches: 7 steps of 2 batches on 20-pixel crops, then 4 full-size steps
     assert rows[-1]["step"] == "11" and float(rows[-1]["epoch"]) == 2.0
     assert all(float(r["loss_unsup"]) > 0 for r in rows)
+    assert all(0 < float(r["pseudo_coverage"]) <= 1 and r["pseudo_miou"] for r in rows if r["miou"])
     saved = (out / "config.yaml").read_text()
     assert "schedule: fast2x" in saved and "soft: true" in saved
     missing = run_module(

@@ -76,6 +76,16 @@ def test_metrics_csv_resume(tmp_path):
         csv.write({"step": 1, "acc": 2})
 
 
+def test_metrics_csv_of_an_older_run_gains_the_new_columns_empty(tmp_path):
+    path = str(tmp_path / "m.csv")
+    MetricsCSV(path, ["step", "miou"]).write({"step": 10, "miou": 0.5})
+    grown = MetricsCSV(path, ["step", "miou", "pseudo_miou"])
+    grown.write({"step": 20, "miou": 0.6, "pseudo_miou": 0.4})
+    assert open(path).read().splitlines() == ["step,miou,pseudo_miou", "10,0.5,", "20,0.6,0.4"]
+    with pytest.raises(ValueError, match="columns"):
+        MetricsCSV(path, ["step", "pseudo_miou"])  # not an older layout of these columns
+
+
 def test_palette_is_the_voc_colour_map():
     assert palette(5).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
 

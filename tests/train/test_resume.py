@@ -75,6 +75,24 @@ def test_readme_resume_continues_the_checkpoints_run_in_its_folder(finished, tmp
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["supervised-seed1"]  # nowhere else
 
 
+def test_a_metrics_csv_from_before_the_pseudo_label_columns_resumes(finished, tmp_path):
+    folder = _copy(finished, tmp_path)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert all(r[c] == "" for r in rows for c in ("pseudo_coverage", "pseudo_accuracy", "pseudo_miou"))  # supervised
+    old = [c for c in rows[0] if not c.startswith("pseudo_")]
+    with open(folder / "metrics.csv", "w", newline="") as f:  # as written before the columns existed
+        writer = csv.DictWriter(f, old, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    state = torch.load(folder / "last.pt", weights_only=False)
+    state["config"]["train"]["epochs"] = 2  # as if a 2-epoch run had been killed at step 9
+    save_atomic({k: v for k, v in state.items() if k != "sha256"}, str(folder / "last.pt"))
+    cli.main(["--resume", str(folder), "train.progress=false"])
+    resumed = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [int(r["step"]) for r in resumed] == [6, 9, 10, 12, 18] and list(resumed[0]) == list(rows[0])
+    assert [r["miou"] for r in resumed[:2]] == [r["miou"] for r in rows]
+
+
 def test_resume_refuses_other_settings(finished, tiny_yaml):
     state = torch.load(finished / "last.pt", weights_only=False)
     last = str(finished / "last.pt")

@@ -48,6 +48,10 @@ def test_a_tiny_run_logs_scalars_and_prediction_grids(tiny_yaml, tmp_path):
     evaluated = [r for r in rows if r["miou"]]
     assert [e.step for e in miou] == [int(r["step"]) for r in evaluated] == [6, 9]
     assert [e.value for e in miou] == pytest.approx([float(r["miou"]) for r in evaluated], rel=1e-6)
+    for column, tag in (("pseudo_coverage", "coverage"), ("pseudo_miou", "miou")):  # threshold 0: accuracy too
+        values = events.Scalars(f"pseudo_labels/{tag}")
+        assert [e.step for e in values] == [6, 9]
+        assert [e.value for e in values] == pytest.approx([float(r[column]) for r in evaluated], rel=1e-6)
     grids = events.Images("val/predictions")
     assert [e.step for e in grids] == [6, 9]
     # train.grid_images=2 images of 32x32, three columns: image | ground truth | prediction

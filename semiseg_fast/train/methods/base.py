@@ -5,6 +5,7 @@ method by name. Also the helpers most steps share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,6 +84,17 @@ class Method:
 
     def step(self, ctx: StepContext, labeled: list[torch.Tensor], unlabeled: list[torch.Tensor] | None) -> StepOutput:
         raise NotImplementedError
+
+    def pseudo_labels(
+        self, teacher: nn.Module, images: torch.Tensor, indices: Sequence[int], epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pseudo-labels this method would train on for whole, unaugmented unlabeled images,
+        to measure them against the ground truth: (labels (N, H, W) before the method's filter,
+        keep (N, H, W) bool, the pixels its filter keeps at ``epoch``), from the same functions
+        as :meth:`step`. ``images``: normalised, ``indices``: their places in the unlabeled split;
+        ``teacher`` is in eval mode, called without gradients under the run's autocast. None: the
+        method has no pseudo-labels."""
+        return None
 
 
 def upsampled(output: Any, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

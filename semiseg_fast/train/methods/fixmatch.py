@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...ops import pseudo_label_cross_entropy
+from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData, UnlabeledView
 from ..schema import UNIT_INTERVAL, Section, option
 from .base import Method, StepContext, StepOutput, mix, mixed_pseudo_labels, predict, teacher_predict
@@ -41,10 +41,18 @@ class FixMatch(Method):
         # UniMatch's loss_u_s: CE on confident pixels, over the count of pixels that are not padding
         label, conf = mixed_pseudo_labels(box, teacher_logits)
         valid = ~mix(box, pad)
-        confident = valid & (conf >= self.settings["threshold"])
+        confident = valid & self.confident(conf)
         target = label.masked_fill(~confident, ctx.ignore_index)
         num_valid = valid.sum()
         unsup = pseudo_label_cross_entropy(logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid)
         ratio = confident.sum() / num_valid.clamp(min=1)
         loss = sup + ctx.semi["unsupervised_weight"] * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
+
+    def confident(self, confidence: torch.Tensor) -> torch.Tensor:
+        """The pixels whose pseudo-label trains the student: teacher confidence at the threshold or above."""
+        return confidence >= self.settings["threshold"]
+
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        stats = pixel_stats(predict(teacher, images)[0])
+        return stats.label, self.confident(stats.confidence)

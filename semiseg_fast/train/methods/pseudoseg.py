@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import image_labels_from_masks
-from ...ops import pseudo_label_cross_entropy, pseudoseg_consistency_loss
+from ...ops import calibrated_fusion, pseudo_label_cross_entropy, pseudoseg_consistency_loss
 from ..data import RunData, UnlabeledView
 from ..schema import BOOLEAN, NON_NEGATIVE_NUMBER, POSITIVE_NUMBER, UNIT_INTERVAL, Section, option
 from .base import Method, StepContext, StepOutput, teacher_outputs
@@ -104,3 +104,12 @@ class PseudoSeg(Method):
         )
         loss = sup + ctx.semi["unsupervised_weight"] * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
+
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        """The argmax of the calibrated fusion the loss targets, kept where its maximum reaches
+        semi.pseudoseg.threshold (every pixel at 0), as the loss keeps pixels."""
+        out = teacher(images)
+        up = lambda x: F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        ps = self.settings
+        confidence, label = calibrated_fusion(up(out["pred"]), up(out["sgc"]), ps["gamma"], ps["temperature"]).max(1)
+        return label, confidence >= ps["threshold"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...data import DataError
 from ...ops import pseudo_label_cross_entropy
 from ..data import PseudoLabeledView, RunData
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, option
@@ -48,7 +49,7 @@ class SelfTrain(Method):
 
     def unlabeled_view(self, data: RunData) -> PseudoLabeledView:
         st = self.settings
-        return PseudoLabeledView(
+        self.view = PseudoLabeledView(
             data.unlabeled,
             st["pseudo_dir"],
             self.run_config["data"],
@@ -57,6 +58,7 @@ class SelfTrain(Method):
             st["class_balanced"],
             num_classes=data.num_classes,
         )
+        return self.view
 
     def step(self, ctx: StepContext, labeled, pseudo_labeled) -> StepOutput:
         """Hard cross-entropy on both parts, or a soft cross-entropy against the stored top-k
@@ -77,3 +79,23 @@ class SelfTrain(Method):
             pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index)
         loss = sup + ctx.semi["unsupervised_weight"] * pseudo
         return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())
+
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        """The stored pseudo-labels (the teacher ran offline), kept where semi.selftrain.threshold
+        keeps them; an image without a stored label has none (ignore_index) and keeps nothing."""
+        ignore, size = self.run_config["data"]["ignore_index"], tuple(images.shape[-2:])
+        labels, kept = [], []
+        for i in indices:
+            if i in self.view.labels.ids:
+                label, confidence, _ = self.view.labels.load(i)
+                if tuple(label.shape) != size:
+                    raise DataError(
+                        f"pseudo_dir: {self.view.pseudo_dir!r} has a {tuple(label.shape)} label for image "
+                        f"{self.view.labels.ids[i]!r}, which is {size} in this run"
+                    )
+                labels.append(label)
+                kept.append(self.view.thresholded(label, confidence) != ignore)
+            else:
+                labels.append(torch.full(size, ignore, dtype=torch.uint8))
+                kept.append(torch.zeros(size, dtype=torch.bool))
+        return torch.stack(labels).to(images.device), torch.stack(kept).to(images.device)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ...losses import U2PLLoss
+from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import (
     BOOLEAN,
@@ -112,3 +113,10 @@ class U2PL(Method):
         )
         kept = torch.tensor(out.drop_percent / 100.0 if ctx.epoch >= self.criterion.sup_only_epochs else 0.0)
         return StepOutput(out.total, out.supervised.detach(), out.unsupervised.detach(), kept)
+
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        """The argmax of the teacher, kept where the criterion's entropy filter keeps it at ``epoch``:
+        the percentile is taken over this batch, as over a training batch."""
+        logits = predict(teacher, images)[0]
+        label = pixel_stats(logits).label
+        return label, self.criterion.kept_pixels(logits, label, epoch)
