@@ -10,7 +10,8 @@ from torch import nn
 
 from .deeplab import DeepLabV3Plus
 
-BUILTIN = {"deeplabv3plus": DeepLabV3Plus}
+BUILT_IN_MODEL = "deeplabv3plus"
+BUILTIN = {BUILT_IN_MODEL: DeepLabV3Plus}
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -1,6 +1,7 @@
-"""A small DeepLabv3+: residual backbone at output stride 8, ASPP, a decoder that fuses the
-stride-4 features, and U2PL's representation head. Sized for CPU training on small images; every
-layer is a plain conv/BN/ReLU, so the model runs in channels_last without layout changes."""
+"""DeepLabv3+: an encoder (the small residual one below, or a ResNet from ``resnet.py``), ASPP, a
+decoder that fuses the stride-4 features, and U2PL's representation head. The small encoder is
+sized for CPU training on small images; every layer is a plain conv/BN/ReLU, so the model runs in
+channels_last without layout changes."""
 
 from __future__ import annotations
 
@@ -82,13 +83,54 @@ class ASPP(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
+class SmallEncoder(nn.Module):
+    """A residual encoder at output stride 8 for small images, ``width`` channels at stride 4.
+    ``forward(x)`` returns (low: stride 4, mid: stride 8, deep: stride 8, dilated)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        if width < 4 or width % 2:
+            raise ValueError(f"width: expected an even integer >= 4, got {width}")
+        w = width
+        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3))  # 1/2
+        self.layer1 = nn.Sequential(ResidualBlock(w, w, 2), ResidualBlock(w, w))  # 1/4
+        self.layer2 = nn.Sequential(ResidualBlock(w, 2 * w, 2), ResidualBlock(2 * w, 2 * w))  # 1/8
+        self.layer3 = nn.Sequential(ResidualBlock(2 * w, 4 * w, 1, 2), ResidualBlock(4 * w, 4 * w, 1, 2))
+        self.channels = (w, 2 * w, 4 * w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        low = self.layer1(self.stem(x))
+        mid = self.layer2(low)
+        return low, mid, self.layer3(mid)
+
+
+BACKBONES = ("small", "resnet50", "resnet101")
+
+
+def build_encoder(backbone: str, width: int, output_stride: int) -> nn.Module:
+    if backbone == "small":
+        if output_stride != 8:
+            raise ValueError(f"output_stride: the small backbone has 8, got {output_stride}")
+        return SmallEncoder(width)
+    if backbone in ("resnet50", "resnet101"):
+        from .resnet import ResNetEncoder
+
+        return ResNetEncoder(backbone, output_stride)
+    raise ValueError(f"backbone: expected one of {' | '.join(BACKBONES)}, got {backbone!r}")
+
+
 class DeepLabV3Plus(nn.Module):
     """``forward(x)`` returns ``{"pred": logits, "rep": features}``, both at 1/4 of the input
     resolution (the training loop upsamples the logits, as UniMatch and U2PL do).
-    ``rep_dim=None`` leaves out the representation head (methods without a contrastive term).
-    ``pseudoseg=True`` adds PseudoSeg's image classifier and SGC head on the deepest features:
-    the output then also holds ``"cls"`` (N, C - 1) and ``"sgc"`` logits at the size of ``"pred"``;
-    ``forward(x, image_labels)`` passes known image labels to the Grad-CAM;
+
+    ``backbone``: ``small`` (the residual encoder above, ``width`` channels at stride 4) or
+    ``resnet50`` / ``resnet101`` at ``output_stride`` 8 or 16 with U2PL's decoder (256-channel ASPP
+    at rates 6/12/18 per stride 16, 48-channel low-level projection). The encoder is
+    ``model.encoder``: pretrained weights load into it and ``optim.head_lr_mult`` sets everything
+    else apart. ``rep_dim=None`` leaves out the representation head (methods without a contrastive
+    term). ``pseudoseg=True`` adds PseudoSeg's image classifier and SGC head on the deepest
+    features: the output then also holds ``"cls"`` (N, C - 1) and ``"sgc"`` logits at the size of
+    ``"pred"``; ``forward(x, image_labels)`` passes known image labels to the Grad-CAM;
     ``pseudoseg_classifier_backprop=False`` keeps the classifier's loss out of the backbone."""
 
     def __init__(
@@ -96,41 +138,41 @@ class DeepLabV3Plus(nn.Module):
         num_classes: int,
         width: int = 32,
         rep_dim: int | None = 64,
-        dilations: Sequence[int] = (2, 4, 6),
+        dilations: Sequence[int] | None = None,
         pseudoseg: bool = False,
         pseudoseg_classifier_backprop: bool = True,
+        backbone: str = "small",
+        output_stride: int = 8,
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
-        if width < 4 or width % 2:
-            raise ValueError(f"width: expected an even integer >= 4, got {width}")
-        w = width
-        self.stem = nn.Sequential(conv_bn_relu(3, w // 2, 3, 2), conv_bn_relu(w // 2, w, 3))  # 1/2
-        self.layer1 = nn.Sequential(ResidualBlock(w, w, 2), ResidualBlock(w, w))  # 1/4
-        self.layer2 = nn.Sequential(ResidualBlock(w, 2 * w, 2), ResidualBlock(2 * w, 2 * w))  # 1/8
-        self.layer3 = nn.Sequential(
-            ResidualBlock(2 * w, 4 * w, 1, 2), ResidualBlock(4 * w, 4 * w, 1, 2)
-        )  # 1/8, dilated
-        self.aspp = ASPP(4 * w, 2 * w, dilations)
-        self.reduce = conv_bn_relu(w, w // 2, 1)
-        self.fuse = nn.Sequential(conv_bn_relu(2 * w + w // 2, 2 * w), conv_bn_relu(2 * w, 2 * w))
-        self.classifier = nn.Conv2d(2 * w, num_classes, 1)
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride: expected 8 or 16, got {output_stride}")
+        self.encoder = build_encoder(backbone, width, output_stride)
+        low_ch, mid_ch, deep_ch = self.encoder.channels
+        if backbone == "small":
+            aspp_ch, reduce_ch, fuse_ch, default_rates = 2 * width, width // 2, 2 * width, (2, 4, 6)
+        else:
+            aspp_ch, reduce_ch, fuse_ch = 256, 48, 256
+            default_rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.aspp = ASPP(deep_ch, aspp_ch, default_rates if dilations is None else dilations)
+        self.reduce = conv_bn_relu(low_ch, reduce_ch, 1)
+        self.fuse = nn.Sequential(conv_bn_relu(aspp_ch + reduce_ch, fuse_ch), conv_bn_relu(fuse_ch, fuse_ch))
+        self.classifier = nn.Conv2d(fuse_ch, num_classes, 1)
         self.representation = (
-            nn.Sequential(conv_bn_relu(2 * w, 2 * w), nn.Conv2d(2 * w, rep_dim, 1)) if rep_dim else None
+            nn.Sequential(conv_bn_relu(fuse_ch, fuse_ch), nn.Conv2d(fuse_ch, rep_dim, 1)) if rep_dim else None
         )
-        # PseudoSeg: Grad-CAM of layer3, attention over layer2 + layer3 (both at stride 8)
+        # PseudoSeg: Grad-CAM of the deepest features, attention over mid + deep (the same stride)
         self.pseudoseg = (
-            PseudoSegHeads(num_classes, 4 * w, 6 * w, classifier_backprop=pseudoseg_classifier_backprop)
+            PseudoSegHeads(num_classes, deep_ch, mid_ch + deep_ch, classifier_backprop=pseudoseg_classifier_backprop)
             if pseudoseg
             else None
         )
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor, image_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        low = self.layer1(self.stem(x))
-        mid = self.layer2(low)
-        deep = self.layer3(mid)
+        low, mid, deep = self.encoder(x)
         high = self.aspp(deep)
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
         feats = self.fuse(torch.cat([self.reduce(low), high], dim=1))

@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from ..models.build import BUILT_IN_MODEL
+from ..models.deeplab import BACKBONES
+from ..models.pretrained import EMBEDDED_WIDTH, PRETRAINED_SOURCES
 from . import methods, schema
 from .schema import (
     BOOLEAN,
@@ -127,19 +130,70 @@ class ModelConfig(Section):
         MAPPING,
         free_form=True,
     )
+    backbone: str = option(
+        "small",
+        "the built-in model's encoder: small (a residual net for small images, model.kwargs.width channels) | "
+        "resnet50 | resnet101 (ResNets in torchvision's layout, U2PL's decoder; docs/backbones.md)",
+        choice(*BACKBONES),
+    )
+    output_stride: int = option(
+        8,
+        "the built-in model's output stride: 8 | 16 (ResNets; the small encoder has 8)",
+        Accepts(lambda v: v in (8, 16) and not isinstance(v, bool), "8 | 16"),
+    )
+    pretrained: str = option(
+        "auto",
+        "the encoder's starting weights: embedded (shipped, for the small encoder at width 32: "
+        "python -m semiseg_fast.pretrain) | imagenet (ResNets: torchvision's ImageNet file, through torch.hub's "
+        "cache or a download; docs/backbones.md) | none | a file with the encoder's state dict (a torchvision "
+        "ResNet file loads as it is); auto: embedded for the small encoder at width 32, imagenet for ResNets",
+        Accepts(lambda v: isinstance(v, str) and bool(v), "auto | embedded | imagenet | none | a weights file"),
+    )
+
+    @classmethod
+    def check(cls, values, config, fail: Fail) -> None:
+        if values["name"] != BUILT_IN_MODEL and (
+            values["backbone"] != "small" or values["pretrained"] not in ("auto", "none")
+        ):
+            fail(
+                "model.pretrained" if values["backbone"] == "small" else "model.backbone",
+                f"the default with model.name={values['name']} (only the built-in model has a backbone)",
+            )
+        if values["backbone"] == "small" and values["output_stride"] != 8:
+            fail("model.output_stride", "8 with model.backbone=small")
+        source = values["pretrained"]
+        if source in PRETRAINED_SOURCES:
+            width = (values["kwargs"] or {}).get("width", 32)
+            if source == "embedded" and (values["backbone"] != "small" or width != EMBEDDED_WIDTH):
+                fail(
+                    "model.pretrained",
+                    f"a weights file or none: the embedded weights are the small encoder's "
+                    f"at width {EMBEDDED_WIDTH} (model.backbone={values['backbone']}, width {width})",
+                )
+            if source == "imagenet" and values["backbone"] == "small":
+                fail("model.pretrained", "embedded, none or a weights file with model.backbone=small")
+        elif not os.path.isfile(source):
+            fail("model.pretrained", "auto | embedded | imagenet | none | an existing weights file (no file there)")
 
 
 @dataclass
 class OptimConfig(Section):
     name: str = option("adamw", "adamw (fused step) | sgd (Nesterov)", choice("adamw", "sgd"))
-    lr: float = option(
-        0.008,
-        "peak learning rate; 0.008 was the best found on the embedded dataset "
-        f"({TABLES}#the-learning-rate-optimlr-and-trainfast2xlow_res_lr)",
-        POSITIVE_NUMBER,
+    lr: float | None = option(
+        None,
+        "peak learning rate of the encoder; null: 0.002 from a pretrained encoder, 0.008 from scratch, the best "
+        f"found for each ({TABLES}#a-pretrained-start-modelpretrained, "
+        f"{TABLES}#the-learning-rate-optimlr-and-trainfast2xlow_res_lr)",
+        optional(POSITIVE_NUMBER, "null or a positive number"),
     )
     momentum: float = option(
         0.9, "SGD's momentum, in [0, 1); adamw ignores it", number_in(0, 1, "a number in [0, 1)", high_open=True)
+    )
+    head_lr_mult: float | None = option(
+        None,
+        "the decoder and heads train at this multiple of optim.lr, the encoder at optim.lr; null: 10 when the "
+        "encoder starts pretrained (as U2PL and UniMatch), 1 otherwise",
+        optional(POSITIVE_NUMBER, "null or a positive number"),
     )
     weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 penalty (sgd), >= 0", NON_NEGATIVE_NUMBER)
     poly_power: float = option(0.9, "exponent of the poly decay after the warm-up", NON_NEGATIVE_NUMBER)
@@ -245,6 +299,13 @@ class EvalConfig(Section):
     window: int = option(64, "slide: window side in pixels", POSITIVE_INT)
     stride: int = option(48, "slide: stride in pixels, 0 < stride <= eval.window", POSITIVE_INT)
     batch_size: int = option(32, "images (or windows) per forward pass", POSITIVE_INT, resume_adjustable=True)
+    pseudo_images: int = option(
+        256,
+        "unlabeled images, spread over the split, whose pseudo-labels are measured against their ground truth "
+        "at each evaluation (metrics.csv's pseudo_* columns; whole images, never windows); 0: off",
+        NON_NEGATIVE_INT,
+        resume_adjustable=True,
+    )
 
     @classmethod
     def check(cls, values, config, fail: Fail) -> None:

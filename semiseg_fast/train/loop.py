@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data import normalize
+from ..data import DataError, normalize
 from ..utils.atomic import atomic_open, remove_temporaries
-from . import figures, methods
+from . import figures, methods, pseudo_quality
 from .batches import mix_seed
 from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
@@ -28,10 +28,12 @@ from .progress import ProgressBar
 from .run_folder import check_writable, in_folder, write_failure
 from .run_model import build_run_model
 from .schedule import from_config as schedule_from_config
+from .start import base_lr, head_lr_mult
 from .tensorboard_log import INSTALL_HINT, TensorBoardLog
 from .tensorboard_log import available as tensorboard_available
 
 CSV_FIELDS = ["step", "epoch", "lr", "loss", "loss_sup", "loss_unsup", "mask_ratio", "img_per_s", "miou"]
+CSV_FIELDS += pseudo_quality.COLUMNS  # at evaluations, where the unlabeled images have ground truth
 LOG_EVERY = 10
 
 
@@ -51,6 +53,20 @@ def resolve_amp(setting: Any, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def param_groups(model: nn.Module, mult: float) -> list[dict[str, Any]]:
+    """The encoder's parameters at the schedule's rate, everything else at ``mult`` times it
+    (``lr_mult``, read at every step). A model without ``.encoder`` is one group: a multiplier
+    other than 1 then has nothing to tell apart, which is an error."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        if mult != 1.0:
+            raise ValueError(f"optim.head_lr_mult: {mult} needs a model with an .encoder module; set it to 1")
+        return [{"params": list(model.parameters()), "lr_mult": 1.0}]
+    own = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    return [{"params": list(encoder.parameters()), "lr_mult": 1.0}, {"params": rest, "lr_mult": mult}]
 
 
 def set_determinism(config: dict[str, Any]) -> None:
@@ -86,7 +102,7 @@ class Trainer:
         self.amp_dtype = resolve_amp(tc["amp"], self.world.device)
         self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
 
-        self.model = build_run_model(config, self.data.num_classes)
+        self.model = build_run_model(config, self.data.num_classes, load_weights=not resume)
         self.model.to(self.world.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
         if method_cls.uses_teacher and sc["teacher"] == "ema":
@@ -95,10 +111,11 @@ class Trainer:
         if self.method_state is not None:
             self.method_state.to(self.world.device)
         o = config["optim"]
+        groups = param_groups(self.model, head_lr_mult(config))
         if o["name"] == "sgd":  # not fused: that one fails on a parameter whose first gradient comes late
             self.optimizer = torch.optim.SGD(
-                self.model.parameters(),
-                lr=o["lr"],
+                groups,
+                lr=base_lr(config),
                 momentum=o["momentum"],
                 weight_decay=o["weight_decay"],
                 nesterov=True,
@@ -107,15 +124,14 @@ class Trainer:
             # fused: one kernel over all parameters instead of ~10 ops per tensor (8 -> 2 ms a step
             # on this project's CPUs). It rounds otherwise than the per-tensor loop; a checkpoint
             # written by that loop resumes with it (load_state_dict restores `fused`)
-            self.optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], fused=True
-            )
+            self.optimizer = torch.optim.AdamW(groups, lr=base_lr(config), weight_decay=o["weight_decay"], fused=True)
         self.scaler = torch.amp.GradScaler(self.world.device.type, enabled=self.amp_dtype == torch.float16)
         self.step, self.best_miou = 0, -1.0
         self.resumed_log_sums: torch.Tensor | None = None
         if tc["tensorboard"] and not tensorboard_available():  # before training, not at its end
             raise ValueError(f"config: train.tensorboard=true needs the tensorboard package: {INSTALL_HINT}")
         self.unlabeled_view = self._unlabeled_view()  # before training: a bad pseudo_dir is a setup error
+        self.pseudo_sample = self._pseudo_label_sample()
         if resume:
             self._load(checkpoint_path(resume))
         self.student: nn.Module = self.model
@@ -249,7 +265,7 @@ class Trainer:
             step = self.step
             lr = self.schedule.lr(step)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
             progress, scale = self.schedule.progress(step), self.schedule.batch_scale(step)
@@ -258,7 +274,7 @@ class Trainer:
                 self.eval_model,
                 cfg["semi"],
                 cfg["data"]["ignore_index"],
-                min(progress // self.steps_per_epoch, tc["epochs"] - 1),
+                self._epoch(step),
                 gen,
                 self.data.num_classes,
             )
@@ -300,6 +316,7 @@ class Trainer:
                     "mask_ratio": totals[3] / n,
                     "img_per_s": images_since_log / elapsed,
                     "miou": "",
+                    **dict.fromkeys(pseudo_quality.COLUMNS, ""),
                 }
                 bar.set_metrics(loss=row["loss"], mask=row["mask_ratio"])
                 sums.zero_()
@@ -307,8 +324,14 @@ class Trainer:
                 if self.step % tc["eval_every"] == 0 or last:
                     last_result = self._evaluate()
                     row["miou"] = last_result.miou
+                    quality = self._measure_pseudo_labels()
+                    if quality is not None:
+                        row.update(quality.row())
                     if w.is_main:
-                        bar.write(f"step {self.step}: mIoU {100 * last_result.miou:.2f}")
+                        bar.write(
+                            f"step {self.step}: mIoU {100 * last_result.miou:.2f}"
+                            + (f"; {quality.summary()}" if quality is not None else "")
+                        )
                     if board is not None and (grid := self._prediction_grid()) is not None:
                         board.image(
                             "val/predictions", figures.prediction_grid_array(*grid, self.data.num_classes), self.step
@@ -366,6 +389,44 @@ class Trainer:
             ec["mode"],
             ec["window"],
             ec["stride"],
+            ec["batch_size"],
+            self.config["data"]["ignore_index"],
+            self.config["train"]["channels_last"],
+            self.amp_dtype,
+            w.rank,
+            w.size,
+        )
+
+    def _epoch(self, step: int) -> int:
+        """The 0-based epoch that optimizer step ``step`` trains in."""
+        return min(self.schedule.progress(step) // self.steps_per_epoch, self.config["train"]["epochs"] - 1)
+
+    def _pseudo_label_sample(self) -> pseudo_quality.TruthSample | None:
+        """The unlabeled images whose pseudo-labels each evaluation measures, or None: off, a method
+        without pseudo-labels, or no ground truth (said once)."""
+        count, unlabeled = self.config["eval"]["pseudo_images"], self.data.unlabeled
+        if count == 0 or unlabeled is None or not pseudo_quality.has_pseudo_labels(self.method):
+            return None
+        try:
+            return pseudo_quality.truth_sample(unlabeled, count, self.data.num_classes)
+        except (FileNotFoundError, DataError) as e:
+            if self.world.is_main:
+                print(
+                    f"pseudo-label quality: not measured, the unlabeled images lack ground truth: {e}", file=sys.stderr
+                )
+            return None
+
+    def _measure_pseudo_labels(self) -> pseudo_quality.PseudoLabelQuality | None:
+        if self.pseudo_sample is None:
+            return None
+        ec, w = self.config["eval"], self.world
+        return pseudo_quality.measure(
+            self.method,
+            self.eval_model,
+            self.pseudo_sample,
+            self._epoch(max(self.step - 1, 0)),  # the epoch of the step just taken
+            self.data.num_classes,
+            w.device,
             ec["batch_size"],
             self.config["data"]["ignore_index"],
             self.config["train"]["channels_last"],

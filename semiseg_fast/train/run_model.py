@@ -7,18 +7,26 @@ from typing import Any
 from torch import nn
 
 from ..models import build_model
+from ..models.build import BUILT_IN_MODEL
+from ..models.pretrained import load_pretrained
 from . import methods
+from .start import pretrained_source
 
-BUILT_IN = "deeplabv3plus"
 
-
-def build_run_model(config: dict[str, Any], num_classes: int) -> nn.Module:
-    """``model.name`` with ``model.kwargs``; the built-in model also gets the arguments the run's
-    method asks for (its heads). A keyword the model does not take is an error naming model.kwargs."""
-    kwargs = dict(config["model"]["kwargs"] or {})
-    if config["model"]["name"] == BUILT_IN:
+def build_run_model(config: dict[str, Any], num_classes: int, load_weights: bool = False) -> nn.Module:
+    """``model.name`` with ``model.kwargs``; the built-in model also gets ``model.backbone``,
+    ``model.output_stride`` and the arguments the run's method asks for (its heads). A keyword the
+    model does not take is an error naming model.kwargs. ``load_weights``: start the encoder from
+    ``model.pretrained`` (a new run; resumed runs, evaluation and pseudo-labelling load a checkpoint)."""
+    m = config["model"]
+    kwargs = dict(m["kwargs"] or {})
+    if m["name"] == BUILT_IN_MODEL:
         kwargs = methods.get(config["method"]).model_kwargs(config, kwargs)
+        kwargs.update(backbone=m["backbone"], output_stride=m["output_stride"])
     try:
-        return build_model(config["model"]["name"], num_classes, **kwargs)
+        model = build_model(m["name"], num_classes, **kwargs)
     except TypeError as e:
-        raise TypeError(f"model.kwargs: building {config['model']['name']!r} with {sorted(kwargs)} failed: {e}") from e
+        raise TypeError(f"model.kwargs: building {m['name']!r} with {sorted(kwargs)} failed: {e}") from e
+    if load_weights:
+        load_pretrained(model, pretrained_source(config), m["backbone"])
+    return model

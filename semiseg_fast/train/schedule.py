@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
+from .start import base_lr
 
 KINDS = ("standard", "fast2x")
 
@@ -196,7 +197,7 @@ def from_config(config: dict[str, Any], total_steps: int) -> Schedule:
     o, tc = config["optim"], config["train"]
     args = (
         total_steps,
-        float(o["lr"]),
+        base_lr(config),
         int(config["data"]["crop_size"]),
         int(o["warmup_steps"]),
         float(o["poly_power"]),

@@ -109,7 +109,7 @@ def test_pseudoseg_classifier_backprop(backprop):
     model = DeepLabV3Plus(num_classes=5, width=8, rep_dim=None, pseudoseg=True, pseudoseg_classifier_backprop=backprop)
     model(torch.randn(2, 3, 32, 32))["cls"].sum().backward()
     assert model.pseudoseg.classifier.weight.grad is not None
-    grads = [p.grad for p in model.layer3.parameters()]
+    grads = [p.grad for p in model.encoder.layer3.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads) == backprop
 
 

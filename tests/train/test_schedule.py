@@ -2,6 +2,7 @@ import pytest
 
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.schedule import Schedule, from_config
+from semiseg_fast.train.start import base_lr
 
 
 def test_standard_is_warmup_then_poly_at_full_crop():
@@ -50,7 +51,7 @@ def test_fast2x_defaults():
     assert s.lr(0) == s.lr(39) == 0.005 and s.lr(40) == 0.01
     cfg = load_config(None, ["train.schedule=fast2x"])
     assert from_config(cfg, 100) == Schedule.fast2x(
-        100, cfg["optim"]["lr"], cfg["data"]["crop_size"], cfg["optim"]["warmup_steps"], cfg["optim"]["poly_power"]
+        100, base_lr(cfg), cfg["data"]["crop_size"], cfg["optim"]["warmup_steps"], cfg["optim"]["poly_power"]
     )
 
 
@@ -80,7 +81,7 @@ def test_fast2x_full_resolution_restart():
     assert s.lr(80) == pytest.approx(0.005 * 0.8**0.9)  # ... and decays over the 25 full-size steps
     assert s.lr(99) == pytest.approx(0.005 * 0.04**0.9)
     cfg = load_config(None, ["train.schedule=fast2x", "train.fast2x.full_res_lr=0.5"])
-    assert from_config(cfg, 100).lr(40) == pytest.approx(0.5 * cfg["optim"]["lr"])
+    assert from_config(cfg, 100).lr(40) == pytest.approx(0.5 * base_lr(cfg))
     with pytest.raises(ValueError, match="full_res_lr: expected <= 1.0"):
         Schedule.fast2x(10, 0.1, 32, full_res_lr=2.0)
     with pytest.raises(ValueError, match="train.fast2x.full_res_lr expected null or a factor"):
@@ -116,7 +117,7 @@ def test_fast2x_reduced_phase_holds_its_rate():
     standard = Schedule.standard(100, 0.01, 56, warmup_steps=10)
     assert [none.lr(i) for i in range(100)] == [standard.lr(i) for i in range(100)]
     cfg = load_config(None, ["train.schedule=fast2x"])
-    assert from_config(cfg, 100).lr(39) == pytest.approx(0.5 * cfg["optim"]["lr"])  # the default hold
+    assert from_config(cfg, 100).lr(39) == pytest.approx(0.5 * base_lr(cfg))  # the default hold
     assert (
         from_config(load_config(None, ["train.schedule=fast2x", "train.fast2x.low_res_lr=null"]), 100).low_res_lr
         is None
@@ -233,4 +234,4 @@ def test_from_config():
     )
     s = from_config(cfg, 200)
     assert s.low_res_steps == 100 and s.low_res_crop == 32 and s.full_crop == 64
-    assert s.base_lr == cfg["optim"]["lr"] and s.warmup_steps == cfg["optim"]["warmup_steps"]
+    assert s.base_lr == base_lr(cfg) and s.warmup_steps == cfg["optim"]["warmup_steps"]
