@@ -149,14 +149,13 @@ class U2PLLoss(nn.Module):
         total = sup + self.unsupervised_weight * unsup + self.contrastive_weight * contra
         return U2PLOutput(total, sup, unsup, contra, percent, at)
 
-    def kept_pixels(self, teacher_u: torch.Tensor, pseudo_u: torch.Tensor, epoch: int) -> torch.Tensor:
+    def kept_pixels(self, entropy: torch.Tensor, pseudo_u: torch.Tensor, epoch: int) -> torch.Tensor:
         """(N, H, W) bool: the pixels whose pseudo-label the unsupervised loss of :meth:`forward`
-        trains on at ``epoch``: none before ``sup_only_epochs``, then the valid pixels under the
-        epoch's entropy percentile of this batch."""
+        trains on at ``epoch``, given the teacher's per-pixel ``entropy``: none before
+        ``sup_only_epochs``, then the valid pixels under the epoch's entropy percentile of this batch."""
         if epoch < self.sup_only_epochs:
             return torch.zeros(pseudo_u.shape, dtype=torch.bool, device=pseudo_u.device)
         with torch.no_grad():
-            entropy = pixel_stats(teacher_u.detach()).entropy
             valid = not_ignored(pseudo_u, self.ignore_index)
             threshold = entropy_percentile(entropy, valid, drop_percent(epoch, self.epochs, self.initial_drop_percent))
             return reliable_pixels(valid, entropy, threshold)

@@ -14,6 +14,8 @@ from torch import nn
 from .pseudoseg import PseudoSegHeads
 from .tap_grad import conv2d_tap_grad
 
+DEFAULT_WIDTH = 32  # the small encoder's channels at stride 4
+
 
 class DilatedConv2d(nn.Conv2d):
     """A stride-1 "same" convolution with dilation that leaves out the kernel rows (columns) whose
@@ -87,7 +89,7 @@ class SmallEncoder(nn.Module):
     """A residual encoder at output stride 8 for small images, ``width`` channels at stride 4.
     ``forward(x)`` returns (low: stride 4, mid: stride 8, deep: stride 8, dilated)."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = DEFAULT_WIDTH):
         super().__init__()
         if width < 4 or width % 2:
             raise ValueError(f"width: expected an even integer >= 4, got {width}")
@@ -136,7 +138,7 @@ class DeepLabV3Plus(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        width: int = 32,
+        width: int = DEFAULT_WIDTH,
         rep_dim: int | None = 64,
         dilations: Sequence[int] | None = None,
         pseudoseg: bool = False,

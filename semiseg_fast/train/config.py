@@ -44,6 +44,7 @@ from .schema import (
     optional,
     section,
 )
+from .start import encoder_width
 
 TABLES = "docs/experiments.md"  # where the experiments behind defaults are
 
@@ -163,7 +164,7 @@ class ModelConfig(Section):
             fail("model.output_stride", "8 with model.backbone=small")
         source = values["pretrained"]
         if source in PRETRAINED_SOURCES:
-            width = (values["kwargs"] or {}).get("width", 32)
+            width = encoder_width(values)
             if source == "embedded" and (values["backbone"] != "small" or width != EMBEDDED_WIDTH):
                 fail(
                     "model.pretrained",

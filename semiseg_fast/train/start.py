@@ -8,10 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.build import BUILT_IN_MODEL
+from ..models.deeplab import DEFAULT_WIDTH
 from ..models.pretrained import resolve_source
 
 SCRATCH_LR, PRETRAINED_LR = 0.008, 0.002  # the best found for supervised training from each start
 PRETRAINED_HEAD_LR_MULT = 10.0  # as U2PL and UniMatch train the decoder over a pretrained encoder
+
+
+def encoder_width(model_section: dict[str, Any]) -> int:
+    """The small encoder's width: model.kwargs.width, else the built-in model's default."""
+    return (model_section["kwargs"] or {}).get("width", DEFAULT_WIDTH)
 
 
 def pretrained_source(config: dict[str, Any]) -> str:
@@ -19,7 +25,7 @@ def pretrained_source(config: dict[str, Any]) -> str:
     m = config["model"]
     if m["name"] != BUILT_IN_MODEL:
         return "none"
-    return resolve_source(m["pretrained"], m["backbone"], (m["kwargs"] or {}).get("width", 32))
+    return resolve_source(m["pretrained"], m["backbone"], encoder_width(m))
 
 
 def is_pretrained(config: dict[str, Any]) -> bool:

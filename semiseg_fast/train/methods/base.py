@@ -97,11 +97,15 @@ class Method:
         return None
 
 
+def resized(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Bilinear with align_corners=True, as UniMatch and U2PL upsample logits before their losses."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
 def upsampled(output: Any, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(logits at ``size``, logits as the model gave them, representation or None). Bilinear with
-    align_corners=True, as UniMatch and U2PL upsample before their losses."""
+    """(logits at ``size`` (:func:`resized`), logits as the model gave them, representation or None)."""
     logits, rep = model_outputs(output)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True), logits, rep
+    return resized(logits, size), logits, rep
 
 
 def predict(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

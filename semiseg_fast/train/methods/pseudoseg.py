@@ -13,7 +13,7 @@ from ...models import image_labels_from_masks
 from ...ops import calibrated_fusion, pseudo_label_cross_entropy, pseudoseg_consistency_loss
 from ..data import RunData, UnlabeledView
 from ..schema import BOOLEAN, NON_NEGATIVE_NUMBER, POSITIVE_NUMBER, UNIT_INTERVAL, Section, option
-from .base import Method, StepContext, StepOutput, teacher_outputs
+from .base import Method, StepContext, StepOutput, resized, teacher_outputs
 from .registry import register
 
 TABLES = "docs/experiments.md"
@@ -76,8 +76,7 @@ class PseudoSeg(Method):
         images_l, labels_l = labeled
         weak, strong, pad, box = unlabeled
         t_out = teacher_outputs(ctx, weak)
-        size = weak.shape[-2:]
-        up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        up = lambda x: resized(x, weak.shape[-2:])
         n_l, n_u = images_l.shape[0], weak.shape[0]
         image_labels = image_labels_from_masks(labels_l, ctx.num_classes, ctx.ignore_index)
         unknown = torch.full((n_u, image_labels.shape[1]), -1.0, device=image_labels.device)
@@ -109,7 +108,7 @@ class PseudoSeg(Method):
         """The argmax of the calibrated fusion the loss targets, kept where its maximum reaches
         semi.pseudoseg.threshold (every pixel at 0), as the loss keeps pixels."""
         out = teacher(images)
-        up = lambda x: F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        up = lambda x: resized(x, images.shape[-2:])
         ps = self.settings
         confidence, label = calibrated_fusion(up(out["pred"]), up(out["sgc"]), ps["gamma"], ps["temperature"]).max(1)
         return label, confidence >= ps["threshold"]

@@ -117,6 +117,5 @@ class U2PL(Method):
     def pseudo_labels(self, teacher, images, indices, epoch):
         """The argmax of the teacher, kept where the criterion's entropy filter keeps it at ``epoch``:
         the percentile is taken over this batch, as over a training batch."""
-        logits = predict(teacher, images)[0]
-        label = pixel_stats(logits).label
-        return label, self.criterion.kept_pixels(logits, label, epoch)
+        stats = pixel_stats(predict(teacher, images)[0])
+        return stats.label, self.criterion.kept_pixels(stats.entropy, stats.label, epoch)
