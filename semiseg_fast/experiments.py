@@ -1,9 +1,12 @@
 """``python -m semiseg_fast.experiments [--quick] [--out DIR] [--jobs N] [--schedule-epochs E]``
 
-Reproduces, on the embedded dataset, the comparison of supervised, selftrain, fixmatch and u2pl at
-the labeled fractions (``--fractions``, by default 1/8 and 1/4; mean of two seeds) at the default
-budget, and of the standard schedule against fast2x at the first fraction over a longer budget
-(``--schedule-epochs``, 48 passes; validation mIoU and wall-clock). The selftrain students learn
+Reproduces, on the embedded dataset, the comparison of the methods (``--methods``: supervised,
+selftrain, fixmatch, unimatch, u2pl, pseudoseg) at the labeled fractions (``--fractions``, by
+default 1/8 and 1/4; mean of three seeds) at the default budget, against the oracle (every
+training image labeled, the steps of the first fraction's supervised run) with the share of the
+supervised-to-oracle gap each closes; and the standard schedule against fast2x at the first
+fraction (``--schedule-epochs``, by default the same 16 passes; validation mIoU and wall-clock).
+The selftrain students learn
 from the standard supervised run of their fraction, seed and budget (standard and fast2x alike):
 its checkpoint is pseudo-labelled once (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 /
 1.25 and flips).
@@ -59,10 +62,9 @@ QUICK_OVERRIDES = [
 ]
 
 
-# the schedule comparison's budget (train.epochs): the fast schedule is meant for long runs, and at
-# the default 16 passes the from-scratch model is far from trained, so that the small crops cost
-# more accuracy there than over a longer run (docs/experiments.md#methods-and-schedules)
-SCHEDULE_EPOCHS, QUICK_SCHEDULE_EPOCHS = 48, 2
+METHODS = ("supervised", "selftrain", "fixmatch", "unimatch", "u2pl", "pseudoseg")
+# the schedule comparison's budget (train.epochs): the default budget, the one users run
+SCHEDULE_EPOCHS, QUICK_SCHEDULE_EPOCHS = 16, 2
 
 # the timed runs (one at a time) augment their batches in worker processes (one per data
 # stream), off the training thread
@@ -88,13 +90,14 @@ def _run(cmd: list[str], log: str, append: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def _final_miou(run_dir: str) -> float:
+def _final_row(run_dir: str) -> tuple[float, int]:
+    """(mIoU in %, step) of the run's last evaluation."""
     from .train.metrics_csv import read_csv
 
     rows = [r for r in read_csv(os.path.join(run_dir, "metrics.csv")) if r.get("miou") == r.get("miou")]
     if not rows:
         raise RuntimeError(f"{run_dir}: no evaluated step in metrics.csv")
-    return 100.0 * rows[-1]["miou"]
+    return 100.0 * rows[-1]["miou"], int(rows[-1]["step"])
 
 
 def _check_same_settings(run_dir: str, overrides: Sequence[str]) -> None:
@@ -129,10 +132,12 @@ def train_run(out: str, name: str, overrides: Sequence[str]) -> dict[str, Any]:
     if resumed:
         cmd += ["--resume", run_dir]
     seconds = _run(cmd, os.path.join(run_dir, "log.txt"), append=resumed)
+    miou, steps = _final_row(run_dir)
     result = {
         "name": name,
         "overrides": list(overrides),
-        "miou": _final_miou(run_dir),
+        "miou": miou,
+        "steps": steps,
         "seconds": seconds,
         "resumed": resumed,
     }
@@ -174,10 +179,12 @@ def run_all(
     base: Sequence[str],
     jobs: int,
     schedule_epochs: int,
+    oracle: bool = False,
 ) -> list[dict[str, Any]]:
-    """The method table's runs at the budget of ``base``, then the schedule comparison's (standard
-    and fast2x of ``fast2x_methods`` at the first fraction, ``schedule_epochs`` passes) one at a
-    time; each result says which (``timed``)."""
+    """The method table's runs at the budget of ``base``, with ``oracle`` supervised training on
+    every training image for the steps of the first fraction's supervised run, then the schedule
+    comparison's (standard and fast2x of ``fast2x_methods`` at the first fraction,
+    ``schedule_epochs`` passes) one at a time; each result says which (``timed``)."""
     os.makedirs(out, exist_ok=True)
 
     def one_seed(
@@ -207,6 +214,18 @@ def run_all(
             results.append(
                 dict(run(m, schedule, *extra), method=m, fraction=fraction, seed=seed, schedule=schedule, timed=timed)
             )
+        if oracle and not timed and fraction == fractions[0]:
+            sup = run("supervised", "standard")  # a result written before results had steps: its metrics
+            steps = sup.get("steps") or _final_row(os.path.join(out, sup["name"]))[1]
+            all_labels = [
+                *base,
+                "data.labeled_fraction=1.0",
+                f"seed={seed}",
+                "method=supervised",
+                f"train.steps={steps}",
+            ]
+            result = train_run(out, f"oracle-s{seed}", all_labels)
+            results.append(dict(result, method="oracle", fraction=1.0, seed=seed, schedule="standard", timed=False))
         return results
 
     # the schedule comparison's runs are timed: they run one at a time, after the others, so that
@@ -245,11 +264,17 @@ def summarize(
             key=lambda r: r["seed"],
         )
 
+    oracle_runs = pick("oracle", 1.0, "standard")
+    oracle = dict(seeds=[r["miou"] for r in oracle_runs], mean=_mean([r["miou"] for r in oracle_runs]))
     table = {}
     for m in methods:
         for f in fractions:
             rs = pick(m, f, "standard")
             table[(m, f)] = dict(seeds=[r["miou"] for r in rs], mean=_mean([r["miou"] for r in rs]))
+    for (m, f), t in table.items():  # the share of the supervised-to-oracle gap a method closes
+        sup = table.get(("supervised", f), {}).get("mean")
+        known = None not in (t["mean"], sup, oracle["mean"]) and m != "supervised" and oracle["mean"] != sup
+        t["gap_closed"] = (t["mean"] - sup) / (oracle["mean"] - sup) if known else None
     schedules = {}
     for m in fast2x_methods:
         runs = {k: pick(m, fractions[0], k, timed=True) for k in ("standard", "fast2x")}
@@ -261,7 +286,7 @@ def summarize(
             )
             for k, rs in runs.items()
         }
-    return dict(table=table, schedules=schedules)
+    return dict(table=table, oracle=oracle, schedules=schedules)
 
 
 def _seeds(values: list[float]) -> str:
@@ -272,15 +297,28 @@ def markdown(
     summary: dict[str, Any], fractions: Sequence[float], methods: Sequence[str], schedule_epochs: int, command: str
 ) -> str:
     lines = [
-        "| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean" for f in fractions) + " |",
-        "|---|" + "---:|---:|" * len(fractions),
+        "| method | " + " | ".join(f"1/{round(1 / f)} labeled (seeds) | mean | gap closed" for f in fractions) + " |",
+        "|---|" + "---:|---:|---:|" * len(fractions),
     ]
     for m in methods:
         cells = []
         for f in fractions:
             t = summary["table"][(m, f)]
-            cells += [_seeds(t["seeds"]) or "-", f"{t['mean']:.2f}" if t["mean"] is not None else "-"]
+            closed = t["gap_closed"]
+            cells += [
+                _seeds(t["seeds"]) or "-",
+                f"{t['mean']:.2f}" if t["mean"] is not None else "-",
+                f"{100 * closed:.0f}%" if closed is not None else "-",
+            ]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    oracle = summary["oracle"]
+    if oracle["mean"] is not None:
+        lines += [
+            "",
+            f"Oracle (every training image labeled, the steps of the 1/{round(1 / fractions[0])} supervised run): "
+            f"{_seeds(oracle['seeds'])}, mean {oracle['mean']:.2f}. Gap closed: (method - supervised) / "
+            "(oracle - supervised), of the means.",
+        ]
     if summary["schedules"]:
         lines += [
             "",
@@ -311,14 +349,12 @@ def plot(
     from .train.figures import save_bars
 
     names = [f"1/{round(1 / f)}" for f in fractions]
-    panels = [
-        dict(
-            title="validation mIoU (mean of seeds)",
-            groups=list(methods),
-            series=names,
-            values={(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)},
-        )
-    ]
+    values = {(m, n): summary["table"][(m, f)]["mean"] for m in methods for f, n in zip(fractions, names)}
+    groups = list(methods)
+    if summary["oracle"]["mean"] is not None:  # one value, drawn beside each fraction's bars
+        groups.append("oracle")
+        values.update({("oracle", n): summary["oracle"]["mean"] for n in names})
+    panels = [dict(title="validation mIoU (mean of seeds)", groups=groups, series=names, values=values)]
     if summary["schedules"]:
         sched = summary["schedules"]
         for what, title in (("miou", "mIoU"), ("seconds", "wall-clock s")):
@@ -344,8 +380,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--fractions", type=float, nargs="+", default=[0.125, 0.25], help="labeled fractions; fast2x runs at the first"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=["supervised", "selftrain", "fixmatch", "u2pl"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument(
+        "--no-oracle",
+        dest="oracle",
+        action="store_false",
+        help="leave out the oracle: supervised on every training image for the first fraction's steps",
+    )
     parser.add_argument(
         "--fast2x-methods",
         nargs="*",
@@ -358,8 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="the budget (train.epochs) of the schedule comparison's runs: by default "
-        f"{SCHEDULE_EPOCHS}, three times the default budget, where training is long enough for "
-        f"the fast schedule to pay (docs/experiments.md); {QUICK_SCHEDULE_EPOCHS} with --quick",
+        f"{SCHEDULE_EPOCHS}, the default budget; {QUICK_SCHEDULE_EPOCHS} with --quick",
     )
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument(
@@ -390,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
     try:
-        results = run_all(args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs)
+        results = run_all(args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs, args.oracle)
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     summary = summarize(results, fractions, methods, fast2x_methods)

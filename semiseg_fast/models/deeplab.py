@@ -173,15 +173,50 @@ class DeepLabV3Plus(nn.Module):
         )
         self.num_classes = num_classes
 
-    def forward(self, x: torch.Tensor, image_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        image_labels: torch.Tensor | None = None,
+        feature_dropout: float = 0.0,
+        perturb_from: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``feature_dropout`` > 0 (UniMatch's feature perturbation) adds ``"pred_fp"``: the logits
+        of images ``perturb_from`` onwards decoded again from their stride-4 and deepest features
+        with whole channels dropped at that rate (``generator`` draws which), in the same decoder
+        pass as the clean features, as UniMatch batches them."""
         low, mid, deep = self.encoder(x)
-        high = self.aspp(deep)
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        feats = self.fuse(torch.cat([self.reduce(low), high], dim=1))
+        if feature_dropout:
+            n = x.shape[0]
+            if not 0.0 < feature_dropout < 1.0:
+                raise ValueError(f"feature_dropout: expected a rate in [0, 1), got {feature_dropout!r}")
+            if not 0 <= perturb_from < n:
+                raise ValueError(f"perturb_from: expected an index into the batch of {n}, got {perturb_from!r}")
+
+            def with_perturbed(t: torch.Tensor) -> torch.Tensor:
+                return torch.cat([t, _drop_channels(t[perturb_from:], feature_dropout, generator)])
+
+            feats, feats_fp = self._decode(with_perturbed(low), with_perturbed(deep)).split([n, n - perturb_from])
+        else:
+            feats = self._decode(low, deep)
         out = {"pred": self.classifier(feats)}
+        if feature_dropout:
+            out["pred_fp"] = self.classifier(feats_fp)
         if self.representation is not None:
             out["rep"] = self.representation(feats)
         if self.pseudoseg is not None:
             out["cls"], sgc = self.pseudoseg(deep, torch.cat([mid, deep], dim=1), image_labels)
             out["sgc"] = F.interpolate(sgc, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return out
+
+    def _decode(self, low: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """ASPP on the deepest features, upsampled and fused with the projected stride-4 ones."""
+        high = F.interpolate(self.aspp(deep), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([self.reduce(low), high], dim=1))
+
+
+def _drop_channels(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Dropout2d: whole channels of each image zeroed with probability ``rate``, the rest scaled by
+    1 / (1 - rate); the draw from ``generator`` keeps the step reproducible."""
+    keep = torch.rand(x.shape[0], x.shape[1], 1, 1, generator=generator, device=x.device) >= rate
+    return x * (keep.to(x.dtype) / (1.0 - rate))

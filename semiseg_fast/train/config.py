@@ -243,6 +243,12 @@ class TrainConfig(Section):
         "passes over the unlabeled pool (the labeled one for supervised folder runs): the budget of every method",
         POSITIVE_INT,
     )
+    steps: int | None = option(
+        None,
+        "the budget in batches instead (null: train.epochs passes), e.g. all labels at the steps of a 1/8 run; "
+        "the last epoch may be partial",
+        optional(POSITIVE_INT, "a positive integer or null"),
+    )
     eval_every: int = option(
         400, "evaluate every this many optimizer steps, and at the end", POSITIVE_INT, resume_adjustable=True
     )

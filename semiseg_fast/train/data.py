@@ -100,7 +100,9 @@ class LabeledView(Dataset):
 
 class UnlabeledView(LabeledView):
     """Weak view, strong view, padding mask (True = ignore) and a box per image: UniMatch's CutMix
-    box, or with ``cutout_size`` PseudoSeg's Cutout square (and its colour jitter, always on)."""
+    box, or with ``cutout_size`` PseudoSeg's Cutout square (and its colour jitter, always on).
+    ``two_strong`` (UniMatch): weak, strong 1, strong 2, padding, box 1, box 2, the second
+    view and box drawn independently after the first."""
 
     def __init__(
         self,
@@ -109,26 +111,39 @@ class UnlabeledView(LabeledView):
         strong_color: bool,
         cutmix_p: float,
         cutout_size: float | None = None,
+        two_strong: bool = False,
     ):
         super().__init__(base, data_cfg)
+        if two_strong and cutout_size is not None:
+            raise ValueError("two_strong: CutMix views only, not with cutout_size")
         self.strong_color, self.cutmix_p, self.cutout_size = strong_color, cutmix_p, cutout_size
+        self.two_strong = two_strong
+
+    def _strong(self, weak: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cutout_size is None:
+            strong = strong_augment(weak, g) if self.strong_color else weak
+            return strong, cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
+        strong = strong_augment(weak, g, jitter_p=1.0, gray_p=0.0, blur_p=0.0) if self.strong_color else weak
+        return strong, cutout_box(weak.shape[1], weak.shape[2], g, self.cutout_size)
 
     def __getitem__(self, item: tuple[int, ...]):
         weak, pad, g = self._weak(item, keep_label=False)
-        if self.cutout_size is None:
-            strong = strong_augment(weak, g) if self.strong_color else weak
-            box = cutmix_box(weak.shape[1], weak.shape[2], g, p=self.cutmix_p)
-        else:
-            strong = strong_augment(weak, g, jitter_p=1.0, gray_p=0.0, blur_p=0.0) if self.strong_color else weak
-            box = cutout_box(weak.shape[1], weak.shape[2], g, self.cutout_size)
-        return weak, strong, pad == self.cfg["ignore_index"], box
+        pad = pad == self.cfg["ignore_index"]
+        strong, box = self._strong(weak, g)
+        if not self.two_strong:
+            return weak, strong, pad, box
+        strong2, box2 = self._strong(weak, g)
+        return weak, strong, strong2, pad, box, box2
 
 
 class PseudoLabeledView(Dataset):
     """Weakly augmented crops of pseudo-labeled images (self-training's student data): items as in
     :class:`LabeledView`, index ``i`` meaning the ``i``-th image that has a pseudo-label. Returns
     (image, label) with pixels under ``threshold`` confidence ignored, plus, with ``soft``, the
-    stored top-k (classes (K, h, w) int64, probabilities (K, h, w) float32, 0 in padding).
+    stored top-k (classes (K, h, w) int64, probabilities (K, h, w) float32, 0 in padding), and
+    with ``strong`` = (colour, cutmix_p) the strong view of Zhu et al.'s student: the crop colour
+    jittered, greyed and blurred (with ``colour``), and last a CutMix box for the step to paste
+    another pseudo-labeled crop and its labels into.
 
     The folder must hold labels of exactly these images (its manifest's ids are checked against
     ``unlabeled``'s, its label size against the images', its classes against ``num_classes``)."""
@@ -142,6 +157,7 @@ class PseudoLabeledView(Dataset):
         soft: bool = False,
         class_balanced: bool = False,
         num_classes: int | None = None,
+        strong: tuple[bool, float] | None = None,
     ):
         self.labels = PseudoLabels(pseudo_dir)
         if soft and not self.labels.topk:
@@ -150,7 +166,7 @@ class PseudoLabeledView(Dataset):
         if not self.indices:
             raise ValueError(f"pseudo_dir: {pseudo_dir!r} lists no pseudo-labelled images")
         self.base, self.cfg, self.pseudo_dir = unlabeled, data_cfg, pseudo_dir
-        self.threshold, self.soft, self.class_balanced = threshold, soft, class_balanced
+        self.threshold, self.soft, self.class_balanced, self.strong = threshold, soft, class_balanced, strong
         self._check_same_images(num_classes)
 
     def _check_same_images(self, num_classes: int | None) -> None:
@@ -210,11 +226,17 @@ class PseudoLabeledView(Dataset):
             extras=extras,
             class_balanced=self.class_balanced,
         )
-        if not self.soft:
-            return out
-        image, label, extras = out
-        k = extras.shape[0] // 2
-        return image, label, extras[:k].long(), extras[k:]
+        image, label = out[:2]
+        soft = ()
+        if self.soft:
+            k = out[2].shape[0] // 2
+            soft = (out[2][:k].long(), out[2][k:])
+        if self.strong is None:
+            return (image, label, *soft)
+        colour, cutmix_p = self.strong
+        if colour:
+            image = strong_augment(image, g)
+        return (image, label, *soft, cutmix_box(image.shape[1], image.shape[2], g, p=cutmix_p))
 
 
 def step_loader(

@@ -97,7 +97,9 @@ class Trainer:
         pool = self.data.unlabeled if self.data.unlabeled is not None else self.data.labeled
         batch = dc["unlabeled_batch_size"] if self.data.unlabeled is not None else dc["batch_size"]
         self.steps_per_epoch = math.ceil(len(pool) / (batch * self.world.size))
-        self.schedule = schedule_from_config(config, tc["epochs"] * self.steps_per_epoch)
+        budget = tc["steps"] or tc["epochs"] * self.steps_per_epoch
+        self.num_epochs = math.ceil(budget / self.steps_per_epoch)
+        self.schedule = schedule_from_config(config, budget)
         self.num_steps = self.schedule.num_steps  # optimizer steps: fewer than the budget's when some take 2+ batches
         self.amp_dtype = resolve_amp(tc["amp"], self.world.device)
         self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
@@ -234,7 +236,7 @@ class Trainer:
             print(
                 f"{self.method.name}: {len(self.data.labeled)} labeled, "
                 f"{len(self.data.unlabeled) if self.data.unlabeled is not None else 0} unlabeled images, "
-                f"{self.num_steps} steps ({tc['epochs']} epochs of {self.steps_per_epoch} batches), {w.size} "
+                f"{self.num_steps} steps ({self.num_epochs} epochs of {self.steps_per_epoch} batches), {w.size} "
                 f"process(es), device {w.device}, "
                 f"autocast {self.amp_dtype or 'off'}, channels_last {tc['channels_last']}",
                 file=sys.stderr,
@@ -399,7 +401,7 @@ class Trainer:
 
     def _epoch(self, step: int) -> int:
         """The 0-based epoch that optimizer step ``step`` trains in."""
-        return min(self.schedule.progress(step) // self.steps_per_epoch, self.config["train"]["epochs"] - 1)
+        return min(self.schedule.progress(step) // self.steps_per_epoch, self.num_epochs - 1)
 
     def _pseudo_label_sample(self) -> pseudo_quality.TruthSample | None:
         """The unlabeled images whose pseudo-labels each evaluation measures, or None: off, a method

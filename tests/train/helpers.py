@@ -18,6 +18,7 @@ TINY = {
     "train": {"epochs": 2, "eval_every": 6, "checkpoint_every": 3, "grid_images": 2},
     "semi": {
         "fixmatch": {"threshold": 0.0},
+        "unimatch": {"threshold": 0.0},
         "u2pl": {"num_queries": 8, "num_negatives": 4, "bank_capacity": 64, "sup_only_epochs": 1},
     },
     "eval": {"batch_size": 4},

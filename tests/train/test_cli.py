@@ -30,7 +30,7 @@ def _rows(out_dir):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("method", ["supervised", "fixmatch", "u2pl", "pseudoseg"])
+@pytest.mark.parametrize("method", ["supervised", "fixmatch", "u2pl", "pseudoseg", "unimatch"])
 def test_train_then_eval(tiny_config, tmp_path, method):
     out = tmp_path / method
     result = _train(tiny_config, out, f"method={method}")
@@ -46,7 +46,7 @@ def test_train_then_eval(tiny_config, tmp_path, method):
     if method != "supervised":
         assert any(float(r["mask_ratio"]) > 0 for r in rows)
     state = torch.load(out / "last.pt", weights_only=False)
-    assert state["step"] == 18 and (state["teacher"] is None) == (method == "supervised")
+    assert state["step"] == 18 and (state["teacher"] is None) == (method in ("supervised", "unimatch"))
 
     evaluated = run_module(
         "semiseg_fast.eval", "--checkpoint", str(out / "best.pt"), "--mode", "slide", "--window", "24", "--stride", "16"
@@ -201,8 +201,13 @@ def test_experiments_quick(tmp_path):
         ("selftrain", "standard", False),
         ("supervised", "standard", True),
         ("supervised", "fast2x", True),
+        ("oracle", "standard", False),
     }
-    assert len(runs) == 6 and all(r["seconds"] > 0 for r in runs)
+    assert len(runs) == 7 and all(r["seconds"] > 0 for r in runs)
+    oracle = next(r for r in runs if r["method"] == "oracle")
+    supervised = next(r for r in runs if r["method"] == "supervised" and not r["timed"])
+    assert oracle["steps"] == supervised["steps"] and "data.labeled_fraction=1.0" in oracle["overrides"]
+    assert "Oracle (every training image labeled" in table and "gap closed" in table
     assert all((r["overrides"][-1] == "train.epochs=2") == r["timed"] for r in runs)  # the comparison's budget
     assert "2 passes over the unlabeled pool" in table
     assert re.search(
@@ -215,3 +220,13 @@ def test_experiments_quick(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     table = (tmp_path / "exp" / "table.md").read_text()
     assert "1/8 labeled" in table and "1/4 labeled" not in table and "speed-up" in table
+
+
+def test_train_steps_sets_the_budget_in_batches(tiny_config, tmp_path):
+    """All labels at the steps of a fractional run: the budget is train.steps, the last epoch partial."""
+    out = tmp_path / "all_labels"
+    result = _train(tiny_config, out, "method=supervised", "data.labeled_fraction=1.0", "train.steps=17")
+    assert "17 steps (2 epochs of 12 batches)" in result.stderr  # 24 images / 2 per step
+    assert int(_rows(out)[-1]["step"]) == 17
+    refused = run_module("semiseg_fast.train", "--config", tiny_config, "method=u2pl", "train.steps=17")
+    assert refused.returncode != 0 and "train.steps" in refused.stderr

@@ -27,7 +27,7 @@ def _fake_processes(monkeypatch):
         os.makedirs(folder, exist_ok=True)
         name = "metrics.csv" if out else "manifest.json"
         with open(os.path.join(folder, name), "w") as f:
-            f.write("step,miou\n1,0.5\n" if out else "{}")
+            f.write("step,miou\n7,0.5\n" if out else "{}")
         return 1.0
 
     monkeypatch.setattr(experiments, "_run", run)
@@ -172,7 +172,7 @@ def test_a_seed_named_twice_is_run_once(tmp_path, monkeypatch):
             "0.125",
         ]
     )
-    assert {name: len(c) for name, c in commands.items()} == {"supervised-f0.125-s0-standard": 1}
+    assert {name: len(c) for name, c in commands.items()} == {"supervised-f0.125-s0-standard": 1, "oracle-s0": 1}
 
 
 def test_the_schedule_table_takes_the_timed_runs():
@@ -190,12 +190,38 @@ def test_the_schedule_table_takes_the_timed_runs():
         run("supervised", "fast2x", True, 1, 50.0, 100.0),
     ]
     summary = experiments.summarize(results, [0.125], ["supervised"], ["supervised"])
-    assert summary["table"][("supervised", 0.125)] == dict(seeds=[40.0, 42.0], mean=41.0)
+    assert summary["table"][("supervised", 0.125)] == dict(seeds=[40.0, 42.0], mean=41.0, gap_closed=None)
     assert summary["schedules"]["supervised"] == dict(
         standard=dict(seeds=[50.0, 52.0], miou=51.0, seconds=150.0),
         fast2x=dict(seeds=[49.0, 50.0], miou=49.5, seconds=75.0),
     )
     text = experiments.markdown(summary, [0.125], ["supervised"], 48, "cmd")
-    assert "| supervised | 40.00 / 42.00 | 41.00 |" in text
+    assert "| supervised | 40.00 / 42.00 | 41.00 | - |" in text
     assert "| supervised | 50.00 / 52.00 | 51.00 | 49.00 / 50.00 | 49.50 | -1.50 | 150 | 75 | 2.00x |" in text
     assert "48 passes over the unlabeled pool (`train.epochs=48`" in text
+
+
+def test_the_oracle_trains_on_every_image_for_the_first_fractions_steps(tmp_path, monkeypatch):
+    commands = _fake_processes(monkeypatch)  # the fake runs end at step 7
+    results = experiments.run_all(
+        str(tmp_path), [0.125, 0.25], [0, 1], ["fixmatch"], [], [], jobs=2, schedule_epochs=16, oracle=True
+    )
+    for seed in (0, 1):
+        (cmd,) = commands[f"oracle-s{seed}"]
+        assert {"data.labeled_fraction=1.0", f"seed={seed}", "method=supervised", "train.steps=7"} <= set(cmd)
+        assert len(commands[f"supervised-f0.125-s{seed}-standard"]) == 1  # the run whose steps it takes
+    assert "supervised-f0.25-s0-standard" not in commands
+    assert sorted(r["method"] for r in results) == ["fixmatch"] * 4 + ["oracle"] * 2 + ["supervised"] * 0
+
+
+def test_gap_closed_is_the_share_of_the_supervised_to_oracle_gap():
+    def run(method, seed, miou, fraction=0.125):
+        return dict(method=method, fraction=fraction, seed=seed, schedule="standard", timed=False, miou=miou)
+
+    results = [run("supervised", 0, 40.0), run("supervised", 1, 42.0), run("fixmatch", 0, 45.0)]
+    results += [run("fixmatch", 1, 47.0), run("oracle", 0, 50.0, 1.0), run("oracle", 1, 52.0, 1.0)]
+    summary = experiments.summarize(results, [0.125], ["supervised", "fixmatch"], [])
+    assert summary["oracle"] == dict(seeds=[50.0, 52.0], mean=51.0)
+    assert summary["table"][("fixmatch", 0.125)]["gap_closed"] == pytest.approx(0.5)
+    text = experiments.markdown(summary, [0.125], ["supervised", "fixmatch"], 16, "cmd")
+    assert "| fixmatch | 45.00 / 47.00 | 46.00 | 50% |" in text and "50.00 / 52.00, mean 51.00" in text

@@ -2,6 +2,10 @@ import pytest
 import torch
 
 import semiseg_fast as sf
+from semiseg_fast.models import DeepLabV3Plus
+from semiseg_fast.train.config import load_config
+from semiseg_fast.train.methods import get
+from semiseg_fast.train.methods.base import StepContext
 from semiseg_fast.train.methods.base import mix as _mix
 from semiseg_fast.train.methods.base import mixed_pseudo_labels as _mixed_pseudo_labels
 
@@ -23,3 +27,42 @@ def test_fixmatch_targets_from_mixed_statistics_equal_the_mixed_logits_loss(layo
     loss = sf.pseudo_label_cross_entropy(student, target, normalizer=valid.sum())
     (grad,) = torch.autograd.grad(loss, student)
     assert torch.equal(loss, expected) and torch.equal(grad, g_expected)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_selftrain_strong_view_pastes_the_previous_crop_with_its_labels(soft):
+    """The strong step equals the plain step on crops and labels CutMixed beforehand."""
+    g = torch.Generator().manual_seed(0)
+    n, s = 3, 16
+    images_l, labels_l = torch.randn(2, 3, s, s, generator=g), torch.randint(0, 4, (2, s, s), generator=g)
+    images_p, labels_p = torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)
+    labels_p[:, :2] = 255
+    probs = torch.rand(n, 2, s, s, generator=g)
+    soft_part = [torch.stack([labels_p.long().clamp(max=3), (labels_p.long() + 1) % 4], 1), probs] if soft else []
+    box = torch.zeros(n, s, s, dtype=torch.bool)
+    box[:, 3:11, 4:9] = True
+    results = []
+    for strong in (True, False):
+        config = load_config(
+            None,
+            [
+                "method=selftrain",
+                "semi.selftrain.pseudo_dir=x",
+                f"semi.selftrain.strong={str(strong).lower()}",
+                f"semi.selftrain.soft={str(soft).lower()}",
+            ],
+        )
+        method = get("selftrain")(config, 4)
+        torch.manual_seed(1)
+        model = DeepLabV3Plus(4, width=8, rep_dim=None).eval()
+        ctx = StepContext(model, None, config["semi"], 255, 0, torch.Generator(), 4)
+        if strong:
+            batch = [images_p, labels_p, *soft_part, box]
+        else:
+            batch = [_mix(box, t) for t in (images_p, labels_p, *soft_part)]
+        results.append(method.step(ctx, [images_l, labels_l], batch))
+    assert torch.equal(results[0].loss, results[1].loss) and torch.equal(
+        results[0].unsupervised, results[1].unsupervised
+    )
+    mixed_labels = _mix(box, labels_p)
+    assert torch.equal(mixed_labels[1][box[1]], labels_p[0][box[1]])  # inside the box: the previous crop's labels

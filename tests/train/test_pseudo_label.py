@@ -142,6 +142,13 @@ def test_pseudo_labeled_view(tmp_path):
     )[(1, 7, 16)]
     assert image.shape == (3, 16, 16) and label.shape == (16, 16) and classes.shape == probs.shape == (2, 16, 16)
     assert torch.equal(classes[0], label.long())
+    # the student's strong view: the same crop and labels, the colours changed, and a CutMix box
+    weak = PseudoLabeledView(data.unlabeled, str(tmp_path / "pl"), dc, soft=True)[(1, 7, 16)]
+    plain = PseudoLabeledView(data.unlabeled, str(tmp_path / "pl"), dc, soft=True, strong=(False, 0.0))[(1, 7, 16)]
+    strong = PseudoLabeledView(data.unlabeled, str(tmp_path / "pl"), dc, soft=True, strong=(True, 1.0))[(1, 7, 16)]
+    assert all(torch.equal(a, b) for a, b in zip(weak, plain[:4])) and not plain[4].any()
+    assert all(torch.equal(a, b) for a, b in zip(weak[1:], strong[1:4]))
+    assert not torch.equal(strong[0], weak[0]) and strong[4].shape == (16, 16) and strong[4].any()
     with pytest.raises(ValueError, match="was written for a split of 18 images"):
         PseudoLabeledView(data.labeled, str(tmp_path / "pl"), dc)
     pseudo_label.generate(ckpt, str(tmp_path / "hard"), progress=False)

@@ -126,10 +126,10 @@ def teacher_predict(ctx: StepContext, images: torch.Tensor) -> tuple[torch.Tenso
     return upsampled(teacher_outputs(ctx, images), images.shape[-2:])
 
 
-def mix(box: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """CutMix within the batch: inside image i's box, take image i - 1 (cyclically)."""
+def mix(box: torch.Tensor, t: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """CutMix within the batch: inside image i's box, take image i - ``shift`` (cyclically)."""
     b = box[:, None] if t.dim() == 4 else box
-    return torch.where(b, t.roll(1, dims=0), t)
+    return torch.where(b, t.roll(shift, dims=0), t)
 
 
 def mixed_pseudo_labels(box: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

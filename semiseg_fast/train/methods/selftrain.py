@@ -12,7 +12,7 @@ from ...data import DataError
 from ...ops import pseudo_label_cross_entropy
 from ..data import PseudoLabeledView, RunData
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, option
-from .base import Method, StepContext, StepOutput, predict
+from .base import Method, StepContext, StepOutput, mix, predict
 from .registry import register
 
 
@@ -31,6 +31,12 @@ class SelfTrainConfig(Section):
     )
     class_balanced: bool = option(
         False, "centre each crop on a pixel of a class drawn uniformly from those in the image", BOOLEAN
+    )
+    strong: bool = option(
+        False,
+        "the student's pseudo-labeled crops get the strong view (semi.strong_color's colour jitter and blur, "
+        "CutMix with another pseudo-labeled crop and its labels at semi.cutmix_p)",
+        BOOLEAN,
     )
 
 
@@ -57,6 +63,9 @@ class SelfTrain(Method):
             st["soft"],
             st["class_balanced"],
             num_classes=data.num_classes,
+            strong=(self.run_config["semi"]["strong_color"], self.run_config["semi"]["cutmix_p"])
+            if st["strong"]
+            else None,
         )
         return self.view
 
@@ -65,6 +74,9 @@ class SelfTrain(Method):
         probabilities (renormalised) on the pseudo-labeled part."""
         images_l, labels_l = labeled
         images_p, labels_p, *soft = pseudo_labeled
+        if self.settings["strong"]:  # CutMix: inside the box, the previous crop and its labels
+            *soft, box = soft
+            images_p, labels_p, *soft = (mix(box, t) for t in (images_p, labels_p, *soft))
         logits, _, _ = predict(ctx.student, torch.cat([images_l, images_p]))
         logits_l, logits_p = logits.split([images_l.shape[0], images_p.shape[0]])
         sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)

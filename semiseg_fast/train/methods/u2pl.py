@@ -53,6 +53,11 @@ class U2PL(Method):
     description = "U2PL: entropy-filtered pseudo-labels, unreliable pixels as contrastive negatives"
     config = U2PLConfig
 
+    @classmethod
+    def check_config(cls, config, fail: Fail) -> None:
+        if config["train"]["steps"] is not None:
+            fail("train.steps", "null with method=u2pl (its drop-percent schedule counts train.epochs)")
+
     def __init__(self, config, num_classes):
         super().__init__(config, num_classes)
         u, semi = self.settings, config["semi"]
