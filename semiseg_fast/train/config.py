@@ -296,6 +296,12 @@ class SemiConfig(Section):
     teacher: str = option("ema", "ema | shared (the student itself, without gradients)", choice("ema", "shared"))
     ema_decay: float = option(0.99, "decay of the EMA teacher per batch, in [0, 1]", UNIT_INTERVAL)
     unsupervised_weight: float = option(1.0, "weight of the unsupervised loss", NON_NEGATIVE_NUMBER)
+    rampup: float = option(
+        0.0,
+        "share of the budget over which the unsupervised weight rises from 0 to semi.unsupervised_weight "
+        "along exp(-5 (1 - t)^2) (Laine and Aila), in [0, 1]; 0: full weight from the first step",
+        UNIT_INTERVAL,
+    )
     strong_color: bool = option(True, "colour jitter, grayscale and blur on the strong view", BOOLEAN)
     cutmix_p: float = option(0.5, "probability of CutMix on the strong view", UNIT_INTERVAL)
 

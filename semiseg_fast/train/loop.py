@@ -28,6 +28,7 @@ from .progress import ProgressBar
 from .run_folder import check_writable, in_folder, write_failure
 from .run_model import build_run_model
 from .schedule import from_config as schedule_from_config
+from .schedule import rampup_factor
 from .start import base_lr, head_lr_mult
 from .tensorboard_log import INSTALL_HINT, TensorBoardLog
 from .tensorboard_log import available as tensorboard_available
@@ -279,6 +280,7 @@ class Trainer:
                 self._epoch(step),
                 gen,
                 self.data.num_classes,
+                rampup_factor(progress / self.schedule.total_steps, cfg["semi"]["rampup"]),
             )
             with torch.autocast(
                 w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None

@@ -218,3 +218,12 @@ def from_config(config: dict[str, Any], total_steps: int) -> Schedule:
                 raise ValueError(f"train.fast2x.{e}") from None
             raise
     return Schedule.standard(*args)
+
+
+def rampup_factor(progress: float, rampup: float) -> float:
+    """The unsupervised weight's factor when ``progress`` of the budget is done (a share in
+    [0, 1]): exp(-5 (1 - t)^2) at t = progress / rampup (Laine and Aila's ramp-up, 0.0067 at the
+    start), 1 from t = 1 on and without a ramp-up (``rampup`` 0)."""
+    if rampup <= 0 or progress >= rampup:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - progress / rampup) ** 2)

@@ -230,3 +230,16 @@ def test_train_steps_sets_the_budget_in_batches(tiny_config, tmp_path):
     assert int(_rows(out)[-1]["step"]) == 17
     refused = run_module("semiseg_fast.train", "--config", tiny_config, "method=u2pl", "train.steps=17")
     assert refused.returncode != 0 and "train.steps" in refused.stderr
+
+
+def test_rampup_reaches_the_loop(tiny_config, tmp_path):
+    """semi.rampup=1: the unsupervised term's weight rises from exp(-5) over the whole run."""
+    out = tmp_path / "ramped"
+    _train(
+        tiny_config, out, "method=u2pl", "semi.u2pl.sup_only_epochs=0", "semi.rampup=1.0", "semi.u2pl.contrastive=false"
+    )
+    rows = _rows(out)
+    weights = [
+        (float(r["loss"]) - float(r["loss_sup"])) / float(r["loss_unsup"]) for r in rows if float(r["loss_unsup"]) > 0
+    ]
+    assert weights[0] < 0.05 and weights == sorted(weights) and weights[-1] > 0.6  # rows average over steps

@@ -66,3 +66,30 @@ def test_selftrain_strong_view_pastes_the_previous_crop_with_its_labels(soft):
     )
     mixed_labels = _mix(box, labels_p)
     assert torch.equal(mixed_labels[1][box[1]], labels_p[0][box[1]])  # inside the box: the previous crop's labels
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "pseudoseg"])
+def test_rampup_scales_the_unsupervised_term_only(name):
+    thresholds = {"fixmatch": ["semi.fixmatch.threshold=0"], "unimatch": ["semi.unimatch.threshold=0"]}
+    config = load_config(None, [f"method={name}", "semi.unsupervised_weight=2.0", *thresholds.get(name, [])])
+    method = get(name)(config, 4)
+    g = torch.Generator().manual_seed(0)
+    n, s = 2, 16
+    labeled = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)]
+    weak = torch.randn(n, 3, s, s, generator=g)
+    pad, box = torch.zeros(n, s, s, dtype=torch.bool), torch.zeros(n, s, s, dtype=torch.bool)
+    box[:, 2:9, 3:12] = True
+    unlabeled = (
+        [weak, weak.flip(-1), weak.flip(-2), pad, box, box] if name == "unimatch" else [weak, weak.flip(-1), pad, box]
+    )
+    outs = []
+    for rampup in (1.0, 0.25):
+        torch.manual_seed(1)
+        model = get(name).model_kwargs(config, {"width": 8})
+        model = DeepLabV3Plus(4, **model).eval()
+        ctx = StepContext(model, model, config["semi"], 255, 0, torch.Generator().manual_seed(3), 4, rampup)
+        outs.append(method.step(ctx, labeled, unlabeled))
+    full, ramped = outs
+    assert torch.equal(full.unsupervised, ramped.unsupervised) and float(full.unsupervised) > 0
+    torch.testing.assert_close(full.loss - full.supervised, 2.0 * full.unsupervised)
+    torch.testing.assert_close(ramped.loss - ramped.supervised, 0.5 * ramped.unsupervised)

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 
 from semiseg_fast.train.config import load_config
-from semiseg_fast.train.schedule import Schedule, from_config
+from semiseg_fast.train.schedule import Schedule, from_config, rampup_factor
 from semiseg_fast.train.start import base_lr
 
 
@@ -235,3 +237,10 @@ def test_from_config():
     s = from_config(cfg, 200)
     assert s.low_res_steps == 100 and s.low_res_crop == 32 and s.full_crop == 64
     assert s.base_lr == base_lr(cfg) and s.warmup_steps == cfg["optim"]["warmup_steps"]
+
+
+def test_rampup_rises_from_near_zero_to_one_over_its_share_of_the_budget():
+    assert rampup_factor(0.0, 0.0) == rampup_factor(0.3, 0.0) == 1.0  # no ramp-up: full weight
+    values = [rampup_factor(p / 100, 0.4) for p in range(0, 101)]
+    assert values[0] == pytest.approx(math.exp(-5.0)) and values[20] == pytest.approx(math.exp(-5.0 / 4))
+    assert all(a < b for a, b in zip(values[:40], values[1:41])) and set(values[40:]) == {1.0}

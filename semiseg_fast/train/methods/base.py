@@ -38,6 +38,12 @@ class StepContext:
     epoch: int
     generator: torch.Generator
     num_classes: int
+    rampup: float = 1.0  # the unsupervised weight's ramp-up factor at this step (semi.rampup), in [0, 1]
+
+    @property
+    def unsupervised_weight(self) -> float:
+        """semi.unsupervised_weight at this step: times the ramp-up factor."""
+        return self.semi["unsupervised_weight"] * self.rampup
 
 
 class Method:

@@ -46,7 +46,7 @@ class FixMatch(Method):
         num_valid = valid.sum()
         unsup = pseudo_label_cross_entropy(logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid)
         ratio = confident.sum() / num_valid.clamp(min=1)
-        loss = sup + ctx.semi["unsupervised_weight"] * unsup
+        loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 
     def confident(self, confidence: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ class PseudoSeg(Method):
             temperature=ps["temperature"],
             return_mask_ratio=True,
         )
-        loss = sup + ctx.semi["unsupervised_weight"] * unsup
+        loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 
     def pseudo_labels(self, teacher, images, indices, epoch):

@@ -89,7 +89,7 @@ class SelfTrain(Method):
             pseudo = torch.where(kept, ce, torch.zeros_like(ce)).sum() / kept.sum().clamp(min=1)
         else:
             pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index)
-        loss = sup + ctx.semi["unsupervised_weight"] * pseudo
+        loss = sup + ctx.unsupervised_weight * pseudo
         return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())
 
     def pseudo_labels(self, teacher, images, indices, epoch):

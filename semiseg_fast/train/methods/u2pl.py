@@ -104,6 +104,7 @@ class U2PL(Method):
         teacher_all, teacher_small, teacher_rep = teacher_predict(ctx, both)
         n_l = images_l.shape[0]
         logits_l, logits_u = logits.split([n_l, weak.shape[0]])
+        self.criterion.unsupervised_weight = ctx.unsupervised_weight  # the ramp-up's value at this step
         out = self.criterion(
             logits_l,
             labels_l,

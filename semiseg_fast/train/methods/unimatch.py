@@ -93,7 +93,7 @@ class UniMatch(Method):
             ratios.append(ratio)
         fp, _ = confident_loss(logits_fp, label, conf, pad)
         unsup = st["strong_weight"] * 0.5 * (losses[0] + losses[1]) + st["fp_weight"] * fp
-        loss = sup + ctx.semi["unsupervised_weight"] * unsup
+        loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), 0.5 * (ratios[0] + ratios[1]))
 
     def pseudo_labels(self, teacher, images, indices, epoch):
