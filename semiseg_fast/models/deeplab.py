@@ -5,7 +5,9 @@ channels_last without layout changes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -172,35 +174,29 @@ class DeepLabV3Plus(nn.Module):
             else None
         )
         self.num_classes = num_classes
+        self.perturbation: FeaturePerturbation | None = None  # set by perturbed_features
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        image_labels: torch.Tensor | None = None,
-        feature_dropout: float = 0.0,
-        perturb_from: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """``feature_dropout`` > 0 (UniMatch's feature perturbation) adds ``"pred_fp"``: the logits
-        of images ``perturb_from`` onwards decoded again from their stride-4 and deepest features
-        with whole channels dropped at that rate (``generator`` draws which), in the same decoder
-        pass as the clean features, as UniMatch batches them."""
+    def forward(self, x: torch.Tensor, image_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Inside :func:`perturbed_features` the output also holds ``"pred_fp"`` (UniMatch's
+        feature perturbation): the logits of images ``start`` onwards decoded again from their
+        stride-4 and deepest features with whole channels dropped, in the same decoder pass as
+        the clean features, as UniMatch batches them. A model attribute, not an argument, so that
+        fx and jit tracing see no branch on an input."""
         low, mid, deep = self.encoder(x)
-        if feature_dropout:
+        fp = self.perturbation
+        if fp is not None:
             n = x.shape[0]
-            if not 0.0 < feature_dropout < 1.0:
-                raise ValueError(f"feature_dropout: expected a rate in [0, 1), got {feature_dropout!r}")
-            if not 0 <= perturb_from < n:
-                raise ValueError(f"perturb_from: expected an index into the batch of {n}, got {perturb_from!r}")
+            if not 0 <= fp.start < n:
+                raise ValueError(f"perturbed_features: start expected an index into the batch of {n}, got {fp.start}")
 
             def with_perturbed(t: torch.Tensor) -> torch.Tensor:
-                return torch.cat([t, _drop_channels(t[perturb_from:], feature_dropout, generator)])
+                return torch.cat([t, _drop_channels(t[fp.start :], fp.rate, fp.generator)])
 
-            feats, feats_fp = self._decode(with_perturbed(low), with_perturbed(deep)).split([n, n - perturb_from])
+            feats, feats_fp = self._decode(with_perturbed(low), with_perturbed(deep)).split([n, n - fp.start])
         else:
             feats = self._decode(low, deep)
         out = {"pred": self.classifier(feats)}
-        if feature_dropout:
+        if fp is not None:
             out["pred_fp"] = self.classifier(feats_fp)
         if self.representation is not None:
             out["rep"] = self.representation(feats)
@@ -213,6 +209,32 @@ class DeepLabV3Plus(nn.Module):
         """ASPP on the deepest features, upsampled and fused with the projected stride-4 ones."""
         high = F.interpolate(self.aspp(deep), size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.fuse(torch.cat([self.reduce(low), high], dim=1))
+
+
+@dataclass(frozen=True)
+class FeaturePerturbation:
+    rate: float  # share of the channels dropped
+    start: int  # the first image of the batch that is perturbed
+    generator: torch.Generator | None
+
+
+@contextmanager
+def perturbed_features(
+    model: nn.Module, rate: float, start: int = 0, generator: torch.Generator | None = None
+) -> Iterator[None]:
+    """Calls of ``model`` (a :class:`DeepLabV3Plus`, or a DDP wrapper of one) in this block also
+    return ``"pred_fp"``: images ``start`` onwards decoded from features with whole channels
+    dropped at ``rate`` (``generator`` draws which)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, DeepLabV3Plus):
+        raise TypeError(f"perturbed_features: model expected a DeepLabV3Plus, got {type(inner).__name__}")
+    if not (isinstance(rate, (int, float)) and 0.0 < rate < 1.0):
+        raise ValueError(f"perturbed_features: rate expected a number in (0, 1), got {rate!r}")
+    inner.perturbation = FeaturePerturbation(float(rate), int(start), generator)
+    try:
+        yield
+    finally:
+        inner.perturbation = None
 
 
 def _drop_channels(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:

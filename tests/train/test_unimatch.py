@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from semiseg_fast.models import DeepLabV3Plus
-from semiseg_fast.models.deeplab import _drop_channels
+from semiseg_fast.models.deeplab import _drop_channels, perturbed_features
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.data import UnlabeledView
 from semiseg_fast.train.methods import get
@@ -21,7 +21,9 @@ def _model(seed=0):
 def test_feature_dropout_decodes_the_perturbed_features_of_the_chosen_images():
     model = _model().eval()  # eval: batch norm by running statistics, so images do not interact
     x = torch.randn(5, 3, 24, 24)
-    out = model(x, feature_dropout=0.5, perturb_from=2, generator=torch.Generator().manual_seed(3))
+    with perturbed_features(model, 0.5, 2, torch.Generator().manual_seed(3)):
+        out = model(x)
+    assert model.perturbation is None and "pred_fp" not in model(x)
     assert out["pred"].shape == (5, 4, 6, 6) and out["pred_fp"].shape == (3, 4, 6, 6)
     torch.testing.assert_close(out["pred"], model(x)["pred"])
     g = torch.Generator().manual_seed(3)
@@ -40,13 +42,15 @@ def test_drop_channels_drops_whole_channels_at_the_rate_and_rescales():
     assert abs((per_channel == 0).float().mean().item() - 0.3) < 0.03
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [({"feature_dropout": 1.0}, "feature_dropout"), ({"feature_dropout": 0.5, "perturb_from": 4}, "perturb_from")],
-)
-def test_feature_dropout_errors_name_the_argument(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        _model()(torch.randn(4, 3, 16, 16), **kwargs)
+def test_feature_perturbation_errors_name_the_argument():
+    model = _model()
+    with pytest.raises(ValueError, match="rate"), perturbed_features(model, 1.0):
+        pass
+    with pytest.raises(ValueError, match="start"), perturbed_features(model, 0.5, 4):
+        model(torch.randn(4, 3, 16, 16))
+    assert model.perturbation is None  # left off after an error
+    with pytest.raises(TypeError, match="DeepLabV3Plus"), perturbed_features(torch.nn.Conv2d(3, 4, 1), 0.5):
+        pass
 
 
 def test_two_strong_views_keep_the_first_view_and_add_an_independent_second():
@@ -86,9 +90,8 @@ def test_step_is_unimatch_loss_written_out():
 
     model.load_state_dict(state)  # the same batch-norm statistics for the written-out pass
     up = lambda t: F.interpolate(t, size=(s, s), mode="bilinear", align_corners=True)
-    first = model(
-        torch.cat([images_l, weak]), feature_dropout=0.5, perturb_from=n_l, generator=torch.Generator().manual_seed(5)
-    )
+    with perturbed_features(model, 0.5, n_l, torch.Generator().manual_seed(5)):
+        first = model(torch.cat([images_l, weak]))
     pred = up(first["pred"])
     pred_l, pred_w, pred_fp = pred[:n_l], pred[n_l:].detach(), up(first["pred_fp"])
     conf, label = pred_w.softmax(1).max(1)

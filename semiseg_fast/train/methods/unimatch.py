@@ -14,6 +14,7 @@ import torch
 
 from ...mixing import mix_pseudo_labels
 from ...models.build import BUILT_IN_MODEL
+from ...models.deeplab import perturbed_features
 from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData, UnlabeledView
 from ..schema import NON_NEGATIVE_NUMBER, UNIT_INTERVAL, Fail, Section, number_in, option
@@ -58,12 +59,8 @@ class UniMatch(Method):
         weak, strong1, strong2, pad, box1, box2 = unlabeled
         n_l, n_u, size = images_l.shape[0], weak.shape[0], weak.shape[-2:]
         st = self.settings
-        out = ctx.student(
-            torch.cat([images_l, weak]),
-            feature_dropout=st["feature_dropout"],
-            perturb_from=n_l,
-            generator=ctx.generator,
-        )
+        with perturbed_features(ctx.student, st["feature_dropout"], n_l, ctx.generator):
+            out = ctx.student(torch.cat([images_l, weak]))
         logits_l, logits_w = resized(out["pred"], size).split([n_l, n_u])
         logits_fp = resized(out["pred_fp"], size)
         # the second view pastes from the image two places back, the first from the one before:
