@@ -74,9 +74,9 @@ class UniMatch(Method):
         label, conf = stats.label, stats.confidence
         threshold, ignore = st["threshold"], ctx.ignore_index
 
-        def confident_loss(logits, label, conf, pad):
-            valid = ~pad
-            target = label.masked_fill(~(valid & (conf >= threshold)), ignore)
+        def confident_loss(logits, labels, confidence, ignored):
+            valid = ~ignored
+            target = labels.masked_fill(~(valid & (confidence >= threshold)), ignore)
             loss = pseudo_label_cross_entropy(logits, target, ignore_index=ignore, normalizer=valid.sum())
             return loss, (target != ignore).sum() / valid.sum().clamp(min=1)
 
