@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ...mixing import mix_pseudo_labels
 from ...models import model_outputs
-from ...ops import pixel_stats
+from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData
 from ..schema import Fail
 
@@ -144,6 +144,25 @@ def mixed_pseudo_labels(box: torch.Tensor, teacher_logits: torch.Tensor) -> tupl
     stats = pixel_stats(teacher_logits)
     label, conf = stats.label, stats.confidence
     return mix_pseudo_labels(label, conf, label.roll(1, dims=0), conf.roll(1, dims=0), ~box)
+
+
+def confident_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    ignored: torch.Tensor,
+    threshold: float,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """UniMatch's loss_u: cross-entropy against ``labels`` on the pixels not ``ignored`` whose
+    ``confidence`` reaches ``threshold``, over the count of pixels not ignored; and the share of
+    those pixels that trained."""
+    valid = ~ignored
+    confident = valid & (confidence >= threshold)
+    target = labels.masked_fill(~confident, ignore_index)
+    num_valid = valid.sum()
+    loss = pseudo_label_cross_entropy(logits, target, ignore_index=ignore_index, normalizer=num_valid)
+    return loss, confident.sum() / num_valid.clamp(min=1)
 
 
 @torch.no_grad()

@@ -10,7 +10,16 @@ import torch
 from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData, UnlabeledView
 from ..schema import UNIT_INTERVAL, Section, option
-from .base import Method, StepContext, StepOutput, mix, mixed_pseudo_labels, predict, teacher_predict
+from .base import (
+    Method,
+    StepContext,
+    StepOutput,
+    confident_cross_entropy,
+    mix,
+    mixed_pseudo_labels,
+    predict,
+    teacher_predict,
+)
 from .registry import register
 
 
@@ -38,14 +47,10 @@ class FixMatch(Method):
         logits, _, _ = predict(ctx.student, torch.cat([images_l, mixed]))
         logits_l, logits_u = logits.split([images_l.shape[0], weak.shape[0]])
         sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
-        # UniMatch's loss_u_s: CE on confident pixels, over the count of pixels that are not padding
         label, conf = mixed_pseudo_labels(box, teacher_logits)
-        valid = ~mix(box, pad)
-        confident = valid & self.confident(conf)
-        target = label.masked_fill(~confident, ctx.ignore_index)
-        num_valid = valid.sum()
-        unsup = pseudo_label_cross_entropy(logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid)
-        ratio = confident.sum() / num_valid.clamp(min=1)
+        unsup, ratio = confident_cross_entropy(
+            logits_u, label, conf, mix(box, pad), self.settings["threshold"], ctx.ignore_index
+        )
         loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
 

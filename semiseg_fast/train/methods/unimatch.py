@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ...mixing import mix_pseudo_labels
 from ...models.build import BUILT_IN_MODEL
 from ...models.deeplab import perturbed_features
 from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData, UnlabeledView
 from ..schema import NON_NEGATIVE_NUMBER, UNIT_INTERVAL, Fail, Section, number_in, option
-from .base import Method, StepContext, StepOutput, mix, predict, resized
+from .base import Method, StepContext, StepOutput, confident_cross_entropy, mix, predict, resized
 from .registry import register
 
 
@@ -72,23 +71,15 @@ class UniMatch(Method):
         sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
         stats = pixel_stats(logits_w.detach())
         label, conf = stats.label, stats.confidence
-        threshold, ignore = st["threshold"], ctx.ignore_index
-
-        def confident_loss(logits, labels, confidence, ignored):
-            valid = ~ignored
-            target = labels.masked_fill(~(valid & (confidence >= threshold)), ignore)
-            loss = pseudo_label_cross_entropy(logits, target, ignore_index=ignore, normalizer=valid.sum())
-            return loss, (target != ignore).sum() / valid.sum().clamp(min=1)
-
         losses, ratios = [], []
         for box, shift, logits_s in ((box1, shifts[0], logits_s1), (box2, shifts[1], logits_s2)):
-            mixed_label, mixed_conf = mix_pseudo_labels(
-                label, conf, label.roll(shift, dims=0), conf.roll(shift, dims=0), ~box
+            mixed_label, mixed_conf, mixed_pad = (mix(box, t, shift) for t in (label, conf, pad))
+            loss, ratio = confident_cross_entropy(
+                logits_s, mixed_label, mixed_conf, mixed_pad, st["threshold"], ctx.ignore_index
             )
-            loss, ratio = confident_loss(logits_s, mixed_label, mixed_conf, mix(box, pad, shift))
             losses.append(loss)
             ratios.append(ratio)
-        fp, _ = confident_loss(logits_fp, label, conf, pad)
+        fp, _ = confident_cross_entropy(logits_fp, label, conf, pad, st["threshold"], ctx.ignore_index)
         unsup = st["strong_weight"] * 0.5 * (losses[0] + losses[1]) + st["fp_weight"] * fp
         loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), 0.5 * (ratios[0] + ratios[1]))
