@@ -29,8 +29,9 @@ if QUICK:
     LAYOUTS = {"nchw": torch.contiguous_format}
 IMPLS = ["fused", "eager", "compile"]
 MODES = ["fwd", "fwd+bwd"]
-OPS = ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss"]
+OPS = ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "ohem_cross_entropy"]
 THRESHOLD = 0.95
+OHEM = dict(threshold=0.7, min_kept=100000)  # U2PL's Cityscapes recipe
 
 
 def device() -> torch.device:
@@ -68,6 +69,8 @@ def _reference_call(op: str):
         return lambda x, inp: reference.pixel_stats(x)
     if op == "pseudo_label_cross_entropy":
         return lambda x, inp: reference.pseudo_label_cross_entropy(x, inp.target)
+    if op == "ohem_cross_entropy":
+        return lambda x, inp: reference.ohem_cross_entropy(x, inp.target, **OHEM)
     return lambda x, inp: reference.fixmatch_loss(x, inp.teacher, THRESHOLD, inp.ignore_mask)
 
 
@@ -76,6 +79,8 @@ def _fused_call(op: str):
         return lambda x, inp: tuple(sf.pixel_stats(x))
     if op == "pseudo_label_cross_entropy":
         return lambda x, inp: sf.pseudo_label_cross_entropy(x, inp.target)
+    if op == "ohem_cross_entropy":
+        return lambda x, inp: sf.ohem_cross_entropy(x, inp.target, **OHEM)
     return lambda x, inp: sf.fixmatch_loss(x, inp.teacher, THRESHOLD, inp.ignore_mask)
 
 
@@ -118,6 +123,6 @@ def minimal_bytes(op: str, mode: str, inp: Inputs) -> int:
         fwd = logits + pixels * (4 + 1 + 4)
         # backward: the logits again, two fp32 incoming gradients, the gradient out
         return fwd + (logits + 8 * pixels + logits if mode == "fwd+bwd" else 0)
-    if op == "pseudo_label_cross_entropy":
+    if op in ("pseudo_label_cross_entropy", "ohem_cross_entropy"):
         return logits + pixels * 1 + grad
     return 2 * logits + pixels * 1 + grad

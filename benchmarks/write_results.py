@@ -28,6 +28,7 @@ OP_TITLES = {
     "pixel_stats": "pixel_stats (confidence, label, entropy)",
     "pseudo_label_cross_entropy": "pseudo_label_cross_entropy (mean over valid pixels)",
     "fixmatch_loss": "fixmatch_loss (UniMatch unlabeled loss, threshold 0.95)",
+    "ohem_cross_entropy": "ohem_cross_entropy (U2PL's Cityscapes OHEM: threshold 0.7, min_kept 100000)",
 }
 
 

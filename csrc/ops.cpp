@@ -28,6 +28,7 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
   m.def("_cpp_scaled_grad(Tensor grad, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("_cpp_negative_mask(Tensor logits, int low_rank, int high_rank) -> Tensor");
   m.def("_cpp_percentile(Tensor values, Tensor? valid, float[] q) -> Tensor");
+  m.def("_cpp_select_rank(Tensor values, int rank) -> Tensor");
   m.def(
       "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
       "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");

@@ -2,13 +2,14 @@
 
 from . import mixing, u2pl
 from ._backend import BACKENDS, backend, cpp_available, get_backend
-from .losses import FixMatchLoss, PseudoLabelCrossEntropy, U2PLLoss
+from .losses import FixMatchLoss, OhemCrossEntropy, PseudoLabelCrossEntropy, U2PLLoss
 from .ops import (
     PixelStats,
     calibrated_fusion,
     entropy_percentile,
     fixmatch_loss,
     negative_class_mask,
+    ohem_cross_entropy,
     pixel_stats,
     pseudo_label_cross_entropy,
     pseudoseg_consistency_loss,
@@ -22,6 +23,7 @@ cpp_available()  # loads semiseg_fast._C (the CPU kernels) if it was built
 __all__ = [
     "BACKENDS",
     "FixMatchLoss",
+    "OhemCrossEntropy",
     "PixelStats",
     "PseudoLabelCrossEntropy",
     "U2PLLoss",
@@ -33,6 +35,7 @@ __all__ = [
     "fixmatch_loss",
     "get_backend",
     "negative_class_mask",
+    "ohem_cross_entropy",
     "pixel_stats",
     "pseudo_label_cross_entropy",
     "pseudoseg_consistency_loss",

@@ -1,4 +1,4 @@
-// entropy_percentile on the CPU: NumPy's default ("linear") percentile of the valid values,
+// entropy_percentile and the k-th smallest value (OHEM's threshold) on the CPU. Percentile: NumPy's default ("linear") percentile of the valid values,
 // computed exactly: the needed order statistics by selection (a 16-bit radix histogram, then
 // nth_element among the values of the bins that hold the ranks; no sort, no full copy), then
 // NumPy's float64 index and interpolation rules, rounded to fp32 at the end.
@@ -49,10 +49,12 @@ double numpy_lerp(double a, double b, double t) {
 
 }  // namespace
 
-// Order-preserving 32-bit key of a float (-0.0 already mapped to +0.0).
+// Order-preserving 32-bit key of a float (-0.0 already mapped to +0.0). Every NaN gets the key
+// of the positive quiet NaN, above +inf: NaN sorts last, as in torch.sort.
 inline uint32_t float_key(float x) {
   uint32_t b;
   std::memcpy(&b, &x, 4);
+  if (x != x) b = 0x7fc00000u;
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
@@ -181,6 +183,21 @@ at::Tensor percentile_cpu(const at::Tensor& values, const c10::optional<at::Tens
   return out;
 }
 
+// The value of 0-based rank `rank` among all values in ascending order (NaN last), as a 0-dim fp32
+// tensor: the same histogram and in-bin selection, for one rank known on the host.
+at::Tensor select_rank_cpu(const at::Tensor& values, int64_t rank) {
+  TORCH_CHECK(values.device().is_cpu(), "values: expected a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(values.scalar_type()), "values: expected a floating dtype, got ", values.scalar_type());
+  TORCH_CHECK(rank >= 0 && rank < values.numel(), "rank: expected in [0, ", values.numel(), "), got ", rank);
+  const at::Tensor v = values.to(at::kFloat).contiguous();
+  const float* src = v.data_ptr<float>();
+  const Histogram hs = histogram(src, nullptr, v.numel());
+  return at::full({}, values_at_ranks(src, nullptr, v.numel(), hs, {rank})[0], at::TensorOptions().dtype(at::kFloat));
+}
+
 }  // namespace ssf
 
-TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) { m.impl("_cpp_percentile", &ssf::percentile_cpu); }
+TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
+  m.impl("_cpp_percentile", &ssf::percentile_cpu);
+  m.impl("_cpp_select_rank", &ssf::select_rank_cpu);
+}

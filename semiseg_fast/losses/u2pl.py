@@ -10,9 +10,10 @@ from torch import nn
 
 from .. import _checks
 from ..base import not_ignored
-from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
+from ..ops import entropy_percentile, pixel_stats
 from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
 from ..u2pl.unsupervised import _loss_from_entropy, reliable_pixels
+from .pseudo_label import PseudoLabelCrossEntropy
 
 
 @dataclass
@@ -45,7 +46,9 @@ class U2PLLoss(nn.Module):
     number of GPUs through an all_reduce that autograd does not see, so 0.25 on 4 GPUs), negatives
     as the paper defines them; ``official_quirks=True`` switches the contrastive term to the
     official code's behaviour (see :func:`semiseg_fast.u2pl.u2pl_contrastive_loss`). The memory
-    bank is a submodule: it moves with ``.to()`` and is saved in ``state_dict()``.
+    bank is a submodule: it moves with ``.to()`` and is saved in ``state_dict()``. ``supervised_loss``
+    (default cross-entropy with ``ignore_index``) replaces the labeled loss, e.g. with
+    :class:`semiseg_fast.OhemCrossEntropy` as in U2PL's Cityscapes recipe.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class U2PLLoss(nn.Module):
         push_limit: int = 4096,
         sup_only_epochs: int = 0,
         official_quirks: bool = False,
+        supervised_loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = _checks.integer(num_classes, "num_classes")
@@ -85,6 +89,8 @@ class U2PLLoss(nn.Module):
         if contrastive and high_rank <= low_rank:
             raise ValueError(f"high_rank: expected > low_rank={low_rank}, got {high_rank}")
         self.ignore_index = ignore_index
+        # (logits, labels) -> loss on the labeled batch; OhemCrossEntropy for U2PL's Cityscapes recipe
+        self.supervised_loss = supervised_loss or PseudoLabelCrossEntropy(ignore_index=ignore_index)
         self.initial_drop_percent = drop_percent
         self.unsupervised_weight = unsupervised_weight
         self.contrastive_weight = contrastive_weight
@@ -129,7 +135,7 @@ class U2PLLoss(nn.Module):
                 f"teacher_u: expected the shape of pred_u {tuple(pred_u.shape)}, got {tuple(teacher_u.shape)}"
             )
         pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u")
-        sup = pseudo_label_cross_entropy(pred_l, label_l, ignore_index=self.ignore_index)
+        sup = self.supervised_loss(pred_l, label_l)
         percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
         at = alpha_t(epoch, self.epochs, self.alpha_0)
         zero = (pred_u.sum() * 0.0).float()

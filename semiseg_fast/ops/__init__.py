@@ -3,6 +3,7 @@
 from .cross_entropy import pseudo_label_cross_entropy
 from .fixmatch import fixmatch_loss
 from .negative_mask import negative_class_mask
+from .ohem import ohem_cross_entropy
 from .percentile import entropy_percentile
 from .pixel_stats import PixelStats, pixel_stats
 from .pseudoseg import calibrated_fusion, logit_scale, pseudoseg_consistency_loss
@@ -14,6 +15,7 @@ __all__ = [
     "fixmatch_loss",
     "logit_scale",
     "negative_class_mask",
+    "ohem_cross_entropy",
     "pixel_stats",
     "pseudo_label_cross_entropy",
     "pseudoseg_consistency_loss",

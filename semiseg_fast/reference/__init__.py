@@ -8,6 +8,7 @@ from .core import (
     entropy_percentile,
     fixmatch_loss,
     negative_class_mask,
+    ohem_cross_entropy,
     pixel_stats,
     pseudo_label_cross_entropy,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "entropy_percentile",
     "fixmatch_loss",
     "negative_class_mask",
+    "ohem_cross_entropy",
     "pixel_stats",
     "pseudo_label_cross_entropy",
     "pseudoseg",

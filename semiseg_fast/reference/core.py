@@ -73,6 +73,27 @@ def pseudo_label_cross_entropy(
     return _safe_div(total, _mean_denominator(valid, w, normalizer, t.numel())).float()
 
 
+def ohem_cross_entropy(logits, target, threshold=0.7, min_kept=100000, ignore_index=255):
+    """U2PL's OhemCrossEntropy2dTensor: softmax, the true class's probability p (1 at ignored pixels),
+    a full sort for the min_kept-th smallest, the mean CE over valid pixels with p <= max(threshold, it);
+    no mining when min_kept reaches the number of valid pixels. Written without host syncs."""
+    x = logits.to(_compute_dtype(logits))
+    n, c, h, w = x.shape
+    t = target.long().reshape(-1)
+    valid = t != ignore_index
+    t0 = torch.where(valid, t, torch.zeros_like(t))
+    prob = torch.softmax(x, dim=1).transpose(0, 1).reshape(c, -1)
+    p = prob.gather(0, t0.unsqueeze(0)).squeeze(0).masked_fill(~valid, 1.0)
+    limit = torch.tensor(threshold, dtype=p.dtype, device=p.device)
+    if 0 < min_kept <= p.numel():
+        kth = p.sort().values[min_kept - 1]
+        limit = torch.where(kth > limit, kth, limit)  # U2PL: `if mask_prob[index] > thresh`
+    keep = torch.where(min_kept >= valid.sum(), valid, valid & (p <= limit))
+    ce = F.cross_entropy(x, t0.view(n, h, w), reduction="none").reshape(-1)
+    total = torch.where(keep, ce, torch.zeros_like(ce)).sum()
+    return _safe_div(total, keep.sum()).float()
+
+
 def fixmatch_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

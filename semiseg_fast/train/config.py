@@ -207,6 +207,19 @@ class OptimConfig(Section):
 
 
 @dataclass
+class OhemConfig(Section):
+    threshold: float = option(
+        0.7, "pixels whose true class has at most this probability are kept, in [0, 1]", UNIT_INTERVAL
+    )
+    min_kept: int = option(
+        100000,
+        "and at least this many of the hardest (U2PL's Cityscapes value; with fewer valid pixels in a batch, all "
+        "are kept: plain cross-entropy)",
+        NON_NEGATIVE_INT,
+    )
+
+
+@dataclass
 class Fast2xConfig(Section):
     low_res_fraction: float = option(
         0.8,
@@ -287,6 +300,12 @@ class TrainConfig(Section):
         choice("standard", "fast2x"),
     )
     fast2x: Fast2xConfig = section(Fast2xConfig)
+    supervised_loss: str = option(
+        "ce",
+        "ce | ohem: the loss on labeled images, cross-entropy or U2PL's online hard example mining (train.ohem)",
+        choice("ce", "ohem"),
+    )
+    ohem: OhemConfig = section(OhemConfig)
 
 
 @dataclass

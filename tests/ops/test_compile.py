@@ -70,7 +70,9 @@ def test_compile_pseudoseg_loss_fullgraph():
     torch.testing.assert_close(g, g_ref)
 
 
-@pytest.mark.parametrize("op", ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "pseudoseg_loss"])
+@pytest.mark.parametrize(
+    "op", ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "pseudoseg_loss", "select_rank"]
+)
 def test_opcheck(op):
     """torch.library.opcheck: schema, fake tensor and autograd registration are consistent."""
     x = torch.randn(2, 5, 3, 4, requires_grad=True)
@@ -83,6 +85,7 @@ def test_opcheck(op):
             ops.pseudo_label_cross_entropy.default,
             (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp"),
         ),
+        "select_rank": (ops.select_rank.default, (torch.rand(2, 3, 4), 5, "cpp")),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
         "pseudoseg_loss": (
             ops.pseudoseg_loss.default,

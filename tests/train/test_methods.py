@@ -93,3 +93,33 @@ def test_rampup_scales_the_unsupervised_term_only(name):
     assert torch.equal(full.unsupervised, ramped.unsupervised) and float(full.unsupervised) > 0
     torch.testing.assert_close(full.loss - full.supervised, 2.0 * full.unsupervised)
     torch.testing.assert_close(ramped.loss - ramped.supervised, 0.5 * ramped.unsupervised)
+
+
+@pytest.mark.parametrize("name", ["supervised", "selftrain", "fixmatch", "unimatch", "u2pl", "pseudoseg"])
+def test_supervised_loss_ohem_is_the_labeled_term_of_every_method(name):
+    """train.supervised_loss=ohem: the step's supervised term is OHEM on the labeled logits, and it
+    differs from cross-entropy once min_kept is below the batch's pixels."""
+    g = torch.Generator().manual_seed(0)
+    n, s = 2, 16
+    labeled = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)]
+    weak = torch.randn(n, 3, s, s, generator=g)
+    pad, box = torch.zeros(n, s, s, dtype=torch.bool), torch.zeros(n, s, s, dtype=torch.bool)
+    box[:, 2:9, 3:12] = True
+    unlabeled = {
+        "supervised": None,
+        "selftrain": [weak, labeled[1]],
+        "unimatch": [weak, weak.flip(-1), weak.flip(-2), pad, box, box],
+    }.get(name, [weak, weak.flip(-1), pad, box])
+    sups = {}
+    for loss in ("ce", "ohem"):
+        overrides = [f"method={name}", f"train.supervised_loss={loss}", "train.ohem.min_kept=50"]
+        extra = ["semi.selftrain.pseudo_dir=x"] if name == "selftrain" else []
+        config = load_config(None, overrides + extra + ["train.ohem.threshold=0.2"])
+        method = get(name)(config, 4)
+        expected = sf.OhemCrossEntropy if loss == "ohem" else sf.PseudoLabelCrossEntropy
+        assert isinstance(method.supervised_loss, expected)
+        torch.manual_seed(1)
+        model = DeepLabV3Plus(4, **get(name).model_kwargs(config, {"width": 8})).eval()
+        ctx = StepContext(model, model, config["semi"], 255, 0, torch.Generator().manual_seed(3), 4)
+        sups[loss] = method.step(ctx, labeled, unlabeled).supervised
+    assert torch.isfinite(sups["ohem"]) and not torch.equal(sups["ohem"], sups["ce"])

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ...losses import OhemCrossEntropy, PseudoLabelCrossEntropy
 from ...mixing import mix_pseudo_labels
 from ...models import model_outputs
 from ...ops import pixel_stats, pseudo_label_cross_entropy
@@ -63,6 +64,7 @@ class Method:
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         self.run_config, self.num_classes = config, num_classes
+        self.supervised_loss = supervised_criterion(config)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -101,6 +103,14 @@ class Method:
         ``teacher`` is in eval mode, called without gradients under the run's autocast. None: the
         method has no pseudo-labels."""
         return None
+
+
+def supervised_criterion(config: dict[str, Any]) -> nn.Module:
+    """The labeled images' loss (train.supervised_loss): cross-entropy, or OHEM with train.ohem's settings."""
+    train, ignore_index = config["train"], config["data"]["ignore_index"]
+    if train["supervised_loss"] == "ohem":
+        return OhemCrossEntropy(train["ohem"]["threshold"], train["ohem"]["min_kept"], ignore_index)
+    return PseudoLabelCrossEntropy(ignore_index=ignore_index)
 
 
 def resized(x: torch.Tensor, size: torch.Size) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...ops import pixel_stats, pseudo_label_cross_entropy
+from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import UNIT_INTERVAL, Section, option
 from .base import (
@@ -46,7 +46,7 @@ class FixMatch(Method):
         mixed = mix(box, strong)
         logits, _, _ = predict(ctx.student, torch.cat([images_l, mixed]))
         logits_l, logits_u = logits.split([images_l.shape[0], weak.shape[0]])
-        sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+        sup = self.supervised_loss(logits_l, labels_l)
         label, conf = mixed_pseudo_labels(box, teacher_logits)
         unsup, ratio = confident_cross_entropy(
             logits_u, label, conf, mix(box, pad), self.settings["threshold"], ctx.ignore_index

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import image_labels_from_masks
-from ...ops import calibrated_fusion, pseudo_label_cross_entropy, pseudoseg_consistency_loss
+from ...ops import calibrated_fusion, pseudoseg_consistency_loss
 from ..data import RunData, UnlabeledView
 from ..schema import BOOLEAN, NON_NEGATIVE_NUMBER, POSITIVE_NUMBER, UNIT_INTERVAL, Section, option
 from .base import Method, StepContext, StepOutput, resized, teacher_outputs
@@ -86,8 +86,8 @@ class PseudoSeg(Method):
         pred_l, pred_u = pred.split([n_l, n_u])
         ps = self.settings
         sup = (
-            pseudo_label_cross_entropy(pred_l, labels_l, ignore_index=ctx.ignore_index)
-            + ps["sgc_weight"] * pseudo_label_cross_entropy(sgc[:n_l], labels_l, ignore_index=ctx.ignore_index)
+            self.supervised_loss(pred_l, labels_l)
+            + ps["sgc_weight"] * self.supervised_loss(sgc[:n_l], labels_l)
             + ps["classifier_weight"] * F.binary_cross_entropy_with_logits(out["cls"][:n_l].float(), image_labels)
         )
         unsup, ratio = pseudoseg_consistency_loss(

@@ -79,7 +79,7 @@ class SelfTrain(Method):
             images_p, labels_p, *soft = (mix(box, t) for t in (images_p, labels_p, *soft))
         logits, _, _ = predict(ctx.student, torch.cat([images_l, images_p]))
         logits_l, logits_p = logits.split([images_l.shape[0], images_p.shape[0]])
-        sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+        sup = self.supervised_loss(logits_l, labels_l)
         kept = labels_p != ctx.ignore_index
         if soft:
             classes, probs = soft

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ...ops import pseudo_label_cross_entropy
 from .base import Method, StepContext, StepOutput, predict
 from .registry import register
 
@@ -19,6 +18,6 @@ class Supervised(Method):
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images, labels = labeled
         logits, _, _ = predict(ctx.student, images)
-        loss = pseudo_label_cross_entropy(logits, labels, ignore_index=ctx.ignore_index)
+        loss = self.supervised_loss(logits, labels)
         zero = torch.zeros((), device=loss.device)
         return StepOutput(loss, loss.detach(), zero, zero)

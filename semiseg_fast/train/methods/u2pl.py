@@ -77,6 +77,7 @@ class U2PL(Method):
             bank_capacity=u["bank_capacity"],
             first_class_capacity=u["bank_capacity"],
             sup_only_epochs=u["sup_only_epochs"],
+            supervised_loss=self.supervised_loss,
         )
 
     @classmethod

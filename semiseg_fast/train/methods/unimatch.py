@@ -14,7 +14,7 @@ import torch
 
 from ...models.build import BUILT_IN_MODEL
 from ...models.deeplab import perturbed_features
-from ...ops import pixel_stats, pseudo_label_cross_entropy
+from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import NON_NEGATIVE_NUMBER, UNIT_INTERVAL, Fail, Section, number_in, option
 from .base import Method, StepContext, StepOutput, confident_cross_entropy, mix, predict, resized
@@ -68,7 +68,7 @@ class UniMatch(Method):
         mixed1, mixed2 = mix(box1, strong1, shifts[0]), mix(box2, strong2, shifts[1])
         logits_s1, logits_s2 = predict(ctx.student, torch.cat([mixed1, mixed2]))[0].split([n_u, n_u])
 
-        sup = pseudo_label_cross_entropy(logits_l, labels_l, ignore_index=ctx.ignore_index)
+        sup = self.supervised_loss(logits_l, labels_l)
         stats = pixel_stats(logits_w.detach())
         label, conf = stats.label, stats.confidence
         losses, ratios = [], []
