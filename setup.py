@@ -19,6 +19,7 @@ except ImportError as e:  # pragma: no cover - explained to the user
 
 here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+headers = sorted(glob.glob(os.path.join("csrc", "*", "*.h")))  # an edited header rebuilds the extension
 cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wno-psabi", "-fno-math-errno"]
 if os.environ.get("SEMISEG_FAST_DEBUG"):
     cxx_flags = ["-O0", "-g", "-std=c++17", "-fopenmp", "-Wall", "-Wno-psabi"]
@@ -29,6 +30,7 @@ setup(
             name="semiseg_fast._C",
             sources=sources,
             include_dirs=[os.path.join(here, "csrc")],
+            depends=headers,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )

@@ -5,15 +5,18 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "cpu/buffer_pool.h"
 
 namespace ssf {
 std::string kernel_isa(const std::string& requested);
+std::vector<std::string> kernel_isas();
 }
 
 TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
   m.def("_cpp_kernel_isa(str requested) -> str", &ssf::kernel_isa);
+  m.def("_cpp_kernel_isas() -> str[]", &ssf::kernel_isas);
   m.def("_cpp_cache_empty() -> ()", &ssf::pool_empty_cache);
   m.def("_cpp_cache_bytes() -> int", &ssf::pool_cached_bytes);
   m.def("_cpp_cache_limit() -> int", &ssf::pool_limit_bytes);

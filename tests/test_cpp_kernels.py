@@ -1,5 +1,9 @@
 """Properties of the C++ CPU kernels beyond op-level correctness."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -27,22 +31,51 @@ def all_ops(x, t, teacher):
     return ps.confidence, ps.label, ps.entropy, ce, g, fm, gf
 
 
+ISAS = ops._cpp_kernel_isas()  # the builds this CPU runs, widest first; "generic" always
+WIDE = [name for name in ISAS if name != "generic"]
+
+
+@pytest.mark.parametrize("name", WIDE or [pytest.param("none", marks=pytest.mark.skip("only the generic build runs"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "view"])
-def test_generic_and_avx2_kernels_agree(isa, dtype, layout):
-    if isa("") != "avx2":
-        pytest.skip("CPU without AVX2: only the generic kernels exist")
-    x = make_logits(2, 21, 9, 11, dtype=dtype, layout=layout)
-    t = torch.randint(0, 21, (2, 9, 11), dtype=torch.uint8)
-    teacher = make_logits(2, 21, 9, 11, dtype=dtype, scale=6.0)
+@pytest.mark.parametrize("c", [3, 21])
+def test_every_instruction_set_agrees_with_the_generic_build(isa, name, dtype, layout, c):
+    x = make_logits(2, c, 9, 11, dtype=dtype, layout=layout)
+    x[0, 1, 2, 3] = float("nan")  # a NaN row: NaN statistics, never confident, in every build
+    t = torch.randint(0, c, (2, 9, 11), dtype=torch.uint8)
+    teacher = make_logits(2, c, 9, 11, dtype=dtype, scale=6.0)
+    assert isa(name) == name
     fast = all_ops(x, t, teacher)
     isa("generic")
     base = all_ops(x, t, teacher)
     for a, b in zip(fast, base):
         if a.dtype.is_floating_point:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
         else:
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_instruction_set_rounds_to_half_precision_like_torch(isa, name, dtype):
+    """fp32 -> fp16/bf16 (the gradient's last step) equals torch's rounding bit for bit in every build:
+    ties to even, subnormals (which AVX512-BF16's instruction would flush), inf, NaN."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat(
+        [
+            torch.randn(4000, generator=g) * torch.logspace(-44, 38, 4000).float(),
+            torch.tensor([0.0, -0.0, 1e-40, -1e-40, 1.17e-38, 6e-8, 3e-8, 65504.0, 65520.0, 1e6]),
+            torch.tensor([float("inf"), -float("inf"), float("nan"), -float("nan")]),
+            (torch.arange(0, 4096, dtype=torch.int32) * 0x8000 + 0x3F800000).view(torch.float32),  # halfway cases
+        ]
+    )
+    v = v[: v.numel() // 64 * 64].reshape(1, -1, 4, 4).contiguous()
+    isa(name)
+    out = ops._cpp_scaled_grad(v, torch.tensor(1.0), dtype)
+    want = v.to(dtype)
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(out), nan)
+    assert torch.equal(out.view(torch.int16)[~nan], want.view(torch.int16)[~nan])  # bits: -0.0 and subnormals too
 
 
 def test_results_do_not_depend_on_thread_count():
@@ -74,9 +107,16 @@ def test_degenerate_spatial_shapes(shape):
     torch.testing.assert_close(g.double(), ref_g, rtol=1e-4, atol=1e-7)
 
 
-def test_reported_isa_is_known():
-    assert ops._cpp_kernel_isa("") in ("avx2", "generic")
-    with pytest.raises(RuntimeError, match="kernel_isa: expected 'avx2', 'generic'"):
+def test_the_widest_build_is_chosen_and_unknown_names_are_refused():
+    assert ISAS[-1] == "generic" and set(ISAS) <= {"avx512_bf16", "avx512", "avx2", "generic"}
+    code = "import torch, semiseg_fast; print(torch.ops.semiseg_fast._cpp_kernel_isa(''))"
+    env = {k: v for k, v in os.environ.items() if k != "SEMISEG_FAST_CPU_ISA"}
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == ISAS[0]
+    env["SEMISEG_FAST_CPU_ISA"] = "avx2" if "avx2" in ISAS else "generic"
+    named = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert named.stdout.strip() == env["SEMISEG_FAST_CPU_ISA"]
+    with pytest.raises(RuntimeError, match="kernel_isa: expected one of 'avx512_bf16', 'avx512', 'avx2', 'generic'"):
         ops._cpp_kernel_isa("sse9")
 
 

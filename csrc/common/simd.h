@@ -3,13 +3,22 @@
 // source becomes AVX2+FMA code in one object and baseline x86-64 code in another.
 // It has no include guard and includes nothing on purpose.
 
-// SSF_VL lanes: 8 where 256-bit registers exist, 4 for the SSE2 baseline (wider vectors
-// there are split by the compiler into much slower code).
+// SSF_VL lanes: 16 in the AVX-512 builds, 8 in the AVX2 one, 4 for the SSE2 baseline (wider
+// vectors there are split by the compiler into much slower code).
 constexpr int kVL = SSF_VL;
-typedef float vf __attribute__((vector_size(4 * SSF_VL)));
-typedef int32_t vi __attribute__((vector_size(4 * SSF_VL)));
-typedef uint32_t vu __attribute__((vector_size(4 * SSF_VL)));
-typedef uint16_t vh __attribute__((vector_size(2 * SSF_VL)));
+
+// Vector types of N lanes; the kernels compute on kVL lanes, the channels_last transposes on kTW.
+template <int N>
+struct Lanes {
+  typedef float f __attribute__((vector_size(4 * N)));
+  typedef int32_t i __attribute__((vector_size(4 * N)));
+  typedef uint32_t u __attribute__((vector_size(4 * N)));
+  typedef uint16_t h __attribute__((vector_size(2 * N)));
+};
+typedef Lanes<kVL>::f vf;
+typedef Lanes<kVL>::i vi;
+typedef Lanes<kVL>::u vu;
+typedef Lanes<kVL>::h vh;
 
 #define SSF_INLINE inline __attribute__((always_inline))
 
@@ -37,9 +46,12 @@ SSF_INLINE bool vany(vi m) {
 
 // max(lo, x) that returns x when x is NaN (the x86 max instruction's operand order).
 SSF_INLINE vf vmax_keep_nan(vf lo, vf x) {
-#if defined(__AVX__) && SSF_VL == 8
+// (GCC's target pragma does not define __AVX2__ and the like in C++: the lane count tells the build.)
+#if (defined(__x86_64__) || defined(_M_X64)) && SSF_VL == 16
+  return (vf)_mm512_max_ps((__m512)lo, (__m512)x);
+#elif (defined(__x86_64__) || defined(_M_X64)) && SSF_VL == 8
   return (vf)_mm256_max_ps((__m256)lo, (__m256)x);
-#elif defined(__SSE__) && SSF_VL == 4
+#elif (defined(__x86_64__) || defined(_M_X64)) && SSF_VL == 4
   return (vf)_mm_max_ps((__m128)lo, (__m128)x);
 #else
   return vselect(x < lo, lo, x);
@@ -106,51 +118,83 @@ SSF_INLINE vf vlog1p(vf x) {
   return vselect(d == 0.0f, x, r);
 }
 
-// ---- conversions between storage types and fp32 ----
+// ---- conversions between storage types and fp32, for any lane count ----
 
-SSF_INLINE vf bf16_to_f32(vh h) {
-  const vu w = __builtin_convertvector(h, vu);
-  return bit_cast<vf>(w << 16);
+template <class H>
+SSF_INLINE auto bf16_to_f32(H h) {
+  typedef Lanes<sizeof(H) / 2> L;
+  const typename L::u w = __builtin_convertvector(h, typename L::u);
+  return bit_cast<typename L::f>(w << 16);
 }
 
-SSF_INLINE vh f32_to_bf16(vf f) {
-  const vu b = bit_cast<vu>(f);
-  const vu rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-  const vu nan = vu{} + 0x7fc0u;
-  const vu out = (f != f) ? nan : rounded;
-  return __builtin_convertvector(out, vh);
+// Round to nearest even, NaN to the canonical 0x7fc0 (as torch's conversion).
+template <class F>
+SSF_INLINE auto f32_to_bf16_int(F f) {
+  typedef Lanes<sizeof(F) / 4> L;
+  const typename L::u b = bit_cast<typename L::u>(f);
+  const typename L::u rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const typename L::u nan = typename L::u{} + 0x7fc0u;
+  const typename L::u out = (f != f) ? nan : rounded;
+  return __builtin_convertvector(out, typename L::h);
 }
 
-SSF_INLINE vf f16_to_f32(vh h) {
-  const vu w = __builtin_convertvector(h, vu);
-  const vu o = (w & 0x7fffu) << 13;
-  vu r = bit_cast<vu>(bit_cast<vf>(o) * 5.192296858534828e+33f);  // * 2^112 re-biases, handles subnormals
-  r = ((w & 0x7c00u) == 0x7c00u) ? (r | 0x7f800000u) : r;           // inf / nan
-  return bit_cast<vf>(r | ((w & 0x8000u) << 16));
+template <class F>
+SSF_INLINE auto f32_to_bf16(F f) {
+#if defined(SSF_AVX512BF16)  // defined by the AVX512-BF16 build
+  if constexpr (sizeof(F) == 64) {
+    // One instruction rounds to nearest even and packs, but it reads subnormal inputs as zero and
+    // keeps NaN payloads: those lanes (rare: a gradient below 1.2e-38, a NaN) take the integer path.
+    const __m512 v = (__m512)f;
+    const __mmask16 odd = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(1.17549435e-38f), _CMP_NGE_UQ) &
+                          _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    if (__builtin_expect(odd != 0, 0)) return f32_to_bf16_int(f);
+    return bit_cast<typename Lanes<16>::h>(_mm512_cvtneps_pbh(v));
+  }
+#endif
+  return f32_to_bf16_int(f);
 }
 
-SSF_INLINE vh f32_to_f16(vf f) {
-  const vu b = bit_cast<vu>(f);
-  const vu sign = b & 0x80000000u;
-  const vu a = b ^ sign;
+template <class H>
+SSF_INLINE auto f16_to_f32(H h) {
+  typedef Lanes<sizeof(H) / 2> L;
+  typedef typename L::u U;
+  const U w = __builtin_convertvector(h, U);
+  const U o = (w & 0x7fffu) << 13;
+  U r = bit_cast<U>(bit_cast<typename L::f>(o) * 5.192296858534828e+33f);  // * 2^112 re-biases, handles subnormals
+  r = ((w & 0x7c00u) == 0x7c00u) ? (r | 0x7f800000u) : r;                     // inf / nan
+  return bit_cast<typename L::f>(r | ((w & 0x8000u) << 16));
+}
+
+template <class F>
+SSF_INLINE auto f32_to_f16(F f) {
+  typedef Lanes<sizeof(F) / 4> L;
+  typedef typename L::u U;
+  const U b = bit_cast<U>(f);
+  const U sign = b & 0x80000000u;
+  const U a = b ^ sign;
   // overflow / inf / nan
-  const vu big = (a > 0x7f800000u) ? (vu{} + 0x7e00u) : (vu{} + 0x7c00u);
+  const U big = (a > 0x7f800000u) ? (U{} + 0x7e00u) : (U{} + 0x7c00u);
   // subnormal half: let the fp32 adder round to nearest even
   const float denorm_magic = bit_cast<float>(uint32_t(((127 - 15) + (23 - 10) + 1) << 23));
-  const vu sub = bit_cast<vu>(bit_cast<vf>(a) + denorm_magic) - bit_cast<uint32_t>(denorm_magic);
+  const U sub = bit_cast<U>(bit_cast<typename L::f>(a) + denorm_magic) - bit_cast<uint32_t>(denorm_magic);
   // normal half: re-bias and round to nearest even
-  const vu norm = (a + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
-  vu o = (a >= (uint32_t)(143u << 23)) ? big : ((a < (uint32_t)(113u << 23)) ? sub : norm);
+  const U norm = (a + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  U o = (a >= (uint32_t)(143u << 23)) ? big : ((a < (uint32_t)(113u << 23)) ? sub : norm);
   o = o | (sign >> 16);
-  return __builtin_convertvector(o, vh);
+  return __builtin_convertvector(o, typename L::h);
 }
 
-// ---- in-register transpose of a kVL x kVL block: r[i][j] -> r[j][i] ----
+// ---- in-register transpose of a kTW x kTW block: r[i][j] -> r[j][i] ----
 
-SSF_INLINE void transpose_block(vf* r) {
-#if SSF_VL == 8
-  typedef vi idx;
-  vf t[8], u[8];
+// The channels_last tiles transpose 8 x 8 blocks even in the 16-lane builds: a 16 x 16 block costs
+// more shuffles per element, and for C = 19 or 21 its class blocks overlap more.
+constexpr int kTW = SSF_VL < 8 ? SSF_VL : 8;
+typedef Lanes<kTW>::f vt;
+
+SSF_INLINE void transpose_block(vt* r) {
+  typedef Lanes<kTW>::i idx;
+#if SSF_VL >= 8
+  vt t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shuffle(r[i], r[i + 1], idx{0, 8, 1, 9, 4, 12, 5, 13});
     t[i + 1] = __builtin_shuffle(r[i], r[i + 1], idx{2, 10, 3, 11, 6, 14, 7, 15});
@@ -166,16 +210,15 @@ SSF_INLINE void transpose_block(vf* r) {
     r[i + 4] = __builtin_shuffle(u[i], u[i + 4], idx{4, 5, 6, 7, 12, 13, 14, 15});
   }
 #elif SSF_VL == 4
-  typedef vi idx;
-  const vf t0 = __builtin_shuffle(r[0], r[1], idx{0, 4, 1, 5});
-  const vf t1 = __builtin_shuffle(r[0], r[1], idx{2, 6, 3, 7});
-  const vf t2 = __builtin_shuffle(r[2], r[3], idx{0, 4, 1, 5});
-  const vf t3 = __builtin_shuffle(r[2], r[3], idx{2, 6, 3, 7});
+  const vt t0 = __builtin_shuffle(r[0], r[1], idx{0, 4, 1, 5});
+  const vt t1 = __builtin_shuffle(r[0], r[1], idx{2, 6, 3, 7});
+  const vt t2 = __builtin_shuffle(r[2], r[3], idx{0, 4, 1, 5});
+  const vt t3 = __builtin_shuffle(r[2], r[3], idx{2, 6, 3, 7});
   r[0] = __builtin_shuffle(t0, t2, idx{0, 1, 4, 5});
   r[1] = __builtin_shuffle(t0, t2, idx{2, 3, 6, 7});
   r[2] = __builtin_shuffle(t1, t3, idx{0, 1, 4, 5});
   r[3] = __builtin_shuffle(t1, t3, idx{2, 3, 6, 7});
 #else
-#error "SSF_VL must be 4 or 8"
+#error "SSF_VL must be 4, 8 or 16"
 #endif
 }

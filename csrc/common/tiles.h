@@ -56,24 +56,26 @@ inline void from_f32(typename Storage<D>::type* dst, const float* src, int64_t n
   }
 }
 
-// kVL storage elements <-> one fp32 vector.
-template <DType D>
-SSF_INLINE vf load_vec(const typename Storage<D>::type* src) {
+// One fp32 vector F (kVL or kTW lanes) <-> as many storage elements.
+template <DType D, class F = vf>
+SSF_INLINE F load_vec(const typename Storage<D>::type* src) {
+  F v;
   if constexpr (D == DType::F32) {
-    return vload(src);
+    std::memcpy(&v, src, sizeof v);
   } else {
-    vh h;
+    typename Lanes<sizeof(F) / 4>::h h;
     std::memcpy(&h, src, sizeof h);
-    return D == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+    v = D == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
   }
+  return v;
 }
 
-template <DType D>
-SSF_INLINE void store_vec(typename Storage<D>::type* dst, vf v) {
+template <DType D, class F = vf>
+SSF_INLINE void store_vec(typename Storage<D>::type* dst, F v) {
   if constexpr (D == DType::F32) {
-    vstore(dst, v);
+    std::memcpy(dst, &v, sizeof v);
   } else {
-    const vh h = D == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
+    const auto h = D == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
     std::memcpy(dst, &h, sizeof h);
   }
 }
@@ -122,16 +124,16 @@ inline void load_tile_t(float* tile, int64_t P, int64_t np, int64_t C, const Log
   }
   int64_t p0 = 0;
   if constexpr (D != DType::F64) {
-    // Class-contiguous rows (channels_last): transpose kVL pixels x kVL classes at a time.
+    // Class-contiguous rows (channels_last): transpose kTW pixels x kTW classes at a time.
     // The last class block is shifted back to end at C and overlaps the previous one.
-    if (x.sC == 1 && C >= kVL) {
-      for (; p0 + kVL <= np; p0 += kVL) {
-        for (int64_t c0 = 0; c0 < C; c0 += kVL) {
-          const int64_t cb = c0 + kVL <= C ? c0 : C - kVL;
-          vf r[kVL];
-          for (int i = 0; i < kVL; ++i) r[i] = load_vec<D>(base + off[p0 + i] + cb);
+    if (x.sC == 1 && C >= kTW) {
+      for (; p0 + kTW <= np; p0 += kTW) {
+        for (int64_t c0 = 0; c0 < C; c0 += kTW) {
+          const int64_t cb = c0 + kTW <= C ? c0 : C - kTW;
+          vt r[kTW];
+          for (int i = 0; i < kTW; ++i) r[i] = load_vec<D, vt>(base + off[p0 + i] + cb);
           transpose_block(r);
-          for (int j = 0; j < kVL; ++j) vstore(tile + (cb + j) * P + p0, r[j]);
+          for (int j = 0; j < kTW; ++j) std::memcpy(tile + (cb + j) * P + p0, &r[j], sizeof(vt));
         }
       }
     }
@@ -177,14 +179,14 @@ inline void store_tile_t(const float* tile, int64_t P, int64_t np, int64_t C, co
   }
   int64_t p0 = 0;
   if constexpr (D != DType::F64) {
-    if (g.sC == 1 && C >= kVL) {
-      for (; p0 + kVL <= np; p0 += kVL) {
-        for (int64_t c0 = 0; c0 < C; c0 += kVL) {
-          const int64_t cb = c0 + kVL <= C ? c0 : C - kVL;
-          vf r[kVL];
-          for (int j = 0; j < kVL; ++j) r[j] = vload(tile + (cb + j) * P + p0);
+    if (g.sC == 1 && C >= kTW) {
+      for (; p0 + kTW <= np; p0 += kTW) {
+        for (int64_t c0 = 0; c0 < C; c0 += kTW) {
+          const int64_t cb = c0 + kTW <= C ? c0 : C - kTW;
+          vt r[kTW];
+          for (int j = 0; j < kTW; ++j) std::memcpy(&r[j], tile + (cb + j) * P + p0, sizeof(vt));
           transpose_block(r);
-          for (int i = 0; i < kVL; ++i) store_vec<D>(base + off[p0 + i] + cb, r[i]);
+          for (int i = 0; i < kTW; ++i) store_vec<D, vt>(base + off[p0 + i] + cb, r[i]);
         }
       }
     }

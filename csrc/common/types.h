@@ -37,7 +37,7 @@ struct Shape {
 
 // Pixels are processed in tiles of `P` consecutive (h, w) positions of one image.
 struct Tiling {
-  int64_t P = 0;               // pixels per tile (multiple of 8)
+  int64_t P = 0;               // pixels per tile (multiple of 16, the widest vector)
   int64_t tiles_per_image = 0;
   int64_t num_tiles = 0;
 };
@@ -45,13 +45,13 @@ struct Tiling {
 inline Tiling make_tiling(const Shape& s, int64_t budget_floats = 4096) {
   Tiling t;
   int64_t p = budget_floats / (s.C > 0 ? s.C : 1);
-  p = (p / 8) * 8;
-  if (p < 8) p = 8;
+  p = (p / 16) * 16;
+  if (p < 16) p = 16;
   if (p > 512) p = 512;
   const int64_t hw = s.hw();
   // Small images: do not pad a tile far beyond the image.
-  const int64_t hw_pad = ((hw + 7) / 8) * 8;
-  if (p > hw_pad) p = hw_pad > 0 ? hw_pad : 8;
+  const int64_t hw_pad = ((hw + 15) / 16) * 16;
+  if (p > hw_pad) p = hw_pad > 0 ? hw_pad : 16;
   t.P = p;
   t.tiles_per_image = (hw + p - 1) / p;
   t.num_tiles = t.tiles_per_image * s.N;
@@ -195,5 +195,7 @@ struct KernelTable {
 
 const KernelTable& kernels_generic();
 const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512bf16();
 
 }  // namespace ssf

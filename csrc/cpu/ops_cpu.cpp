@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 
 #include "../common/codes.h"
@@ -20,6 +21,13 @@ namespace {
 
 const KernelTable* g_table = nullptr;
 
+// The builds, widest first, with what the CPU must support to run each.
+struct Isa {
+  const char* name;
+  const KernelTable& (*kernels)();
+  bool (*supported)();
+};
+
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(_M_X64)
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -28,28 +36,71 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512bf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+bool always() { return true; }
+
+const Isa kIsas[] = {
+    {"avx512_bf16", &kernels_avx512bf16, &cpu_has_avx512bf16},
+    {"avx512", &kernels_avx512, &cpu_has_avx512},
+    {"avx2", &kernels_avx2, &cpu_has_avx2},
+    {"generic", &kernels_generic, &always},
+};
+
+const char* kIsaNames = "'avx512_bf16', 'avx512', 'avx2', 'generic'";
+
+// The widest build this CPU runs, or the one SEMISEG_FAST_CPU_ISA names (if the CPU runs it).
 const KernelTable& table() {
   if (!g_table) {
     const char* env = std::getenv("SEMISEG_FAST_CPU_ISA");
-    const bool want_generic = env && std::string(env) == "generic";
-    g_table = (cpu_has_avx2() && !want_generic) ? &kernels_avx2() : &kernels_generic();
+    for (const Isa& isa : kIsas) {
+      if (!isa.supported()) continue;
+      if (!g_table) g_table = &isa.kernels();
+      if (env && std::string(env) == isa.name) {
+        g_table = &isa.kernels();
+        break;
+      }
+    }
   }
   return *g_table;
 }
 
 }  // namespace
 
-// Selects the instruction set ("avx2" or "generic"); "" only reports the current one.
+// Selects the instruction set by name; "" only reports the current one.
 std::string kernel_isa(const std::string& requested) {
-  if (requested == "generic") {
-    g_table = &kernels_generic();
-  } else if (requested == "avx2") {
-    TORCH_CHECK(cpu_has_avx2(), "kernel_isa: this CPU lacks AVX2/FMA/F16C");
-    g_table = &kernels_avx2();
-  } else {
-    TORCH_CHECK(requested.empty(), "kernel_isa: expected 'avx2', 'generic' or '', got '", requested, "'");
+  if (requested.empty()) return table().name;
+  for (const Isa& isa : kIsas) {
+    if (requested != isa.name) continue;
+    TORCH_CHECK(isa.supported(), "kernel_isa: this CPU cannot run the '", requested, "' build");
+    g_table = &isa.kernels();
+    return table().name;
   }
-  return table().name;
+  TORCH_CHECK(false, "kernel_isa: expected one of ", kIsaNames, " or '', got '", requested, "'");
+  return "";
+}
+
+// The builds this CPU runs, widest first.
+std::vector<std::string> kernel_isas() {
+  std::vector<std::string> out;
+  for (const Isa& isa : kIsas)
+    if (isa.supported()) out.push_back(isa.name);
+  return out;
 }
 
 namespace {
