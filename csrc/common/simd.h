@@ -1,6 +1,6 @@
 // Float math on GCC vector extensions (SSF_VL lanes). This file is included inside an
 // instruction-set namespace (see kernels_impl.h), once per translation unit, so the same
-// source becomes AVX2+FMA code in one object and baseline x86-64 code in another.
+// source becomes AVX-512, AVX2+FMA or baseline x86-64 code in one object each.
 // It has no include guard and includes nothing on purpose.
 
 // SSF_VL lanes: 16 in the AVX-512 builds, 8 in the AVX2 one, 4 for the SSE2 baseline (wider
