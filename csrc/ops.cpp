@@ -36,6 +36,12 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
       "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc) -> Tensor");
+  m.def("_cpp_feature_rows(Tensor features) -> Tensor");
+  m.def("_cpp_pixel_rows(Tensor features, Tensor pixels) -> Tensor");
+  m.def("_cpp_pixel_rows_backward(Tensor grad_rows, Tensor pixels, int[] sizes) -> Tensor");
+  m.def(
+      "_cpp_infonce(Tensor anchors, Tensor positive, Tensor keys, Tensor rows, Tensor weight, float temperature, "
+      "bool need_grad) -> (Tensor, Tensor)");
   m.def(
       "_cpp_pseudoseg(Tensor student, Tensor decoder, Tensor sgc, Tensor? ignore_mask, Tensor scale, float gamma, "
       "float temperature, float threshold, bool soft, int norm_mode, float norm_value, bool need_grad) "

@@ -45,6 +45,7 @@ def test_benchmarks_run_and_render(tmp_path):
         "## ohem_cross_entropy",
         "## C++ kernels by instruction set",
         "## Targets of the OHEM / AVX-512 issue",
+        "Resident memory of one contrastive step",
         "against its floor",
         "## PseudoSeg consistency loss",
         "Bytes held between forward and backward",

@@ -515,9 +515,87 @@ void scale_round_range(const ScaleRoundArgs& a, int64_t b, int64_t e) {
   }
 }
 
+// Sum over i < n of a[i] * b[i] (and of b[i]^2 when bb is given), kVL lanes at a time.
+SSF_INLINE float dot(const float* a, const float* b, int64_t n, float* bb = nullptr) {
+  vf acc = vf{}, acc2 = vf{};
+  int64_t i = 0;
+  for (; i + kVL <= n; i += kVL) {
+    const vf y = vload(b + i);
+    acc += vload(a + i) * y;
+    acc2 += y * y;
+  }
+  float s = 0.f, s2 = 0.f;
+  for (int l = 0; l < kVL; ++l) {
+    s += acc[l];
+    s2 += acc2[l];
+  }
+  for (; i < n; ++i) {
+    s += a[i] * b[i];
+    s2 += b[i] * b[i];
+  }
+  if (bb) *bb = s2;
+  return s;
+}
+
+// out[i] += s * b[i]
+SSF_INLINE void axpy(float* out, float s, const float* b, int64_t n) {
+  const vf sv = vsplat(s);
+  int64_t i = 0;
+  for (; i + kVL <= n; i += kVL) vstore(out + i, vload(out + i) + sv * vload(b + i));
+  for (; i < n; ++i) out[i] += s * b[i];
+}
+
+// Anchors [a0, a1): each negative row is read once for its dot product and norm and once more for
+// the gradient, while it is still in cache; nothing the size of the gathered negatives is written.
+void infonce_range(const InfoNceArgs& a, int64_t a0, int64_t a1) {
+  const int64_t D = a.D, M = a.M;
+  std::vector<float> logit(M + 1), inv_norm(M), dq(D);
+  for (int64_t i = a0; i < a1; ++i) {
+    const int64_t k = i / a.Q;
+    const float w = a.weight[k];
+    float* g = a.grad ? a.grad + i * D : nullptr;
+    if (w == 0.f) {  // an inactive slot: no loss, no gradient, rows not read
+      a.loss[i] = 0.f;
+      if (g) std::fill(g, g + D, 0.f);
+      continue;
+    }
+    const float* f = a.anchors + i * D;
+    const float* pos = a.positive + k * D;
+    const int64_t* rows = a.rows + i * M;
+    float ff = 0.f;
+    const float fp = dot(pos, f, D, &ff);
+    const float nf = std::sqrt(ff);
+    const float inv_nf = 1.f / std::max(nf, 1e-8f);
+    const float scale = inv_nf * a.inv_temperature;
+    logit[0] = fp * scale;
+    float mx = logit[0];
+    for (int64_t j = 0; j < M; ++j) {
+      float kk = 0.f;
+      const float fk = dot(f, a.keys + rows[j] * D, D, &kk);
+      inv_norm[j] = 1.f / std::max(std::sqrt(kk), 1e-8f);
+      logit[j + 1] = fk * inv_norm[j] * scale;
+      mx = std::max(mx, logit[j + 1]);
+    }
+    float s = 0.f;
+    for (int64_t j = 0; j <= M; ++j) s += std::exp(logit[j] - mx);
+    a.loss[i] = w * (mx + std::log(s) - logit[0]);
+    if (!g) continue;
+    // d loss / d q (q = f / max(|f|, 1e-8)) = w / T * (sum_j p_j y_j - pos), y_j the unit keys
+    const float c = w * a.inv_temperature;
+    std::fill(dq.begin(), dq.end(), 0.f);
+    axpy(dq.data(), c * (std::exp(logit[0] - mx) / s - 1.f), pos, D);
+    for (int64_t j = 0; j < M; ++j)
+      axpy(dq.data(), c * std::exp(logit[j + 1] - mx) / s * inv_norm[j], a.keys + rows[j] * D, D);
+    // through the normalisation: (dq - q (q . dq)) / |f|, or dq / 1e-8 where the norm was clamped
+    const float qdq = nf > 1e-8f ? dot(f, dq.data(), D) * inv_nf : 0.f;
+    for (int64_t d = 0; d < D; ++d) g[d] = (dq[d] - f[d] * inv_nf * qdq) * inv_nf;
+  }
+}
+
 const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
                                 pixel_stats_backward_range, negative_mask_range, sum_squares_range,
-                                pseudoseg_range,            scale_round_range,   SSF_ISA_NAME};
+                                pseudoseg_range,            scale_round_range,   infonce_range,
+                                SSF_ISA_NAME};
   return t;
 }

@@ -170,6 +170,21 @@ struct PseudoSegArgs {
   int64_t* tile_confident = nullptr;  // [num_tiles]: valid and max target >= threshold
 };
 
+// InfoNCE of anchors against a positive and negatives read by row from a key table (U2PL's
+// contrastive term): for anchor a of slot k, with cos = x.y / (max(|x|, 1e-8) max(|y|, 1e-8)),
+// logits [cos(f_a, pos_k), cos(f_a, keys[rows[a, j]]) for j < M] / T, loss_a = weight_k * CE(logits, 0).
+struct InfoNceArgs {
+  int64_t K = 0, Q = 0, M = 0, D = 0;  // slots, anchors per slot, negatives per anchor, feature dim
+  const float* anchors = nullptr;      // (K * Q, D) contiguous
+  const float* positive = nullptr;     // (K, D) contiguous, unit length (or zero)
+  const float* keys = nullptr;         // (R, D) contiguous
+  const int64_t* rows = nullptr;       // (K * Q, M), in [0, R)
+  const float* weight = nullptr;       // (K): 0 skips the slot
+  float inv_temperature = 2.f;
+  float* loss = nullptr;               // (K * Q): weighted loss per anchor
+  float* grad = nullptr;               // (K * Q, D) d loss / d anchors, or nullptr
+};
+
 // Function table for one instruction set.
 // out[i] = round(grad[i] * scale) for i in [0, n): the fp32 gradient a loss kept, times the
 // incoming gradient, written once in the logits' fp16/bf16 dtype (both buffers dense, same strides).
@@ -190,6 +205,7 @@ struct KernelTable {
   void (*sum_squares)(const SumSquaresArgs&, int64_t, int64_t);
   void (*pseudoseg)(const PseudoSegArgs&, int64_t, int64_t);
   void (*scale_round)(const ScaleRoundArgs&, int64_t, int64_t);
+  void (*infonce)(const InfoNceArgs&, int64_t, int64_t);
   const char* name;
 };
 

@@ -476,10 +476,56 @@ at::Tensor scaled_grad_cpu(const at::Tensor& grad, const at::Tensor& scale, at::
   return at::mul_out(out, grad, scale);
 }
 
+// (loss, d loss / d anchors or an empty tensor): see InfoNceArgs. Shapes are checked by the op.
+std::tuple<at::Tensor, at::Tensor> infonce_cpu(const at::Tensor& anchors, const at::Tensor& positive,
+                                               const at::Tensor& keys, const at::Tensor& rows, const at::Tensor& weight,
+                                               double temperature, bool need_grad) {
+  TORCH_CHECK(anchors.dim() == 3 && anchors.scalar_type() == at::kFloat, "anchors: expected (K, Q, D) float32");
+  const int64_t K = anchors.size(0), Q = anchors.size(1), D = anchors.size(2);
+  TORCH_CHECK(rows.dim() == 3 && rows.size(0) == K && rows.size(1) == Q && rows.scalar_type() == at::kLong,
+              "rows: expected (K, Q, M) int64");
+  TORCH_CHECK(positive.sizes() == at::IntArrayRef({K, D}) && positive.scalar_type() == at::kFloat,
+              "positive: expected (K, D) float32");
+  TORCH_CHECK(keys.dim() == 2 && keys.size(1) == D && keys.scalar_type() == at::kFloat, "keys: expected (R, D) float32");
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef({K}) && weight.scalar_type() == at::kFloat, "weight: expected (K,) float32");
+  TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
+  const at::Tensor x = anchors.contiguous(), p = positive.contiguous(), kt = keys.contiguous(), r = rows.contiguous(),
+                   w = weight.contiguous();
+  InfoNceArgs a;
+  a.K = K;
+  a.Q = Q;
+  a.M = rows.size(2);
+  a.D = D;
+  a.anchors = x.data_ptr<float>();
+  a.positive = p.data_ptr<float>();
+  a.keys = kt.data_ptr<float>();
+  a.rows = r.data_ptr<int64_t>();
+  a.weight = w.data_ptr<float>();
+  a.inv_temperature = (float)(1.0 / temperature);
+  at::Tensor per_anchor = at::empty({K * Q}, anchors.options());
+  at::Tensor grad = need_grad ? at::empty({K, Q, D}, anchors.options()) : at::empty({0}, anchors.options());
+  a.loss = per_anchor.data_ptr<float>();
+  a.grad = need_grad ? grad.data_ptr<float>() : nullptr;
+  if (K * Q > 0) {
+    // Rows out of range would read outside the key table: checked here, where reading them is free.
+    const int64_t R = kt.size(0);
+    const int64_t* rp = a.rows;
+    for (int64_t i = 0; i < r.numel(); ++i)
+      TORCH_CHECK_INDEX(rp[i] >= 0 && rp[i] < R, "rows: expected indices in [0, ", R, "), got ", rp[i]);
+    const auto& k = table();
+    at::parallel_for(0, K * Q, 16, [&](int64_t b, int64_t e) { k.infonce(a, b, e); });
+  }
+  const float* lp = a.loss;
+  double total = 0.0;
+  for (int64_t i = 0; i < K * Q; ++i) total += lp[i];
+  return {scalar(total), grad};
+}
+
 }  // namespace
 }  // namespace ssf
 
 TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
+  m.impl("_cpp_infonce", &ssf::infonce_cpu);
   m.impl("_cpp_pixel_stats", &ssf::pixel_stats_cpu);
   m.impl("_cpp_pixel_stats_backward", &ssf::pixel_stats_backward_cpu);
   m.impl("_cpp_negative_mask", &ssf::negative_mask_cpu);

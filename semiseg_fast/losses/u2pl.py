@@ -10,9 +10,9 @@ from torch import nn
 
 from .. import _checks
 from ..base import not_ignored
-from ..ops import entropy_percentile, pixel_stats
+from ..ops import PixelStats, entropy_percentile
 from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
-from ..u2pl.unsupervised import _loss_from_entropy, reliable_pixels
+from ..u2pl.unsupervised import _loss_from_entropy, reliable_pixels, teacher_entropy
 from .pseudo_label import PseudoLabelCrossEntropy
 
 
@@ -37,7 +37,9 @@ class U2PLLoss(nn.Module):
                         rep=rep_all, rep_teacher=rep_all_teacher, prob_teacher=prob_all_teacher)
         out.total.backward()
 
-    ``pred_*`` and ``teacher_u`` are full-resolution (N, C, H, W) logits; ``rep``, ``rep_teacher``
+    ``pred_*`` are full-resolution (N, C, H, W) logits; ``teacher_u`` the teacher's logits on the
+    unlabeled batch, or their :class:`~semiseg_fast.PixelStats` or entropy map (N, H, W) when the
+    caller already made that pass (it is then not read again); ``rep``, ``rep_teacher``
     (B_l + B_u, D, h, w) and ``prob_teacher`` (B_l + B_u, C, h, w) are at feature resolution, labeled
     images first, as in the official ``train_semi.py``. The contrastive term is skipped when
     ``rep`` is None or the module was built with ``contrastive=False``.
@@ -121,7 +123,7 @@ class U2PLLoss(nn.Module):
         label_l: torch.Tensor,
         pred_u: torch.Tensor,
         pseudo_u: torch.Tensor,
-        teacher_u: torch.Tensor,
+        teacher_u: torch.Tensor | PixelStats,
         epoch: int,
         rep: torch.Tensor | None = None,
         rep_teacher: torch.Tensor | None = None,
@@ -130,10 +132,6 @@ class U2PLLoss(nn.Module):
         draws: ContrastiveDraws | None = None,
     ) -> U2PLOutput:
         pred_u = _checks.logits(pred_u, "pred_u")
-        if tuple(_checks.tensor(teacher_u, "teacher_u").shape) != tuple(pred_u.shape):
-            raise ValueError(
-                f"teacher_u: expected the shape of pred_u {tuple(pred_u.shape)}, got {tuple(teacher_u.shape)}"
-            )
         pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u")
         sup = self.supervised_loss(pred_l, label_l)
         percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
@@ -141,8 +139,8 @@ class U2PLLoss(nn.Module):
         zero = (pred_u.sum() * 0.0).float()
         if epoch < self.sup_only_epochs:
             return U2PLOutput(sup + zero, sup, zero, zero, percent, at)
+        entropy = teacher_entropy(teacher_u, pred_u, "teacher_u", "pred_u")
         with torch.no_grad():
-            entropy = pixel_stats(teacher_u.detach()).entropy
             valid_u = not_ignored(pseudo_u, self.ignore_index)
             # one selection pass for the drop threshold and both contrastive thresholds
             thresholds = entropy_percentile(entropy, valid_u, [percent, at, 100.0 - at])

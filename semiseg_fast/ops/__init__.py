@@ -2,6 +2,7 @@
 
 from .cross_entropy import pseudo_label_cross_entropy
 from .fixmatch import fixmatch_loss
+from .infonce import infonce_loss
 from .negative_mask import negative_class_mask
 from .ohem import ohem_cross_entropy
 from .percentile import entropy_percentile
@@ -13,6 +14,7 @@ __all__ = [
     "calibrated_fusion",
     "entropy_percentile",
     "fixmatch_loss",
+    "infonce_loss",
     "logit_scale",
     "negative_class_mask",
     "ohem_cross_entropy",

@@ -7,6 +7,7 @@ from . import pseudoseg, u2pl
 from .core import (
     entropy_percentile,
     fixmatch_loss,
+    infonce_loss,
     negative_class_mask,
     ohem_cross_entropy,
     pixel_stats,
@@ -16,6 +17,7 @@ from .core import (
 __all__ = [
     "entropy_percentile",
     "fixmatch_loss",
+    "infonce_loss",
     "negative_class_mask",
     "ohem_cross_entropy",
     "pixel_stats",

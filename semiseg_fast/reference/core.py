@@ -94,6 +94,22 @@ def ohem_cross_entropy(logits, target, threshold=0.7, min_kept=100000, ignore_in
     return _safe_div(total, keep.sum()).float()
 
 
+def infonce_loss(anchors, positive, keys, rows, weight, temperature=0.5):
+    """U2PL's contrastive InfoNCE written out: the negatives gathered into a (K, Q, M, D) tensor,
+    every vector normalised as torch.cosine_similarity does, an einsum, cross-entropy to index 0."""
+    k, q, _ = anchors.shape
+    unit = lambda v: v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-8)
+    a, pos, neg = unit(anchors), unit(positive.detach()), unit(keys.detach()[rows])
+    pos_logit = (a * pos[:, None, :]).sum(-1, keepdim=True)
+    neg_logit = torch.einsum("kqd,kqmd->kqm", a, neg)
+    logits = torch.cat([pos_logit, neg_logit], dim=2) / temperature
+    ce = F.cross_entropy(
+        logits.reshape(k * q, -1), torch.zeros(k * q, dtype=torch.long, device=anchors.device), reduction="none"
+    ).reshape(k, q)
+    w = weight.detach()[:, None]
+    return torch.where(w != 0, ce * w, torch.zeros_like(ce)).sum()
+
+
 def fixmatch_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

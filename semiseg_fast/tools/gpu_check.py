@@ -88,8 +88,9 @@ def sweep() -> list:
     """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make."""
     from ..triton.cross_entropy import cross_entropy
     from ..triton.fixmatch import fixmatch
+    from ..triton.infonce import infonce
     from ..triton.negative_mask import negative_mask
-    from ..triton.percentile import percentile
+    from ..triton.percentile import percentile, select_ranks
     from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
     from ..triton.pseudoseg import pseudoseg_loss
 
@@ -169,6 +170,17 @@ def sweep() -> list:
                         lambda e=ent, v=v, qs=qs: percentile(e, v, qs),
                     )
                 )
+    # ohem_cross_entropy's threshold: one rank of the true-class probabilities, no mask.
+    for n, h, w in SWEEP_SHAPES:
+        p = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+        rank = torch.empty((1,), dtype=torch.int64, device="meta")
+        calls.append((f"ohem select {h}x{w}", lambda p=p, r=rank: select_ranks(p, None, r)))
+    # U2PL's contrastive InfoNCE at the paper's sizes (21 slots, 256 queries, 50 negatives), 256-d and 64-d.
+    meta = lambda *shape, dt=torch.float32: torch.empty(shape, dtype=dt, device="meta")
+    for d in (256, 64):
+        args = (meta(21, 256, d), meta(21, d), meta(650002, d), meta(21, 256, 50, dt=torch.int64), meta(21), 0.5)
+        for need_grad in (True, False):
+            calls.append((f"infonce D={d}", lambda a=args, g=need_grad: infonce(*a, g)))
     out = []
     for label, thunk in calls:
         for kernel, grid, args, kwargs in record_launches(thunk):

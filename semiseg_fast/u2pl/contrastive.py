@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import _checks
-from ..ops import negative_class_mask
+from ..ops import infonce_loss, negative_class_mask
+from ..ops.feature_rows import feature_rows, pixel_rows
 from .memory_bank import ClassMemoryBank
 
 
@@ -107,7 +107,7 @@ def u2pl_contrastive_loss(
     p = b * h * w
 
     with torch.no_grad():
-        feats_t = rep_teacher.detach().permute(0, 2, 3, 1).reshape(p, d)
+        feats_t = feature_rows(rep_teacher)
         prob = prob_teacher.detach()
         lab = label.reshape(p).long()
         valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
@@ -151,8 +151,7 @@ def u2pl_contrastive_loss(
         newest = torch.topk(torch.where(neg.T, positions[None, :], 0), limit, dim=1).values  # (C, limit), desc
         newest = torch.sort(torch.where(newest > 0, newest - 1, p), dim=1).values  # ascending, empty last
         push_counts = neg.sum(0).clamp_max(limit)
-        push_keys = feats_t[newest.clamp_max(p - 1)]
-        bank.push_all_ranks(push_keys, push_counts)
+        bank.push_rows_all_ranks(feats_t, newest.clamp_max(p - 1), push_counts)
 
         # Slots: the k-th present class, in ascending class order.
         present = count_low > 0
@@ -171,32 +170,19 @@ def u2pl_contrastive_loss(
             n_idx = _pad_rows(draws.negatives, c, num_queries * num_negatives, dev)
         a_idx = a_idx % anchor_count[anchor_slot_cls][:, None].clamp_min(1)
         anchor_pix = anchor_order[(anchor_start[anchor_slot_cls][:, None] + a_idx).clamp_max(p - 1)]
-        negatives = bank.gather(queue_cls, n_idx).reshape(c, num_queries, num_negatives, d)
-        positive = proto[anchor_slot_cls]
+        rows = bank.rows(queue_cls, n_idx).reshape(c, num_queries, num_negatives)
+        positive = proto[anchor_slot_cls].float()
+        # the mean over queries, then over the present classes (none when fewer than two)
+        weight = torch.where(active & (valid_seg > 1), 1.0 / (num_queries * valid_seg.clamp_min(1)), 0.0).float()
 
-        # Keys normalised once, in place (they carry no gradient); cosine similarity as in
-        # torch.cosine_similarity: each vector divided by max(norm, 1e-8), then the dot product.
-        negatives = negatives.div_(torch.linalg.vector_norm(negatives, dim=-1, keepdim=True).clamp_min(1e-8))
-        positive = positive / torch.linalg.vector_norm(positive, dim=-1, keepdim=True).clamp_min(1e-8)
-
-    feats_s = rep.permute(0, 2, 3, 1).reshape(p, d)
-    q = feats_s[anchor_pix]  # (C, Q, D): the gradient flows back to rep here
-    q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-8)
-    pos_logit = (q * positive[:, None, :].to(q.dtype)).sum(-1, keepdim=True)  # (C, Q, 1)
-    neg_logit = torch.einsum("cqd,cqkd->cqk", q, negatives.to(q.dtype))  # (C, Q, negatives)
-    logits = torch.cat([pos_logit, neg_logit], dim=2) / temperature
-    per_slot = (
-        F.cross_entropy(
-            logits.reshape(c * num_queries, -1),
-            torch.zeros(c * num_queries, dtype=torch.long, device=dev),
-            reduction="none",
-        )
-        .reshape(c, num_queries)
-        .mean(1)
-    )
-    total = torch.where(active, per_slot, torch.zeros_like(per_slot)).sum()
-    loss = torch.where(valid_seg > 1, total / valid_seg.clamp_min(1), torch.zeros_like(total))
-    return loss + 0.0 * rep.sum()  # keeps every parameter in the graph (DDP), as the official code does
+    q = pixel_rows(rep, anchor_pix).float()  # (C, Q, D): the gradient flows back to rep here
+    keys = bank.keys  # the negatives are read by row inside the kernel
+    if keys.dtype != torch.float32:  # a bank kept in another dtype: its drawn rows, gathered in fp32
+        keys = keys[rows.reshape(-1)].float()
+        rows = torch.arange(keys.shape[0], device=dev).view(rows.shape)
+    # rep is in the graph through q even when no slot is active (zero weights): every parameter
+    # that made it gets a gradient, which DDP needs (the official code adds 0 * rep.sum() for that).
+    return infonce_loss(q, positive, keys, rows, weight, temperature)
 
 
 def _pad_rows(index: torch.Tensor, rows: int, cols: int, device) -> torch.Tensor:

@@ -58,6 +58,21 @@ class ClassMemoryBank(nn.Module):
     def zero_row(self) -> int:
         return self.keys.shape[0] - 1
 
+    def _destinations(self, counts: torch.Tensor, length: int) -> torch.Tensor:
+        """(C, length) rows of ``keys`` that the first counts[c] of L new keys of class c go to (the
+        trash row for the rest, and for keys overwritten again within the same push); advances the
+        write heads and lengths."""
+        counts = counts.to(self.head.device, torch.int64).clamp(0, length)
+        j = torch.arange(length, device=self.head.device)[None, :]
+        cap = self.capacity[:, None]
+        skip = (counts[:, None] - cap).clamp_min(0)  # keys overwritten again within this step
+        keep = (j < counts[:, None]) & (j >= skip)
+        slot = (self.head[:, None] + j) % cap
+        rows = torch.where(keep, self.offset[:, None] + slot, torch.full_like(slot, self.trash_row))
+        self.head.copy_((self.head + counts) % self.capacity)
+        self.length.copy_(torch.minimum(self.length + counts, self.capacity))
+        return rows
+
     def push(self, keys: torch.Tensor, counts: torch.Tensor) -> None:
         """Appends, for each class c, rows ``keys[c, :counts[c]]`` (oldest first) to class c's queue.
 
@@ -69,16 +84,30 @@ class ClassMemoryBank(nn.Module):
             raise ValueError(f"keys: expected shape ({self.num_classes}, L, {self.dim}), got {tuple(keys.shape)}")
         if counts.shape != (c,):
             raise ValueError(f"counts: expected shape ({c},), got {tuple(counts.shape)}")
-        counts = counts.to(self.head.device, torch.int64).clamp(0, length)
-        j = torch.arange(length, device=self.head.device)[None, :]
-        cap = self.capacity[:, None]
-        skip = (counts[:, None] - cap).clamp_min(0)  # keys overwritten again within this step
-        keep = (j < counts[:, None]) & (j >= skip)
-        slot = (self.head[:, None] + j) % cap
-        rows = torch.where(keep, self.offset[:, None] + slot, torch.full_like(slot, self.trash_row))
+        rows = self._destinations(counts, length)
         self.keys.index_copy_(0, rows.reshape(-1), keys.reshape(c * length, d).to(self.keys.dtype))
-        self.head.copy_((self.head + counts) % self.capacity)
-        self.length.copy_(torch.minimum(self.length + counts, self.capacity))
+
+    def push_rows(self, source: torch.Tensor, index: torch.Tensor, counts: torch.Tensor) -> None:
+        """push() of ``source[index]`` ((P, dim) rows, (C, L) indices) without building that
+        (C, L, dim) tensor: rows are copied into the bank one class at a time."""
+        c, length = index.shape
+        if c != self.num_classes or source.dim() != 2 or source.shape[1] != self.dim:
+            raise ValueError(
+                f"source, index: expected (P, {self.dim}) and ({self.num_classes}, L), "
+                f"got {tuple(source.shape)} and {tuple(index.shape)}"
+            )
+        if counts.shape != (c,):
+            raise ValueError(f"counts: expected shape ({c},), got {tuple(counts.shape)}")
+        rows = self._destinations(counts, length)
+        for k in range(c):  # one class's keys at a time: L rows of temporary memory, not C * L
+            self.keys.index_copy_(0, rows[k], source.index_select(0, index[k]).to(self.keys.dtype))
+
+    def push_rows_all_ranks(self, source: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, group=None) -> None:
+        """push_rows() on one process; under DDP, push_all_ranks() of the gathered rows."""
+        if not (dist.is_available() and dist.is_initialized()):
+            self.push_rows(source, index, counts)
+            return
+        self.push_all_ranks(source[index], counts, group)
 
     def push_all_ranks(self, keys: torch.Tensor, counts: torch.Tensor, group=None) -> None:
         """push() of every rank's keys, in rank order, on every rank: one all_gather of the
@@ -95,16 +124,20 @@ class ClassMemoryBank(nn.Module):
         for k, n in zip(all_keys, all_counts):
             self.push(k, n)
 
-    def gather(self, classes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Keys at logical positions ``index`` (0 = oldest) of each class in ``classes``.
+    def rows(self, classes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Rows of ``keys`` at logical positions ``index`` (0 = oldest) of each class in ``classes``.
 
         classes: (K,) class ids; index: (K, M) positions, taken modulo the class's length (an
-        empty class reads zeros). Returns (K, M, dim)."""
+        empty class reads the zero row). Returns (K, M) int64."""
         cap = self.capacity[classes][:, None]
         length = self.length[classes][:, None]
         start = (self.head[classes][:, None] - length) % cap
         pos = (start + index % length.clamp_min(1)) % cap
-        rows = torch.where(length > 0, self.offset[classes][:, None] + pos, torch.full_like(pos, self.zero_row))
+        return torch.where(length > 0, self.offset[classes][:, None] + pos, torch.full_like(pos, self.zero_row))
+
+    def gather(self, classes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The keys at :meth:`rows` (classes, index): (K, M, dim)."""
+        rows = self.rows(classes, index)
         return torch.index_select(self.keys, 0, rows.reshape(-1)).reshape(*index.shape, self.dim)
 
     def queue(self, c: int) -> torch.Tensor:

@@ -6,7 +6,30 @@ import torch
 
 from .. import _checks
 from ..base import not_ignored
-from ..ops import entropy_percentile, pixel_stats, pseudo_label_cross_entropy
+from ..ops import PixelStats, entropy_percentile, pixel_stats, pseudo_label_cross_entropy
+
+
+def teacher_entropy(teacher: object, like: torch.Tensor, name: str, like_name: str) -> torch.Tensor:
+    """The teacher's per-pixel entropy (N, H, W), from its logits (N, C, H, W) shaped like ``like``
+    (one pass), or as given: a :class:`PixelStats` or an entropy map from a pass already made."""
+    if isinstance(teacher, PixelStats):
+        teacher = teacher.entropy
+    teacher = _checks.tensor(teacher, name)
+    n, _, h, w = like.shape
+    if teacher.dim() == 4:
+        if teacher.shape != like.shape:
+            raise ValueError(
+                f"{name}: expected the shape of {like_name} {tuple(like.shape)}, got {tuple(teacher.shape)}"
+            )
+        with torch.no_grad():
+            return pixel_stats(_checks.logits(teacher.detach(), name)).entropy
+    if tuple(teacher.shape) != (n, h, w) or not teacher.dtype.is_floating_point:
+        raise ValueError(
+            f"{name}: expected teacher logits {tuple(like.shape)}, their PixelStats, or a floating entropy map "
+            f"{(n, h, w)}, got {tuple(teacher.shape)} {teacher.dtype}"
+        )
+    _checks.same_device(like, teacher, name, like_name)
+    return teacher.detach()
 
 
 def reliable_pixels(valid: torch.Tensor, entropy: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -26,7 +49,7 @@ def _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_
 
 def u2pl_unsupervised_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher: torch.Tensor | PixelStats,
     pseudo_label: torch.Tensor,
     percent: float,
     ignore_index: int = 255,
@@ -36,11 +59,14 @@ def u2pl_unsupervised_loss(
     Drops the valid pixels whose teacher entropy is at or above the ``percent``-th percentile of
     the valid pixels' entropies, then returns ``N*H*W / kept`` times the mean cross-entropy of
     the student over the kept pixels. One pass over the teacher logits (entropy), one over the
-    student logits (loss and gradient), an exact percentile in between, no host sync.
+    student logits (loss and gradient), an exact percentile in between, no host sync. A caller
+    that already made the teacher's pass hands over its statistics, and the logits are not read again.
 
     Args:
         student_logits: (N, C, H, W) logits of the (augmented) unlabeled batch.
-        teacher_logits: (N, C, H, W) teacher logits whose entropy decides the drop (detached).
+        teacher: what decides the drop (no gradient): the (N, C, H, W) teacher logits, their
+            :class:`~semiseg_fast.PixelStats`, or an (N, H, W) entropy map. U2PL takes the entropy
+            from the teacher's pass over the mixed images, the pseudo-labels from another pass.
         pseudo_label: (N, H, W) integer labels; ``ignore_index`` pixels are never used.
         percent: the percentile in [0, 100]; see :func:`semiseg_fast.u2pl.drop_percent`.
 
@@ -49,16 +75,10 @@ def u2pl_unsupervised_loss(
     float64, and a batch with no kept pixel gives 0 instead of NaN.
     """
     student_logits = _checks.logits(student_logits, "student_logits")
-    teacher_logits = _checks.logits(teacher_logits, "teacher_logits")
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
-            f"teacher_logits: expected the shape of student_logits {tuple(student_logits.shape)}, "
-            f"got {tuple(teacher_logits.shape)}"
-        )
+    entropy = teacher_entropy(teacher, student_logits, "teacher", "student_logits")
     pseudo_label = _checks.target(pseudo_label, student_logits, "pseudo_label", "student_logits")
     percent = _checks.number(percent, "percent", low=0.0, high=100.0)
     ignore_index = _checks.integer(ignore_index, "ignore_index")
     with torch.no_grad():
-        entropy = pixel_stats(teacher_logits.detach()).entropy
         threshold = entropy_percentile(entropy, not_ignored(pseudo_label, ignore_index), percent)
     return _loss_from_entropy(student_logits, pseudo_label, entropy, threshold, ignore_index)

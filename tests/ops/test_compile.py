@@ -71,7 +71,16 @@ def test_compile_pseudoseg_loss_fullgraph():
 
 
 @pytest.mark.parametrize(
-    "op", ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "pseudoseg_loss", "select_rank"]
+    "op",
+    [
+        "pixel_stats",
+        "pseudo_label_cross_entropy",
+        "fixmatch_loss",
+        "pseudoseg_loss",
+        "select_rank",
+        "infonce",
+        "pixel_rows",
+    ],
 )
 def test_opcheck(op):
     """torch.library.opcheck: schema, fake tensor and autograd registration are consistent."""
@@ -86,6 +95,12 @@ def test_opcheck(op):
             (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp"),
         ),
         "select_rank": (ops.select_rank.default, (torch.rand(2, 3, 4), 5, "cpp")),
+        "infonce": (
+            ops.infonce_loss.default,
+            (torch.randn(3, 4, 6, requires_grad=True), torch.randn(3, 6), torch.randn(9, 6))
+            + (torch.randint(0, 9, (3, 4, 5)), torch.rand(3), 0.5, True, "cpp"),
+        ),
+        "pixel_rows": (ops.pixel_rows.default, (x.detach().requires_grad_(), torch.randint(0, 24, (3, 4)))),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
         "pseudoseg_loss": (
             ops.pseudoseg_loss.default,

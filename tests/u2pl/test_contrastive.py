@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import semiseg_fast as sf
 from semiseg_fast.reference import u2pl as ref
 from semiseg_fast.u2pl import ClassMemoryBank, ContrastiveDraws, u2pl_contrastive_loss
 
@@ -112,3 +113,22 @@ def test_bad_shapes_are_named():
         u2pl_contrastive_loss(rep, rep_t, prob.tolist(), label, rel, unrel, isl, bank)
     with pytest.raises(ValueError, match="bank: expected 5 classes of dim 8"):
         u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, ClassMemoryBank(C, 4, capacity=10))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_a_float64_bank_gives_the_float32_loss_and_gradient(backend):
+    """The fused kernel reads fp32 keys by row; a bank in another dtype has its drawn rows gathered."""
+    rep, rep_t, prob, label, rel, unrel, isl = inputs()
+    kw = dict(num_queries=Q, num_negatives=NEG, low_rank=1, high_rank=4)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        bank = ClassMemoryBank(C, D, capacity=100, dtype=dtype)
+        with sf.backend(backend):
+            u2pl_contrastive_loss(rep, rep_t, prob, label, rel, unrel, isl, bank, generator=torch.Generator(), **kw)
+            loss = u2pl_contrastive_loss(
+                rep, rep_t, prob, label, rel, unrel, isl, bank, generator=torch.Generator().manual_seed(3), **kw
+            )
+        results.append((loss, torch.autograd.grad(loss, rep)[0]))
+    assert float(results[0][0]) > 0
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])

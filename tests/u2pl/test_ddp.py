@@ -49,8 +49,8 @@ def _worker(rank, world, port, out_dir):
 class _NoPushBank(ClassMemoryBank):
     """A bank that records what a step would push instead of pushing it."""
 
-    def push_all_ranks(self, keys, counts, group=None):
-        self.pushed = (keys.clone(), counts.clone())
+    def push_rows_all_ranks(self, source, index, counts, group=None):
+        self.pushed = (source[index].clone(), counts.clone())
 
 
 def test_two_ranks_share_one_bank(tmp_path):

@@ -116,6 +116,25 @@ def test_bank_is_saved_with_the_module():
     assert "bank.keys" in state and int(state["bank.length"].sum()) > 0
 
 
+def test_teacher_statistics_instead_of_logits_give_the_same_step():
+    data = batch()
+    outs = []
+    for teacher in (data[4], sf.pixel_stats(data[4]), sf.pixel_stats(data[4]).entropy):
+        crit = sf.U2PLLoss(C, 10, rep_dim=D, low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG)
+        out = crit(
+            *data[:4],
+            teacher,
+            2,
+            rep=data[5],
+            rep_teacher=data[6],
+            prob_teacher=data[7],
+            generator=torch.Generator().manual_seed(0),
+        )
+        outs.append(out)
+    for out in outs[1:]:
+        assert torch.equal(out.total, outs[0].total) and torch.equal(out.unsupervised, outs[0].unsupervised)
+
+
 def test_unlabeled_inputs_are_checked_by_name():
     pred_l, label_l, pred_u, pseudo_u, teacher_u = batch()[:5]
     crit = sf.U2PLLoss(C, 10, contrastive=False)

@@ -70,5 +70,28 @@ def test_argument_errors():
         u2pl_unsupervised_loss(x, x, torch.zeros(1, 4, 4, dtype=torch.long), 101)
     with pytest.raises(TypeError, match="pseudo_label: expected an integer dtype"):
         u2pl_unsupervised_loss(x, x, torch.zeros(1, 4, 4), 80)
-    with pytest.raises(ValueError, match="teacher_logits: expected the shape of student_logits"):
+    with pytest.raises(ValueError, match="teacher: expected the shape of student_logits"):
         u2pl_unsupervised_loss(x, x[:, :2], torch.zeros(1, 4, 4, dtype=torch.long), 80)
+    with pytest.raises(ValueError, match=r"teacher: expected teacher logits .* or a floating entropy map \(1, 4, 4\)"):
+        u2pl_unsupervised_loss(x, torch.rand(1, 4, 5), torch.zeros(1, 4, 4, dtype=torch.long), 80)
+    with pytest.raises(TypeError, match="teacher: expected a torch.Tensor"):
+        u2pl_unsupervised_loss(x, [1.0], torch.zeros(1, 4, 4, dtype=torch.long), 80)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_teacher_statistics_from_a_pass_already_made_give_the_same_loss(backend):
+    """Logits, their PixelStats, or the entropy map alone: one loss and one gradient."""
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(2, 5, 9, 8, generator=g)
+    teacher = torch.randn(2, 5, 9, 8, generator=g) * 3
+    pseudo = teacher.argmax(1).to(torch.uint8)
+    pseudo[0, :2] = 255
+    results = []
+    with sf.backend(backend):
+        stats = sf.pixel_stats(teacher)
+        for given in (teacher, stats, stats.entropy):
+            x = student.clone().requires_grad_()
+            loss = u2pl_unsupervised_loss(x, given, pseudo, 70.0)
+            results.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ...losses import U2PLLoss
+from ...models import model_outputs
 from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import (
@@ -21,7 +22,17 @@ from ..schema import (
     number_in,
     option,
 )
-from .base import Method, StepContext, StepOutput, mix, mixed_pseudo_labels, predict, teacher_predict
+from .base import (
+    Method,
+    StepContext,
+    StepOutput,
+    mix,
+    mixed_pseudo_labels,
+    predict,
+    resized,
+    teacher_outputs,
+    teacher_predict,
+)
 from .registry import register
 
 
@@ -102,8 +113,10 @@ class U2PL(Method):
         pseudo = mixed_pseudo_labels(box, teacher_weak)[0].masked_fill(mixed_pad, ctx.ignore_index)
         both = torch.cat([images_l, mix(box, strong)])
         logits, _, rep = predict(ctx.student, both)
-        teacher_all, teacher_small, teacher_rep = teacher_predict(ctx, both)
         n_l = images_l.shape[0]
+        teacher_small, teacher_rep = model_outputs(teacher_outputs(ctx, both))
+        # the teacher's statistics on the mixed images: only its unlabeled half is upsampled and read
+        teacher_u = pixel_stats(resized(teacher_small[n_l:], weak.shape[-2:]))
         logits_l, logits_u = logits.split([n_l, weak.shape[0]])
         self.criterion.unsupervised_weight = ctx.unsupervised_weight  # the ramp-up's value at this step
         out = self.criterion(
@@ -111,7 +124,7 @@ class U2PL(Method):
             labels_l,
             logits_u,
             pseudo,
-            teacher_all[n_l:],
+            teacher_u,
             ctx.epoch,
             rep=rep,
             rep_teacher=teacher_rep,
