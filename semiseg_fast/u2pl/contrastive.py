@@ -147,9 +147,9 @@ def u2pl_contrastive_loss(
             neg = unrel & rank_ok
         neg = neg & (prob_flat < current_class_negative_threshold)
         limit = min(push_limit, p)
-        positions = torch.arange(1, p + 1, device=dev)
+        positions = torch.arange(1, p + 1, device=dev, dtype=torch.int32)  # int32: half the (C, pixels) bytes
         newest = torch.topk(torch.where(neg.T, positions[None, :], 0), limit, dim=1).values  # (C, limit), desc
-        newest = torch.sort(torch.where(newest > 0, newest - 1, p), dim=1).values  # ascending, empty last
+        newest = torch.sort(torch.where(newest > 0, newest - 1, p), dim=1).values.long()  # ascending, empty last
         push_counts = neg.sum(0).clamp_max(limit)
         bank.push_rows_all_ranks(feats_t, newest.clamp_max(p - 1), push_counts)
 
