@@ -37,6 +37,9 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc) -> Tensor");
   m.def("_cpp_feature_rows(Tensor features) -> Tensor");
+  m.def(
+      "_cpp_newest_negatives(Tensor prob, Tensor label, Tensor unreliable, Tensor labeled, int low_rank, "
+      "int high_rank, float threshold, int limit, bool quirks) -> (Tensor, Tensor)");
   m.def("_cpp_pixel_rows(Tensor features, Tensor pixels) -> Tensor");
   m.def("_cpp_pixel_rows_backward(Tensor grad_rows, Tensor pixels, int[] sizes) -> Tensor");
   m.def(

@@ -169,3 +169,27 @@ def negative_class_mask(x: torch.Tensor, low_rank: int, high_rank: int) -> torch
     stable here so that ties have one defined answer."""
     idx = torch.sort(x.detach(), dim=1, descending=True, stable=True).indices[:, low_rank:high_rank]
     return torch.stack([(idx == c).any(dim=1) for c in range(x.shape[1])], dim=1)
+
+
+def newest_negatives(prob, label, unreliable, labeled, low_rank, high_rank, threshold, limit, quirks):
+    """U2PL's memory-bank push selection with (pixels, classes) masks and a top-k over the pixels:
+    for each class the newest (row-major) ``limit`` pixels that are negatives for it, oldest first
+    (see :func:`semiseg_fast.ops.newest_negatives`). Returns (index (C, limit), counts (C,))."""
+    b, c, h, w = prob.shape
+    p = b * h * w
+    flat = lambda m: m.permute(0, 2, 3, 1).reshape(p, c)
+    top = flat(negative_class_mask(prob, 0, low_rank)) if low_rank > 0 else torch.zeros(p, c, dtype=torch.bool)
+    window = flat(negative_class_mask(prob, low_rank, high_rank))
+    own = label.reshape(p, 1) == torch.arange(c, device=prob.device)[None, :]
+    is_labeled = labeled.to(torch.bool)[:, None, None].expand(b, h, w).reshape(p, 1)
+    neg = unreliable.reshape(p, 1) & torch.where(is_labeled, top.to(own.device) & ~own, window)
+    if quirks:
+        neg = neg & own
+    neg = neg & (flat(prob.detach()) < threshold)
+    limit_ = min(limit, p)
+    positions = torch.arange(1, p + 1, device=prob.device)
+    newest = torch.topk(torch.where(neg.T, positions[None, :], 0), limit_, dim=1).values  # descending
+    newest = torch.sort(torch.where(newest > 0, newest - 1, p), dim=1).values.clamp_max(p - 1)  # oldest first
+    index = torch.full((c, limit), max(p - 1, 0), dtype=torch.int64, device=prob.device)
+    index[:, :limit_] = newest
+    return index, neg.sum(0).clamp_max(limit)

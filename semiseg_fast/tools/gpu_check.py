@@ -90,6 +90,7 @@ def sweep() -> list:
     from ..triton.fixmatch import fixmatch
     from ..triton.infonce import infonce
     from ..triton.negative_mask import negative_mask
+    from ..triton.newest_negatives import newest_negatives
     from ..triton.percentile import percentile, select_ranks
     from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
     from ..triton.pseudoseg import pseudoseg_loss
@@ -181,6 +182,11 @@ def sweep() -> list:
         args = (meta(21, 256, d), meta(21, d), meta(650002, d), meta(21, 256, 50, dt=torch.int64), meta(21), 0.5)
         for need_grad in (True, False):
             calls.append((f"infonce D={d}", lambda a=args, g=need_grad: infonce(*a, g)))
+    # U2PL's memory-bank push at feature resolution: the paper's rank window, and the official quirks.
+    p = 4 * 129 * 129
+    push = (meta(4, 21, 129, 129), meta(p, dt=torch.int64), meta(p, dt=torch.bool), meta(4, dt=torch.bool))
+    for quirks in (False, True):
+        calls.append((f"push quirks={quirks}", lambda q=quirks: newest_negatives(*push, 3, 20, 1.0, 4096, q)))
     out = []
     for label, thunk in calls:
         for kernel, grid, args, kwargs in record_launches(thunk):

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import _checks
-from ..ops import infonce_loss, negative_class_mask
+from ..ops import infonce_loss
 from ..ops.feature_rows import feature_rows, pixel_rows
+from ..ops.newest_negatives import newest_negatives
 from .memory_bank import ClassMemoryBank
 
 
@@ -113,9 +114,7 @@ def u2pl_contrastive_loss(
         valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
         lab_c = torch.where(valid, lab, torch.full_like(lab, c))  # c = "no class"
         rel = reliable.reshape(p) & valid
-        labeled = is_labeled.to(torch.bool)[:, None, None].expand(b, h, w).reshape(p)
-        prob_flat = prob.permute(0, 2, 3, 1).reshape(p, c)
-        prob_lab = prob_flat.gather(1, lab_c.clamp_max(c - 1)[:, None])[:, 0]
+        prob_lab = prob.gather(1, lab_c.clamp_max(c - 1).view(b, 1, h, w)).reshape(p)
 
         # Prototypes: mean teacher feature of the reliable pixels of each class.
         low_cls = torch.where(rel, lab_c, torch.full_like(lab_c, c))
@@ -129,29 +128,19 @@ def u2pl_contrastive_loss(
         anchor_order = torch.sort(anchor_cls, stable=True).indices
         anchor_start = torch.cumsum(anchor_count, 0) - anchor_count
 
-        # Negatives for every (pixel, class) pair, then the newest push_limit per class enter the bank.
-        top = (
-            negative_class_mask(prob, 0, low_rank)
-            if low_rank > 0
-            else torch.zeros(b, c, h, w, dtype=torch.bool, device=dev)
+        # The newest push_limit negatives of each class enter the bank.
+        newest, push_counts = newest_negatives(
+            prob.float(),
+            lab_c,
+            unreliable.reshape(p) & valid,
+            is_labeled.to(device=dev, dtype=torch.bool),
+            low_rank,
+            high_rank,
+            current_class_negative_threshold,
+            min(push_limit, p),
+            official_quirks,
         )
-        window = negative_class_mask(prob, low_rank, high_rank)
-        flat = lambda m: m.permute(0, 2, 3, 1).reshape(p, c)
-        top, window = flat(top), flat(window)
-        not_own = lab_c[:, None] != torch.arange(c, device=dev)[None, :]
-        rank_ok = torch.where(labeled[:, None], top & not_own, window)
-        unrel = (unreliable.reshape(p) & valid)[:, None]
-        if official_quirks:
-            neg = unrel & ~not_own & rank_ok
-        else:
-            neg = unrel & rank_ok
-        neg = neg & (prob_flat < current_class_negative_threshold)
-        limit = min(push_limit, p)
-        positions = torch.arange(1, p + 1, device=dev, dtype=torch.int32)  # int32: half the (C, pixels) bytes
-        newest = torch.topk(torch.where(neg.T, positions[None, :], 0), limit, dim=1).values  # (C, limit), desc
-        newest = torch.sort(torch.where(newest > 0, newest - 1, p), dim=1).values.long()  # ascending, empty last
-        push_counts = neg.sum(0).clamp_max(limit)
-        bank.push_rows_all_ranks(feats_t, newest.clamp_max(p - 1), push_counts)
+        bank.push_rows_all_ranks(feats_t, newest, push_counts)
 
         # Slots: the k-th present class, in ascending class order.
         present = count_low > 0

@@ -80,6 +80,7 @@ def test_compile_pseudoseg_loss_fullgraph():
         "select_rank",
         "infonce",
         "pixel_rows",
+        "newest_negatives",
     ],
 )
 def test_opcheck(op):
@@ -101,6 +102,11 @@ def test_opcheck(op):
             + (torch.randint(0, 9, (3, 4, 5)), torch.rand(3), 0.5, True, "cpp"),
         ),
         "pixel_rows": (ops.pixel_rows.default, (x.detach().requires_grad_(), torch.randint(0, 24, (3, 4)))),
+        "newest_negatives": (
+            ops.newest_negatives.default,
+            (torch.rand(2, 5, 3, 4), torch.randint(0, 6, (24,)), torch.rand(24) < 0.5, torch.tensor([True, False]))
+            + (1, 4, 1.0, 3, False, "cpp"),
+        ),
         "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
         "pseudoseg_loss": (
             ops.pseudoseg_loss.default,
