@@ -126,3 +126,18 @@ def minimal_bytes(op: str, mode: str, inp: Inputs) -> int:
     if op in ("pseudo_label_cross_entropy", "ohem_cross_entropy"):
         return logits + pixels * 1 + grad
     return 2 * logits + pixels * 1 + grad
+
+
+def contrastive_inputs(feat, d):
+    """U2PL's contrastive step at feature resolution ``feat`` = (B, C, h, w) with ``d``-dim features:
+    (rep, rep_teacher, prob_teacher, label, reliable, unreliable, is_labeled)."""
+    b, c, h, w = feat
+    g = torch.Generator().manual_seed(1)
+    rep = torch.randn(b, d, h, w, generator=g)
+    rep_t = torch.randn(b, d, h, w, generator=g)
+    prob = torch.softmax(torch.randn(b, c, h, w, generator=g) * 3, 1)
+    label = prob.argmax(1)
+    reliable = torch.rand(b, h, w, generator=g) < 0.6
+    unreliable = torch.rand(b, h, w, generator=g) < 0.3
+    is_labeled = torch.arange(b) < b // 2
+    return rep, rep_t, prob, label, reliable, unreliable, is_labeled

@@ -37,14 +37,8 @@ def measure(impl: str) -> dict:
 
     b, c, h, w = FEAT
     d = 64 if cases.QUICK else 256
-    g = torch.Generator().manual_seed(1)
-    rep = torch.randn(b, d, h, w, generator=g).requires_grad_()
-    rep_t = torch.randn(b, d, h, w, generator=g)
-    prob = torch.softmax(torch.randn(b, c, h, w, generator=g) * 3, 1)
-    label = prob.argmax(1)
-    reliable = torch.rand(b, h, w, generator=g) < 0.6
-    unreliable = torch.rand(b, h, w, generator=g) < 0.3
-    is_labeled = torch.arange(b) < b // 2
+    rep, rep_t, prob, label, reliable, unreliable, is_labeled = cases.contrastive_inputs(FEAT, d)
+    rep.requires_grad_()
     caps = ([500] + [300] * (c - 1)) if cases.QUICK else ([50000] + [30000] * (c - 1))
     fill = torch.randn(max(caps), d, generator=torch.Generator().manual_seed(2))
     if impl == "fused":

@@ -88,17 +88,8 @@ def _official_rank_masks(prob, low, high):
 
 @functools.lru_cache(maxsize=1)
 def contrastive_inputs():
-    b, c, h, w = FEAT
     d = 64 if cases.QUICK else 256
-    g = torch.Generator().manual_seed(1)
-    rep = torch.randn(b, d, h, w, generator=g)
-    rep_t = torch.randn(b, d, h, w, generator=g)
-    prob = torch.softmax(torch.randn(b, c, h, w, generator=g) * 3, 1)
-    label = prob.argmax(1)
-    reliable = torch.rand(b, h, w, generator=g) < 0.6
-    unreliable = torch.rand(b, h, w, generator=g) < 0.3
-    is_labeled = torch.arange(b) < b // 2
-    return rep, rep_t, prob, label, reliable, unreliable, is_labeled, d
+    return (*cases.contrastive_inputs(FEAT, d), d)
 
 
 @pytest.mark.parametrize("impl", ["fused", "official"])

@@ -46,38 +46,12 @@ def _negative_flags(
 
 
 @triton.jit
-def negatives_count_kernel(
+def newest_negatives_kernel(
     prob_ptr,
     label_ptr,
     unrel_ptr,
     labeled_ptr,
     counts_ptr,
-    P,
-    C,
-    HW,
-    low,
-    high,
-    thr,
-    num_blocks,
-    QUIRKS: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    k = tl.program_id(0)
-    blk = tl.program_id(1)
-    offs = blk.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    neg = _negative_flags(
-        prob_ptr, label_ptr, unrel_ptr, labeled_ptr, k, offs, offs < P, C, HW, low, high, thr, QUIRKS, BLOCK_C
-    )
-    tl.store(counts_ptr + k * num_blocks + blk, tl.sum(neg.to(tl.int32), 0))
-
-
-@triton.jit
-def negatives_write_kernel(
-    prob_ptr,
-    label_ptr,
-    unrel_ptr,
-    labeled_ptr,
     after_ptr,
     kept_ptr,
     index_ptr,
@@ -89,22 +63,26 @@ def negatives_write_kernel(
     thr,
     num_blocks,
     limit,
+    WRITE: tl.constexpr,
     QUIRKS: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    """Program (class k, pixel block): WRITE=False counts the block's negatives for k; WRITE=True
+    writes those among the newest ``limit`` to their slots, oldest first."""
     k = tl.program_id(0)
     blk = tl.program_id(1)
     offs = blk.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     neg = _negative_flags(
         prob_ptr, label_ptr, unrel_ptr, labeled_ptr, k, offs, offs < P, C, HW, low, high, thr, QUIRKS, BLOCK_C
     ).to(tl.int32)
-    # negatives after this pixel: in later blocks, then later in this block (0 = the newest)
-    from_end = tl.load(after_ptr + k * num_blocks + blk) + tl.sum(neg, 0) - tl.cumsum(neg, 0)
-    kept = tl.load(kept_ptr + k)
-    write = (neg != 0) & (from_end < limit)
-    slot = kept - 1 - from_end
-    tl.store(index_ptr + k.to(tl.int64) * limit + slot, offs, mask=write)
+    if WRITE:
+        # negatives after this pixel: in later blocks, then later in this block (0 = the newest)
+        from_end = tl.load(after_ptr + k * num_blocks + blk) + tl.sum(neg, 0) - tl.cumsum(neg, 0)
+        slot = tl.load(kept_ptr + k) - 1 - from_end
+        tl.store(index_ptr + k.to(tl.int64) * limit + slot, offs, mask=(neg != 0) & (from_end < limit))
+    else:
+        tl.store(counts_ptr + k * num_blocks + blk, tl.sum(neg, 0))
 
 
 def newest_negatives(prob, label, unreliable, labeled, low_rank, high_rank, threshold, limit, quirks):
@@ -121,44 +99,11 @@ def newest_negatives(prob, label, unreliable, labeled, low_rank, high_rank, thre
         return index, torch.zeros(c, dtype=torch.int64, device=prob.device)
     common = dict(QUIRKS=quirks, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     counts = torch.empty((c, blocks), dtype=torch.int32, device=prob.device)
-    launch(
-        negatives_count_kernel,
-        (c, blocks),
-        x,
-        lab,
-        unrel,
-        lbl,
-        counts,
-        p,
-        c,
-        hw,
-        low_rank,
-        high_rank,
-        threshold,
-        blocks,
-        **common,
-    )
+    inputs = (x, lab, unrel, lbl)
+    sizes = (p, c, hw, low_rank, high_rank, threshold, blocks, limit)
+    launch(newest_negatives_kernel, (c, blocks), *inputs, counts, counts, counts, index, *sizes, WRITE=False, **common)
     counts = counts.to(torch.int64)
     after = counts.flip(1).cumsum(1).flip(1) - counts  # negatives in the blocks after each block
     kept = counts.sum(1).clamp_max(limit)
-    launch(
-        negatives_write_kernel,
-        (c, blocks),
-        x,
-        lab,
-        unrel,
-        lbl,
-        after,
-        kept,
-        index,
-        p,
-        c,
-        hw,
-        low_rank,
-        high_rank,
-        threshold,
-        blocks,
-        limit,
-        **common,
-    )
+    launch(newest_negatives_kernel, (c, blocks), *inputs, counts, after, kept, index, *sizes, WRITE=True, **common)
     return index, kept

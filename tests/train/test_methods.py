@@ -68,20 +68,28 @@ def test_selftrain_strong_view_pastes_the_previous_crop_with_its_labels(soft):
     assert torch.equal(mixed_labels[1][box[1]], labels_p[0][box[1]])  # inside the box: the previous crop's labels
 
 
-@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "pseudoseg"])
-def test_rampup_scales_the_unsupervised_term_only(name):
-    thresholds = {"fixmatch": ["semi.fixmatch.threshold=0"], "unimatch": ["semi.unimatch.threshold=0"]}
-    config = load_config(None, [f"method={name}", "semi.unsupervised_weight=2.0", *thresholds.get(name, [])])
-    method = get(name)(config, 4)
+def step_batch(name):
+    """(labeled, unlabeled) items of one step of method ``name``: two 16x16 images each, 4 classes."""
     g = torch.Generator().manual_seed(0)
     n, s = 2, 16
     labeled = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)]
     weak = torch.randn(n, 3, s, s, generator=g)
     pad, box = torch.zeros(n, s, s, dtype=torch.bool), torch.zeros(n, s, s, dtype=torch.bool)
     box[:, 2:9, 3:12] = True
-    unlabeled = (
-        [weak, weak.flip(-1), weak.flip(-2), pad, box, box] if name == "unimatch" else [weak, weak.flip(-1), pad, box]
-    )
+    unlabeled = {
+        "supervised": None,
+        "selftrain": [weak, labeled[1]],
+        "unimatch": [weak, weak.flip(-1), weak.flip(-2), pad, box, box],
+    }.get(name, [weak, weak.flip(-1), pad, box])
+    return labeled, unlabeled
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "pseudoseg"])
+def test_rampup_scales_the_unsupervised_term_only(name):
+    thresholds = {"fixmatch": ["semi.fixmatch.threshold=0"], "unimatch": ["semi.unimatch.threshold=0"]}
+    config = load_config(None, [f"method={name}", "semi.unsupervised_weight=2.0", *thresholds.get(name, [])])
+    method = get(name)(config, 4)
+    labeled, unlabeled = step_batch(name)
     outs = []
     for rampup in (1.0, 0.25):
         torch.manual_seed(1)
@@ -99,17 +107,7 @@ def test_rampup_scales_the_unsupervised_term_only(name):
 def test_supervised_loss_ohem_is_the_labeled_term_of_every_method(name):
     """train.supervised_loss=ohem: the step's supervised term is OHEM on the labeled logits, and it
     differs from cross-entropy once min_kept is below the batch's pixels."""
-    g = torch.Generator().manual_seed(0)
-    n, s = 2, 16
-    labeled = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)]
-    weak = torch.randn(n, 3, s, s, generator=g)
-    pad, box = torch.zeros(n, s, s, dtype=torch.bool), torch.zeros(n, s, s, dtype=torch.bool)
-    box[:, 2:9, 3:12] = True
-    unlabeled = {
-        "supervised": None,
-        "selftrain": [weak, labeled[1]],
-        "unimatch": [weak, weak.flip(-1), weak.flip(-2), pad, box, box],
-    }.get(name, [weak, weak.flip(-1), pad, box])
+    labeled, unlabeled = step_batch(name)
     sups = {}
     for loss in ("ce", "ohem"):
         overrides = [f"method={name}", f"train.supervised_loss={loss}", "train.ohem.min_kept=50"]
