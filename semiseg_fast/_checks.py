@@ -39,6 +39,14 @@ def logits(x: object, name: str = "logits") -> torch.Tensor:
     return x
 
 
+def shaped(t: object, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of exactly this shape and dtype."""
+    t = tensor(t, name)
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        raise ValueError(f"{name}: expected shape {tuple(shape)} {dtype}, got {tuple(t.shape)} {t.dtype}")
+    return t
+
+
 def same_device(x: torch.Tensor, other: torch.Tensor, name: str, ref_name: str) -> None:
     if other.device != x.device:
         raise ValueError(f"{name}: expected a tensor on {x.device} like {ref_name}, got {other.device}")

@@ -576,16 +576,16 @@ void infonce_range(const InfoNceArgs& a, int64_t a0, int64_t a1) {
       logit[j + 1] = fk * inv_norm[j] * scale;
       mx = std::max(mx, logit[j + 1]);
     }
+    const float l0 = logit[0];
     float s = 0.f;
-    for (int64_t j = 0; j <= M; ++j) s += std::exp(logit[j] - mx);
-    a.loss[i] = w * (mx + std::log(s) - logit[0]);
+    for (int64_t j = 0; j <= M; ++j) s += (logit[j] = std::exp(logit[j] - mx));  // logit now holds exp
+    a.loss[i] = w * (mx + std::log(s) - l0);
     if (!g) continue;
     // d loss / d q (q = f / max(|f|, 1e-8)) = w / T * (sum_j p_j y_j - pos), y_j the unit keys
-    const float c = w * a.inv_temperature;
+    const float c = w * a.inv_temperature / s;
     std::fill(dq.begin(), dq.end(), 0.f);
-    axpy(dq.data(), c * (std::exp(logit[0] - mx) / s - 1.f), pos, D);
-    for (int64_t j = 0; j < M; ++j)
-      axpy(dq.data(), c * std::exp(logit[j + 1] - mx) / s * inv_norm[j], a.keys + rows[j] * D, D);
+    axpy(dq.data(), c * logit[0] - w * a.inv_temperature, pos, D);
+    for (int64_t j = 0; j < M; ++j) axpy(dq.data(), c * logit[j + 1] * inv_norm[j], a.keys + rows[j] * D, D);
     // through the normalisation: (dq - q (q . dq)) / |f|, or dq / 1e-8 where the norm was clamped
     const float qdq = nf > 1e-8f ? dot(f, dq.data(), D) * inv_nf : 0.f;
     for (int64_t d = 0; d < D; ++d) g[d] = (dq[d] - f[d] * inv_nf * qdq) * inv_nf;

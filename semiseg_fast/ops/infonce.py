@@ -82,12 +82,8 @@ def infonce_loss(
     if anchors.dim() != 3 or anchors.dtype != torch.float32:
         raise ValueError(f"anchors: expected a (K, Q, D) float32 tensor, got {tuple(anchors.shape)} {anchors.dtype}")
     k, q, d = anchors.shape
-    for name, t, shape, dtype in (
-        ("positive", positive, (k, d), torch.float32),
-        ("weight", weight, (k,), torch.float32),
-    ):
-        if tuple(_checks.tensor(t, name).shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{name}: expected shape {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
+    positive = _checks.shaped(positive, "positive", (k, d), torch.float32)
+    weight = _checks.shaped(weight, "weight", (k,), torch.float32)
     keys, rows = _checks.tensor(keys, "keys"), _checks.tensor(rows, "rows")
     if keys.dim() != 2 or keys.shape[1] != d or keys.dtype != torch.float32:
         raise ValueError(f"keys: expected an (R, {d}) float32 tensor, got {tuple(keys.shape)} {keys.dtype}")

@@ -73,9 +73,7 @@ def newest_negatives(
         ("unreliable", unreliable, (b * h * w,), torch.bool),
         ("labeled", labeled, (b,), torch.bool),
     ):
-        if tuple(_checks.tensor(t, name).shape) != shape or t.dtype != dtype:
-            raise ValueError(f"{name}: expected shape {shape} {dtype}, got {tuple(t.shape)} {t.dtype}")
-        _checks.same_device(prob, t, name, "prob")
+        _checks.same_device(prob, _checks.shaped(t, name, shape, dtype), name, "prob")
     if limit < 1:
         raise ValueError(f"limit: expected >= 1, got {limit}")
     args = (prob.detach(), label, unreliable, labeled, int(low_rank), int(high_rank), float(threshold), int(limit))

@@ -178,11 +178,15 @@ def newest_negatives(prob, label, unreliable, labeled, low_rank, high_rank, thre
     b, c, h, w = prob.shape
     p = b * h * w
     flat = lambda m: m.permute(0, 2, 3, 1).reshape(p, c)
-    top = flat(negative_class_mask(prob, 0, low_rank)) if low_rank > 0 else torch.zeros(p, c, dtype=torch.bool)
+    top = (
+        flat(negative_class_mask(prob, 0, low_rank))
+        if low_rank > 0
+        else torch.zeros(p, c, dtype=torch.bool, device=prob.device)
+    )
     window = flat(negative_class_mask(prob, low_rank, high_rank))
     own = label.reshape(p, 1) == torch.arange(c, device=prob.device)[None, :]
     is_labeled = labeled.to(torch.bool)[:, None, None].expand(b, h, w).reshape(p, 1)
-    neg = unreliable.reshape(p, 1) & torch.where(is_labeled, top.to(own.device) & ~own, window)
+    neg = unreliable.reshape(p, 1) & torch.where(is_labeled, top & ~own, window)
     if quirks:
         neg = neg & own
     neg = neg & (flat(prob.detach()) < threshold)
