@@ -21,21 +21,23 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
   m.def("_cpp_cache_bytes() -> int", &ssf::pool_cached_bytes);
   m.def("_cpp_cache_limit() -> int", &ssf::pool_limit_bytes);
   m.def("_cpp_cache_set_limit(int limit_bytes) -> ()", &ssf::pool_set_limit_bytes);
-  m.def("_cpp_pixel_stats(Tensor logits, float temperature) -> (Tensor, Tensor, Tensor)");
+  m.def("_cpp_pixel_stats(Tensor logits, float temperature, int[]? size, bool align_corners) -> (Tensor, Tensor, Tensor)");
   m.def(
       "_cpp_pixel_stats_backward(Tensor logits, Tensor confidence, Tensor label, Tensor entropy, Tensor? grad_conf, "
-      "Tensor? grad_ent, float temperature) -> Tensor");
+      "Tensor? grad_ent, float temperature, int[]? size, bool align_corners) -> Tensor");
   m.def(
       "_cpp_cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, int reduction, "
-      "int norm_mode, float norm_value, bool need_grad, bool need_ce) -> (Tensor, Tensor, Tensor)");
+      "int norm_mode, float norm_value, bool need_grad, bool need_ce, int[]? size, bool align_corners) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("_cpp_scaled_grad(Tensor grad, Tensor scale, ScalarType dtype) -> Tensor");
   m.def("_cpp_negative_mask(Tensor logits, int low_rank, int high_rank) -> Tensor");
   m.def("_cpp_percentile(Tensor values, Tensor? valid, float[] q) -> Tensor");
   m.def("_cpp_select_rank(Tensor values, int rank) -> Tensor");
   m.def(
       "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
-      "int norm_mode, float norm_value, bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc) -> Tensor");
+      "int norm_mode, float norm_value, bool need_grad, int[]? size, bool align_corners) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc, int[]? size, bool align_corners) -> Tensor");
   m.def("_cpp_feature_rows(Tensor features) -> Tensor");
   m.def(
       "_cpp_newest_negatives(Tensor prob, Tensor label, Tensor unreliable, Tensor labeled, int low_rank, "
@@ -47,7 +49,8 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "bool need_grad) -> (Tensor, Tensor)");
   m.def(
       "_cpp_pseudoseg(Tensor student, Tensor decoder, Tensor sgc, Tensor? ignore_mask, Tensor scale, float gamma, "
-      "float temperature, float threshold, bool soft, int norm_mode, float norm_value, bool need_grad) "
+      "float temperature, float threshold, bool soft, int norm_mode, float norm_value, bool need_grad, int[]? size, "
+      "bool align_corners) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 

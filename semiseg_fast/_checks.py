@@ -53,10 +53,19 @@ def same_device(x: torch.Tensor, other: torch.Tensor, name: str, ref_name: str) 
 
 
 def pixel_map(
-    t: object, name: str, x: torch.Tensor, x_name: str, dtypes: Sequence[torch.dtype], expected: str
+    t: object,
+    name: str,
+    x: torch.Tensor,
+    x_name: str,
+    dtypes: Sequence[torch.dtype],
+    expected: str,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
+    """A per-pixel map of x's images: (N, H, W), with (H, W) the output ``size`` when the op resamples."""
     t = tensor(t, name)
     n, _, h, w = x.shape
+    if size is not None:
+        h, w = size
     if tuple(t.shape) != (n, h, w):
         raise ValueError(f"{name}: expected shape (N, H, W) = {(n, h, w)} matching {x_name}, got {tuple(t.shape)}")
     if t.dtype not in dtypes:
@@ -65,20 +74,43 @@ def pixel_map(
     return t
 
 
-def target(t: object, x: torch.Tensor, name: str = "target", x_name: str = "logits") -> torch.Tensor:
-    return pixel_map(t, name, x, x_name, INT_DTYPES, "an integer dtype (uint8, int8, int16, int32, int64)")
+def target(
+    t: object, x: torch.Tensor, name: str = "target", x_name: str = "logits", size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    return pixel_map(t, name, x, x_name, INT_DTYPES, "an integer dtype (uint8, int8, int16, int32, int64)", size)
 
 
-def weight(t: object | None, x: torch.Tensor, x_name: str = "logits") -> torch.Tensor | None:
+def weight(
+    t: object | None, x: torch.Tensor, x_name: str = "logits", size: tuple[int, int] | None = None
+) -> torch.Tensor | None:
     if t is None:
         return None
-    return pixel_map(t, "weight", x, x_name, FLOAT_DTYPES + (torch.bool,), "a floating or bool dtype")
+    return pixel_map(t, "weight", x, x_name, FLOAT_DTYPES + (torch.bool,), "a floating or bool dtype", size)
 
 
-def ignore_mask(t: object | None, x: torch.Tensor, x_name: str) -> torch.Tensor | None:
+def ignore_mask(
+    t: object | None, x: torch.Tensor, x_name: str, size: tuple[int, int] | None = None
+) -> torch.Tensor | None:
     if t is None:
         return None
-    return pixel_map(t, "ignore_mask", x, x_name, INT_DTYPES + (torch.bool,), "a bool or integer dtype")
+    return pixel_map(t, "ignore_mask", x, x_name, INT_DTYPES + (torch.bool,), "a bool or integer dtype", size)
+
+
+def output_size(size: object, x: torch.Tensor, align_corners: object) -> tuple[tuple[int, int] | None, bool]:
+    """(size, align_corners) of an op that reads ``x`` bilinearly resampled to ``size``: size None
+    when the op reads x as it is (no size, or x's own (H, W))."""
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners: expected a bool, got {align_corners!r}")
+    if size is None:
+        return None, align_corners
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    ok = isinstance(size, (tuple, list)) and len(size) == 2
+    ok = ok and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)
+    if not ok:
+        raise ValueError(f"size: expected None or (H, W), two positive ints, got {size!r}")
+    size = (int(size[0]), int(size[1]))
+    return (None if size == tuple(x.shape[-2:]) else size), align_corners
 
 
 def integer(v: object, name: str) -> int:

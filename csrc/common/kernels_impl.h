@@ -117,14 +117,24 @@ struct TilePos {
 inline TilePos tile_pos(const Shape& S, const Tiling& T, int64_t t) {
   TilePos r;
   r.n = t / T.tiles_per_image;
-  r.hw0 = (t % T.tiles_per_image) * T.P;
-  r.np = std::min(T.P, S.hw() - r.hw0);
+  if (T.tiles_per_row) {
+    const int64_t i = t % T.tiles_per_image, x0 = (i % T.tiles_per_row) * T.P;
+    r.hw0 = (i / T.tiles_per_row) * S.W + x0;
+    r.np = std::min(T.P, S.W - x0);
+  } else {
+    r.hw0 = (t % T.tiles_per_image) * T.P;
+    r.np = std::min(T.P, S.hw() - r.hw0);
+  }
   return r;
 }
 
-// The tile's logits: read in place when they are fp32 with contiguous pixels and the tile is
-// full, else converted into the scratch tile.
-inline TileIn input_tile(const Logits& x, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
+#include "resample.h"
+
+// The tile's logits: resampled from the source rows when the op resamples, read in place when
+// they are fp32 with contiguous pixels and the tile is full, else converted into the scratch tile.
+inline TileIn input_tile(const Logits& x, const Shape& S, const Tiling& T, const TilePos& tp, Scratch& sc) {
+  const int64_t P = T.P;
+  if (T.rs) return resampled_tile(x, S, T, tp, sc);
   if (x.dtype == DType::F32 && tp.np == P && pixels_contiguous(S.H, S.W, x.sH, x.sW)) {
     const float* base = static_cast<const float*>(x.data);
     return {base + tp.n * x.sN + (tp.hw0 / S.W) * x.sH + (tp.hw0 % S.W) * x.sW, x.sC};
@@ -134,18 +144,25 @@ inline TileIn input_tile(const Logits& x, const Shape& S, int64_t P, const TileP
 }
 
 // Where the tile's gradient goes: in place under the same conditions, else the scratch tile
-// (then written out by finish_output).
-inline TileOut output_tile(const GradOut& g, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
+// (then written out, or added to the source rows' gradient, by finish_output).
+inline TileOut output_tile(const GradOut& g, const Shape& S, const Tiling& T, const TilePos& tp, Scratch& sc) {
+  const int64_t P = T.P;
   if (!g.data) return {nullptr, 0};
-  if (g.dtype == DType::F32 && tp.np == P && pixels_contiguous(S.H, S.W, g.sH, g.sW)) {
+  if (!T.rs && g.dtype == DType::F32 && tp.np == P && pixels_contiguous(S.H, S.W, g.sH, g.sW)) {
     float* base = static_cast<float*>(g.data);
     return {base + tp.n * g.sN + (tp.hw0 / S.W) * g.sH + (tp.hw0 % S.W) * g.sW, g.sC};
   }
   return {sc.tile.data(), P};
 }
 
-inline void finish_output(TileOut out, const GradOut& g, const Shape& S, int64_t P, const TilePos& tp, Scratch& sc) {
-  if (out.p == sc.tile.data()) store_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, g, sc);
+inline void finish_output(TileOut out, const GradOut& g, const Shape& S, const Tiling& T, const TilePos& tp,
+                          Scratch& sc) {
+  if (out.p != sc.tile.data()) return;
+  if (T.rs) {
+    accumulate_tile(sc.tile.data(), g, S, T, tp, resample_state(sc, S, T));
+  } else {
+    store_tile(sc.tile.data(), S, T.P, tp.n, tp.hw0, tp.np, g, sc);
+  }
 }
 
 void pixel_stats_range(const PixelStatsArgs& a, int64_t t0, int64_t t1) {
@@ -154,9 +171,8 @@ void pixel_stats_range(const PixelStatsArgs& a, int64_t t0, int64_t t1) {
   Scratch sc(S.C, P);
   std::vector<float> conf(P), ent(P);
   std::vector<int32_t> label(P);
-  for (int64_t t = t0; t < t1; ++t) {
-    const TilePos tp = tile_pos(S, a.tiling, t);
-    const TileIn x = input_tile(a.logits, S, P, tp, sc);
+  for_each_tile(S, a.tiling, t0, t1, GradOut{}, sc, [&](const TilePos& tp, int64_t, bool) {
+    const TileIn x = input_tile(a.logits, S, a.tiling, tp, sc);
     tile_softmax_stats(x, S.C, P, a.inv_temperature, conf.data(), label.data(), a.entropy ? ent.data() : nullptr);
     const int64_t o = tp.n * S.hw() + tp.hw0;
     std::memcpy(a.confidence + o, conf.data(), tp.np * sizeof(float));
@@ -168,7 +184,7 @@ void pixel_stats_range(const PixelStatsArgs& a, int64_t t0, int64_t t1) {
       int64_t* dst = static_cast<int64_t*>(a.label) + o;
       for (int64_t p = 0; p < tp.np; ++p) dst[p] = label[p];
     }
-  }
+  });
 }
 
 inline void report_bad(BadTarget* bad, int64_t value, const Shape& S, int64_t n, int64_t hw) {
@@ -189,8 +205,7 @@ void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
   std::vector<int32_t> y(P), active(P);
   std::vector<int64_t> target(P);
   std::vector<float> w(P), gscale(P), ce(P);
-  for (int64_t t = t0; t < t1; ++t) {
-    const TilePos tp = tile_pos(S, a.tiling, t);
+  for_each_tile(S, a.tiling, t0, t1, a.grad, sc, [&](const TilePos& tp, int64_t t, bool owned) {
     load_map_ints(target.data(), a.target, S, tp.n, tp.hw0, tp.np, sc);
     for (int64_t p = 0; p < P; ++p) {
       y[p] = 0;
@@ -200,7 +215,7 @@ void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
       const int64_t yy = target[p];
       if (yy == a.ignore_index) continue;
       if (yy < 0 || yy >= S.C) {
-        report_bad(a.bad, yy, S, tp.n, tp.hw0 + p);
+        if (owned) report_bad(a.bad, yy, S, tp.n, tp.hw0 + p);
         continue;
       }
       y[p] = (int32_t)yy;
@@ -216,20 +231,22 @@ void cross_entropy_range(const CrossEntropyArgs& a, int64_t t0, int64_t t1) {
       }
     }
     for (int64_t p = 0; p < P; ++p) gscale[p] = w[p] * a.grad_scale;
-    const TileIn x = input_tile(a.logits, S, P, tp, sc);
-    const TileOut g = output_tile(a.grad, S, P, tp, sc);
+    const TileIn x = input_tile(a.logits, S, a.tiling, tp, sc);
+    const TileOut g = output_tile(a.grad, S, a.tiling, tp, sc);
     tile_cross_entropy(x, g, S.C, P, y.data(), active.data(), gscale.data(), ce.data());
-    double sum = 0.0;
-    const int64_t o = tp.n * S.hw() + tp.hw0;
-    for (int64_t p = 0; p < tp.np; ++p) {
-      const float lp = active[p] ? w[p] * ce[p] : 0.f;
-      sum += lp;
-      if (a.loss_pixel) a.loss_pixel[o + p] = lp;
-      if (a.ce_pixel) a.ce_pixel[o + p] = active[p] ? ce[p] : 0.f;
+    if (owned) {
+      double sum = 0.0;
+      const int64_t o = tp.n * S.hw() + tp.hw0;
+      for (int64_t p = 0; p < tp.np; ++p) {
+        const float lp = active[p] ? w[p] * ce[p] : 0.f;
+        sum += lp;
+        if (a.loss_pixel) a.loss_pixel[o + p] = lp;
+        if (a.ce_pixel) a.ce_pixel[o + p] = active[p] ? ce[p] : 0.f;
+      }
+      a.tile_loss[t] = sum;
     }
-    a.tile_loss[t] = sum;
-    finish_output(g, a.grad, S, P, tp, sc);
-  }
+    finish_output(g, a.grad, S, a.tiling, tp, sc);
+  });
 }
 
 // valid[p] for p < np from an ignore mask: bool masks mark ignored pixels with true,
@@ -252,24 +269,25 @@ void fixmatch_range(const FixMatchArgs& a, int64_t t0, int64_t t1) {
   Scratch sc(S.C, P);
   std::vector<int32_t> valid(P), label(P);
   std::vector<float> conf(P), gscale(P, a.grad_scale), ce(P);
-  for (int64_t t = t0; t < t1; ++t) {
-    const TilePos tp = tile_pos(S, a.tiling, t);
+  for_each_tile(S, a.tiling, t0, t1, a.grad, sc, [&](const TilePos& tp, int64_t t, bool owned) {
     load_valid(valid.data(), a.ignore_mask, a.ignore_index, S, P, tp, sc);
-    tile_softmax_stats(input_tile(a.teacher, S, P, tp, sc), S.C, P, 1.f, conf.data(), label.data(), nullptr);
+    tile_softmax_stats(input_tile(a.teacher, S, a.tiling, tp, sc), S.C, P, 1.f, conf.data(), label.data(), nullptr);
     int64_t confident = 0;
     for (int64_t p = 0; p < P; ++p) {
       valid[p] = (valid[p] && conf[p] >= a.threshold) ? -1 : 0;
       confident += valid[p] != 0;
     }
-    const TileIn x = input_tile(a.student, S, P, tp, sc);
-    const TileOut g = output_tile(a.grad, S, P, tp, sc);
+    const TileIn x = input_tile(a.student, S, a.tiling, tp, sc);
+    const TileOut g = output_tile(a.grad, S, a.tiling, tp, sc);
     tile_cross_entropy(x, g, S.C, P, label.data(), valid.data(), gscale.data(), ce.data());
-    double sum = 0.0;
-    for (int64_t p = 0; p < tp.np; ++p) sum += ce[p];
-    a.tile_loss[t] = sum;
-    a.tile_confident[t] = confident;
-    finish_output(g, a.grad, S, P, tp, sc);
-  }
+    if (owned) {
+      double sum = 0.0;
+      for (int64_t p = 0; p < tp.np; ++p) sum += ce[p];
+      a.tile_loss[t] = sum;
+      a.tile_confident[t] = confident;
+    }
+    finish_output(g, a.grad, S, a.tiling, tp, sc);
+  });
 }
 
 void denominator_range(const DenominatorArgs& a, int64_t t0, int64_t t1) {
@@ -307,9 +325,12 @@ void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int
   std::vector<float> conf(P), ent(P), gc(P), ge(P), xy(P);
   std::vector<int32_t> y(P);
   const float inv_t = a.inv_temperature;
-  for (int64_t t = t0; t < t1; ++t) {
-    const TilePos tp = tile_pos(S, a.tiling, t);
-    load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
+  for_each_tile(S, a.tiling, t0, t1, a.grad, sc, [&](const TilePos& tp, int64_t, bool) {
+    if (a.tiling.rs) {
+      resampled_tile(a.logits, S, a.tiling, tp, sc);
+    } else {
+      load_tile(sc.tile.data(), S, P, tp.n, tp.hw0, tp.np, a.logits, sc);
+    }
     auto load_map = [&](const PixelMap& m, float* dst, float fill) {
       for (int64_t p = 0; p < P; ++p) dst[p] = fill;
       if (m.data) load_map_floats(dst, m, S, tp.n, tp.hw0, tp.np, sc);
@@ -343,8 +364,8 @@ void pixel_stats_backward_range(const PixelStatsBackwardArgs& a, int64_t t0, int
         vstore(tile + c * P + v, a_conf * (onehot - pc) - b_ent * dent);
       }
     }
-    store_tile(tile, S, P, tp.n, tp.hw0, tp.np, a.grad, sc);
-  }
+    finish_output({tile, P}, a.grad, S, a.tiling, tp, sc);
+  });
 }
 
 // rank_c = #{c' : x_c' > x_c} + #{c' < c : x_c' == x_c}: the position of c in a stable
@@ -378,8 +399,8 @@ void sum_squares_range(const SumSquaresArgs& a, int64_t t0, int64_t t1) {
   const Shape& S = a.shape;
   const int64_t P = a.tiling.P;
   Scratch sc(S.C, P);
-  for (int64_t t = t0; t < t1; ++t) {
-    const TileIn x = input_tile(a.x, S, P, tile_pos(S, a.tiling, t), sc);  // padding pixels are 0
+  for_each_tile(S, a.tiling, t0, t1, GradOut{}, sc, [&](const TilePos& tp, int64_t t, bool) {
+    const TileIn x = input_tile(a.x, S, a.tiling, tp, sc);  // padding pixels are 0
     double sum = 0.0;
     for (int64_t c = 0; c < S.C; ++c) {
       vf acc{};
@@ -390,7 +411,7 @@ void sum_squares_range(const SumSquaresArgs& a, int64_t t0, int64_t t1) {
       for (int i = 0; i < kVL; ++i) sum += acc[i];
     }
     a.tile_sum[t] = sum;
-  }
+  });
 }
 
 // PseudoSeg's consistency loss. Per pixel, with s the global scale:
@@ -408,13 +429,12 @@ void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
   const float s = a.scale, inv_t = a.inv_temperature;
   const bool square = inv_t == 2.f, identity = inv_t == 1.f;
   const vf gamma = vsplat(a.gamma), gamma_m = vsplat(1.f - a.gamma);
-  for (int64_t t = t0; t < t1; ++t) {
-    const TilePos tp = tile_pos(S, a.tiling, t);
+  for_each_tile(S, a.tiling, t0, t1, a.grad, sz, [&](const TilePos& tp, int64_t t, bool owned) {
     load_valid(valid.data(), a.ignore_mask, 255, S, P, tp, sp);
-    const TileIn p = input_tile(a.decoder, S, P, tp, sp);
-    const TileIn m = input_tile(a.sgc, S, P, tp, sm);
-    const TileIn z = input_tile(a.student, S, P, tp, sz);
-    const TileOut g = output_tile(a.grad, S, P, tp, sz);  // may alias z: each z_c is read before g_c is written
+    const TileIn p = input_tile(a.decoder, S, a.tiling, tp, sp);
+    const TileIn m = input_tile(a.sgc, S, a.tiling, tp, sm);
+    const TileIn z = input_tile(a.student, S, a.tiling, tp, sz);
+    const TileOut g = output_tile(a.grad, S, a.tiling, tp, sz);  // may alias z: each z_c is read before g_c is written
     int64_t confident = 0;
     for (int64_t v = 0; v < P; v += kVL) {
       vf mp = vload(p.p + v), mm = vload(m.p + v);
@@ -483,12 +503,14 @@ void pseudoseg_range(const PseudoSegArgs& a, int64_t t0, int64_t t1) {
         }
       }
     }
-    double sum = 0.0;
-    for (int64_t q = 0; q < tp.np; ++q) sum += ce[q];
-    a.tile_loss[t] = sum;
-    a.tile_confident[t] = confident;
-    finish_output(g, a.grad, S, P, tp, sz);
-  }
+    if (owned) {
+      double sum = 0.0;
+      for (int64_t q = 0; q < tp.np; ++q) sum += ce[q];
+      a.tile_loss[t] = sum;
+      a.tile_confident[t] = confident;
+    }
+    finish_output(g, a.grad, S, a.tiling, tp, sz);
+  });
 }
 
 template <DType D>

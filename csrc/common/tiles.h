@@ -96,6 +96,8 @@ inline bool pixels_contiguous(int64_t H, int64_t W, int64_t sH, int64_t sW) {
   return H == 1 || sH == (W > 1 ? W : 1);
 }
 
+struct ResampleState;  // resample.h
+
 // Scratch buffers owned by one thread for a range of tiles.
 struct Scratch {
   std::vector<float> tile;      // [C][P]
@@ -105,6 +107,7 @@ struct Scratch {
   std::vector<int64_t> off_out; // [P] element offsets, gradient
   std::vector<int64_t> off_map; // [P] element offsets, per-pixel maps
   std::vector<int64_t> map_values;  // [P] values read from a per-pixel map
+  std::shared_ptr<ResampleState> resample;  // row caches and gradient rows of a resampling op
   Scratch(int64_t C, int64_t P)
       : tile(C * P), row(C), raw(C), off(P), off_out(P), off_map(P), map_values(P) {}
 };

@@ -35,26 +35,52 @@ struct Shape {
   int64_t hw() const { return H * W; }
 };
 
-// Pixels are processed in tiles of `P` consecutive (h, w) positions of one image.
-struct Tiling {
-  int64_t P = 0;               // pixels per tile (multiple of 16, the widest vector)
-  int64_t tiles_per_image = 0;
-  int64_t num_tiles = 0;
+// Bilinear resampling of (h, w) logits to the op's (H, W) grid, as F.interpolate does it: output
+// row Y reads source rows y0[Y] (weight ly0[Y]) and y1[Y] (weight ly1[Y]), output column X source
+// columns x0[X] and x1[X] (semiseg_fast/base/resample.py computes the same tables).
+struct Resample {
+  int64_t h = 0, w = 0;  // the logits' own size
+  const int32_t *y0 = nullptr, *y1 = nullptr, *x0 = nullptr, *x1 = nullptr;
+  const float *ly0 = nullptr, *ly1 = nullptr, *lx0 = nullptr, *lx1 = nullptr;
+  // Work is split into bands of `band_rows` source rows. The thread of a band computes every output
+  // row that reads them and alone writes their gradient, so backward needs no atomics and sums
+  // each gradient element in the same order whatever the number of threads.
+  int64_t band_rows = 16;
+  int64_t bands_per_image = 0;
 };
 
-inline Tiling make_tiling(const Shape& s, int64_t budget_floats = 4096) {
+// Pixels are processed in tiles of `P` consecutive (h, w) positions of one image; when the op
+// resamples (rs set), tiles are segments of one output row and the work items are source-row bands.
+struct Tiling {
+  int64_t P = 0;               // pixels per tile (multiple of 16, the widest vector)
+  int64_t tiles_per_row = 0;   // 0: tiles run across rows
+  int64_t tiles_per_image = 0;
+  int64_t num_tiles = 0;
+  int64_t num_items = 0;       // what the parallel loop splits: tiles, or bands when resampling
+  const Resample* rs = nullptr;
+};
+
+inline Tiling make_tiling(const Shape& s, const Resample* rs = nullptr, int64_t budget_floats = 4096) {
   Tiling t;
   int64_t p = budget_floats / (s.C > 0 ? s.C : 1);
   p = (p / 16) * 16;
   if (p < 16) p = 16;
   if (p > 512) p = 512;
-  const int64_t hw = s.hw();
-  // Small images: do not pad a tile far beyond the image.
+  const int64_t hw = rs ? s.W : s.hw();
+  // Small images (rows): do not pad a tile far beyond them.
   const int64_t hw_pad = ((hw + 15) / 16) * 16;
   if (p > hw_pad) p = hw_pad > 0 ? hw_pad : 16;
   t.P = p;
-  t.tiles_per_image = (hw + p - 1) / p;
+  if (rs) {
+    t.tiles_per_row = (s.W + p - 1) / p;
+    t.tiles_per_image = s.H * t.tiles_per_row;
+    t.num_items = s.N * rs->bands_per_image;
+    t.rs = rs;
+  } else {
+    t.tiles_per_image = (hw + p - 1) / p;
+  }
   t.num_tiles = t.tiles_per_image * s.N;
+  if (!rs) t.num_items = t.num_tiles;
   return t;
 }
 

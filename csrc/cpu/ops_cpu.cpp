@@ -188,9 +188,76 @@ Shape shape_of(const at::Tensor& x) {
   return Shape{x.size(0), x.size(1), x.size(2), x.size(3)};
 }
 
+// Source indices and weights of one axis, in float32 as torch computes them for
+// F.interpolate(mode="bilinear") (semiseg_fast/base/resample.py builds the same tables).
+void axis_taps(int64_t in, int64_t out, bool align_corners, std::vector<int32_t>& i0, std::vector<int32_t>& i1,
+               std::vector<float>& l0, std::vector<float>& l1) {
+  i0.resize(out);
+  i1.resize(out);
+  l0.resize(out);
+  l1.resize(out);
+  const float scale = align_corners ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.f) : (float)in / (float)out;
+  for (int64_t j = 0; j < out; ++j) {
+    if (in == out) {
+      i0[j] = i1[j] = (int32_t)j;
+      l0[j] = 1.f;
+      l1[j] = 0.f;
+      continue;
+    }
+    float src = align_corners ? scale * (float)j : scale * ((float)j + 0.5f) - 0.5f;
+    if (!align_corners && src < 0.f) src = 0.f;
+    const int64_t k = std::min<int64_t>((int64_t)std::floor(src), in - 1);
+    const float lambda = std::min(std::max(src - (float)k, 0.f), 1.f);
+    i0[j] = (int32_t)k;
+    i1[j] = (int32_t)(k + (k < in - 1 ? 1 : 0));
+    l0[j] = 1.f - lambda;
+    l1[j] = lambda;
+  }
+}
+
+// The op's output grid: the logits' own, or `size` read through bilinear taps (then `rs()` is set).
+class Grid {
+ public:
+  Grid(const at::Tensor& logits, at::OptionalIntArrayRef size, bool align_corners) : shape_(shape_of(logits)) {
+    if (!size.has_value()) return;
+    TORCH_CHECK(size->size() == 2 && (*size)[0] > 0 && (*size)[1] > 0, "size: expected (H, W), two positive ints, got ",
+                *size);
+    const int64_t H = (*size)[0], W = (*size)[1];
+    if (H == shape_.H && W == shape_.W) return;
+    rs_.h = shape_.H;
+    rs_.w = shape_.W;
+    axis_taps(rs_.h, H, align_corners, y0_, y1_, ly0_, ly1_);
+    axis_taps(rs_.w, W, align_corners, x0_, x1_, lx0_, lx1_);
+    rs_.y0 = y0_.data();
+    rs_.y1 = y1_.data();
+    rs_.ly0 = ly0_.data();
+    rs_.ly1 = ly1_.data();
+    rs_.x0 = x0_.data();
+    rs_.x1 = x1_.data();
+    rs_.lx0 = lx0_.data();
+    rs_.lx1 = lx1_.data();
+    rs_.bands_per_image = (rs_.h + rs_.band_rows - 1) / rs_.band_rows;
+    shape_.H = H;
+    shape_.W = W;
+    active_ = true;
+  }
+  Grid(const Grid&) = delete;
+  const Shape& shape() const { return shape_; }
+  const Resample* rs() const { return active_ ? &rs_ : nullptr; }
+  Tiling tiling() const { return make_tiling(shape_, rs()); }
+
+ private:
+  Shape shape_;
+  Resample rs_;
+  bool active_ = false;
+  std::vector<int32_t> y0_, y1_, x0_, x1_;
+  std::vector<float> ly0_, ly1_, lx0_, lx1_;
+};
+
+// Runs f over ranges of the tiling's work items (tiles, or source-row bands when resampling).
 template <class F>
-void run_tiles(int64_t num_tiles, F&& f) {
-  at::parallel_for(0, num_tiles, 4, [&](int64_t b, int64_t e) { f(b, e); });
+void run_tiles(int64_t num_items, F&& f) {
+  at::parallel_for(0, num_items, 4, [&](int64_t b, int64_t e) { f(b, e); });
 }
 
 double sum_in_order(const std::vector<double>& v) {
@@ -201,10 +268,12 @@ double sum_in_order(const std::vector<double>& v) {
 
 at::Tensor scalar(double v) { return at::full({}, v, at::TensorOptions().dtype(at::kFloat)); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_stats_cpu(const at::Tensor& logits, double temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_stats_cpu(const at::Tensor& logits, double temperature,
+                                                               at::OptionalIntArrayRef size, bool align_corners) {
   check_logits(logits, "logits");
   TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
-  const Shape S = shape_of(logits);
+  const Grid grid(logits, size, align_corners);
+  const Shape& S = grid.shape();
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   at::Tensor conf = empty_output({S.N, S.H, S.W}, f32);
   at::Tensor label = empty_output({S.N, S.H, S.W}, f32.dtype(S.C <= 255 ? at::kByte : at::kLong));
@@ -212,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_stats_cpu(const at::Tensor&
   if (conf.numel() == 0) return {conf, label, ent};
   PixelStatsArgs a;
   a.shape = S;
-  a.tiling = make_tiling(S);
+  a.tiling = grid.tiling();
   a.logits = logits_view(logits);
   a.inv_temperature = (float)(1.0 / temperature);
   a.confidence = conf.data_ptr<float>();
@@ -220,19 +289,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_stats_cpu(const at::Tensor&
   a.label_is_u8 = S.C <= 255;
   a.entropy = ent.data_ptr<float>();
   const auto& k = table();
-  run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pixel_stats(a, b, e); });
+  run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { k.pixel_stats(a, b, e); });
   return {conf, label, ent};
 }
 
 at::Tensor pixel_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& confidence, const at::Tensor& label,
                                     const at::Tensor& entropy, const c10::optional<at::Tensor>& grad_conf,
-                                    const c10::optional<at::Tensor>& grad_ent, double temperature) {
+                                    const c10::optional<at::Tensor>& grad_ent, double temperature,
+                                    at::OptionalIntArrayRef size, bool align_corners) {
   check_logits(logits, "logits");
   TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
-  const Shape S = shape_of(logits);
+  const Grid grid(logits, size, align_corners);
+  const Shape& S = grid.shape();
   PixelStatsBackwardArgs a;
   a.shape = S;
-  a.tiling = make_tiling(S);
+  a.tiling = grid.tiling();
   a.logits = logits_view(logits);
   a.confidence = map_view(confidence, S, "confidence");
   a.label = map_view(label, S, "label");
@@ -244,7 +315,7 @@ at::Tensor pixel_stats_backward_cpu(const at::Tensor& logits, const at::Tensor& 
   a.grad = grad_view(grad);
   if (S.N * S.H * S.W > 0) {
     const auto& k = table();
-    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.pixel_stats_backward(a, b, e); });
+    run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { k.pixel_stats_backward(a, b, e); });
   }
   return grad;
 }
@@ -296,16 +367,18 @@ double denominator(const Shape& S, const Tiling& T, const PixelMap& target, cons
 // (loss, gradient or an empty tensor, per-pixel ce or an empty tensor).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
     const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
-    int64_t ignore_index, int64_t reduction, int64_t norm_mode, double norm_value, bool need_grad, bool need_ce) {
+    int64_t ignore_index, int64_t reduction, int64_t norm_mode, double norm_value, bool need_grad, bool need_ce,
+    at::OptionalIntArrayRef size, bool align_corners) {
   check_logits(logits, "logits");
-  const Shape S = shape_of(logits);
+  const Grid grid(logits, size, align_corners);
+  const Shape& S = grid.shape();
   TORCH_CHECK(!at::isFloatingType(target.scalar_type()) && target.scalar_type() != at::kBool,
               "target: expected an integer dtype, got ", target.scalar_type());
   TORCH_CHECK(reduction >= kNone && reduction <= kSum, "reduction: invalid code ", reduction);
   TORCH_CHECK(norm_mode >= kValid && norm_mode <= kValue, "normalizer: invalid code ", norm_mode);
   CrossEntropyArgs a;
   a.shape = S;
-  a.tiling = make_tiling(S);
+  a.tiling = grid.tiling();
   a.logits = logits_view(logits);
   a.target = map_view(target, S, "target");
   a.weight = map_view(weight, S, "weight");
@@ -329,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_cpu(
   a.bad = &bad;
   if (S.N * S.H * S.W > 0) {
     const auto& k = table();
-    run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.cross_entropy(a, b, e); });
+    run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { k.cross_entropy(a, b, e); });
   }
   TORCH_CHECK_INDEX(!bad.found, "target: expected class indices in [0, ", S.C, ") or ignore_index=", ignore_index,
                     ", got ", bad.value, " at (n=", bad.n, ", h=", bad.h, ", w=", bad.w, ")");
@@ -373,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
   std::vector<int64_t> tile_conf(a.tiling.num_tiles, 0);
   a.tile_loss = tile_loss.data();
   a.tile_confident = tile_conf.data();
-  if (S.N * S.H * S.W > 0) run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { kernel(a, b, e); });
+  if (S.N * S.H * S.W > 0) run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { kernel(a, b, e); });
   int64_t confident = 0;
   for (int64_t c : tile_conf) confident += c;
   double post = 1.0;
@@ -389,15 +462,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_masked_mean(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
     const at::Tensor& student, const at::Tensor& teacher, double threshold,
     const c10::optional<at::Tensor>& ignore_mask, int64_t ignore_index, int64_t norm_mode, double norm_value,
-    bool need_grad) {
+    bool need_grad, at::OptionalIntArrayRef size, bool align_corners) {
   check_logits(student, "student_logits");
   check_logits(teacher, "teacher_logits");
   TORCH_CHECK(student.sizes() == teacher.sizes(), "teacher_logits: expected the shape of student_logits ",
               student.sizes(), ", got ", teacher.sizes());
-  const Shape S = shape_of(student);
+  const Grid grid(student, size, align_corners);
+  const Shape& S = grid.shape();
   FixMatchArgs a;
   a.shape = S;
-  a.tiling = make_tiling(S);
+  a.tiling = grid.tiling();
   a.student = logits_view(student);
   a.teacher = logits_view(teacher);
   a.ignore_mask = map_view(ignore_mask, S, "ignore_mask");
@@ -406,31 +480,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
   return run_masked_mean(a, table().fixmatch, student, ignore_index, norm_mode, norm_value, need_grad);
 }
 
-double sum_of_squares(const at::Tensor& x) {
+double sum_of_squares(const at::Tensor& x, const Grid& grid) {
   SumSquaresArgs a;
-  a.shape = shape_of(x);
-  a.tiling = make_tiling(a.shape);
+  a.shape = grid.shape();
+  a.tiling = grid.tiling();
   a.x = logits_view(x);
   std::vector<double> tile_sum(a.tiling.num_tiles, 0.0);
   a.tile_sum = tile_sum.data();
   const auto& k = table();
-  run_tiles(a.tiling.num_tiles, [&](int64_t b, int64_t e) { k.sum_squares(a, b, e); });
+  run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { k.sum_squares(a, b, e); });
   return sum_in_order(tile_sum);
 }
 
 // PseudoSeg's global logit scale s = 1 / sqrt(mean over p and m of v^2 + 1e-8), as a 0-dim tensor.
-at::Tensor pseudoseg_scale_cpu(const at::Tensor& decoder, const at::Tensor& sgc) {
+// With `size`, over the values of both resampled to it.
+at::Tensor pseudoseg_scale_cpu(const at::Tensor& decoder, const at::Tensor& sgc, at::OptionalIntArrayRef size,
+                               bool align_corners) {
   check_logits(decoder, "decoder_logits");
   check_logits(sgc, "sgc_logits");
-  const double count = (double)(decoder.numel() + sgc.numel());
-  const double mean = count > 0 ? (sum_of_squares(decoder) + sum_of_squares(sgc)) / count : 0.0;
+  TORCH_CHECK(decoder.sizes() == sgc.sizes(), "sgc_logits: expected the shape of decoder_logits ", decoder.sizes(),
+              ", got ", sgc.sizes());
+  const Grid grid(decoder, size, align_corners);
+  const Shape& S = grid.shape();
+  const double count = 2.0 * (double)(S.N * S.C * S.H * S.W);
+  const double mean = count > 0 ? (sum_of_squares(decoder, grid) + sum_of_squares(sgc, grid)) / count : 0.0;
   return scalar(1.0 / std::sqrt(mean + 1e-8));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pseudoseg_cpu(
     const at::Tensor& student, const at::Tensor& decoder, const at::Tensor& sgc,
     const c10::optional<at::Tensor>& ignore_mask, const at::Tensor& scale, double gamma, double temperature,
-    double threshold, bool soft, int64_t norm_mode, double norm_value, bool need_grad) {
+    double threshold, bool soft, int64_t norm_mode, double norm_value, bool need_grad, at::OptionalIntArrayRef size,
+    bool align_corners) {
   check_logits(student, "student_logits");
   check_logits(decoder, "decoder_logits");
   check_logits(sgc, "sgc_logits");
@@ -439,10 +520,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pseudoseg_cpu(
               decoder.sizes(), " and ", sgc.sizes());
   TORCH_CHECK(scale.numel() == 1 && scale.scalar_type() == at::kFloat, "scale: expected one float32 value");
   TORCH_CHECK(temperature > 0, "temperature: expected > 0, got ", temperature);
-  const Shape S = shape_of(student);
+  const Grid grid(student, size, align_corners);
+  const Shape& S = grid.shape();
   PseudoSegArgs a;
   a.shape = S;
-  a.tiling = make_tiling(S);
+  a.tiling = grid.tiling();
   a.student = logits_view(student);
   a.decoder = logits_view(decoder);
   a.sgc = logits_view(sgc);

@@ -8,6 +8,7 @@ import torch
 from .. import _checks, reference
 from .._backend import resolve
 from ..base import Normalizer, Reduction, inverse, mean_denominator, not_ignored, saved_grad_buffer
+from ..base.resample import interpolate
 from ._grad import first_order_only, refuse_function_transforms, scaled_grad
 
 
@@ -23,6 +24,8 @@ def _cross_entropy_op(
     norm_tensor: torch.Tensor | None,
     need_grad: bool,
     need_ce: bool,
+    size: list[int] | None,
+    align_corners: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, d loss / d logits or an empty tensor, per-pixel ce or an empty tensor)."""
@@ -31,7 +34,17 @@ def _cross_entropy_op(
             norm_mode, norm_value = Normalizer.VALUE, float(norm_tensor)
         return tuple(
             torch.ops.semiseg_fast._cpp_cross_entropy(
-                logits, target, weight, ignore_index, reduction, norm_mode, norm_value, need_grad, need_ce
+                logits,
+                target,
+                weight,
+                ignore_index,
+                reduction,
+                norm_mode,
+                norm_value,
+                need_grad,
+                need_ce,
+                size,
+                align_corners,
             )
         )
     if logits.device.type == "cpu":
@@ -39,13 +52,40 @@ def _cross_entropy_op(
     from ..triton.cross_entropy import cross_entropy as triton_cross_entropy
 
     return triton_cross_entropy(
-        logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce
+        logits,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        norm_mode,
+        norm_value,
+        norm_tensor,
+        need_grad,
+        need_ce,
+        size and tuple(size),
+        align_corners,
     )
 
 
 @_cross_entropy_op.register_fake
-def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, backend):
+def _(
+    logits,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    norm_mode,
+    norm_value,
+    norm_tensor,
+    need_grad,
+    need_ce,
+    size,
+    align_corners,
+    backend,
+):
     n, _, h, w = logits.shape
+    if size is not None:
+        h, w = size
     f32 = dict(dtype=torch.float32)
     loss = logits.new_empty((n, h, w) if reduction == Reduction.NONE else (), **f32)
     grad = saved_grad_buffer(logits, need_grad)
@@ -54,7 +94,9 @@ def _(logits, target, weight, ignore_index, reduction, norm_mode, norm_value, no
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce, _ = inputs
+    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce = inputs[
+        :10
+    ]
     loss, grad, ce = output
     ctx.mark_non_differentiable(grad, ce)
     ctx.set_materialize_grads(False)  # else backward gets a logits-sized zero tensor for `grad`
@@ -96,7 +138,7 @@ def _backward(ctx, g_loss, _g_grad, _g_ce):
         # loss = sum / d, so d loss / d d = -loss / d (0 for a zero denominator, where the loss is 0)
         grad_norm = (-g_loss * loss * inverse(norm_tensor.float())).to(norm_tensor.dtype)
     grad_logits, grad_weight, grad_norm = map(first_order_only, (grad_logits, grad_weight, grad_norm))
-    return grad_logits, None, grad_weight, None, None, None, None, grad_norm, None, None, None
+    return grad_logits, None, grad_weight, None, None, None, None, grad_norm, None, None, None, None, None
 
 
 _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
@@ -122,6 +164,8 @@ def pseudo_label_cross_entropy(
     ignore_index: int = 255,
     reduction: str = "mean",
     normalizer: str | float = "valid",
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy of (N, C, H, W) logits against integer (pseudo-)labels, in one pass.
 
@@ -138,14 +182,18 @@ def pseudo_label_cross_entropy(
             ``"weighted"`` = sum of their weights, ``"total"`` = all N*H*W pixels, a positive
             number, or a 0-dim tensor on the logits' device (a denominator computed on the
             device, read by the kernel: no host sync). A zero denominator gives a loss of 0.
+        size, align_corners: the loss of ``F.interpolate(logits, size, mode="bilinear",
+            align_corners=align_corners)``, computed from ``logits`` without the upsampled tensor:
+            target and weight are (N, *size), the gradient comes back at the logits' own size.
 
     Returns:
         The fp32 loss. Its gradient is computed in the forward pass and kept (one tensor the
         size of ``logits``); nothing else logits-sized is saved.
     """
     logits = _checks.logits(logits)
-    target = _checks.target(target, logits)
-    weight = _checks.weight(weight, logits)
+    size, align_corners = _checks.output_size(size, logits, align_corners)
+    target = _checks.target(target, logits, size=size)
+    weight = _checks.weight(weight, logits, size=size)
     ignore_index, red, norm_mode, norm_value = check_options(ignore_index, reduction, normalizer, like=logits)
     norm_tensor = normalizer if norm_mode == Normalizer.TENSOR else None
     impl = resolve(logits.device)
@@ -153,11 +201,25 @@ def pseudo_label_cross_entropy(
     if impl == "reference":
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
             _checks.target_values(target, logits.shape[1], ignore_index)
-        return reference.pseudo_label_cross_entropy(logits, target, weight, ignore_index, reduction, normalizer)
+        return reference.pseudo_label_cross_entropy(
+            interpolate(logits, size, align_corners), target, weight, ignore_index, reduction, normalizer
+        )
     grad_on = torch.is_grad_enabled()
     need_grad = grad_on and logits.requires_grad
     need_ce = grad_on and weight is not None and weight.requires_grad
     loss, _, _ = _cross_entropy_op(
-        logits, target, weight, ignore_index, red, norm_mode, norm_value, norm_tensor, need_grad, need_ce, impl
+        logits,
+        target,
+        weight,
+        ignore_index,
+        red,
+        norm_mode,
+        norm_value,
+        norm_tensor,
+        need_grad,
+        need_ce,
+        size and list(size),
+        align_corners,
+        impl,
     )
     return loss

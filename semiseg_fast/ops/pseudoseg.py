@@ -9,20 +9,23 @@ import torch
 from .. import _checks, reference
 from .._backend import resolve
 from ..base import saved_grad_buffer
+from ..base.resample import interpolate
 from ._grad import refuse_function_transforms, register_loss_autograd
 
 
 @torch.library.custom_op("semiseg_fast::pseudoseg_scale", mutates_args=())
-def _scale_op(decoder: torch.Tensor, sgc: torch.Tensor, backend: str) -> torch.Tensor:
+def _scale_op(
+    decoder: torch.Tensor, sgc: torch.Tensor, size: list[int] | None, align_corners: bool, backend: str
+) -> torch.Tensor:
     if backend == "cpp":
-        return torch.ops.semiseg_fast._cpp_pseudoseg_scale(decoder, sgc)
+        return torch.ops.semiseg_fast._cpp_pseudoseg_scale(decoder, sgc, size, align_corners)
     from ..triton.pseudoseg import logit_scale
 
-    return logit_scale(decoder, sgc)
+    return logit_scale(decoder, sgc, size and tuple(size), align_corners)
 
 
 @_scale_op.register_fake
-def _(decoder, sgc, backend):
+def _(decoder, sgc, size, align_corners, backend):
     return decoder.new_empty((), dtype=torch.float32)
 
 
@@ -40,6 +43,8 @@ def _loss_op(
     norm_mode: int,
     norm_value: float,
     need_grad: bool,
+    size: list[int] | None,
+    align_corners: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (loss, mask ratio, gradient or an empty tensor, scale still owed by the gradient)."""
@@ -58,10 +63,10 @@ def _loss_op(
         need_grad,
     )
     if backend == "cpp":
-        return tuple(torch.ops.semiseg_fast._cpp_pseudoseg(*args))
+        return tuple(torch.ops.semiseg_fast._cpp_pseudoseg(*args, size, align_corners))
     from ..triton.pseudoseg import pseudoseg_loss
 
-    return pseudoseg_loss(*args)
+    return pseudoseg_loss(*args, size and tuple(size), align_corners)
 
 
 @_loss_op.register_fake
@@ -78,13 +83,15 @@ def _(
     norm_mode,
     norm_value,
     need_grad,
+    size,
+    align_corners,
     backend,
 ):
     scalar = student.new_empty((), dtype=torch.float32)
     return scalar, torch.empty_like(scalar), saved_grad_buffer(student, need_grad), torch.empty_like(scalar)
 
 
-register_loss_autograd(_loss_op, 13)
+register_loss_autograd(_loss_op, 15)
 
 
 def _check_pair(decoder_logits, sgc_logits):
@@ -105,29 +112,46 @@ def _check_fusion_args(gamma, temperature):
     return gamma, temperature
 
 
-def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch.Tensor:
+def logit_scale(
+    decoder_logits: torch.Tensor,
+    sgc_logits: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
+) -> torch.Tensor:
     """PseudoSeg's global scale ``1 / sqrt(mean(v^2) + 1e-8)`` over every value of both logit
-    tensors, as a 0-dim float32 tensor on their device (no host sync)."""
+    tensors, as a 0-dim float32 tensor on their device (no host sync). With ``size``, over the
+    values of both upsampled bilinearly to ``size`` (without the upsampled tensors)."""
     decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
+    size, align_corners = _checks.output_size(size, decoder_logits, align_corners)
     impl = resolve(decoder_logits.device)
     if impl == "reference":
-        return reference.pseudoseg.logit_scale(decoder_logits, sgc_logits).float()
-    return _scale_op(decoder_logits, sgc_logits, impl)
+        up = lambda x: interpolate(x, size, align_corners)  # noqa: E731
+        return reference.pseudoseg.logit_scale(up(decoder_logits), up(sgc_logits)).float()
+    return _scale_op(decoder_logits, sgc_logits, size and list(size), align_corners, impl)
 
 
 def calibrated_fusion(
-    decoder_logits: torch.Tensor, sgc_logits: torch.Tensor, gamma: float = 0.5, temperature: float = 0.5
+    decoder_logits: torch.Tensor,
+    sgc_logits: torch.Tensor,
+    gamma: float = 0.5,
+    temperature: float = 0.5,
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """PseudoSeg's pseudo-label: ``sharpen(gamma * softmax(s * p) + (1 - gamma) * softmax(s * m), T)``
-    with ``s`` from :func:`logit_scale`; (N, C, H, W) float32 probabilities, no gradient.
+    with ``s`` from :func:`logit_scale`; (N, C, H, W) float32 probabilities, no gradient. With
+    ``size``, the target of both logits upsampled bilinearly to ``size``, (N, C, *size).
 
     This materialises the target, for inspection or for your own loss; the training loss
     :func:`pseudoseg_consistency_loss` builds it per pixel and never stores it.
     """
     decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
     gamma, temperature = _check_fusion_args(gamma, temperature)
+    size, align_corners = _checks.output_size(size, decoder_logits, align_corners)
     with torch.no_grad():
-        s = logit_scale(decoder_logits, sgc_logits)
+        s = logit_scale(decoder_logits, sgc_logits, size, align_corners)
+        decoder_logits = interpolate(decoder_logits, size, align_corners)
+        sgc_logits = interpolate(sgc_logits, size, align_corners)
         if resolve(decoder_logits.device) == "reference":
             return reference.pseudoseg.fused_target(decoder_logits, sgc_logits, s, gamma, temperature).float()
         mix = gamma * torch.softmax(s * decoder_logits.float(), dim=1)
@@ -146,6 +170,8 @@ def pseudoseg_consistency_loss(
     temperature: float = 0.5,
     normalizer: str | float = "valid",
     return_mask_ratio: bool = False,
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """PseudoSeg's unlabeled loss: ``sum(valid * CE(student, q)) / sum(valid)`` with ``q`` the
     :func:`calibrated_fusion` of the weak view's decoder and SGC logits (both treated as detached).
@@ -163,6 +189,11 @@ def pseudoseg_consistency_loss(
         normalizer: ``"valid"`` (default), ``"confident"`` (valid pixels over the threshold),
             ``"total"`` (N*H*W) or a positive number. Zero denominators give 0.
         return_mask_ratio: also return the fraction of valid pixels over the threshold.
+        size, align_corners: the loss of the three logits upsampled by ``F.interpolate(x, size,
+            mode="bilinear", align_corners=align_corners)`` (the global scale too is taken over
+            the upsampled values), computed without the upsampled tensors: ``valid`` is
+            (N, *size), the gradient comes back at the logits' own size. All three logits must
+            have the same size.
     """
     student_logits = _checks.logits(student_logits, "student_logits")
     decoder_logits, sgc_logits = _check_pair(decoder_logits, sgc_logits)
@@ -176,6 +207,7 @@ def pseudoseg_consistency_loss(
     threshold = _checks.number(threshold, "threshold", low=0.0, high=1.0)
     if not isinstance(soft, bool):
         raise TypeError(f"soft: expected a bool, got {soft!r}")
+    size, align_corners = _checks.output_size(size, student_logits, align_corners)
     if valid is not None:
         valid = _checks.pixel_map(
             valid,
@@ -184,15 +216,17 @@ def pseudoseg_consistency_loss(
             "student_logits",
             _checks.INT_DTYPES + (torch.bool,),
             "a bool or integer dtype",
+            size,
         )
     norm_mode, norm_value = _checks.normalizer(normalizer, ("valid", "confident", "total"))
     impl = resolve(student_logits.device)
     refuse_function_transforms(student_logits, impl)
     if impl == "reference":
+        up = lambda x: interpolate(x, size, align_corners)  # noqa: E731
         return reference.pseudoseg.pseudoseg_consistency_loss(
-            student_logits,
-            decoder_logits,
-            sgc_logits,
+            up(student_logits),
+            up(decoder_logits),
+            up(sgc_logits),
             valid,
             threshold,
             soft,
@@ -202,7 +236,8 @@ def pseudoseg_consistency_loss(
             return_mask_ratio,
         )
     ignore_mask = None if valid is None else valid == 0
-    scale = _scale_op(decoder_logits, sgc_logits, impl)
+    size_arg = size and list(size)
+    scale = _scale_op(decoder_logits, sgc_logits, size_arg, align_corners, impl)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss, ratio, _, _ = _loss_op(
         student_logits,
@@ -217,6 +252,8 @@ def pseudoseg_consistency_loss(
         norm_mode,
         norm_value,
         need_grad,
+        size_arg,
+        align_corners,
         impl,
     )
     return (loss, ratio) if return_mask_ratio else loss

@@ -8,7 +8,10 @@ on local memory (register spills) or on more registers than the kernel's budget.
 What is compiled is what the library really launches: the Triton wrappers are run on meta
 tensors at real shapes (so strides and sizes get the divisibility specialisations a real
 launch gets) with launching replaced by recording, over every dtype, class-count bucket,
-memory layout and option the wrappers distinguish. Duplicates are compiled once.
+memory layout and option the wrappers distinguish. Duplicates are compiled once. That includes
+``size=`` (losses at the decoder's resolution): the kernels' RESAMPLE specialisations, with the
+gradient scattered by atomics and, under torch.use_deterministic_algorithms, stored at full
+resolution and gathered by semiseg_fast.triton.resample's kernel (labels carry "size=").
 
 Register budgets. All kernels are memory-bound streaming kernels launched with 8 warps per
 block, 4 tile elements per thread. The budget is 80 registers per thread for every kernel: at
@@ -47,6 +50,8 @@ BUDGETS = {
     "fixmatch_kernel": 80,
     "pseudoseg_kernel": 80,
     "negative_mask_kernel": 80,
+    "resample_grad_kernel": 80,
+    "sumsq_kernel": 80,
     "radix_histogram_kernel": 80,
 }
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3 (NVIDIA's figure)
@@ -82,10 +87,137 @@ SWEEP_SHAPES = [(16, 513, 513), (8, 1024, 1024)]  # VOC-like (odd sizes) and Cit
 SWEEP_CLASSES = [2, 4, 8, 16, 21, 64, 150, 1024]  # every BLOCK_C bucket, single-chunk and chunked
 SWEEP_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SWEEP_LAYOUTS = ["nchw", "channels_last"]
+# size=: the decoder's resolution of each sweep shape (VOC's 513 from output stride 4, align_corners
+# style 129; Cityscapes' 1024 from output stride 8), and the class buckets that change the tile.
+RESAMPLE_FROM = {(513, 513): (129, 129), (1024, 1024): (128, 128)}
+RESAMPLE_CLASSES = [2, 21, 64, 150]
 
 
-def sweep() -> list:
-    """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make."""
+def _deterministic(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run under torch.use_deterministic_algorithms(True) (the resampled gradient's gather path)."""
+
+    def run():
+        saved = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return fn()
+        finally:
+            torch.use_deterministic_algorithms(saved)
+
+    return run
+
+
+def resample_calls() -> list:
+    """(label, thunk) of the size= launches: every op at the class buckets, dtypes and layouts, the
+    deterministic gradient path, and the options at C=21."""
+    from ..triton.cross_entropy import cross_entropy
+    from ..triton.fixmatch import fixmatch
+    from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
+    from ..triton.pseudoseg import logit_scale, pseudoseg_loss
+
+    calls = []
+    scale = torch.empty((), dtype=torch.float32, device="meta")
+    for n, h, w in SWEEP_SHAPES:
+        lh, lw = RESAMPLE_FROM[(h, w)]
+        sz = (h, w)
+        for c in RESAMPLE_CLASSES:
+            for dt in SWEEP_DTYPES:
+                for lay in SWEEP_LAYOUTS:
+                    label = f"C={c} {str(dt)[6:]} {lay} {lh}x{lw} size={h}x{w}"
+                    x = _meta((n, c, lh, lw), dt, lay)
+                    u8 = torch.empty((n, h, w), dtype=torch.uint8, device="meta")
+                    f32 = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+                    lab = torch.empty((n, h, w), dtype=torch.uint8, device="meta")
+                    ce = lambda x=x, t=u8, sz=sz: cross_entropy(
+                        x, t, None, 255, 1, 0, 0.0, None, True, False, sz, False
+                    )
+                    psb = lambda x=x, f=f32, lab=lab, sz=sz: pixel_stats_backward(x, f, lab, f, f, f, 1.0, sz, True)
+                    calls += [
+                        (label, lambda x=x, sz=sz: pixel_stats(x, 1.0, sz, True)),
+                        (label, psb),
+                        (
+                            label,
+                            lambda x=x, f=f32, lab=lab, sz=sz: pixel_stats_backward(
+                                x, f, lab, f, None, f, 1.0, sz, True
+                            ),
+                        ),
+                        (label, ce),
+                        (label, lambda x=x, t=u8, sz=sz: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True, sz, False)),
+                        (
+                            label,
+                            lambda x=x, sz=sz: pseudoseg_loss(
+                                x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, True, sz, True
+                            ),
+                        ),
+                        (label, lambda x=x, sz=sz: logit_scale(x, x, sz, True)),
+                        (label + " deterministic", _deterministic(ce)),
+                        (label + " deterministic", _deterministic(psb)),
+                    ]
+    n, h, w = SWEEP_SHAPES[0]
+    lh, lw = RESAMPLE_FROM[(h, w)]
+    sz = (h, w)
+    t = torch.empty((n, h, w), dtype=torch.int64, device="meta")
+    for dt in SWEEP_DTYPES:
+        for lay in SWEEP_LAYOUTS:
+            x = _meta((n, 21, lh, lw), dt, lay)
+            label = f"C=21 {str(dt)[6:]} {lay} {lh}x{lw} size={h}x{w} options"
+            for weight in (torch.float32, torch.bool):
+                wt = torch.empty((n, h, w), dtype=weight, device="meta")
+                for red, need_grad, need_ce in [(0, True, False), (2, True, True), (1, False, False)]:
+                    calls.append(
+                        (
+                            label,
+                            lambda x=x, wt=wt, r=red, g=need_grad, ce=need_ce, sz=sz: cross_entropy(
+                                x, t, wt, 255, r, 0, 0.0, None, g, ce, sz, True
+                            ),
+                        )
+                    )
+            for mask in (None, torch.bool, torch.int64):
+                m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
+                for need_grad in (True, False):
+                    calls.append(
+                        (label, lambda x=x, m=m, g=need_grad, sz=sz: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g, sz, True))
+                    )
+                calls.append(
+                    (
+                        label + " deterministic",
+                        _deterministic(lambda x=x, m=m, sz=sz: fixmatch(x, x, 0.95, m, 255, 4, 0.0, True, sz, True)),
+                    )
+                )
+            bool_mask = torch.empty((n, h, w), dtype=torch.bool, device="meta")
+            for soft, temperature, threshold in [(False, 0.5, 0.0), (True, 1.0, 0.0), (True, 0.7, 0.5)]:
+                calls.append(
+                    (
+                        label,
+                        lambda x=x, m=bool_mask, so=soft, t=temperature, th=threshold, sz=sz: pseudoseg_loss(
+                            x, x, x, m, scale, 0.5, t, th, so, 0, 0.0, True, sz, True
+                        ),
+                    )
+                )
+            calls.append(
+                (
+                    label + " deterministic",
+                    _deterministic(
+                        lambda x=x, sz=sz: pseudoseg_loss(
+                            x, x, x, None, scale, 0.5, 0.5, 0.0, False, 0, 0.0, True, sz, True
+                        )
+                    ),
+                )
+            )
+            calls.append(
+                (
+                    label,
+                    lambda x=x, sz=sz: pseudoseg_loss(
+                        x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, False, sz, True
+                    ),
+                )
+            )
+    return calls
+
+
+def sweep(only: str | None = None) -> list:
+    """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make (those
+    whose label contains ``only``, when given)."""
     from ..triton.cross_entropy import cross_entropy
     from ..triton.fixmatch import fixmatch
     from ..triton.infonce import infonce
@@ -159,6 +291,7 @@ def sweep() -> list:
                     )
                 )
             calls.append((label, lambda x=x: pseudoseg_loss(x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, False)))
+    calls += resample_calls()
     # entropy_percentile: fp32 entropy maps, with and without a valid mask, 1 to 3 percentiles.
     for n, h, w in SWEEP_SHAPES:
         ent = torch.empty((n, h, w), dtype=torch.float32, device="meta")
@@ -189,6 +322,8 @@ def sweep() -> list:
         calls.append((f"push quirks={quirks}", lambda q=quirks: newest_negatives(*push, 3, 20, 1.0, 4096, q)))
     out = []
     for label, thunk in calls:
+        if only is not None and only not in label:
+            continue
         for kernel, grid, args, kwargs in record_launches(thunk):
             out.append((label, kernel, grid, args, kwargs))
     return out
@@ -470,6 +605,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default=",".join(map(str, TARGETS)), help="compute capabilities, e.g. 80,90")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiler processes")
     ap.add_argument("--write-results", action="store_true", help="refresh the section in benchmarks/RESULTS.md")
+    ap.add_argument("--only", default=None, help='check only the launches whose label contains this, e.g. "size="')
     ap.add_argument(
         "--results",
         default=os.path.join(REPO_ROOT, "benchmarks", "RESULTS.md"),
@@ -477,7 +613,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     targets = tuple(int(t) for t in args.targets.split(","))
     t0 = time.time()
-    launches = sweep()
+    if args.only is not None and args.write_results:
+        ap.error("--write-results needs the whole sweep (no --only)")
+    launches = sweep(args.only)
     jobs = jobs_for(launches, targets)
     print(
         f"gpu_check: {len(launches)} recorded launches -> {len(jobs)} distinct compilations "

@@ -8,6 +8,13 @@ class count above 64 shares one compiled kernel, and the gradient pass reads the
 
 Tiles hold 1024 elements, 4 per thread at 8 warps (see block_config for why).
 
+With ``size=`` (see semiseg_fast.triton.resample) a program's pixels are output pixels of the
+(H, W) map and the logits are read at the decoder's (h, w): every place that addresses logits takes
+a *source* tuple instead of one offset vector: ``(poff,)`` reads a pixel as it is, the 8-tuple of
+:func:`taps` interpolates its 4 bilinear neighbours in registers; the gradient's *destination* is
+``(poff,)`` (a store) or taps (4 weighted atomic adds into the low-res buffer). The tuple's length
+is static, so a kernel without ``size=`` compiles to the code it always had.
+
 Numerics match the C++ kernels: fp32 math, and the probability mass outside the argmax /
 target class (``rest``) is accumulated directly so confident pixels keep full precision.
 """
@@ -111,6 +118,98 @@ def pixel_offsets(hw, W, sH, sW, FLAT: tl.constexpr):
 
 
 @triton.jit
+def taps(ridx_ptr, rw_ptr, hw, Ho, Wo, sH, sW, pmask):
+    """Source tuple of output pixels hw of an (Ho, Wo) map read bilinearly from a tensor with pixel
+    strides (sH, sW): (row offset 0, row offset 1, column offset 0, column offset 1, l0y, l1y, l0x,
+    l1x). The tables (semiseg_fast.triton.resample.Resampling) hold i0y, i1y (Ho each), i0x, i1x (Wo
+    each) and the weights in the same layout: torch's own taps, not recomputed here."""
+    oy = hw // Wo
+    ox = hw % Wo
+    r0 = tl.load(ridx_ptr + oy, mask=pmask, other=0).to(tl.int64) * sH
+    r1 = tl.load(ridx_ptr + Ho + oy, mask=pmask, other=0).to(tl.int64) * sH
+    c0 = tl.load(ridx_ptr + 2 * Ho + ox, mask=pmask, other=0).to(tl.int64) * sW
+    c1 = tl.load(ridx_ptr + 2 * Ho + Wo + ox, mask=pmask, other=0).to(tl.int64) * sW
+    l0y = tl.load(rw_ptr + oy, mask=pmask, other=0.0)
+    l1y = tl.load(rw_ptr + Ho + oy, mask=pmask, other=0.0)
+    l0x = tl.load(rw_ptr + 2 * Ho + ox, mask=pmask, other=0.0)
+    l1x = tl.load(rw_ptr + 2 * Ho + Wo + ox, mask=pmask, other=0.0)
+    return (r0, r1, c0, c1, l0y, l1y, l0x, l1x)
+
+
+@triton.jit
+def source(hw, W, sH, sW, FLAT: tl.constexpr, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE: tl.constexpr):
+    """The source (or scatter destination) tuple of pixels hw: (pixel offsets,) or taps."""
+    if RESAMPLE:
+        return taps(ridx_ptr, rw_ptr, hw, Ho, W, sH, sW, pmask)
+    else:
+        return (pixel_offsets(hw, W, sH, sW, FLAT),)
+
+
+@triton.jit
+def _interpolate(base, src, m2, co):
+    """(x00 l0x + x01 l1x) l0y + (x10 l0x + x11 l1x) l1y of the (pixels, classes) tile at
+    class offsets co, in fp32."""
+    r0 = src[0][:, None] + co
+    r1 = src[1][:, None] + co
+    c0 = src[2][:, None]
+    c1 = src[3][:, None]
+    l0x = src[6][:, None]
+    l1x = src[7][:, None]
+    top = tl.load(base + r0 + c0, mask=m2, other=0.0).to(tl.float32) * l0x
+    top += tl.load(base + r0 + c1, mask=m2, other=0.0).to(tl.float32) * l1x
+    bot = tl.load(base + r1 + c0, mask=m2, other=0.0).to(tl.float32) * l0x
+    bot += tl.load(base + r1 + c1, mask=m2, other=0.0).to(tl.float32) * l1x
+    return top * src[4][:, None] + bot * src[5][:, None]
+
+
+@triton.jit
+def load_src(base, src, pmask, k, C, sC, BLOCK_C: tl.constexpr):
+    """:func:`load_chunk` through a source tuple."""
+    if len(src) == 1:
+        return load_chunk(base, src[0], pmask, k, C, sC, BLOCK_C)
+    else:
+        c = k * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        x = _interpolate(base, src, pmask[:, None] & cmask[None, :], c[None, :].to(tl.int64) * sC)
+        return tl.where(cmask[None, :], x, float("-inf")), c
+
+
+@triton.jit
+def load_class(base, src, pmask, y, sC):
+    """The fp32 logit of class y[p] of every pixel p, through a source tuple."""
+    if len(src) == 1:
+        return tl.load(base + src[0] + y.to(tl.int64) * sC, mask=pmask, other=0.0).to(tl.float32)
+    else:
+        x = _interpolate(base, src, pmask[:, None], y[:, None].to(tl.int64) * sC)
+        return tl.sum(x, axis=1)
+
+
+@triton.jit
+def store_dst(base_g, dst, pmask, g, c, C, sCg):
+    """Stores the fp32 gradient tile g (classes c) through a destination tuple: (offsets,) stores it in
+    the buffer's dtype; taps scatter it to the 4 bilinear neighbours with atomic adds (the buffer is
+    fp32 or fp64 and zeroed)."""
+    m2 = pmask[:, None] & (c < C)[None, :]
+    co = c[None, :].to(tl.int64) * sCg
+    if len(dst) == 1:
+        tl.store(base_g + dst[0][:, None] + co, g.to(base_g.dtype.element_ty), mask=m2)
+    else:
+        r0 = dst[0][:, None] + co
+        r1 = dst[1][:, None] + co
+        c0 = dst[2][:, None]
+        c1 = dst[3][:, None]
+        l0x = dst[6][:, None]
+        l1x = dst[7][:, None]
+        gt = g * dst[4][:, None]
+        gb = g * dst[5][:, None]
+        ty = base_g.dtype.element_ty
+        tl.atomic_add(base_g + r0 + c0, (gt * l0x).to(ty), mask=m2, sem="relaxed")
+        tl.atomic_add(base_g + r0 + c1, (gt * l1x).to(ty), mask=m2, sem="relaxed")
+        tl.atomic_add(base_g + r1 + c0, (gb * l0x).to(ty), mask=m2, sem="relaxed")
+        tl.atomic_add(base_g + r1 + c1, (gb * l1x).to(ty), mask=m2, sem="relaxed")
+
+
+@triton.jit
 def load_chunk(base, poff, pmask, k, C, sC, BLOCK_C: tl.constexpr):
     """Classes [k*BLOCK_C, (k+1)*BLOCK_C) of BLOCK_P pixels as fp32; missing classes are -inf."""
     c = k * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -158,7 +257,7 @@ def _update_stats(x, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y: tl.constexpr, N
 @triton.jit
 def row_stats(
     base,
-    poff,
+    src,
     pmask,
     y,
     C,
@@ -171,7 +270,8 @@ def row_stats(
     BLOCK_C: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,
 ):
-    """Softmax statistics of softmax(x * inv_t) over classes, per pixel.
+    """Softmax statistics of softmax(x * inv_t) over classes, per pixel (logits read through a source
+    tuple, see the module docstring).
 
     Returns (m, s, rest, t, idx, xy, x):
       m     max_c x_c (untempered);  s = sum_c exp((x_c - m) inv_t)
@@ -187,12 +287,12 @@ def row_stats(
     xy = tl.zeros((BLOCK_P,), tl.float32)
     idx = tl.zeros((BLOCK_P,), tl.int32)
     if SINGLE_CHUNK:
-        x, c = load_chunk(base, poff, pmask, 0, C, sC, BLOCK_C)
+        x, c = load_src(base, src, pmask, 0, C, sC, BLOCK_C)
         m, s, rest, t, xy, idx = _update_stats(x, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y, NEED_T)
     else:
         x = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
         for k in range(num_chunks):
-            xk, c = load_chunk(base, poff, pmask, k, C, sC, BLOCK_C)
+            xk, c = load_src(base, src, pmask, k, C, sC, BLOCK_C)
             m, s, rest, t, xy, idx = _update_stats(xk, c, y, m, s, rest, t, xy, idx, inv_t, USE_Y, NEED_T)
     # a row of -inf has no softmax: NaN, as the reference's (confidence, entropy and loss NaN, never
     # "confident"); padding lanes beyond the image get it too, and every kernel masks them out
@@ -211,8 +311,8 @@ def ce_from_stats(m, s, rest, xy):
 def store_grad(
     base_x,
     base_g,
-    poff_x,
-    poff_g,
+    src_x,
+    dst_g,
     pmask,
     x_last,
     m,
@@ -226,20 +326,20 @@ def store_grad(
     BLOCK_C: tl.constexpr,
     SINGLE_CHUNK: tl.constexpr,
 ):
-    """g_c = scale * p_c for c != y and -scale * rest / s for c = y (scale already holds 1/s)."""
+    """g_c = scale * p_c for c != y and -scale * rest / s for c = y (scale already holds 1/s); logits
+    read through the source tuple src_x, the gradient written through the destination tuple dst_g."""
     if SINGLE_CHUNK:
-        _store_grad_chunk(base_g, poff_g, pmask, x_last, tl.arange(0, BLOCK_C), m, y, scale, rest, C, sCg)
+        _store_grad_chunk(base_g, dst_g, pmask, x_last, tl.arange(0, BLOCK_C), m, y, scale, rest, C, sCg)
     else:
         for k in range(num_chunks):
-            x, c = load_chunk(base_x, poff_x, pmask, k, C, sCx, BLOCK_C)
-            _store_grad_chunk(base_g, poff_g, pmask, x, c, m, y, scale, rest, C, sCg)
+            x, c = load_src(base_x, src_x, pmask, k, C, sCx, BLOCK_C)
+            _store_grad_chunk(base_g, dst_g, pmask, x, c, m, y, scale, rest, C, sCg)
 
 
 @triton.jit
-def _store_grad_chunk(base_g, poff_g, pmask, x, c, m, y, scale, rest, C, sCg):
+def _store_grad_chunk(base_g, dst_g, pmask, x, c, m, y, scale, rest, C, sCg):
     e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m[:, None]))
     g = tl.where(c[None, :] == y[:, None], -(scale * rest)[:, None], scale[:, None] * e)
     # Inactive pixels (scale 0) store 0 even where their logits are not finite (0 * inf is NaN).
     g = tl.where(scale[:, None] == 0.0, 0.0, g)
-    ptr = base_g + poff_g[:, None] + c[None, :].to(tl.int64) * sCg
-    tl.store(ptr, g.to(base_g.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
+    store_dst(base_g, dst_g, pmask, g, c, C, sCg)

@@ -1,4 +1,5 @@
-"""Triton kernel of pseudo_label_cross_entropy: loss and gradient in one pass."""
+"""Triton kernel of pseudo_label_cross_entropy: loss and gradient in one pass (with ``size=``, at the
+output resolution: see .resample)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from ._common import (
     launch,
     pixel_offsets,
     row_stats,
+    source,
     store_grad,
 )
+from .resample import Resampling
 
 
 @triton.jit
@@ -48,6 +51,11 @@ def cross_entropy_kernel(
     sgC,
     sgH,
     sgW,
+    ridx_ptr,
+    rw_ptr,
+    Ho,
+    RESAMPLE: tl.constexpr,
+    SCATTER: tl.constexpr,
     HAS_W: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     PIXEL_LOSS: tl.constexpr,
@@ -76,9 +84,9 @@ def cross_entropy_kernel(
     # (there is no host sync here to raise), else 0.
     wa = tl.where(valid & in_range, w, 0.0)
     poison = tl.where(valid & ~in_range, float("nan"), 0.0)
-    poff = pixel_offsets(hw, W, sxH, sxW, FLAT_X)
+    src = source(hw, W, sxH, sxW, FLAT_X, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE)
     m, s, rest, t, idx, xy, x_last = row_stats(
-        x_ptr + n * sxN, poff, pmask, y32, C, sxC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+        x_ptr + n * sxN, src, pmask, y32, C, sxC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     ce_all = ce_from_stats(m, s, rest, xy)
     ce = tl.where(wa != 0.0, ce_all, 0.0) + poison
@@ -94,8 +102,8 @@ def cross_entropy_kernel(
         store_grad(
             x_ptr + n * sxN,
             g_ptr + n * sgN,
-            poff,
-            pixel_offsets(hw, W, sgH, sgW, FLAT_G),
+            src,
+            source(hw, W, sgH, sgW, FLAT_G, ridx_ptr, rw_ptr, Ho, pmask, SCATTER),
             pmask,
             x_last,
             m,
@@ -112,9 +120,22 @@ def cross_entropy_kernel(
 
 
 def cross_entropy(
-    logits, target, weight, ignore_index, reduction, norm_mode, norm_value, norm_tensor, need_grad, need_ce
+    logits,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    norm_mode,
+    norm_value,
+    norm_tensor,
+    need_grad,
+    need_ce,
+    size=None,
+    align_corners=False,
 ):
-    n, c, h, w = logits.shape
+    n, c, h0, w0 = logits.shape
+    rs = Resampling(logits, size, align_corners)
+    h, w = rs.out_h, rs.out_w
     dev = logits.device
     block_p, block_c, chunks, warps = block_config(c)
     grid = (triton.cdiv(h * w, block_p), n)
@@ -127,11 +148,13 @@ def cross_entropy(
         inv = torch.ones((), device=dev)
     inv = inv.float()
     grad = saved_grad_buffer(logits, need_grad)
+    if n * h * w == 0:
+        grad.zero_()
     loss_pixel = torch.empty((n, h, w), device=dev, dtype=torch.float32) if reduction == Reduction.NONE else partial
     ce = torch.empty((n, h, w), device=dev, dtype=torch.float32) if need_ce else torch.empty(0, device=dev)
     if n * h * w > 0:
         wt = weight if weight is not None else target
-        g = grad if need_grad else logits
+        g = rs.grad_target(grad, need_grad) if need_grad else logits
         launch(
             cross_entropy_kernel,
             grid,
@@ -152,19 +175,24 @@ def cross_entropy(
             *target.stride(),
             *wt.stride(),
             *g.stride(),
+            *rs.args(),
+            RESAMPLE=rs.on,
+            SCATTER=rs.scatter(),
             HAS_W=weight is not None,
             NEED_GRAD=need_grad,
             PIXEL_LOSS=reduction == Reduction.NONE,
             NEED_CE=need_ce,
-            FLAT_X=flat_pixels(h, w, logits.stride(2), logits.stride(3)),
+            FLAT_X=flat_pixels(h0, w0, logits.stride(2), logits.stride(3)),
             FLAT_T=flat_pixels(h, w, target.stride(1), target.stride(2)),
             FLAT_W=flat_pixels(h, w, wt.stride(1), wt.stride(2)),
-            FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
+            FLAT_G=flat_pixels(g.shape[2], g.shape[3], g.stride(2), g.stride(3)),
             BLOCK_P=block_p,
             BLOCK_C=block_c,
             SINGLE_CHUNK=chunks == 1,
             num_warps=warps,
         )
+        if need_grad:
+            rs.finish_grad(g, grad)
     if reduction == Reduction.NONE:
         loss = loss_pixel
     else:

@@ -1,4 +1,5 @@
-"""Triton kernel of fixmatch_loss: teacher statistics and student cross-entropy in one program."""
+"""Triton kernel of fixmatch_loss: teacher statistics and student cross-entropy in one program (with
+``size=``, at the output resolution: see .resample)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from ._common import (
     launch,
     pixel_offsets,
     row_stats,
+    source,
     store_grad,
 )
+from .resample import Resampling
 
 
 @triton.jit
@@ -49,6 +52,11 @@ def fixmatch_kernel(
     sgC,
     sgH,
     sgW,
+    ridx_ptr,
+    rw_ptr,
+    Ho,
+    RESAMPLE: tl.constexpr,
+    SCATTER: tl.constexpr,
     HAS_MASK: tl.constexpr,
     MASK_IS_BOOL: tl.constexpr,
     NEED_GRAD: tl.constexpr,
@@ -73,7 +81,7 @@ def fixmatch_kernel(
     zero = tl.zeros((BLOCK_P,), tl.int32)
     tm, ts, _r, _t, label, _xy, _x = row_stats(
         t_ptr + n * stN,
-        pixel_offsets(hw, W, stH, stW, FLAT_T),
+        source(hw, W, stH, stW, FLAT_T, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE),
         pmask,
         zero,
         C,
@@ -88,9 +96,9 @@ def fixmatch_kernel(
     )
     # Carried as a float: live predicates across the inlined log made ptxas spill on sm_80.
     active = tl.where(valid & ((1.0 / ts) >= threshold), 1.0, 0.0)
-    poff = pixel_offsets(hw, W, ssH, ssW, FLAT_S)
+    src = source(hw, W, ssH, ssW, FLAT_S, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE)
     m, s, rest, t, idx, xy, x_last = row_stats(
-        s_ptr + n * ssN, poff, pmask, label, C, ssC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+        s_ptr + n * ssN, src, pmask, label, C, ssC, 1.0, num_chunks, True, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     ce = tl.where(active != 0.0, ce_from_stats(m, s, rest, xy), 0.0)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
@@ -101,8 +109,8 @@ def fixmatch_kernel(
         store_grad(
             s_ptr + n * ssN,
             g_ptr + n * sgN,
-            poff,
-            pixel_offsets(hw, W, sgH, sgW, FLAT_G),
+            src,
+            source(hw, W, sgH, sgW, FLAT_G, ridx_ptr, rw_ptr, Ho, pmask, SCATTER),
             pmask,
             x_last,
             m,
@@ -118,8 +126,21 @@ def fixmatch_kernel(
         )
 
 
-def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, norm_value, need_grad):
-    n, c, h, w = student.shape
+def fixmatch(
+    student,
+    teacher,
+    threshold,
+    ignore_mask,
+    ignore_index,
+    norm_mode,
+    norm_value,
+    need_grad,
+    size=None,
+    align_corners=False,
+):
+    n, c, h0, w0 = student.shape
+    rs = Resampling(student, size, align_corners)
+    h, w = rs.out_h, rs.out_w
     dev = student.device
     block_p, block_c, chunks, warps = block_config(c)
     grid = (triton.cdiv(h * w, block_p), n)
@@ -127,9 +148,11 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)
     mean = MaskedMean(ignore_mask, ignore_index, n * h * w, norm_mode, norm_value, dev)
     grad = saved_grad_buffer(student, need_grad)
-    if n * h * w > 0:
+    if n * h * w == 0:
+        grad.zero_()
+    else:
         mask = ignore_mask if ignore_mask is not None else partial
-        g = grad if need_grad else student
+        g = rs.grad_target(grad, need_grad) if need_grad else student
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             fixmatch_kernel,
@@ -151,17 +174,22 @@ def fixmatch(student, teacher, threshold, ignore_mask, ignore_index, norm_mode, 
             *teacher.stride(),
             *m_strides,
             *g.stride(),
+            *rs.args(),
+            RESAMPLE=rs.on,
+            SCATTER=rs.scatter(),
             HAS_MASK=ignore_mask is not None,
             MASK_IS_BOOL=ignore_mask is not None and ignore_mask.dtype == torch.bool,
             NEED_GRAD=need_grad,
-            FLAT_S=flat_pixels(h, w, student.stride(2), student.stride(3)),
-            FLAT_T=flat_pixels(h, w, teacher.stride(2), teacher.stride(3)),
+            FLAT_S=flat_pixels(h0, w0, student.stride(2), student.stride(3)),
+            FLAT_T=flat_pixels(h0, w0, teacher.stride(2), teacher.stride(3)),
             FLAT_M=flat_pixels(h, w, m_strides[1], m_strides[2]),
-            FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
+            FLAT_G=flat_pixels(g.shape[2], g.shape[3], g.stride(2), g.stride(3)),
             BLOCK_P=block_p,
             BLOCK_C=block_c,
             SINGLE_CHUNK=chunks == 1,
             num_warps=warps,
         )
+        if need_grad:
+            rs.finish_grad(g, grad)
     loss, ratio, post = mean.finish(partial, counts)
     return loss, ratio, grad, post

@@ -1,5 +1,6 @@
 """Triton kernel of PseudoSeg's consistency loss: the fused target and the student's cross-entropy
-in one program (same per-pixel math as the C++ kernel; see csrc/common/kernels_impl.h)."""
+in one program (same per-pixel math as the C++ kernel; see csrc/common/kernels_impl.h); with ``size=``, at
+the output resolution (see .resample)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,81 @@ from ._common import (
     ce_from_stats,
     flat_pixels,
     launch,
-    load_chunk,
+    load_src,
     pixel_offsets,
     row_stats,
+    source,
+    store_dst,
 )
+from .resample import Resampling
 
 _IDENTITY, _SQUARE, _POWER = 0, 1, 2
 
 
-def logit_scale(decoder: torch.Tensor, sgc: torch.Tensor) -> torch.Tensor:
-    """1 / sqrt(mean(v^2) + 1e-8) over both tensors: two fp32 norm reductions, no host sync."""
+@triton.jit
+def sumsq_kernel(
+    x_ptr,
+    partial_ptr,
+    C,
+    HW,
+    W,
+    sN,
+    sC,
+    sH,
+    sW,
+    num_chunks,
+    ridx_ptr,
+    rw_ptr,
+    Ho,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Per-program sums of the squares of the logits interpolated to (Ho, W) (fp32 math)."""
+    n = tl.program_id(1).to(tl.int64)
+    hw = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = hw < HW
+    src = source(hw, W, sH, sW, False, ridx_ptr, rw_ptr, Ho, pmask, True)
+    acc = tl.zeros((BLOCK_P,), tl.float32)
+    for k in range(num_chunks):
+        x, c = load_src(x_ptr + n * sN, src, pmask, k, C, sC, BLOCK_C)
+        acc += tl.sum(tl.where((c < C)[None, :], x * x, 0.0), axis=1)
+    tl.store(partial_ptr + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), tl.sum(acc, axis=0))
+
+
+def _sumsq_resampled(x: torch.Tensor, rs: Resampling) -> torch.Tensor:
+    """sum(F.interpolate(x)^2) in fp64 from fp32 per-program partials, without the upsampled tensor."""
+    n, c = x.shape[:2]
+    block_p, block_c, chunks, warps = block_config(c)
+    grid = (triton.cdiv(rs.pixels, block_p), n)
+    partial = torch.zeros(grid[0] * grid[1], device=x.device, dtype=torch.float32)
+    if x.numel() > 0 and rs.pixels > 0:
+        launch(
+            sumsq_kernel,
+            grid,
+            x,
+            partial,
+            c,
+            rs.pixels,
+            rs.out_w,
+            *x.stride(),
+            chunks,
+            *rs.args(),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=warps,
+        )
+    return partial.double().sum()
+
+
+def logit_scale(decoder: torch.Tensor, sgc: torch.Tensor, size=None, align_corners: bool = False) -> torch.Tensor:
+    """1 / sqrt(mean(v^2) + 1e-8) over both tensors: two fp32 norm reductions, no host sync. With
+    ``size``, over the values interpolated to it (count N * C * H * W per tensor)."""
+    if size is not None:
+        rs = Resampling(decoder, size, align_corners)
+        n, c = decoder.shape[:2]
+        count = 2 * n * c * rs.pixels
+        sumsq = _sumsq_resampled(decoder, rs) + _sumsq_resampled(sgc, rs)
+        return torch.rsqrt(sumsq / max(count, 1) + 1e-8).float()
     count = decoder.numel() + sgc.numel()
     acc = torch.float64 if decoder.dtype == torch.float64 else torch.float32
     sumsq = torch.linalg.vector_norm(decoder, dtype=acc).square() + torch.linalg.vector_norm(sgc, dtype=acc).square()
@@ -51,9 +117,9 @@ def _chunk(
     p_base,
     m_base,
     z_base,
-    poff_p,
-    poff_m,
-    poff_z,
+    src_p,
+    src_m,
+    src_z,
     pmask,
     k,
     C,
@@ -70,9 +136,9 @@ def _chunk(
     BLOCK_C: tl.constexpr,
 ):
     """Chunk k: the unnormalised target r, the student logits z and the class indices."""
-    pk, c = load_chunk(p_base, poff_p, pmask, k, C, spC, BLOCK_C)
-    mk, _c = load_chunk(m_base, poff_m, pmask, k, C, smC, BLOCK_C)
-    zk, _c2 = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+    pk, c = load_src(p_base, src_p, pmask, k, C, spC, BLOCK_C)
+    mk, _c = load_src(m_base, src_m, pmask, k, C, smC, BLOCK_C)
+    zk, _c2 = load_src(z_base, src_z, pmask, k, C, szC, BLOCK_C)
     return _target(pk, mk, mp, mm, wp, wm, scale, inv_t, SHARPEN), zk, c
 
 
@@ -126,6 +192,11 @@ def pseudoseg_kernel(
     sgC,
     sgH,
     sgW,
+    ridx_ptr,
+    rw_ptr,
+    Ho,
+    RESAMPLE: tl.constexpr,
+    SCATTER: tl.constexpr,
     HAS_MASK: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     SOFT: tl.constexpr,
@@ -152,17 +223,17 @@ def pseudoseg_kernel(
     p_base = p_ptr + n * spN
     m_base = m_ptr + n * smN
     z_base = z_ptr + n * szN
-    poff_p = pixel_offsets(hw, W, spH, spW, FLAT_P)
-    poff_m = pixel_offsets(hw, W, smH, smW, FLAT_M)
-    poff_z = pixel_offsets(hw, W, szH, szW, FLAT_Z)
+    src_p = source(hw, W, spH, spW, FLAT_P, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE)
+    src_m = source(hw, W, smH, smW, FLAT_M, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE)
+    src_z = source(hw, W, szH, szW, FLAT_Z, ridx_ptr, rw_ptr, Ho, pmask, RESAMPLE)
     mp, sp, _r0, _t0, _i0, _x0, p_t = row_stats(
-        p_base, poff_p, pmask, zero, C, spC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+        p_base, src_p, pmask, zero, C, spC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     mm, sm, _r1, _t1, _i1, _x1, m_t = row_stats(
-        m_base, poff_m, pmask, zero, C, smC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+        m_base, src_m, pmask, zero, C, smC, scale, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     mz, sz, _r2, _t2, _i2, _x2, z_t = row_stats(
-        z_base, poff_z, pmask, zero, C, szC, 1.0, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
+        z_base, src_z, pmask, zero, C, szC, 1.0, num_chunks, False, False, BLOCK_P, BLOCK_C, SINGLE_CHUNK
     )
     wp = gamma / sp
     wm = (1.0 - gamma) / sm
@@ -180,9 +251,9 @@ def pseudoseg_kernel(
                 p_base,
                 m_base,
                 z_base,
-                poff_p,
-                poff_m,
-                poff_z,
+                src_p,
+                src_m,
+                src_z,
                 pmask,
                 k,
                 C,
@@ -217,7 +288,7 @@ def pseudoseg_kernel(
             rest = tl.sum(tl.where(is_y | (z_t == float("-inf")), 0.0, tl.exp(z_t - mz[:, None])), axis=1)
         else:
             for k in range(num_chunks):
-                zk, c = load_chunk(z_base, poff_z, pmask, k, C, szC, BLOCK_C)
+                zk, c = load_src(z_base, src_z, pmask, k, C, szC, BLOCK_C)
                 is_y = c[None, :] == y[:, None]
                 zy += tl.sum(tl.where(is_y, zk, 0.0), axis=1)
                 rest += tl.sum(tl.where(is_y | (zk == float("-inf")), 0.0, tl.exp(zk - mz[:, None])), axis=1)
@@ -231,18 +302,18 @@ def pseudoseg_kernel(
         gs = tl.where(active, gscale / sz, 0.0)
         gt = tl.where(active, gscale * inv_r, 0.0)
         g_base = g_ptr + n * sgN
-        poff_g = pixel_offsets(hw, W, sgH, sgW, FLAT_G)
+        dst_g = source(hw, W, sgH, sgW, FLAT_G, ridx_ptr, rw_ptr, Ho, pmask, SCATTER)
         if SINGLE_CHUNK:
-            _store_grad(g_base, poff_g, pmask, tl.arange(0, BLOCK_C), z_t, r_t, mz, y, gs, gt, rest, C, sgC, SOFT)
+            _store_grad(g_base, dst_g, pmask, tl.arange(0, BLOCK_C), z_t, r_t, mz, y, gs, gt, rest, C, sgC, SOFT)
         else:
             for k in range(num_chunks):
                 rk, zk, c = _chunk(
                     p_base,
                     m_base,
                     z_base,
-                    poff_p,
-                    poff_m,
-                    poff_z,
+                    src_p,
+                    src_m,
+                    src_z,
                     pmask,
                     k,
                     C,
@@ -258,25 +329,39 @@ def pseudoseg_kernel(
                     SHARPEN,
                     BLOCK_C,
                 )
-                _store_grad(g_base, poff_g, pmask, c, zk, rk, mz, y, gs, gt, rest, C, sgC, SOFT)
+                _store_grad(g_base, dst_g, pmask, c, zk, rk, mz, y, gs, gt, rest, C, sgC, SOFT)
 
 
 @triton.jit
-def _store_grad(g_base, poff_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOFT: tl.constexpr):
+def _store_grad(g_base, dst_g, pmask, c, z, r, mz, y, gs, gt, rest, C, sgC, SOFT: tl.constexpr):
     e = tl.where(z == float("-inf"), 0.0, tl.exp(z - mz[:, None]))
     if SOFT:
         g = gs[:, None] * e - gt[:, None] * r
     else:
         g = tl.where(c[None, :] == y[:, None], -(gs * rest)[:, None], gs[:, None] * e)
     g = tl.where(gs[:, None] == 0.0, 0.0, g)  # inactive pixels: 0 even for non-finite logits
-    ptr = g_base + poff_g[:, None] + c[None, :].to(tl.int64) * sgC
-    tl.store(ptr, g.to(g_base.dtype.element_ty), mask=pmask[:, None] & (c < C)[None, :])
+    store_dst(g_base, dst_g, pmask, g, c, C, sgC)
 
 
 def pseudoseg_loss(
-    student, decoder, sgc, ignore_mask, scale, gamma, temperature, threshold, soft, norm_mode, norm_value, need_grad
+    student,
+    decoder,
+    sgc,
+    ignore_mask,
+    scale,
+    gamma,
+    temperature,
+    threshold,
+    soft,
+    norm_mode,
+    norm_value,
+    need_grad,
+    size=None,
+    align_corners=False,
 ):
-    n, c, h, w = student.shape
+    n, c, h0, w0 = student.shape
+    rs = Resampling(student, size, align_corners)
+    h, w = rs.out_h, rs.out_w
     dev = student.device
     block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES["pseudoseg_kernel"])
     grid = (triton.cdiv(h * w, block_p), n)
@@ -285,9 +370,11 @@ def pseudoseg_loss(
     mean = MaskedMean(ignore_mask, 255, n * h * w, norm_mode, norm_value, dev)
     grad = saved_grad_buffer(student, need_grad)
     inv_t = 1.0 / temperature
-    if n * h * w > 0:
+    if n * h * w == 0:
+        grad.zero_()
+    else:
         mask = ignore_mask if ignore_mask is not None else partial
-        g = grad if need_grad else student
+        g = rs.grad_target(grad, need_grad) if need_grad else student
         k_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
         launch(
             pseudoseg_kernel,
@@ -313,20 +400,25 @@ def pseudoseg_loss(
             *sgc.stride(),
             *k_strides,
             *g.stride(),
+            *rs.args(),
+            RESAMPLE=rs.on,
+            SCATTER=rs.scatter(),
             HAS_MASK=ignore_mask is not None,
             NEED_GRAD=need_grad,
             SOFT=soft,
             SHARPEN=_SQUARE if inv_t == 2.0 else _IDENTITY if inv_t == 1.0 else _POWER,
             USE_THRESHOLD=threshold > 0,
-            FLAT_Z=flat_pixels(h, w, student.stride(2), student.stride(3)),
-            FLAT_P=flat_pixels(h, w, decoder.stride(2), decoder.stride(3)),
-            FLAT_M=flat_pixels(h, w, sgc.stride(2), sgc.stride(3)),
+            FLAT_Z=flat_pixels(h0, w0, student.stride(2), student.stride(3)),
+            FLAT_P=flat_pixels(h0, w0, decoder.stride(2), decoder.stride(3)),
+            FLAT_M=flat_pixels(h0, w0, sgc.stride(2), sgc.stride(3)),
             FLAT_K=flat_pixels(h, w, k_strides[1], k_strides[2]),
-            FLAT_G=flat_pixels(h, w, g.stride(2), g.stride(3)),
+            FLAT_G=flat_pixels(g.shape[2], g.shape[3], g.stride(2), g.stride(3)),
             BLOCK_P=block_p,
             BLOCK_C=block_c,
             SINGLE_CHUNK=chunks == 1,
             num_warps=warps,
         )
+        if need_grad:
+            rs.finish_grad(g, grad)
     loss, ratio, post = mean.finish(partial, counts)
     return loss, ratio, grad, post
