@@ -110,6 +110,8 @@ def output_size(size: object, x: torch.Tensor, align_corners: object) -> tuple[t
     if not ok:
         raise ValueError(f"size: expected None or (H, W), two positive ints, got {size!r}")
     size = (int(size[0]), int(size[1]))
+    if size != tuple(x.shape[-2:]) and 0 in x.shape[-2:]:
+        raise ValueError(f"size: logits with no pixels (shape {tuple(x.shape)}) cannot be resampled to {size}")
     return (None if size == tuple(x.shape[-2:]) else size), align_corners
 
 

@@ -20,13 +20,14 @@ def isa():
     ops._cpp_kernel_isa(before)
 
 
-def all_ops(x, t, teacher):
+def all_ops(x, t, teacher, size=None):
+    kw = dict(size=size, align_corners=True)
     with sf.backend("cpp"):
         xs = x.detach().requires_grad_()
-        ps = sf.pixel_stats(x)
-        ce = sf.pseudo_label_cross_entropy(xs, t)
+        ps = sf.pixel_stats(x, **kw)
+        ce = sf.pseudo_label_cross_entropy(xs, t, **kw)
         g = torch.autograd.grad(ce, xs)[0]
-        fm = sf.fixmatch_loss(xs, teacher, 0.8)
+        fm = sf.fixmatch_loss(xs, teacher, 0.8, **kw)
         gf = torch.autograd.grad(fm, xs)[0]
     return ps.confidence, ps.label, ps.entropy, ce, g, fm, gf
 
@@ -39,15 +40,16 @@ WIDE = [name for name in ISAS if name != "generic"]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "view"])
 @pytest.mark.parametrize("c", [3, 21])
-def test_every_instruction_set_agrees_with_the_generic_build(isa, name, dtype, layout, c):
+@pytest.mark.parametrize("size", [None, (37, 40), (5, 6)], ids=["plain", "upsampled", "downsampled"])
+def test_every_instruction_set_agrees_with_the_generic_build(isa, name, dtype, layout, c, size):
     x = make_logits(2, c, 9, 11, dtype=dtype, layout=layout)
     x[0, 1, 2, 3] = float("nan")  # a NaN row: NaN statistics, never confident, in every build
-    t = torch.randint(0, c, (2, 9, 11), dtype=torch.uint8)
+    t = torch.randint(0, c, (2, *(size or (9, 11))), dtype=torch.uint8)
     teacher = make_logits(2, c, 9, 11, dtype=dtype, scale=6.0)
     assert isa(name) == name
-    fast = all_ops(x, t, teacher)
+    fast = all_ops(x, t, teacher, size)
     isa("generic")
-    base = all_ops(x, t, teacher)
+    base = all_ops(x, t, teacher, size)
     for a, b in zip(fast, base):
         if a.dtype.is_floating_point:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
@@ -105,6 +107,28 @@ def test_degenerate_spatial_shapes(shape):
     ref, ref_g = ce64(x, t)
     torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-6)
     torch.testing.assert_close(g.double(), ref_g, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "shape,size", [((1, 3, 1, 1), (4, 5)), ((2, 5, 1, 37), (3, 70)), ((1, 2, 3, 700), (1, 1)), ((0, 4, 3, 5), (6, 7))]
+)
+def test_degenerate_resampled_shapes(shape, size):
+    n, c, h, w = shape
+    x = make_logits(n, c, h, w, requires_grad=True)
+    t = torch.randint(0, c, (n, *size), dtype=torch.uint8)
+    with sf.backend("cpp"):
+        loss = sf.pseudo_label_cross_entropy(x, t, size=size)
+        g = torch.autograd.grad(loss, x)[0]
+    xd = x.detach().double().requires_grad_()
+    up = torch.nn.functional.interpolate(xd, size=size, mode="bilinear", align_corners=False)
+    ref = torch.nn.functional.cross_entropy(up, t.long()) if n else up.sum() * 0
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(g.double(), torch.autograd.grad(ref, xd)[0], rtol=1e-4, atol=1e-7)
+
+
+def test_logits_without_pixels_cannot_be_resampled():
+    with pytest.raises(ValueError, match="size: logits with no pixels"):
+        sf.pixel_stats(torch.zeros(1, 3, 0, 4), size=(2, 2))
 
 
 def test_the_widest_build_is_chosen_and_unknown_names_are_refused():

@@ -13,7 +13,7 @@
 struct ResampleState {
   int64_t C, W, P, w_pad;
   Scratch low;                   // staging for one source row: [C][w_pad]
-  std::vector<float> raw;        // one source row as fp32, [C][w_pad]
+  std::vector<float> raw;        // one source row as fp32, [C][w_pad] (zeros past w: whole vectors may be read)
   // Rows interpolated along x, [C][W + P] (zero beyond W, so full tiles read zeros there):
   // two rows for each of up to four logits tensors.
   struct Rows {
@@ -25,12 +25,30 @@ struct ResampleState {
   std::vector<float> acc[2];
   int64_t n = 0, lo = 0, a = 0, b = 0;
   ResampleState(int64_t C_, int64_t W_, int64_t P_, int64_t w)
-      : C(C_), W(W_), P(P_), w_pad(((w + 15) / 16) * 16), low(C_, w_pad), raw(C_ * w_pad) {}
+      : C(C_), W(W_), P(P_), w_pad(((w + 15) / 16) * 16 + 16), low(C_, w_pad), raw(C_ * w_pad) {}
 };
 
 inline ResampleState& resample_state(Scratch& sc, const Shape& S, const Tiling& T) {
   if (!sc.resample) sc.resample = std::make_shared<ResampleState>(S.C, S.W, T.P, T.rs->w);
   return *sc.resample;
+}
+
+// o[X] = in[x0[X]] lx0[X] + in[x1[X]] lx1[X] for X < W. A vector of outputs whose taps lie within
+// kVL source columns (any upsampling, and most downsampling by less than kVL) is two permutes of
+// one load; `in` must be readable kVL floats past its last tap.
+inline void interpolate_row(float* o, const float* in, const Resample& rs, int64_t W) {
+  int64_t X = 0;
+  for (; X + kVL <= W; X += kVL) {
+    const int32_t base = rs.x0[X];
+    if (rs.x1[X + kVL - 1] - base < kVL) {
+      const vf win = vload(in + base);
+      const vi i0 = vloadi(rs.x0 + X) - base, i1 = vloadi(rs.x1 + X) - base;
+      vstore(o + X, __builtin_shuffle(win, i0) * vload(rs.lx0 + X) + __builtin_shuffle(win, i1) * vload(rs.lx1 + X));
+    } else {
+      for (int64_t k = X; k < X + kVL; ++k) o[k] = in[rs.x0[k]] * rs.lx0[k] + in[rs.x1[k]] * rs.lx1[k];
+    }
+  }
+  for (; X < W; ++X) o[X] = in[rs.x0[X]] * rs.lx0[X] + in[rs.x1[X]] * rs.lx1[X];
 }
 
 // Source row (n, y) of x interpolated along x; `keep` names a cached row not to evict.
@@ -53,15 +71,10 @@ inline const float* source_row(const Logits& x, const Shape& S, const Tiling& T,
     if (rows->key[s] == key) return rows->row[s].data();
   const int s = rows->key[0] == n * rs.h + keep ? 1 : 0;
   std::vector<float>& out = rows->row[s];
-  out.assign(S.C * (S.W + T.P), 0.f);
+  if (out.empty()) out.assign(S.C * (S.W + T.P), 0.f);  // columns from W on stay 0
   const Shape src{S.N, S.C, rs.h, rs.w};
   load_tile(st.raw.data(), src, st.w_pad, n, y * rs.w, rs.w, x, st.low);
-  const float* raw = st.raw.data();
-  for (int64_t c = 0; c < S.C; ++c) {
-    const float* in = raw + c * st.w_pad;
-    float* o = out.data() + c * (S.W + T.P);
-    for (int64_t X = 0; X < S.W; ++X) o[X] = in[rs.x0[X]] * rs.lx0[X] + in[rs.x1[X]] * rs.lx1[X];
-  }
+  for (int64_t c = 0; c < S.C; ++c) interpolate_row(out.data() + c * (S.W + T.P), st.raw.data() + c * st.w_pad, rs, S.W);
   rows->key[s] = key;
   return out.data();
 }
