@@ -43,17 +43,26 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     kernel[grid](*args, **kwargs)
 
 
-def block_config(num_classes: int, chunk_classes: int = MAX_BLOCK_C) -> tuple[int, int, int, int]:
+def block_config(
+    num_classes: int, chunk_classes: int = MAX_BLOCK_C, resample: bool = False
+) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_C, num_chunks, num_warps) for C classes.
 
     Tiles of 1024 elements at 8 warps, 4 elements per thread: one chunk up to 64 classes, else
     chunks of ``chunk_classes`` classes x 16 pixels. The AOT check (semiseg_fast.tools.gpu_check) found
     4096-element tiles at 150-255 registers per thread, and 8 elements per thread making ptxas
     spill predicate registers on sm_80.
+
+    Kernels that read through bilinear taps (``resample``) get half the tile: each element's four
+    neighbour addresses and weights took 1024-element tiles to 110-220 registers.
     """
     if num_classes <= MAX_BLOCK_C:
         block_c = triton.next_power_of_2(num_classes)
+        if resample:
+            return min(128, max(8, TILE_ELEMS // 2 // block_c)), block_c, 1, 8
         return max(16, TILE_ELEMS // block_c), block_c, 1, 8
+    if resample:
+        return 8, 32, triton.cdiv(num_classes, 32), 8  # 8 pixels x 32 classes, 1 element per thread
     return 16, chunk_classes, triton.cdiv(num_classes, chunk_classes), 8
 
 

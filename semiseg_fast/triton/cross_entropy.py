@@ -137,7 +137,7 @@ def cross_entropy(
     rs = Resampling(logits, size, align_corners)
     h, w = rs.out_h, rs.out_w
     dev = logits.device
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=rs.on)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     if reduction == Reduction.MEAN:

@@ -142,7 +142,7 @@ def fixmatch(
     rs = Resampling(student, size, align_corners)
     h, w = rs.out_h, rs.out_w
     dev = student.device
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=rs.on)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)

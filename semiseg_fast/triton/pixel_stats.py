@@ -69,7 +69,7 @@ def pixel_stats(logits: torch.Tensor, temperature: float, size=None, align_corne
     ent = torch.empty_like(conf)
     if conf.numel() == 0:
         return conf, label, ent
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=rs.on)
     s_n, s_c, s_h, s_w = logits.stride()
     grid = (triton.cdiv(h * w, block_p), n)
     launch(
@@ -182,7 +182,7 @@ def pixel_stats_backward(
     # the atomic scatter adds into a zeroed fp32 (fp64) buffer, rounded to the logits' dtype after
     out = torch.empty_like(logits, dtype=saved_grad_dtype(logits.dtype) if rs.scatter() else logits.dtype)
     g = rs.grad_target(out, True)
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=rs.on)
     gc = grad_conf if grad_conf is not None else confidence
     ge = grad_ent if grad_ent is not None else entropy
     grid = (triton.cdiv(h * w, block_p), n)

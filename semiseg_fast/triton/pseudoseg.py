@@ -60,7 +60,7 @@ def sumsq_kernel(
 def _sumsq_resampled(x: torch.Tensor, rs: Resampling) -> torch.Tensor:
     """sum(F.interpolate(x)^2) in fp64 from fp32 per-program partials, without the upsampled tensor."""
     n, c = x.shape[:2]
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=True)
     grid = (triton.cdiv(rs.pixels, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=x.device, dtype=torch.float32)
     if x.numel() > 0 and rs.pixels > 0:
@@ -363,7 +363,7 @@ def pseudoseg_loss(
     rs = Resampling(student, size, align_corners)
     h, w = rs.out_h, rs.out_w
     dev = student.device
-    block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES["pseudoseg_kernel"])
+    block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES["pseudoseg_kernel"], resample=rs.on)
     grid = (triton.cdiv(h * w, block_p), n)
     partial = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.float32)
     counts = torch.zeros(grid[0] * grid[1], device=dev, dtype=torch.int32)

@@ -170,7 +170,7 @@ def gather_grad(full: torch.Tensor, out: torch.Tensor, rs: Resampling) -> None:
     n, c, h, w = out.shape
     if out.numel() == 0:
         return
-    block_p, block_c, chunks, warps = block_config(c)
+    block_p, block_c, chunks, warps = block_config(c, resample=True)
     launch(
         resample_grad_kernel,
         (triton.cdiv(h * w, block_p), n),

@@ -104,7 +104,9 @@ def test_cross_entropy(case):
             close(ce, rce)
         assert grad.shape == x.shape
         close(grad, adjoint(rgrad, x, ac), dt)
-    loss, grad, _ = cross_entropy(x, target, None, 255, Reduction.MEAN, Normalizer.VALID, 0.0, None, False, False, size, ac)
+    loss, grad, _ = cross_entropy(
+        x, target, None, 255, Reduction.MEAN, Normalizer.VALID, 0.0, None, False, False, size, ac
+    )
     assert grad.numel() == 0
 
 
@@ -159,7 +161,9 @@ def test_deterministic_mode_is_bitwise_reproducible(case, deterministic):
     for _ in range(2):
         runs.append(
             [
-                cross_entropy(x, target, None, 255, Reduction.MEAN, Normalizer.VALID, 0.0, None, True, False, size, ac)[1],
+                cross_entropy(x, target, None, 255, Reduction.MEAN, Normalizer.VALID, 0.0, None, True, False, size, ac)[
+                    1
+                ],
                 fixmatch(x, teacher, 0.5, None, 255, Normalizer.VALID, 0.0, True, size, ac)[2],
                 pseudoseg_loss(x, teacher, x, None, torch.ones(()), 0.5, 0.5, 0.0, True, 0, 0.0, True, size, ac)[2],
                 pixel_stats_backward(x, conf, label, ent, gc, ge, 1.0, size, ac),
