@@ -247,6 +247,7 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
     isa_checks = render_isas(w, table)
     u2pl_checks = render_u2pl(w, rows, m, contrastive_mem)
     pseudoseg_checks = render_pseudoseg(w, rows)
+    decoder_checks = render_decoder_resolution(w, rows)
     if checks:
         w("## Targets of the core-ops issue (first shape, fp32 NCHW)")
         w("")
@@ -303,6 +304,9 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
         for name, val, req, how in pseudoseg_checks:
             w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
         w("")
+
+    if decoder_checks:
+        render_decoder_targets(w, decoder_checks)
 
     if mem:
         w("## Bytes held between forward and backward")
@@ -415,6 +419,110 @@ def render_pseudoseg(w, rows):
             checks.append(("pseudoseg_consistency_loss fwd+bwd vs eager", e["median_s"] / f["median_s"], 6.0, ">="))
     w("")
     return checks
+
+
+DECODER_GROUP = "decoder resolution"  # benchmarks/test_decoder_resolution.py
+DECODER_IMPLS = [
+    ("fused-size", "fused-size"),
+    ("interp+eager", "(a)"),
+    ("interp+fused", "(b)"),
+    ("interp+compile", "(c)"),
+]
+DECODER_OPS = {
+    "pixel_stats": "pixel_stats (fwd+bwd through confidence and entropy)",
+    "pseudo_label_cross_entropy": "pseudo_label_cross_entropy",
+    "fixmatch_loss": "fixmatch_loss (threshold 0.95)",
+    "pseudoseg_consistency_loss": "pseudoseg_consistency_loss (soft target, gamma 0.5, T 0.5, a Cutout box)",
+}
+# The bars of the decoder-resolution issue: fixmatch_loss fwd+bwd at VOC against (b) and (a), and
+# the bytes held between forward and backward against (a)'s.
+DECODER_BARS = dict(vs_interp_fused=2.0, vs_interp_eager=10.0, bytes_fraction=1 / 8)
+
+
+def _decoder_table(rows):
+    table = {}
+    for r in rows:
+        if r.get("suite") == DECODER_GROUP:
+            table.setdefault((r["loss"], r["name"], r["dtype"], r["layout"]), {})[r["impl"]] = r
+    order = lambda k: (k[1] != "voc", k[1], k[2] != "fp32", k[2], k[3] != "nchw", k[3])  # noqa: E731
+    return table, order
+
+
+def render_decoder_resolution(w, rows):
+    """One table per op of benchmarks/test_decoder_resolution.py; returns the fixmatch_loss rows
+    the issue's bars apply to: (name, dtype, layout, vs (b), vs (a), bytes / (a)'s)."""
+    table, order = _decoder_table(rows)
+    if not table:
+        return []
+    w("## Losses at the decoder's resolution")
+    w("")
+    w("Logits at the decoder's resolution (stride 4), the loss of their bilinear upsampling to the label size")
+    w("(`align_corners=True`, as U2PL and UniMatch upsample), forward + gradient to the decoder's logits")
+    w("(`benchmarks/test_decoder_resolution.py`):")
+    w("")
+    w("- fused-size: ours with `size=(H, W)`; the upsampled logits and their gradient never exist;")
+    w("- (a) interp+eager: `F.interpolate`, then the eager reference op (`semiseg_fast.reference`);")
+    w("- (b) interp+fused: `F.interpolate`, then our fused op at full resolution;")
+    w("- (c) interp+compile: `torch.compile` of (a).")
+    w("")
+    w("The upsampling of every input (the teacher's, PseudoSeg's decoder and SGC logits too) and its")
+    w("backward are inside the timed function. ms are medians (of 11 rounds for fused-size, 5 for (b), 3 for")
+    w("(a) and (c), after a warm-up); 'vs' = that implementation's time / fused-size's.")
+    w("MB: distinct storages autograd holds between forward and backward (`semiseg_fast.utils.saved_tensor_bytes`),")
+    w("what `F.interpolate` saves included; 'held / (a)' = fused-size's MB / (a)'s.")
+    w("")
+    checks = []
+    for op, title in DECODER_OPS.items():
+        keys = sorted((k for k in table if k[0] == op), key=order)
+        if not keys:
+            continue
+        w(f"### {title}")
+        w("")
+        head = " | ".join(f"{label} ms" for _, label in DECODER_IMPLS)
+        mb = " | ".join(f"{label} MB" for _, label in DECODER_IMPLS)
+        w(f"| shape | dtype | layout | {head} | vs (a) | vs (b) | vs (c) | {mb} | held / (a) |")
+        w("|---|---|---|" + "---:|" * (2 * len(DECODER_IMPLS) + 4))
+        for k in keys:
+            c = table[k]
+            f = c.get("fused-size")
+            if f is None:
+                continue
+            ms = [fmt_ms(c[i]["median_s"]) if i in c else "-" for i, _ in DECODER_IMPLS]
+            vs = [f"{c[i]['median_s'] / f['median_s']:.1f}x" if i in c else "-" for i, _ in DECODER_IMPLS[1:]]
+            mbs = [f"{c[i]['saved_bytes'] / 1e6:.1f}" if i in c else "-" for i, _ in DECODER_IMPLS]
+            a = c.get("interp+eager")
+            frac = f["saved_bytes"] / a["saved_bytes"] if a and a["saved_bytes"] else None
+            held = f"1/{1 / frac:.0f}" if frac else "-"
+            shape = f"{k[1]} {'x'.join(map(str, f['shape']))} -> {'x'.join(map(str, f['size']))}"
+            w(f"| {shape} | {k[2]} | {k[3]} | " + " | ".join(ms + vs + mbs) + f" | {held} |")
+            b = c.get("interp+fused")
+            if op == "fixmatch_loss" and k[1] == keys[0][1] and a and b:
+                checks.append((k[1], k[2], k[3], b["median_s"] / f["median_s"], a["median_s"] / f["median_s"], frac))
+        w("")
+    return checks
+
+
+def render_decoder_targets(w, checks):
+    bars = DECODER_BARS
+    w("## Targets of the decoder-resolution issue")
+    w("")
+    w(f"`fixmatch_loss` forward + backward at the {checks[0][0]} shape, fused-size against (b) interp+fused and")
+    w("(a) interp+eager, and the bytes it holds between forward and backward against (a)'s.")
+    if checks[0][0] != "voc":
+        w(f"(A run at the {checks[0][0]} shape: the targets are set for VOC and do not apply.)")
+    w("")
+    w(
+        f"| dtype | layout | vs (b) interp+fused (>= {bars['vs_interp_fused']:g}x) | "
+        f"vs (a) interp+eager (>= {bars['vs_interp_eager']:g}x) | "
+        f"bytes held / (a)'s (<= 1/{1 / bars['bytes_fraction']:.0f}) | met |"
+    )
+    w("|---|---|---:|---:|---:|:---:|")
+    for _, dt, lay, vs_b, vs_a, frac in checks:
+        ok = vs_b >= bars["vs_interp_fused"] and vs_a >= bars["vs_interp_eager"]
+        ok = ok and frac is not None and frac <= bars["bytes_fraction"]
+        held = f"{frac:.3f} (1/{1 / frac:.0f})" if frac else "-"
+        w(f"| {dt} | {lay} | {vs_b:.2f}x | {vs_a:.2f}x | {held} | {'yes' if ok else 'NO'} |")
+    w("")
 
 
 def render_u2pl(w, rows, m, contrastive_mem=None):

@@ -48,6 +48,9 @@ def test_benchmarks_run_and_render(tmp_path):
         "Resident memory of one contrastive step",
         "against its floor",
         "## PseudoSeg consistency loss",
+        "## Losses at the decoder's resolution",
+        "### fixmatch_loss",
+        "## Targets of the decoder-resolution issue",
         "Bytes held between forward and backward",
         "memory bandwidth measured in this run",
     ):
