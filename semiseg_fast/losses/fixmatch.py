@@ -25,8 +25,16 @@ class FixMatchLoss(nn.Module):
         self.last_mask_ratio: torch.Tensor | None = None
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, ignore_mask: torch.Tensor | None = None
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        ignore_mask: torch.Tensor | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        align_corners: bool = False,
     ) -> torch.Tensor:
+        """``size``, ``align_corners``: the loss of both logits upsampled bilinearly to ``size``
+        (``ignore_mask``'s (H, W)), without the upsampled tensors (see :func:`semiseg_fast.fixmatch_loss`)."""
         loss, ratio = fixmatch_loss(
             student_logits,
             teacher_logits,
@@ -35,6 +43,8 @@ class FixMatchLoss(nn.Module):
             self.ignore_index,
             self.normalizer,
             return_mask_ratio=True,
+            size=size,
+            align_corners=align_corners,
         )
         self.last_mask_ratio = ratio
         return loss

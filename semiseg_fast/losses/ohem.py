@@ -18,8 +18,19 @@ class OhemCrossEntropy(nn.Module):
         super().__init__()
         self.threshold, self.min_kept, self.ignore_index = check_options(threshold, min_kept, ignore_index)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ohem_cross_entropy(logits, target, self.threshold, self.min_kept, self.ignore_index)
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        size: tuple[int, int] | None = None,
+        align_corners: bool = False,
+    ) -> torch.Tensor:
+        """``size``, ``align_corners``: the loss of the logits upsampled bilinearly to ``size`` (the
+        target's (H, W)), without the upsampled tensor (see :func:`semiseg_fast.ohem_cross_entropy`)."""
+        return ohem_cross_entropy(
+            logits, target, self.threshold, self.min_kept, self.ignore_index, size=size, align_corners=align_corners
+        )
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, min_kept={self.min_kept}, ignore_index={self.ignore_index}"

@@ -22,8 +22,27 @@ class PseudoLabelCrossEntropy(nn.Module):
         self.reduction = reduction
         self.normalizer = normalizer
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return pseudo_label_cross_entropy(logits, target, weight, self.ignore_index, self.reduction, self.normalizer)
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        align_corners: bool = False,
+    ) -> torch.Tensor:
+        """``size``, ``align_corners``: the loss of the logits upsampled bilinearly to ``size`` (the
+        target's (H, W)), without the upsampled tensor (see :func:`semiseg_fast.pseudo_label_cross_entropy`)."""
+        return pseudo_label_cross_entropy(
+            logits,
+            target,
+            weight,
+            self.ignore_index,
+            self.reduction,
+            self.normalizer,
+            size=size,
+            align_corners=align_corners,
+        )
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, normalizer={self.normalizer!r}"

@@ -10,9 +10,11 @@ from torch import nn
 
 from .. import _checks
 from ..base import not_ignored
+from ..base.resample import interpolate
 from ..ops import PixelStats, entropy_percentile
 from ..u2pl import ClassMemoryBank, ContrastiveDraws, alpha_t, drop_percent, u2pl_contrastive_loss
 from ..u2pl.unsupervised import _loss_from_entropy, reliable_pixels, teacher_entropy
+from .ohem import OhemCrossEntropy
 from .pseudo_label import PseudoLabelCrossEntropy
 
 
@@ -37,9 +39,13 @@ class U2PLLoss(nn.Module):
                         rep=rep_all, rep_teacher=rep_all_teacher, prob_teacher=prob_all_teacher)
         out.total.backward()
 
-    ``pred_*`` are full-resolution (N, C, H, W) logits; ``teacher_u`` the teacher's logits on the
-    unlabeled batch, or their :class:`~semiseg_fast.PixelStats` or entropy map (N, H, W) when the
-    caller already made that pass (it is then not read again); ``rep``, ``rep_teacher``
+    ``pred_*`` are full-resolution (N, C, H, W) logits, or with ``size=(H, W)`` (and
+    ``align_corners``, F.interpolate's meaning) the decoder's (N, C, h, w) logits, read as if
+    upsampled bilinearly to ``size`` without the upsampled tensors (the labels, pseudo-labels and
+    any per-pixel map stay (N, H, W)); ``teacher_u`` the teacher's logits on the unlabeled batch
+    (shaped like ``pred_u``), or their :class:`~semiseg_fast.PixelStats` or entropy map (N, H, W)
+    when the caller already made that pass (it is then not read again; with ``size``, made at
+    ``size``, e.g. by ``pixel_stats(logits, size=size, align_corners=...)``); ``rep``, ``rep_teacher``
     (B_l + B_u, D, h, w) and ``prob_teacher`` (B_l + B_u, C, h, w) are at feature resolution, labeled
     images first, as in the official ``train_semi.py``. The contrastive term is skipped when
     ``rep`` is None or the module was built with ``contrastive=False``.
@@ -130,21 +136,24 @@ class U2PLLoss(nn.Module):
         prob_teacher: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         draws: ContrastiveDraws | None = None,
+        size: tuple[int, int] | None = None,
+        align_corners: bool = False,
     ) -> U2PLOutput:
         pred_u = _checks.logits(pred_u, "pred_u")
-        pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u")
-        sup = self.supervised_loss(pred_l, label_l)
+        out_size, align_corners = _checks.output_size(size, pred_u, align_corners)
+        pseudo_u = _checks.target(pseudo_u, pred_u, "pseudo_u", "pred_u", out_size)
+        sup = self._supervised(pred_l, label_l, size, align_corners)
         percent = drop_percent(epoch, self.epochs, self.initial_drop_percent)
         at = alpha_t(epoch, self.epochs, self.alpha_0)
         zero = (pred_u.sum() * 0.0).float()
         if epoch < self.sup_only_epochs:
             return U2PLOutput(sup + zero, sup, zero, zero, percent, at)
-        entropy = teacher_entropy(teacher_u, pred_u, "teacher_u", "pred_u")
+        entropy = teacher_entropy(teacher_u, pred_u, "teacher_u", "pred_u", out_size, align_corners)
         with torch.no_grad():
             valid_u = not_ignored(pseudo_u, self.ignore_index)
             # one selection pass for the drop threshold and both contrastive thresholds
             thresholds = entropy_percentile(entropy, valid_u, [percent, at, 100.0 - at])
-        unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index)
+        unsup = _loss_from_entropy(pred_u, pseudo_u, entropy, thresholds[0], self.ignore_index, out_size, align_corners)
         contra = zero
         if self.bank is not None and rep is not None:
             contra = self._contrastive(
@@ -152,6 +161,17 @@ class U2PLLoss(nn.Module):
             )
         total = sup + self.unsupervised_weight * unsup + self.contrastive_weight * contra
         return U2PLOutput(total, sup, unsup, contra, percent, at)
+
+    def _supervised(self, pred_l, label_l, size, align_corners):
+        """The labeled loss; with ``size``, our fused losses read the logits upsampled themselves,
+        any other module gets them upsampled."""
+        if size is None:
+            return self.supervised_loss(pred_l, label_l)
+        if isinstance(self.supervised_loss, (PseudoLabelCrossEntropy, OhemCrossEntropy)):
+            return self.supervised_loss(pred_l, label_l, size=size, align_corners=align_corners)
+        pred_l = _checks.logits(pred_l, "pred_l")
+        out_size, align_corners = _checks.output_size(size, pred_l, align_corners)
+        return self.supervised_loss(interpolate(pred_l, out_size, align_corners), label_l)
 
     def kept_pixels(self, entropy: torch.Tensor, pseudo_u: torch.Tensor, epoch: int) -> torch.Tensor:
         """(N, H, W) bool: the pixels whose pseudo-label the unsupervised loss of :meth:`forward`

@@ -8,6 +8,7 @@ import torch
 
 from .. import _checks, reference
 from .._backend import resolve
+from ..base.resample import interpolate
 from ._grad import refuse_function_transforms
 from .cross_entropy import pseudo_label_cross_entropy
 
@@ -42,6 +43,8 @@ def ohem_cross_entropy(
     threshold: float = 0.7,
     min_kept: int = 100000,
     ignore_index: int = 255,
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy over the hard pixels, as U2PL's ``OhemCrossEntropy2dTensor`` (the supervised loss
     of its Cityscapes recipe).
@@ -62,6 +65,9 @@ def ohem_cross_entropy(
         threshold: in [0, 1]; pixels this unsure of their true class are always kept.
         min_kept: at least this many pixels are kept (when there are that many valid ones).
         ignore_index: the target value to ignore.
+        size, align_corners: the loss of ``F.interpolate(logits, size, mode="bilinear",
+            align_corners=align_corners)``, computed without the upsampled tensor: ``target`` is
+            (N, *size), ``min_kept`` counts its pixels, the gradient comes back at the logits' own size.
 
     Returns:
         The fp32 loss. A NaN in a kept pixel's logits gives a NaN loss; a pixel with NaN p is never
@@ -69,19 +75,25 @@ def ohem_cross_entropy(
         pixels are kept.
     """
     logits = _checks.logits(logits)
-    target = _checks.target(target, logits)
+    size, align_corners = _checks.output_size(size, logits, align_corners)
+    target = _checks.target(target, logits, size=size)
     threshold, min_kept, ignore_index = check_options(threshold, min_kept, ignore_index)
     impl = resolve(logits.device)
     refuse_function_transforms(logits, impl)
     if impl == "reference":
         if logits.device.type == "cpu" and not torch.compiler.is_compiling():
             _checks.target_values(target, logits.shape[1], ignore_index)
-        return reference.ohem_cross_entropy(logits, target, threshold, min_kept, ignore_index)
+        return reference.ohem_cross_entropy(
+            interpolate(logits, size, align_corners), target, threshold, min_kept, ignore_index
+        )
+    resampled = dict(size=size, align_corners=align_corners)
     num_pixels = target.numel()
     if min_kept >= num_pixels:  # never fewer valid pixels than min_kept: plain cross-entropy
-        return pseudo_label_cross_entropy(logits, target, ignore_index=ignore_index)
+        return pseudo_label_cross_entropy(logits, target, ignore_index=ignore_index, **resampled)
     with torch.no_grad():
-        ce = pseudo_label_cross_entropy(logits.detach(), target, ignore_index=ignore_index, reduction="none")
+        ce = pseudo_label_cross_entropy(
+            logits.detach(), target, ignore_index=ignore_index, reduction="none", **resampled
+        )
         p = torch.exp(-ce)  # the true class's probability; exactly 1 at ignored pixels (ce 0)
         limit = torch.tensor(threshold, dtype=torch.float32, device=p.device)
         if min_kept > 0:
@@ -90,4 +102,6 @@ def ohem_cross_entropy(
         num_valid = (target != ignore_index).sum()
         kept = (p <= limit) | (num_valid <= min_kept)
     # "weighted" with a bool weight: the mean over valid kept pixels (0 when there are none)
-    return pseudo_label_cross_entropy(logits, target, kept, ignore_index=ignore_index, normalizer="weighted")
+    return pseudo_label_cross_entropy(
+        logits, target, kept, ignore_index=ignore_index, normalizer="weighted", **resampled
+    )

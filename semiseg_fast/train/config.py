@@ -275,6 +275,14 @@ class TrainConfig(Section):
         f"CPUs ({TABLES}#autocast-on-cpus-without-native-bf16-trainampauto)",
         Accepts(lambda v: v in ("auto", "bf16", "fp16", "off", False), "auto | bf16 | fp16 | off"),
     )
+    fused_upsample: bool = option(
+        True,
+        "the training losses read the decoder's logits at its own resolution and upsample them to the labels' "
+        "size (bilinear, align_corners=True) inside the fused kernels, so the full-size logits and their gradient "
+        "never exist; false: upsample the logits first with F.interpolate. The same losses to float rounding; "
+        "evaluation upsamples either way",
+        BOOLEAN,
+    )
     grid_images: int = option(
         6,
         "validation images in predictions.png and the TensorBoard grid (0: none)",
@@ -557,7 +565,12 @@ def _add_missing_sections(config: dict[str, Any]) -> None:
 
 # keys added after runs were already being saved, with the value those runs trained with (their
 # defaults differ from today's): a checkpoint without the key resumes as it was started
-FORMER_DEFAULTS = {"train.fast2x.full_res_lr": None, "train.fast2x.low_res_batch": 1, "train.fast2x.low_res_lr": None}
+FORMER_DEFAULTS = {
+    "train.fast2x.full_res_lr": None,
+    "train.fast2x.low_res_batch": 1,
+    "train.fast2x.low_res_lr": None,
+    "train.fused_upsample": False,
+}
 
 
 def _set_existing(config: dict[str, Any], key: str, value: Any) -> None:

@@ -199,3 +199,27 @@ def test_module_matches_function_and_refuses_bad_options():
     bad[0, 0, 0] = 9
     with pytest.raises(IndexError, match="target"):
         sf.ohem_cross_entropy(x, bad, 0.7, 10)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("min_kept", [0, 60, 10**6])
+def test_size_gives_the_loss_of_the_upsampled_logits(backend, align_corners, min_kept):
+    """size=(H, W): the loss and gradient of F.interpolate's bilinear upsampling, min_kept counting
+    the target's pixels; the module passes size and align_corners on."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 5, 5, 6, generator=g) * 3).requires_grad_()
+    t = make_target(2, 5, 13, 17)
+    up = F.interpolate(x, size=(13, 17), mode="bilinear", align_corners=align_corners)
+    expected = ohem64(up, t, 0.5, min_kept)[0]
+    with sf.backend(backend):
+        loss = sf.ohem_cross_entropy(x, t, 0.5, min_kept, size=(13, 17), align_corners=align_corners)
+        (grad,) = torch.autograd.grad(loss, x)
+        module = sf.OhemCrossEntropy(0.5, min_kept)(x, t, size=(13, 17), align_corners=align_corners)
+        plain = sf.ohem_cross_entropy(up, t, 0.5, min_kept)
+    (expected_grad,) = torch.autograd.grad(plain, x)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(module, loss)
+    with pytest.raises(ValueError, match="target: expected shape"):
+        sf.ohem_cross_entropy(x, t, size=(13, 16))

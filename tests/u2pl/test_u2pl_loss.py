@@ -147,3 +147,45 @@ def test_unlabeled_inputs_are_checked_by_name():
 def test_rank_settings_that_select_nothing_are_refused():
     with pytest.raises(ValueError, match="low_rank: expected < num_classes=3, got 3"):
         sf.U2PLLoss(3, 10)
+
+
+@pytest.mark.parametrize("supervised", ["ours", "plain"])
+def test_size_gives_the_step_of_the_upsampled_logits(supervised):
+    """size=(H, W): the decoder's logits (and the teacher's) at their own resolution, labels at (H, W):
+    the step of the upsampled logits, the contrastive term's labels still downsampled from (H, W);
+    a supervised loss of the user's own gets the logits upsampled."""
+    pred_l, label_l, _, pseudo_u, _, rep, rep_t, prob_t = batch()
+    g = torch.Generator().manual_seed(7)
+    small_l = torch.randn(BL, C, 6, 6, generator=g)
+    small_u = torch.randn(BU, C, 6, 6, generator=g)
+    teacher = torch.randn(BU, C, 6, 6, generator=g) * 4
+    up = lambda t: F.interpolate(t, size=(H, W), mode="bilinear", align_corners=True)
+    results = []
+    for fused in (True, False):
+        own = torch.nn.CrossEntropyLoss(ignore_index=255) if supervised == "plain" else None
+        crit = sf.U2PLLoss(
+            C, 10, rep_dim=D, low_rank=1, high_rank=4, num_queries=Q, num_negatives=NEG, supervised_loss=own
+        )
+        x_l, x_u = small_l.clone().requires_grad_(), small_u.clone().requires_grad_()
+        kwargs = dict(size=(H, W), align_corners=True) if fused else {}
+        preds = (x_l, x_u, teacher) if fused else (up(x_l), up(x_u), up(teacher))
+        out = crit(
+            preds[0],
+            label_l,
+            preds[1],
+            pseudo_u,
+            preds[2],
+            2,
+            rep=rep,
+            rep_teacher=rep_t,
+            prob_teacher=prob_t,
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        )
+        results.append((out, torch.autograd.grad(out.total, (x_l, x_u))))
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert float(fused.unsupervised.detach()) > 0 and float(fused.contrastive.detach()) > 0
+    for name in ("total", "supervised", "unsupervised", "contrastive"):
+        torch.testing.assert_close(getattr(fused, name), getattr(plain, name), rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -95,3 +95,32 @@ def test_teacher_statistics_from_a_pass_already_made_give_the_same_loss(backend)
             results.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
     for loss, grad in results[1:]:
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_size_gives_the_loss_of_the_upsampled_logits(backend, align_corners):
+    """size=(H, W): student and teacher logits at the decoder's resolution, pseudo-labels and any
+    given entropy map at (H, W); the loss and gradient of the upsampled logits' (the N*H*W of the
+    official weight is the full size's)."""
+    g = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 5, 5, 6, generator=g)
+    teacher = teacher_with_separated_entropies(2, 5, 5, 6, seed=5)
+    size = (13, 17)
+    up = lambda t: torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=align_corners)
+    pseudo = up(teacher).argmax(1).to(torch.uint8)
+    pseudo[0, :3] = 255
+    with sf.backend(backend):
+        x = student.clone().requires_grad_()
+        expected = u2pl_unsupervised_loss(up(x), up(teacher), pseudo, 70.0)
+        (expected_grad,) = torch.autograd.grad(expected, x)
+        stats = sf.pixel_stats(teacher, size=size, align_corners=align_corners)
+        for given in (teacher, stats, stats.entropy):
+            loss = u2pl_unsupervised_loss(x, given, pseudo, 70.0, size=size, align_corners=align_corners)
+            (grad,) = torch.autograd.grad(loss, x)
+            torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+        with pytest.raises(ValueError, match=r"entropy map \(2, 13, 17\) \(at size=\(13, 17\)\)"):
+            u2pl_unsupervised_loss(x, sf.pixel_stats(teacher), pseudo, 70.0, size=size)
+        with pytest.raises(ValueError, match="pseudo_label: expected shape"):
+            u2pl_unsupervised_loss(x, teacher, pseudo[:, :-1], 70.0, size=size)

@@ -5,11 +5,21 @@ here, so a new built-in method is one new file."""
 import importlib
 import pkgutil
 
-from .base import Method, StepContext, StepOutput, ema_update
+from .base import Method, StepContext, StepOutput, Upsampling, ema_update
 from .registry import default_name, get, names, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base", "registry"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Method", "StepContext", "StepOutput", "default_name", "ema_update", "get", "names", "register"]
+__all__ = [
+    "Method",
+    "StepContext",
+    "StepOutput",
+    "Upsampling",
+    "default_name",
+    "ema_update",
+    "get",
+    "names",
+    "register",
+]

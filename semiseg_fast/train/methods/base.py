@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ...losses import OhemCrossEntropy, PseudoLabelCrossEntropy
 from ...mixing import mix_pseudo_labels
 from ...models import model_outputs
-from ...ops import pixel_stats, pseudo_label_cross_entropy
+from ...ops import PixelStats, pixel_stats, pseudo_label_cross_entropy
 from ..data import RunData
 from ..schema import Fail
 
@@ -65,6 +65,11 @@ class Method:
     def __init__(self, config: dict[str, Any], num_classes: int):
         self.run_config, self.num_classes = config, num_classes
         self.supervised_loss = supervised_criterion(config)
+        self.fused_upsample = bool(config["train"]["fused_upsample"])
+
+    def upsampling(self, like: torch.Tensor) -> Upsampling:
+        """How this run's losses read logits against labels of ``like``'s (H, W) (train.fused_upsample)."""
+        return Upsampling(tuple(like.shape[-2:]), self.fused_upsample)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -124,6 +129,38 @@ def upsampled(output: Any, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor
     return resized(logits, size), logits, rep
 
 
+@dataclass(frozen=True)
+class Upsampling:
+    """How a step's losses read the decoder's logits against labels of (H, W) ``size``.
+
+    ``fused`` (train.fused_upsample): the logits stay at the decoder's resolution and the fused
+    losses and :func:`pixel_stats` take ``size`` and ``align_corners=True`` (:attr:`kwargs`): they
+    read the logits through bilinear taps, so the upsampled logits and their gradient never exist.
+    Otherwise the logits are upsampled first by :func:`resized` and the losses get no size. Both
+    compute the same values (to float rounding); per-pixel maps (labels, confidence, masks) are at
+    ``size`` either way. Call it on the logits, pass ``**kwargs`` to the losses::
+
+        up = self.upsampling(labels)
+        loss = self.supervised_loss(up(logits), labels, **up.kwargs)
+    """
+
+    size: tuple[int, int]
+    fused: bool
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits as the losses take them: as they are when fused, else upsampled to ``size``."""
+        return logits if self.fused else resized(logits, self.size)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The losses' ``size`` and ``align_corners`` when fused; none otherwise."""
+        return {"size": self.size, "align_corners": True} if self.fused else {}
+
+    def stats(self, logits: torch.Tensor) -> PixelStats:
+        """:func:`pixel_stats` of ``logits`` (as the model gave them) at ``size``."""
+        return pixel_stats(self(logits), **self.kwargs)
+
+
 def predict(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     return upsampled(model(images), images.shape[-2:])
 
@@ -148,10 +185,13 @@ def mix(box: torch.Tensor, t: torch.Tensor, shift: int = 1) -> torch.Tensor:
     return torch.where(b, t.roll(shift, dims=0), t)
 
 
-def mixed_pseudo_labels(box: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixed_pseudo_labels(
+    box: torch.Tensor, teacher_logits: torch.Tensor, size: tuple[int, int] | None = None, align_corners: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(label, confidence) of the CutMixed images from one fused pass over the teacher's logits:
-    outside the box image i's own, inside it image i - 1's."""
-    stats = pixel_stats(teacher_logits)
+    outside the box image i's own, inside it image i - 1's. With ``size``, the logits are read
+    upsampled to ``size`` (pixel_stats's ``size``, ``align_corners``), the box's (H, W)."""
+    stats = pixel_stats(teacher_logits, size=size, align_corners=align_corners)
     label, conf = stats.label, stats.confidence
     return mix_pseudo_labels(label, conf, label.roll(1, dims=0), conf.roll(1, dims=0), ~box)
 
@@ -163,15 +203,20 @@ def confident_cross_entropy(
     ignored: torch.Tensor,
     threshold: float,
     ignore_index: int,
+    size: tuple[int, int] | None = None,
+    align_corners: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """UniMatch's loss_u: cross-entropy against ``labels`` on the pixels not ``ignored`` whose
     ``confidence`` reaches ``threshold``, over the count of pixels not ignored; and the share of
-    those pixels that trained."""
+    those pixels that trained. With ``size``, the loss of the logits upsampled to ``size`` (the
+    maps' (H, W)), computed by the fused cross-entropy without the upsampled tensor."""
     valid = ~ignored
     confident = valid & (confidence >= threshold)
     target = labels.masked_fill(~confident, ignore_index)
     num_valid = valid.sum()
-    loss = pseudo_label_cross_entropy(logits, target, ignore_index=ignore_index, normalizer=num_valid)
+    loss = pseudo_label_cross_entropy(
+        logits, target, ignore_index=ignore_index, normalizer=num_valid, size=size, align_corners=align_corners
+    )
     return loss, confident.sum() / num_valid.clamp(min=1)
 
 

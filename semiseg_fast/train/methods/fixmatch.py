@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...ops import pixel_stats
+from ...models import model_outputs
 from ..data import RunData, UnlabeledView
 from ..schema import UNIT_INTERVAL, Section, option
 from .base import (
@@ -17,8 +17,7 @@ from .base import (
     confident_cross_entropy,
     mix,
     mixed_pseudo_labels,
-    predict,
-    teacher_predict,
+    teacher_outputs,
 )
 from .registry import register
 
@@ -42,14 +41,15 @@ class FixMatch(Method):
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images_l, labels_l = labeled
         weak, strong, pad, box = unlabeled
-        teacher_logits, _, _ = teacher_predict(ctx, weak)
+        up = self.upsampling(weak)
+        teacher_logits = up(model_outputs(teacher_outputs(ctx, weak))[0])
         mixed = mix(box, strong)
-        logits, _, _ = predict(ctx.student, torch.cat([images_l, mixed]))
+        logits = up(model_outputs(ctx.student(torch.cat([images_l, mixed])))[0])
         logits_l, logits_u = logits.split([images_l.shape[0], weak.shape[0]])
-        sup = self.supervised_loss(logits_l, labels_l)
-        label, conf = mixed_pseudo_labels(box, teacher_logits)
+        sup = self.supervised_loss(logits_l, labels_l, **up.kwargs)
+        label, conf = mixed_pseudo_labels(box, teacher_logits, **up.kwargs)
         unsup, ratio = confident_cross_entropy(
-            logits_u, label, conf, mix(box, pad), self.settings["threshold"], ctx.ignore_index
+            logits_u, label, conf, mix(box, pad), self.settings["threshold"], ctx.ignore_index, **up.kwargs
         )
         loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
@@ -59,5 +59,5 @@ class FixMatch(Method):
         return confidence >= self.settings["threshold"]
 
     def pseudo_labels(self, teacher, images, indices, epoch):
-        stats = pixel_stats(predict(teacher, images)[0])
+        stats = self.upsampling(images).stats(model_outputs(teacher(images))[0])
         return stats.label, self.confident(stats.confidence)

@@ -13,7 +13,7 @@ from ...models import image_labels_from_masks
 from ...ops import calibrated_fusion, pseudoseg_consistency_loss
 from ..data import RunData, UnlabeledView
 from ..schema import BOOLEAN, NON_NEGATIVE_NUMBER, POSITIVE_NUMBER, UNIT_INTERVAL, Section, option
-from .base import Method, StepContext, StepOutput, resized, teacher_outputs
+from .base import Method, StepContext, StepOutput, teacher_outputs
 from .registry import register
 
 TABLES = "docs/experiments.md"
@@ -76,7 +76,7 @@ class PseudoSeg(Method):
         images_l, labels_l = labeled
         weak, strong, pad, box = unlabeled
         t_out = teacher_outputs(ctx, weak)
-        up = lambda x: resized(x, weak.shape[-2:])
+        up = self.upsampling(weak)
         n_l, n_u = images_l.shape[0], weak.shape[0]
         image_labels = image_labels_from_masks(labels_l, ctx.num_classes, ctx.ignore_index)
         unknown = torch.full((n_u, image_labels.shape[1]), -1.0, device=image_labels.device)
@@ -86,8 +86,8 @@ class PseudoSeg(Method):
         pred_l, pred_u = pred.split([n_l, n_u])
         ps = self.settings
         sup = (
-            self.supervised_loss(pred_l, labels_l)
-            + ps["sgc_weight"] * self.supervised_loss(sgc[:n_l], labels_l)
+            self.supervised_loss(pred_l, labels_l, **up.kwargs)
+            + ps["sgc_weight"] * self.supervised_loss(sgc[:n_l], labels_l, **up.kwargs)
             + ps["classifier_weight"] * F.binary_cross_entropy_with_logits(out["cls"][:n_l].float(), image_labels)
         )
         unsup, ratio = pseudoseg_consistency_loss(
@@ -100,6 +100,7 @@ class PseudoSeg(Method):
             gamma=ps["gamma"],
             temperature=ps["temperature"],
             return_mask_ratio=True,
+            **up.kwargs,
         )
         loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
@@ -107,8 +108,8 @@ class PseudoSeg(Method):
     def pseudo_labels(self, teacher, images, indices, epoch):
         """The argmax of the calibrated fusion the loss targets, kept where its maximum reaches
         semi.pseudoseg.threshold (every pixel at 0), as the loss keeps pixels."""
-        out = teacher(images)
-        up = lambda x: resized(x, images.shape[-2:])
+        out, up = teacher(images), self.upsampling(images)
         ps = self.settings
-        confidence, label = calibrated_fusion(up(out["pred"]), up(out["sgc"]), ps["gamma"], ps["temperature"]).max(1)
+        fused = calibrated_fusion(up(out["pred"]), up(out["sgc"]), ps["gamma"], ps["temperature"], **up.kwargs)
+        confidence, label = fused.max(1)
         return label, confidence >= ps["threshold"]

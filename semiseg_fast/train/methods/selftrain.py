@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ...data import DataError
+from ...models import model_outputs
 from ...ops import pseudo_label_cross_entropy
 from ..data import PseudoLabeledView, RunData
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, option
-from .base import Method, StepContext, StepOutput, mix, predict
+from .base import Method, StepContext, StepOutput, mix, resized
 from .registry import register
 
 
@@ -71,24 +72,28 @@ class SelfTrain(Method):
 
     def step(self, ctx: StepContext, labeled, pseudo_labeled) -> StepOutput:
         """Hard cross-entropy on both parts, or a soft cross-entropy against the stored top-k
-        probabilities (renormalised) on the pseudo-labeled part."""
+        probabilities (renormalised) on the pseudo-labeled part. The soft one is plain PyTorch on
+        logits upsampled first, whatever train.fused_upsample says (no fused op takes a soft target)."""
         images_l, labels_l = labeled
         images_p, labels_p, *soft = pseudo_labeled
         if self.settings["strong"]:  # CutMix: inside the box, the previous crop and its labels
             *soft, box = soft
             images_p, labels_p, *soft = (mix(box, t) for t in (images_p, labels_p, *soft))
-        logits, _, _ = predict(ctx.student, torch.cat([images_l, images_p]))
+        up = self.upsampling(labels_l)
+        logits = up(model_outputs(ctx.student(torch.cat([images_l, images_p])))[0])
         logits_l, logits_p = logits.split([images_l.shape[0], images_p.shape[0]])
-        sup = self.supervised_loss(logits_l, labels_l)
+        sup = self.supervised_loss(logits_l, labels_l, **up.kwargs)
         kept = labels_p != ctx.ignore_index
         if soft:
             classes, probs = soft
+            if up.fused:
+                logits_p = resized(logits_p, up.size)
             target = torch.zeros_like(logits_p, dtype=torch.float32).scatter_(1, classes, probs)
             target = target / target.sum(dim=1, keepdim=True).clamp_min(1e-12)
             ce = -(target * F.log_softmax(logits_p.float(), dim=1)).sum(dim=1)
             pseudo = torch.where(kept, ce, torch.zeros_like(ce)).sum() / kept.sum().clamp(min=1)
         else:
-            pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index)
+            pseudo = pseudo_label_cross_entropy(logits_p, labels_p, ignore_index=ctx.ignore_index, **up.kwargs)
         loss = sup + ctx.unsupervised_weight * pseudo
         return StepOutput(loss, sup.detach(), pseudo.detach(), kept.float().mean())
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, StepContext, StepOutput, predict
+from ...models import model_outputs
+from .base import Method, StepContext, StepOutput
 from .registry import register
 
 
@@ -17,7 +18,8 @@ class Supervised(Method):
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images, labels = labeled
-        logits, _, _ = predict(ctx.student, images)
-        loss = self.supervised_loss(logits, labels)
+        up = self.upsampling(labels)
+        logits = up(model_outputs(ctx.student(images))[0])
+        loss = self.supervised_loss(logits, labels, **up.kwargs)
         zero = torch.zeros((), device=loss.device)
         return StepOutput(loss, loss.detach(), zero, zero)

@@ -10,7 +10,6 @@ import torch
 
 from ...losses import U2PLLoss
 from ...models import model_outputs
-from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import (
     BOOLEAN,
@@ -28,10 +27,7 @@ from .base import (
     StepOutput,
     mix,
     mixed_pseudo_labels,
-    predict,
-    resized,
     teacher_outputs,
-    teacher_predict,
 )
 from .registry import register
 
@@ -108,15 +104,17 @@ class U2PL(Method):
         probabilities on the same batch for the entropy filter and the contrastive term."""
         images_l, labels_l = labeled
         weak, strong, pad, box = unlabeled
-        teacher_weak, _, _ = teacher_predict(ctx, weak)
+        up = self.upsampling(weak)
+        teacher_weak = up(model_outputs(teacher_outputs(ctx, weak))[0])
         mixed_pad = mix(box, pad)
-        pseudo = mixed_pseudo_labels(box, teacher_weak)[0].masked_fill(mixed_pad, ctx.ignore_index)
+        pseudo = mixed_pseudo_labels(box, teacher_weak, **up.kwargs)[0].masked_fill(mixed_pad, ctx.ignore_index)
         both = torch.cat([images_l, mix(box, strong)])
-        logits, _, rep = predict(ctx.student, both)
+        logits, rep = model_outputs(ctx.student(both))
+        logits = up(logits)
         n_l = images_l.shape[0]
         teacher_small, teacher_rep = model_outputs(teacher_outputs(ctx, both))
-        # the teacher's statistics on the mixed images: only its unlabeled half is upsampled and read
-        teacher_u = pixel_stats(resized(teacher_small[n_l:], weak.shape[-2:]))
+        # the teacher's statistics on the mixed images: only its unlabeled half is read (at the labels' size)
+        teacher_u = up.stats(teacher_small[n_l:])
         logits_l, logits_u = logits.split([n_l, weak.shape[0]])
         self.criterion.unsupervised_weight = ctx.unsupervised_weight  # the ramp-up's value at this step
         out = self.criterion(
@@ -130,6 +128,7 @@ class U2PL(Method):
             rep_teacher=teacher_rep,
             prob_teacher=teacher_small.float().softmax(1),
             generator=ctx.generator,
+            **up.kwargs,
         )
         kept = torch.tensor(out.drop_percent / 100.0 if ctx.epoch >= self.criterion.sup_only_epochs else 0.0)
         return StepOutput(out.total, out.supervised.detach(), out.unsupervised.detach(), kept)
@@ -137,5 +136,5 @@ class U2PL(Method):
     def pseudo_labels(self, teacher, images, indices, epoch):
         """The argmax of the teacher, kept where the criterion's entropy filter keeps it at ``epoch``:
         the percentile is taken over this batch, as over a training batch."""
-        stats = pixel_stats(predict(teacher, images)[0])
+        stats = self.upsampling(images).stats(model_outputs(teacher(images))[0])
         return stats.label, self.criterion.kept_pixels(stats.entropy, stats.label, epoch)

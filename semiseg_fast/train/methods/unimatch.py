@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ...models import model_outputs
 from ...models.build import BUILT_IN_MODEL
 from ...models.deeplab import perturbed_features
 from ...ops import pixel_stats
 from ..data import RunData, UnlabeledView
 from ..schema import NON_NEGATIVE_NUMBER, UNIT_INTERVAL, Fail, Section, number_in, option
-from .base import Method, StepContext, StepOutput, confident_cross_entropy, mix, predict, resized
+from .base import Method, StepContext, StepOutput, confident_cross_entropy, mix
 from .registry import register
 
 
@@ -56,34 +57,34 @@ class UniMatch(Method):
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images_l, labels_l = labeled
         weak, strong1, strong2, pad, box1, box2 = unlabeled
-        n_l, n_u, size = images_l.shape[0], weak.shape[0], weak.shape[-2:]
+        n_l, n_u, up = images_l.shape[0], weak.shape[0], self.upsampling(weak)
         st = self.settings
         with perturbed_features(ctx.student, st["feature_dropout"], n_l, ctx.generator):
             out = ctx.student(torch.cat([images_l, weak]))
-        logits_l, logits_w = resized(out["pred"], size).split([n_l, n_u])
-        logits_fp = resized(out["pred_fp"], size)
+        logits_l, logits_w = up(out["pred"]).split([n_l, n_u])
+        logits_fp = up(out["pred_fp"])
         # the second view pastes from the image two places back, the first from the one before:
         # two mixing images, as UniMatch draws two
         shifts = (1, 2 if n_u > 2 else 1)
         mixed1, mixed2 = mix(box1, strong1, shifts[0]), mix(box2, strong2, shifts[1])
-        logits_s1, logits_s2 = predict(ctx.student, torch.cat([mixed1, mixed2]))[0].split([n_u, n_u])
+        logits_s1, logits_s2 = up(model_outputs(ctx.student(torch.cat([mixed1, mixed2])))[0]).split([n_u, n_u])
 
-        sup = self.supervised_loss(logits_l, labels_l)
-        stats = pixel_stats(logits_w.detach())
+        sup = self.supervised_loss(logits_l, labels_l, **up.kwargs)
+        stats = pixel_stats(logits_w.detach(), **up.kwargs)
         label, conf = stats.label, stats.confidence
         losses, ratios = [], []
         for box, shift, logits_s in ((box1, shifts[0], logits_s1), (box2, shifts[1], logits_s2)):
             mixed_label, mixed_conf, mixed_pad = (mix(box, t, shift) for t in (label, conf, pad))
             loss, ratio = confident_cross_entropy(
-                logits_s, mixed_label, mixed_conf, mixed_pad, st["threshold"], ctx.ignore_index
+                logits_s, mixed_label, mixed_conf, mixed_pad, st["threshold"], ctx.ignore_index, **up.kwargs
             )
             losses.append(loss)
             ratios.append(ratio)
-        fp, _ = confident_cross_entropy(logits_fp, label, conf, pad, st["threshold"], ctx.ignore_index)
+        fp, _ = confident_cross_entropy(logits_fp, label, conf, pad, st["threshold"], ctx.ignore_index, **up.kwargs)
         unsup = st["strong_weight"] * 0.5 * (losses[0] + losses[1]) + st["fp_weight"] * fp
         loss = sup + ctx.unsupervised_weight * unsup
         return StepOutput(loss, sup.detach(), unsup.detach(), 0.5 * (ratios[0] + ratios[1]))
 
     def pseudo_labels(self, teacher, images, indices, epoch):
-        stats = pixel_stats(predict(teacher, images)[0])
+        stats = self.upsampling(images).stats(model_outputs(teacher(images))[0])
         return stats.label, stats.confidence >= self.settings["threshold"]
