@@ -70,30 +70,42 @@ def test_compile_pseudoseg_loss_fullgraph():
     torch.testing.assert_close(g, g_ref)
 
 
+def test_compile_fixmatch_loss_at_the_decoder_resolution_fullgraph():
+    torch._dynamo.reset()
+    x = torch.randn(2, 5, 4, 6, requires_grad=True)
+    t = torch.randn(2, 5, 4, 6) * 4
+    fn = torch.compile(lambda x, t: sf.fixmatch_loss(x, t, 0.5, size=(9, 13), align_corners=True), fullgraph=True)
+    with sf.backend("cpp"):
+        out = fn(x, t)
+        (g,) = torch.autograd.grad(out, x)
+        ref = sf.fixmatch_loss(x, t, 0.5, size=(9, 13), align_corners=True)
+        (g_ref,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g, g_ref)
+    assert g.shape == x.shape
+
+
+RESAMPLING_OPS = ["pixel_stats", "pseudo_label_cross_entropy", "fixmatch_loss", "pseudoseg_loss"]
+OPCHECK_CASES = [(op, None) for op in RESAMPLING_OPS + ["select_rank", "infonce", "pixel_rows", "newest_negatives"]]
+OPCHECK_CASES += [(op, [7, 9]) for op in RESAMPLING_OPS]
+
+
 @pytest.mark.parametrize(
-    "op",
-    [
-        "pixel_stats",
-        "pseudo_label_cross_entropy",
-        "fixmatch_loss",
-        "pseudoseg_loss",
-        "select_rank",
-        "infonce",
-        "pixel_rows",
-        "newest_negatives",
-    ],
+    "op,size", OPCHECK_CASES, ids=[f"{op}-{'resampled' if s else 'plain'}" for op, s in OPCHECK_CASES]
 )
-def test_opcheck(op):
+def test_opcheck(op, size):
     """torch.library.opcheck: schema, fake tensor and autograd registration are consistent."""
     x = torch.randn(2, 5, 3, 4, requires_grad=True)
-    t = torch.randint(0, 5, (2, 3, 4), dtype=torch.uint8)
-    w = torch.rand(2, 3, 4)
+    hw = tuple(size or (3, 4))
+    t = torch.randint(0, 5, (2, *hw), dtype=torch.uint8)
+    w = torch.rand(2, *hw)
     ops = torch.ops.semiseg_fast
+    rs = (size, True)  # the resampling arguments of the ops that take them
     cases = {
-        "pixel_stats": (ops.pixel_stats.default, (x, 1.0, "cpp")),
+        "pixel_stats": (ops.pixel_stats.default, (x, 1.0, *rs, "cpp")),
         "pseudo_label_cross_entropy": (
             ops.pseudo_label_cross_entropy.default,
-            (x, t, w, 255, 1, 0, 0.0, None, True, False, "cpp"),
+            (x, t, w, 255, 1, 0, 0.0, None, True, False, *rs, "cpp"),
         ),
         "select_rank": (ops.select_rank.default, (torch.rand(2, 3, 4), 5, "cpp")),
         "infonce": (
@@ -107,14 +119,17 @@ def test_opcheck(op):
             (torch.rand(2, 5, 3, 4), torch.randint(0, 6, (24,)), torch.rand(24) < 0.5, torch.tensor([True, False]))
             + (1, 4, 1.0, 3, False, "cpp"),
         ),
-        "fixmatch_loss": (ops.fixmatch_loss.default, (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, "cpp")),
+        "fixmatch_loss": (
+            ops.fixmatch_loss.default,
+            (x, torch.randn(2, 5, 3, 4), 0.5, None, 255, 0, 0.0, True, *rs, "cpp"),
+        ),
         "pseudoseg_loss": (
             ops.pseudoseg_loss.default,
             (
                 x,
                 torch.randn(2, 5, 3, 4),
                 torch.randn(2, 5, 3, 4),
-                torch.rand(2, 3, 4) < 0.2,
+                torch.rand(2, *hw) < 0.2,
                 torch.tensor(0.7),
                 0.5,
                 0.5,
@@ -123,6 +138,7 @@ def test_opcheck(op):
                 0,
                 0.0,
                 True,
+                *rs,
                 "cpp",
             ),
         ),
