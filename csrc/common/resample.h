@@ -11,7 +11,7 @@
 // band is their only writer.
 
 struct ResampleState {
-  int64_t C, W, P, w_pad;
+  int64_t w_pad;
   Scratch low;                   // staging for one source row: [C][w_pad]
   std::vector<float> raw;        // one source row as fp32, [C][w_pad] (zeros past w: whole vectors may be read)
   // Rows interpolated along x, [C][W + P] (zero beyond W, so full tiles read zeros there):
@@ -24,12 +24,11 @@ struct ResampleState {
   // Gradient of the band's source rows lo and lo + 1, along the output's x, [C][W + P].
   std::vector<float> acc[2];
   int64_t n = 0, lo = 0, a = 0, b = 0;
-  ResampleState(int64_t C_, int64_t W_, int64_t P_, int64_t w)
-      : C(C_), W(W_), P(P_), w_pad(((w + 15) / 16) * 16 + 16), low(C_, w_pad), raw(C_ * w_pad) {}
+  ResampleState(int64_t C, int64_t w) : w_pad(((w + 15) / 16) * 16 + 16), low(C, w_pad), raw(C * w_pad) {}
 };
 
 inline ResampleState& resample_state(Scratch& sc, const Shape& S, const Tiling& T) {
-  if (!sc.resample) sc.resample = std::make_shared<ResampleState>(S.C, S.W, T.P, T.rs->w);
+  if (!sc.resample) sc.resample = std::make_shared<ResampleState>(S.C, T.rs->w);
   return *sc.resample;
 }
 
@@ -136,10 +135,6 @@ inline void band_advance(ResampleState& st, const GradOut& g, const Shape& S, co
   }
 }
 
-inline void band_end(ResampleState& st, const GradOut& g, const Shape& S, const Tiling& T) {
-  band_advance(st, g, S, T, st.b);
-}
-
 // Adds the [C][P] gradient tile of output pixels tp to the accumulators of the band's rows.
 inline void accumulate_tile(const float* tile, const GradOut& g, const Shape& S, const Tiling& T, const TilePos& tp,
                             ResampleState& st) {
@@ -191,6 +186,6 @@ void for_each_tile(const Shape& S, const Tiling& T, int64_t i0, int64_t i1, cons
         body(tp, (n * S.H + Y) * T.tiles_per_row + s, owned);
       }
     }
-    if (st) band_end(*st, g, S, T);
+    if (st) band_advance(*st, g, S, T, b);  // the band's remaining rows
   }
 }
