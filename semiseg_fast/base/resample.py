@@ -2,9 +2,10 @@
 it, one axis at a time: the two source indices and weights of every output index.
 
 The fused ops that take ``size=`` read the decoder's logits through these tables instead of an
-upsampled copy. The arithmetic is torch's own, in float32 and in the same order (scale, then
-``scale * (i + 0.5) - 0.5`` clamped at 0, floor, the weight of the upper neighbour, 1 minus it),
-so the indices and weights are the ones torch's kernels use.
+upsampled copy. The arithmetic is torch's formula in float32 (scale, then ``scale * (i + 0.5) - 0.5``
+clamped at 0, floor, the weight of the upper neighbour, 1 minus it). Torch's own CPU kernels round
+the source coordinate in another order, so their weights may differ from these by one rounding of
+it (about 1e-7 times the source size).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def taps(ridx_ptr, rw_ptr, hw, Ho, Wo, sH, sW, pmask):
     """Source tuple of output pixels hw of an (Ho, Wo) map read bilinearly from a tensor with pixel
     strides (sH, sW): (row offset 0, row offset 1, column offset 0, column offset 1, l0y, l1y, l0x,
     l1x). The tables (semiseg_fast.triton.resample.Resampling) hold i0y, i1y (Ho each), i0x, i1x (Wo
-    each) and the weights in the same layout: torch's own taps, not recomputed here."""
+    each) and the weights in the same layout: torch's bilinear formula, computed once on the host."""
     oy = hw // Wo
     ox = hw % Wo
     r0 = tl.load(ridx_ptr + oy, mask=pmask, other=0).to(tl.int64) * sH

@@ -2,7 +2,7 @@
 
 With ``size=(H, W)`` a fused kernel's program owns output pixels of the (H, W) map; the logits stay
 at the decoder's (h, w) and every read interpolates the 4 bilinear neighbours in registers through
-the tap tables built here (torch's own indices and weights, semiseg_fast.base.resample.axis_weights,
+the tap tables built here (torch's bilinear indices and weights, semiseg_fast.base.resample.axis_weights,
 H + W entries per call), so the upsampled logits never exist. The gradient each kernel computes in
 its forward pass at an output pixel goes back to the 4 neighbours.
 
