@@ -26,8 +26,10 @@ TINY = {
 
 
 def run_module(module, *args, env=None, timeout=600):
-    """Runs ``python -m module args`` in a fresh process (one thread: like a CI worker slot)."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    """Runs ``python -m module args`` in a fresh process (one thread: like a CI worker slot). A
+    crash in native code prints every thread's Python stack (PYTHONFAULTHANDLER), so that a rare
+    abort leaves a trace in the test's output."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1", **(env or {}))
     full_env.pop("TRITON_INTERPRET", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, timeout=timeout

@@ -2,6 +2,7 @@
 ranks hold the same memory bank, equal to pushing rank 0's then rank 1's negatives in one
 process, and each rank's loss is the single-process loss on its own data against that bank."""
 
+import faulthandler
 import os
 import socket
 
@@ -31,6 +32,7 @@ def _draws(step):
 
 
 def _worker(rank, world, port, out_dir):
+    faulthandler.enable()  # a native abort prints this process's Python stack into the test's output
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
