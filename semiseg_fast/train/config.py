@@ -32,6 +32,7 @@ from .schema import (
     OPTIONAL_FOLDER,
     POSITIVE_INT,
     POSITIVE_NUMBER,
+    SEED,
     UNIT_INTERVAL,
     Accepts,
     Fail,
@@ -86,6 +87,12 @@ class DataConfig(Section):
         0.125,
         "synthetic only: the labeled share of the pool, in (0, 1]; the rest is unlabeled",
         number_in(0, 1, "a fraction in (0, 1]", low_open=True),
+    )
+    split_seed: int = option(
+        2024,
+        "synthetic only: seeds the draw of the labeled images from the pool; the run's seed leaves it "
+        "alone, so that every seed and method learns from the same labeled images (integer in [0, 2**63))",
+        SEED,
     )
     crop_size: int = option(56, "side of the training crops, in pixels", POSITIVE_INT)
     scale_range: list[float] = option(
@@ -363,7 +370,7 @@ class RunConfig(Section):
         "a registered method (python -m semiseg_fast.train --list-methods) or package.module:Class of your own",
         NON_EMPTY_STRING,
     )
-    seed: int = option(0, "seeds the weights, the data order and every augmentation (integer >= 0)", NON_NEGATIVE_INT)
+    seed: int = option(0, "seeds the weights, the data order and every augmentation (integer in [0, 2**63))", SEED)
     deterministic: bool = option(
         False,
         "deterministic algorithms only: a rerun, or a killed and resumed run, ends with bit-identical weights",

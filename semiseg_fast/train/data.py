@@ -21,7 +21,7 @@ from ..data.subset import Subset
 from ..mixing import cutmix_box, cutout_box
 from .batches import StepBatches
 
-SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED, SPLIT_SEED = 0, 1, 2024  # fixed: the data does not change with the run's seed
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1  # fixed: the data does not change with the run's seed
 
 
 @dataclass
@@ -34,12 +34,12 @@ class RunData:
 
 
 def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> RunData:
-    """The synthetic pool split by ``labeled_fraction`` (a fixed split, the same for every seed
-    and method), or a voc / cityscapes folder with its split files."""
+    """The synthetic pool split by ``labeled_fraction`` (drawn by ``split_seed``: the same split
+    for every run seed and method), or a voc / cityscapes folder with its split files."""
     if data_cfg["name"] == "synthetic":
         size = int(data_cfg["image_size"])
         pool = SyntheticScenes(int(data_cfg["synthetic_train"]), (size, size), seed=SYNTHETIC_TRAIN_SEED)
-        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(data_cfg["split_seed"]))).tolist()
         n_labeled = max(1, round(len(pool) * float(data_cfg["labeled_fraction"])))
         labeled = Subset(pool, order[:n_labeled])
         unlabeled = Subset(pool, order[n_labeled:]) if n_labeled < len(pool) else None

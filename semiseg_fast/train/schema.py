@@ -39,6 +39,7 @@ def is_number(v: Any) -> bool:
 BOOLEAN = Accepts(lambda v: isinstance(v, bool), "true | false")
 POSITIVE_INT = Accepts(lambda v: is_int(v) and v > 0, "a positive integer")
 NON_NEGATIVE_INT = Accepts(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+SEED = Accepts(lambda v: is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)")  # torch seeds are int64
 POSITIVE_NUMBER = Accepts(lambda v: is_number(v) and v > 0, "a positive number")
 NON_NEGATIVE_NUMBER = Accepts(lambda v: is_number(v) and v >= 0, "a number >= 0")
 UNIT_INTERVAL = Accepts(lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]")

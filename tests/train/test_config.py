@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import torch
 
 from semiseg_fast.train.config import default_config, load_config, resume_conflicts
 
@@ -53,8 +54,9 @@ def test_file_then_overrides(tmp_path):
         ("semi.pseudoseg.classifier_backprop=maybe", "semi.pseudoseg.classifier_backprop expected true | false"),
         ("train=3", "'train' expects a mapping"),
         ("epochs", "expected key.sub=value"),
-        ("seed=1.5", "seed expected an integer >= 0"),
-        ("seed=-1", "seed expected an integer >= 0"),
+        ("seed=1.5", "seed expected an integer in [0, 2**63)"),
+        ("seed=-1", "seed expected an integer in [0, 2**63)"),
+        ("seed=9223372036854775808", "seed expected an integer in [0, 2**63)"),  # torch's int64 seed overflows
         ("deterministic=1", "deterministic expected true | false"),
         ("optim.lr=0", "optim.lr expected null or a positive number"),
         ("optim.lr=fast", "optim.lr expected null or a positive number"),
@@ -73,6 +75,9 @@ def test_file_then_overrides(tmp_path):
         ("data.ignore_index=256", "data.ignore_index expected an integer in [0, 255]"),
         ("data.labeled_fraction=half", "data.labeled_fraction expected a fraction in (0, 1]"),
         ("data.labeled_fraction=1.5", "data.labeled_fraction expected a fraction in (0, 1]"),
+        ("data.split_seed=-1", "data.split_seed expected an integer in [0, 2**63)"),
+        ("data.split_seed=0.5", "data.split_seed expected an integer in [0, 2**63)"),
+        ("data.split_seed=9223372036854775808", "data.split_seed expected an integer in [0, 2**63)"),
         ("eval.window=0", "eval.window expected a positive integer"),
         ("eval.stride=0", "eval.stride expected a positive integer"),
         ("eval.batch_size=0", "eval.batch_size expected a positive integer"),
@@ -130,3 +135,20 @@ def test_eval_stride_is_checked_against_the_window_only_when_sliding():
     assert load_config(None, ["eval.window=32"])["eval"]["window"] == 32  # whole-image eval uses neither
     with pytest.raises(ValueError, match="eval.stride"):
         load_config(None, ["eval.mode=slide", "eval.window=32", "eval.stride=48"])
+
+
+def test_split_seed_draws_the_labeled_images_and_the_run_seed_does_not():
+    from semiseg_fast.train.data import build_datasets
+
+    def split(*overrides):
+        config = load_config(None, ["data.synthetic_train=40", "data.synthetic_val=2", *overrides])
+        data = build_datasets(config["data"])
+        return data.labeled.indices, data.unlabeled.indices
+
+    default = split()
+    assert split("seed=7", "method=u2pl") == default
+    labeled, unlabeled = split("data.split_seed=1")
+    assert labeled != default[0] and len(labeled) == len(default[0]) == 5
+    assert sorted(labeled + unlabeled) == list(range(40))  # a partition of the pool
+    former = torch.randperm(40, generator=torch.Generator().manual_seed(2024)).tolist()
+    assert default == (former[:5], former[5:])  # the split every run had before the option: the tables stand
