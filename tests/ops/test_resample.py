@@ -139,8 +139,8 @@ def pseudoseg_case(backend, x, size, ac, dtype):
 CASES = {"ce": ce_case, "stats": stats_case, "fixmatch": fixmatch_case, "pseudoseg": pseudoseg_case}
 
 
-# The Triton kernels' sweep of grids and options is tests/ops/test_triton_resample.py (the
-# interpreter is slow); here they meet every op, dtype and layout below.
+# Triton runs in test_dtypes_and_layouts below (every op, dtype and layout); its sweep of grids
+# and options is tests/ops/test_triton_resample.py, since the interpreter is slow.
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 @pytest.mark.parametrize("op", CASES)
 @pytest.mark.parametrize("align_corners", [False, True])
