@@ -6,6 +6,10 @@ default 1/8 and 1/4; mean of three seeds) at the default budget, against the ora
 training image labeled, the steps of the first fraction's supervised run) with the share of the
 supervised-to-oracle gap each closes; and the standard schedule against fast2x at the first
 fraction (``--schedule-epochs``, by default the same 16 passes; validation mIoU and wall-clock).
+Every seed learns from the same labeled images (``--splits shared``, the default), or each seed
+from its own (``--splits per-seed``: ``data.split_seed`` = its value + the seed, so that seed 0
+has the labeled images a run with the same settings has): which images are labeled can move a
+method's mIoU as much as the method does.
 The selftrain students learn
 from the standard supervised run of their fraction, seed and budget (standard and fast2x alike):
 its checkpoint is pseudo-labelled once (``python -m semiseg_fast.pseudo_label``, scales 0.75 / 1 /
@@ -180,11 +184,13 @@ def run_all(
     jobs: int,
     schedule_epochs: int,
     oracle: bool = False,
+    split_base: int | None = None,
 ) -> list[dict[str, Any]]:
     """The method table's runs at the budget of ``base``, with ``oracle`` supervised training on
     every training image for the steps of the first fraction's supervised run, then the schedule
     comparison's (standard and fast2x of ``fast2x_methods`` at the first fraction,
-    ``schedule_epochs`` passes) one at a time; each result says which (``timed``)."""
+    ``schedule_epochs`` passes) one at a time; each result says which (``timed``). With
+    ``split_base``, seed s draws its labeled images with ``data.split_seed`` = split_base + s."""
     os.makedirs(out, exist_ok=True)
 
     def one_seed(
@@ -195,6 +201,8 @@ def run_all(
         first, last = (TIMED_OVERRIDES, [f"train.epochs={schedule_epochs}"]) if timed else ([], [])
         suffix = f"-e{schedule_epochs}" if timed else ""
         settings = [*base, f"data.labeled_fraction={fraction}", f"seed={seed}"]
+        if split_base is not None:
+            settings.append(f"data.split_seed={split_base + seed}")
         tag = f"f{fraction:g}-s{seed}"
 
         def run(method: str, kind: str, *extra: str) -> dict[str, Any]:  # kind: the run's schedule
@@ -402,6 +410,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the budget (train.epochs) of the schedule comparison's runs: by default "
         f"{SCHEDULE_EPOCHS}, the default budget; {QUICK_SCHEDULE_EPOCHS} with --quick",
     )
+    parser.add_argument(
+        "--splits",
+        choices=("shared", "per-seed"),
+        default="shared",
+        help="shared: every seed labels the images data.split_seed draws; per-seed: seed s those "
+        "data.split_seed + s draws",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument(
         "overrides",
@@ -430,8 +445,18 @@ def main(argv: list[str] | None = None) -> None:
         list(dict.fromkeys(v)) for v in (args.fractions, args.seeds, args.methods, args.fast2x_methods)
     )
     base = [FP32] + (QUICK_OVERRIDES if args.quick else []) + list(args.overrides)
+    split_base = None
+    if args.splits == "per-seed":  # from the split_seed every run would have (a user's override wins)
+        from .train.config import load_config
+
+        try:
+            split_base = int(load_config(None, base)["data"]["split_seed"])
+        except (KeyError, ValueError) as e:
+            sys.exit(f"error: {e.args[0]}")
     try:
-        results = run_all(args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs, args.oracle)
+        results = run_all(
+            args.out, fractions, seeds, methods, fast2x_methods, base, args.jobs, epochs, args.oracle, split_base
+        )
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     summary = summarize(results, fractions, methods, fast2x_methods)

@@ -2,6 +2,7 @@
 
 import collections
 import os
+import re
 import threading
 import time
 
@@ -145,6 +146,8 @@ def test_timed_runs_run_alone(tmp_path, monkeypatch, methods, fast2x_methods, ti
         (["--fast2x-methods", "nope"], "--fast2x-methods: expected names from"),
         (["--fractions", "1.5"], "--fractions: expected fractions in"),
         (["--schedule-epochs", "0"], "--schedule-epochs: expected a positive number"),
+        (["--splits", "per-seed", "data.split_seed=-1"], "data.split_seed expected an integer in"),
+        (["--splits", "per-seed", "nope.key=1"], "unknown key 'nope'"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, monkeypatch, args, message):
@@ -225,3 +228,27 @@ def test_gap_closed_is_the_share_of_the_supervised_to_oracle_gap():
     assert summary["table"][("fixmatch", 0.125)]["gap_closed"] == pytest.approx(0.5)
     text = experiments.markdown(summary, [0.125], ["supervised", "fixmatch"], 16, "cmd")
     assert "| fixmatch | 45.00 / 47.00 | 46.00 | 50% |" in text and "50.00 / 52.00, mean 51.00" in text
+
+
+@pytest.mark.parametrize(
+    "args, splits",
+    [
+        ([], {0: None, 1: None}),  # shared: the config's, for every seed
+        (["--splits", "per-seed"], {0: 2024, 1: 2025}),  # from the default: seed 0 has a default run's labels
+        (["--splits", "per-seed", "data.split_seed=7"], {0: 7, 1: 8}),  # from the user's
+    ],
+)
+def test_each_seed_draws_its_labeled_images(tmp_path, monkeypatch, args, splits):
+    commands = _fake_processes(monkeypatch)
+    experiments.main(
+        [*args, "--out", str(tmp_path), "--seeds", "0", "1", "--methods", "supervised", "selftrain"]
+        + ["--fast2x-methods", "--fractions", "0.125"]
+    )
+    for name, cmds in commands.items():
+        if name.startswith("oracle"):  # labels every image: no draw to vary
+            continue
+        seed = int(re.search(r"-s(\d+)", name).group(1))
+        drawn = [c.split("=", 1)[1] for c in cmds[0] if c.startswith("data.split_seed=")]
+        expected = [] if splits[seed] is None else [str(splits[seed])]
+        assert drawn[-1:] == expected, name  # the last one is the one the run takes
+    assert len(commands) == 2 * 4  # per seed: supervised, its pseudo-labels, selftrain, the oracle
