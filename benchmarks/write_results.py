@@ -107,6 +107,12 @@ def measure_memory():
             with sf.backend("auto"):
                 _, row[impl] = saved_tensor_bytes(functools.partial(fn, x, inp.teacher, sgc))
         out.append(row)
+        row = dict(op="cps_loss", dtype=dt_name, shape=shape, logits=out[-1]["logits"])
+        for impl, fn in (("fused", sf.cps_loss), ("eager", reference.cps_loss)):
+            xa, xb = inp.student.detach().requires_grad_(), inp.teacher.detach().requires_grad_()
+            with sf.backend("auto"):
+                _, row[impl] = saved_tensor_bytes(functools.partial(fn, xa, xb, inp.ignore_mask))
+        out.append(row)
         del inp
     return out
 
@@ -247,6 +253,7 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
     isa_checks = render_isas(w, table)
     u2pl_checks = render_u2pl(w, rows, m, contrastive_mem)
     pseudoseg_checks = render_pseudoseg(w, rows)
+    cps_checks = render_cps(w, rows, mem)
     decoder_checks = render_decoder_resolution(w, rows)
     if checks:
         w("## Targets of the core-ops issue (first shape, fp32 NCHW)")
@@ -302,6 +309,15 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
         w("| target | measured | required | met |")
         w("|---|---:|---:|:---:|")
         for name, val, req, how in pseudoseg_checks:
+            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
+        w("")
+
+    if cps_checks:
+        w("## Targets of the CPS / RRN issue")
+        w("")
+        w("| target | measured | required | met |")
+        w("|---|---:|---:|:---:|")
+        for name, val, req, how in cps_checks:
             w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
         w("")
 
@@ -387,6 +403,49 @@ U2PL_GROUPS = [
 
 
 PSEUDOSEG_GROUP = "pseudoseg_consistency_loss fwd+bwd"  # benchmarks/test_pseudoseg.py
+
+
+CPS_GROUP = "cps_loss fwd+bwd"  # benchmarks/test_cps.py
+
+
+def render_cps(w, rows, mem):
+    """The cross pseudo-supervision loss table; returns the CPS issue's speed checks."""
+    by = {(r["dtype"], r["layout"], r["impl"]): r for r in rows if r.get("op") == CPS_GROUP}
+    if not by:
+        return []
+    w("## Cross pseudo-supervision: fused against two eager cross-entropies")
+    w("")
+    w("`cps_loss` forward + both networks' gradients (threshold 0, 1/16 of the rows ignored) against")
+    w("`semiseg_fast.reference.cps_loss` (softmax and argmax of each network, two `F.cross_entropy`,")
+    w("autograd backward) and torch.compile of it. MB: what autograd holds between forward and backward.")
+    w("")
+    w("| dtype | layout | shape | fused ms | eager ms | compile ms | vs eager | vs compile | fused MB | eager MB |")
+    w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    held = {r["dtype"]: r for r in mem if r["op"] == "cps_loss"}
+    checks = []
+    for dt, lay in [("fp32", "nchw"), ("bf16", "channels_last")]:
+        f = by.get((dt, lay, "fused"))
+        if not f:
+            continue
+        e, c = by.get((dt, lay, "eager")), by.get((dt, lay, "compile"))
+        cell = lambda r: fmt_ms(r["median_s"]) if r else "-"
+        ratio = lambda r, f=f: f"{r['median_s'] / f['median_s']:.1f}x" if r else "-"
+        shape = "x".join(map(str, f["shape"]))
+        held_dt = held.get(dt) if lay == "nchw" else None
+        mb = lambda k, m=held_dt: f"{m[k] / 1e6:.1f}" if m else "-"
+        w(
+            f"| {dt} | {lay} | {shape} | {cell(f)} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} "
+            f"| {mb('fused')} | {mb('eager')} |"
+        )
+        if (dt, lay) == ("fp32", "nchw"):
+            if e:
+                checks.append(("cps_loss fwd+bwd vs eager", e["median_s"] / f["median_s"], 5.0, ">="))
+            if c:
+                checks.append(("cps_loss fwd+bwd vs torch.compile", c["median_s"] / f["median_s"], 2.0, ">="))
+    w("")
+    w("The fused op holds the two gradients it computed in forward (fp32 for bf16 logits), nothing else.")
+    w("")
+    return checks
 
 
 def render_pseudoseg(w, rows):

@@ -37,6 +37,11 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "_cpp_fixmatch(Tensor student, Tensor teacher, float threshold, Tensor? ignore_mask, int ignore_index, "
       "int norm_mode, float norm_value, bool need_grad, int[]? size, bool align_corners) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_cpp_cps(Tensor logits_a, Tensor logits_b, Tensor? ignore_mask, int ignore_index, float threshold, "
+      "int norm_mode, float norm_value, Tensor? label_a, Tensor? conf_a, Tensor? label_b, Tensor? conf_b, "
+      "bool need_grad_a, bool need_grad_b, int[]? size, bool align_corners) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc, int[]? size, bool align_corners) -> Tensor");
   m.def("_cpp_feature_rows(Tensor features) -> Tensor");
   m.def(

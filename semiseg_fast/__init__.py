@@ -6,6 +6,7 @@ from .losses import FixMatchLoss, OhemCrossEntropy, PseudoLabelCrossEntropy, U2P
 from .ops import (
     PixelStats,
     calibrated_fusion,
+    cps_loss,
     entropy_percentile,
     fixmatch_loss,
     infonce_loss,
@@ -30,6 +31,7 @@ __all__ = [
     "U2PLLoss",
     "backend",
     "calibrated_fusion",
+    "cps_loss",
     "cpu_cache_info",
     "empty_cpu_cache",
     "entropy_percentile",

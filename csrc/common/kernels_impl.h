@@ -290,6 +290,57 @@ void fixmatch_range(const FixMatchArgs& a, int64_t t0, int64_t t1) {
   });
 }
 
+// Cross pseudo-supervision. Per tile: the targets each network provides (its argmax and
+// confidence, or given maps), then each network's cross-entropy against its peer's targets, its
+// gradient written in place of its own tile.
+void cps_range(const CpsArgs& a, int64_t t0, int64_t t1) {
+  const Shape& S = a.shape;
+  const int64_t P = a.tiling.P;
+  Scratch sc[2] = {Scratch(S.C, P), Scratch(S.C, P)};
+  std::vector<int32_t> valid(P), label[2] = {std::vector<int32_t>(P), std::vector<int32_t>(P)}, active(P);
+  std::vector<float> conf[2] = {std::vector<float>(P), std::vector<float>(P)}, gscale(P, a.grad_scale), ce(P);
+  std::vector<int64_t> given(P);
+  auto body = [&](const TilePos& tp, int64_t t, bool owned) {
+    load_valid(valid.data(), a.ignore_mask, a.ignore_index, S, P, tp, sc[0]);
+    TileIn x[2];
+    for (int k = 0; k < 2; ++k) {
+      x[k] = input_tile(a.logits[k], S, a.tiling, tp, sc[k]);
+      if (!a.label[k].data) {
+        tile_softmax_stats(x[k], S.C, P, 1.f, conf[k].data(), label[k].data(), nullptr);
+        continue;
+      }
+      load_map_ints(given.data(), a.label[k], S, tp.n, tp.hw0, tp.np, sc[k]);
+      load_map_floats(conf[k].data(), a.confidence[k], S, tp.n, tp.hw0, tp.np, sc[k]);
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t y = p < tp.np ? given[p] : 0;
+        const bool in_range = y >= 0 && y < S.C;
+        if (!in_range && y != a.ignore_index && owned) report_bad(a.bad[k], y, S, tp.n, tp.hw0 + p);
+        label[k][p] = in_range ? (int32_t)y : -1;  // -1: no target here
+      }
+    }
+    for (int k = 0; k < 2; ++k) {
+      const int peer = 1 - k;
+      int64_t count = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const float cp = conf[peer][p];  // NaN: a row without a softmax, which gives no target
+        const bool on = valid[p] && label[peer][p] >= 0 && cp == cp && (a.threshold <= 0.f || cp >= a.threshold);
+        active[p] = on ? -1 : 0;
+        count += on;
+      }
+      const TileOut g = output_tile(a.grad[k], S, a.tiling, tp, sc[k]);  // may alias x[k], read first
+      tile_cross_entropy(x[k], g, S.C, P, label[peer].data(), active.data(), gscale.data(), ce.data());
+      if (owned) {
+        double sum = 0.0;
+        for (int64_t p = 0; p < tp.np; ++p) sum += ce[p];
+        a.tile_loss[k][t] = sum;
+        a.tile_count[k][t] = count;
+      }
+      finish_output(g, a.grad[k], S, a.tiling, tp, sc[k]);
+    }
+  };
+  for_each_tile(S, a.tiling, t0, t1, a.grad[0], sc[0], body, a.grad[1], &sc[1]);
+}
+
 void denominator_range(const DenominatorArgs& a, int64_t t0, int64_t t1) {
   const Shape& S = a.shape;
   const int64_t P = a.tiling.P;
@@ -618,6 +669,6 @@ const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
                                 pixel_stats_backward_range, negative_mask_range, sum_squares_range,
                                 pseudoseg_range,            scale_round_range,   infonce_range,
-                                SSF_ISA_NAME};
+                                cps_range,                  SSF_ISA_NAME};
   return t;
 }

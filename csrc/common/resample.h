@@ -162,22 +162,24 @@ inline void accumulate_tile(const float* tile, const GradOut& g, const Shape& S,
 // tiles are the output rows whose first source row is in the band (their losses and per-pixel
 // outputs are the band's to write); with a gradient, the output rows whose second source row is in
 // the band are computed again for the gradient alone (owned = false). `g` and `grad_sc` name the
-// gradient and the scratch whose tile holds it.
+// gradient and the scratch whose tile holds it; an op with two gradients names the second in `g2`
+// and `grad_sc2`.
 template <class Body>
 void for_each_tile(const Shape& S, const Tiling& T, int64_t i0, int64_t i1, const GradOut& g, Scratch& grad_sc,
-                   Body&& body) {
+                   Body&& body, const GradOut& g2 = GradOut{}, Scratch* grad_sc2 = nullptr) {
   if (!T.rs) {
     for (int64_t t = i0; t < i1; ++t) body(tile_pos(S, T, t), t, true);
     return;
   }
   const Resample& rs = *T.rs;
-  const bool grad = g.data != nullptr;
+  const std::pair<const GradOut*, Scratch*> grads[2] = {{&g, &grad_sc}, {&g2, grad_sc2}};
+  const bool grad = g.data != nullptr || g2.data != nullptr;
   for (int64_t item = i0; item < i1; ++item) {
     const int64_t n = item / rs.bands_per_image;
     const int64_t a = (item % rs.bands_per_image) * rs.band_rows;
     const int64_t b = std::min(a + rs.band_rows, rs.h);
-    ResampleState* st = grad ? &resample_state(grad_sc, S, T) : nullptr;
-    if (st) band_begin(*st, S, T, n, a, b);
+    for (const auto& [gk, sk] : grads)
+      if (gk->data) band_begin(resample_state(*sk, S, T), S, T, n, a, b);
     for (int64_t Y = 0; Y < S.H; ++Y) {
       const bool owned = rs.y0[Y] >= a && rs.y0[Y] < b;
       if (!owned && !(grad && rs.y1[Y] >= a && rs.y1[Y] < b)) continue;
@@ -186,6 +188,7 @@ void for_each_tile(const Shape& S, const Tiling& T, int64_t i0, int64_t i1, cons
         body(tp, (n * S.H + Y) * T.tiles_per_row + s, owned);
       }
     }
-    if (st) band_advance(*st, g, S, T, b);  // the band's remaining rows
+    for (const auto& [gk, sk] : grads)  // the band's remaining rows
+      if (gk->data) band_advance(resample_state(*sk, S, T), *gk, S, T, b);
   }
 }

@@ -132,6 +132,24 @@ struct FixMatchArgs {
   int64_t* tile_confident = nullptr;  // [num_tiles]: confident and not ignored
 };
 
+// Cross pseudo-supervision: each network's cross-entropy against the other's pseudo-labels, one
+// pass over both logits tensors. Term k (k = 0: network a, 1: b) trains logits[k] on the peer's
+// targets: its argmax and confidence, or the given maps (targets of network a train b).
+struct CpsArgs {
+  Shape shape;
+  Tiling tiling;
+  Logits logits[2];
+  PixelMap label[2], confidence[2];  // targets network k provides; absent: from logits[k]
+  PixelMap ignore_mask;               // optional
+  int64_t ignore_index = 255;
+  float threshold = 0.f;              // > 0: the peer's confidence must reach it
+  float grad_scale = 1.f;
+  GradOut grad[2];                    // data == nullptr: no gradient for that network
+  double* tile_loss[2] = {nullptr, nullptr};       // [num_tiles] each
+  int64_t* tile_count[2] = {nullptr, nullptr};     // [num_tiles]: pixels term k trains on
+  BadTarget* bad[2] = {nullptr, nullptr};          // a given label outside [0, C) and not ignore_index
+};
+
 // Backward of pixel_stats: d/dx of sum(g_conf * confidence + g_ent * entropy).
 struct PixelStatsBackwardArgs {
   Shape shape;
@@ -232,6 +250,7 @@ struct KernelTable {
   void (*pseudoseg)(const PseudoSegArgs&, int64_t, int64_t);
   void (*scale_round)(const ScaleRoundArgs&, int64_t, int64_t);
   void (*infonce)(const InfoNceArgs&, int64_t, int64_t);
+  void (*cps)(const CpsArgs&, int64_t, int64_t);
   const char* name;
 };
 

@@ -480,6 +480,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fixmatch_cpu(
   return run_masked_mean(a, table().fixmatch, student, ignore_index, norm_mode, norm_value, need_grad);
 }
 
+// Cross pseudo-supervision of logits a and b: (loss, mask ratio, gradient of a, gradient of b (empty
+// tensors when not wanted), the scale each gradient still owes). Term k's denominator is the
+// normalizer's, or with kConfident the pixels that term trained on; the mask ratio is both terms'
+// trained pixels over twice the valid ones.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cps_cpu(
+    const at::Tensor& logits_a, const at::Tensor& logits_b, const c10::optional<at::Tensor>& ignore_mask,
+    int64_t ignore_index, double threshold, int64_t norm_mode, double norm_value,
+    const c10::optional<at::Tensor>& label_a, const c10::optional<at::Tensor>& conf_a,
+    const c10::optional<at::Tensor>& label_b, const c10::optional<at::Tensor>& conf_b, bool need_grad_a,
+    bool need_grad_b, at::OptionalIntArrayRef size, bool align_corners) {
+  check_logits(logits_a, "logits_a");
+  check_logits(logits_b, "logits_b");
+  TORCH_CHECK(logits_a.sizes() == logits_b.sizes(), "logits_b: expected the shape of logits_a ", logits_a.sizes(),
+              ", got ", logits_b.sizes());
+  const Grid grid(logits_a, size, align_corners);
+  const Shape& S = grid.shape();
+  const char* names[2][2] = {{"targets_a label", "targets_a confidence"}, {"targets_b label", "targets_b confidence"}};
+  const c10::optional<at::Tensor>* maps[2][2] = {{&label_a, &conf_a}, {&label_b, &conf_b}};
+  CpsArgs a;
+  a.shape = S;
+  a.tiling = grid.tiling();
+  a.logits[0] = logits_view(logits_a);
+  a.logits[1] = logits_view(logits_b);
+  a.ignore_mask = map_view(ignore_mask, S, "ignore_mask");
+  a.ignore_index = ignore_index;
+  a.threshold = (float)threshold;
+  BadTarget bad[2];
+  for (int k = 0; k < 2; ++k) {
+    TORCH_CHECK(maps[k][0]->has_value() == maps[k][1]->has_value(), names[k][0],
+                ": expected a label map and a confidence map together");
+    a.label[k] = map_view(*maps[k][0], S, names[k][0]);
+    a.confidence[k] = map_view(*maps[k][1], S, names[k][1]);
+    a.bad[k] = &bad[k];
+  }
+  MaskedMean mean = masked_mean(S, a.tiling, a.ignore_mask, ignore_index, norm_mode, norm_value);
+  a.grad_scale = (float)mean.inv;
+  const at::Tensor* inputs[2] = {&logits_a, &logits_b};
+  const bool need[2] = {need_grad_a, need_grad_b};
+  at::Tensor grads[2];
+  std::vector<double> tile_loss[2];
+  std::vector<int64_t> tile_count[2];
+  for (int k = 0; k < 2; ++k) {
+    grads[k] = saved_grad_buffer(*inputs[k], need[k]);
+    if (need[k]) a.grad[k] = grad_view(grads[k]);
+    tile_loss[k].assign(a.tiling.num_tiles, 0.0);
+    tile_count[k].assign(a.tiling.num_tiles, 0);
+    a.tile_loss[k] = tile_loss[k].data();
+    a.tile_count[k] = tile_count[k].data();
+  }
+  if (S.N * S.H * S.W > 0) {
+    const auto& k = table();
+    run_tiles(a.tiling.num_items, [&](int64_t b, int64_t e) { k.cps(a, b, e); });
+  }
+  for (int k = 0; k < 2; ++k)
+    TORCH_CHECK_INDEX(!bad[k].found, names[k][0], ": expected class indices in [0, ", S.C, ") or ignore_index=",
+                      ignore_index, ", got ", bad[k].value, " at (n=", bad[k].n, ", h=", bad[k].h, ", w=", bad[k].w,
+                      ")");
+  double loss = 0.0, trained = 0.0, post[2] = {1.0, 1.0};
+  for (int k = 0; k < 2; ++k) {
+    int64_t count = 0;
+    for (int64_t c : tile_count[k]) count += c;
+    double inv = mean.inv;
+    if (norm_mode == kConfident) inv = post[k] = count > 0 ? 1.0 / (double)count : 0.0;
+    loss += sum_in_order(tile_loss[k]) * inv;
+    trained += (double)count;
+  }
+  const double ratio = mean.valid > 0 ? trained / (2.0 * mean.valid) : 0.0;
+  return {scalar(loss), scalar(ratio), grads[0], grads[1], scalar(post[0]), scalar(post[1])};
+}
+
 double sum_of_squares(const at::Tensor& x, const Grid& grid) {
   SumSquaresArgs a;
   a.shape = grid.shape();
@@ -614,6 +684,7 @@ TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_scaled_grad", &ssf::scaled_grad_cpu);
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
+  m.impl("_cpp_cps", &ssf::cps_cpu);
   m.impl("_cpp_pseudoseg_scale", &ssf::pseudoseg_scale_cpu);
   m.impl("_cpp_pseudoseg", &ssf::pseudoseg_cpu);
 }

@@ -1,5 +1,6 @@
 """The fused pixel ops: one module per op (entry point, checks, custom op, fake, autograd)."""
 
+from .cps import cps_loss
 from .cross_entropy import pseudo_label_cross_entropy
 from .fixmatch import fixmatch_loss
 from .infonce import infonce_loss
@@ -12,6 +13,7 @@ from .pseudoseg import calibrated_fusion, logit_scale, pseudoseg_consistency_los
 __all__ = [
     "PixelStats",
     "calibrated_fusion",
+    "cps_loss",
     "entropy_percentile",
     "fixmatch_loss",
     "infonce_loss",

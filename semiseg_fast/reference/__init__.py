@@ -5,6 +5,7 @@ loss functions and memory bank."""
 
 from . import pseudoseg, u2pl
 from .core import (
+    cps_loss,
     entropy_percentile,
     fixmatch_loss,
     infonce_loss,
@@ -16,6 +17,7 @@ from .core import (
 )
 
 __all__ = [
+    "cps_loss",
     "entropy_percentile",
     "fixmatch_loss",
     "infonce_loss",

@@ -149,6 +149,59 @@ def fixmatch_loss(
     return loss, ratio
 
 
+def cps_loss(
+    logits_a: torch.Tensor,
+    logits_b: torch.Tensor,
+    ignore_mask: torch.Tensor | None = None,
+    threshold: float = 0.0,
+    ignore_index: int = 255,
+    normalizer="valid",
+    targets_a: tuple[torch.Tensor, torch.Tensor] | None = None,
+    targets_b: tuple[torch.Tensor, torch.Tensor] | None = None,
+    return_mask_ratio: bool = False,
+):
+    """CPS's loss as its code writes it: each network's CE against the other's argmax, plus a
+    confidence threshold on the peer (when > 0) and given (label, confidence) targets."""
+    with torch.no_grad():
+        if ignore_mask is None:
+            valid = torch.ones(logits_a.shape[:1] + logits_a.shape[2:], dtype=torch.bool, device=logits_a.device)
+        elif ignore_mask.dtype == torch.bool:
+            valid = ~ignore_mask
+        else:
+            valid = _checks.not_ignored(ignore_mask, ignore_index)
+
+        def targets(logits, given):
+            if given is not None:
+                return given[0].long(), given[1]
+            conf, label = logits.to(_compute_dtype(logits)).softmax(dim=1).max(dim=1)
+            return label, conf
+
+        pseudo = [targets(logits_a, targets_a), targets(logits_b, targets_b)]
+    total, trained = 0.0, 0
+    for x, (label, conf) in zip((logits_a, logits_b), reversed(pseudo)):
+        mask = valid & _checks.not_ignored(label, ignore_index) & ~conf.isnan()  # NaN: no softmax, no target
+        if threshold > 0:
+            mask = mask & (conf >= threshold)
+        ce = F.cross_entropy(
+            x.to(_compute_dtype(x)), torch.where(mask, label, torch.zeros_like(label)), reduction="none"
+        )
+        term = torch.where(mask, ce, torch.zeros_like(ce)).sum()
+        if normalizer == "valid":
+            denom = valid.sum()
+        elif normalizer == "confident":
+            denom = mask.sum()
+        elif normalizer == "total":
+            denom = torch.tensor(float(valid.numel()))
+        else:
+            denom = torch.tensor(float(normalizer))
+        total = total + _safe_div(term, denom)
+        trained = trained + mask.sum()
+    loss = total.float()
+    if not return_mask_ratio:
+        return loss
+    return loss, _safe_div(trained.double(), 2.0 * valid.sum().double()).float()
+
+
 def entropy_percentile(entropy: torch.Tensor, valid: torch.Tensor | None, q: list):
     """U2PL's threshold: ``np.percentile`` of the valid entropies on the host (in float64 here, the
     reference semantics of the fused op), NaN where NumPy has nothing to take a percentile of."""

@@ -53,12 +53,14 @@ BUDGETS = {
     "pixel_stats_backward_kernel": 80,
     "cross_entropy_kernel": 80,
     "fixmatch_kernel": 80,
+    "cps_kernel": 80,
     "pseudoseg_kernel": 80,
     "negative_mask_kernel": 80,
     "resample_grad_kernel": 80,
     "sumsq_kernel": 80,
     "radix_histogram_kernel": 80,
 }
+NO_TARGETS = (None, None, None, None)  # cps: label and confidence maps of neither network
 # Budgets of the size= specialisations where they differ (see the module docstring).
 RESAMPLE_BUDGETS = {"pseudoseg_kernel": 98}
 H100_BANDWIDTH = 3.35e12  # bytes/s, H100 SXM HBM3 (NVIDIA's figure)
@@ -118,6 +120,7 @@ def resample_calls() -> list:
     """(label, thunk) of the size= launches: every op at the class buckets, dtypes and layouts, the
     deterministic gradient path, and the options at C=21, at the VOC-like shape only (odd sizes):
     with both shapes these compilations doubled the check's time in `make test`."""
+    from ..triton.cps import cps
     from ..triton.cross_entropy import cross_entropy
     from ..triton.fixmatch import fixmatch
     from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
@@ -151,6 +154,7 @@ def resample_calls() -> list:
                         ),
                         (label, ce),
                         (label, lambda x=x, t=u8, sz=sz: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True, sz, False)),
+                        (label, lambda x=x, t=u8, sz=sz: cps(x, x, t, 255, 0.0, 0, 0.0, *NO_TARGETS, True, True, sz)),
                         (
                             label,
                             lambda x=x, sz=sz: pseudoseg_loss(
@@ -192,6 +196,21 @@ def resample_calls() -> list:
                         _deterministic(lambda x=x, m=m, sz=sz: fixmatch(x, x, 0.95, m, 255, 4, 0.0, True, sz, True)),
                     )
                 )
+            lab = torch.empty((n, h, w), dtype=torch.uint8, device="meta")
+            conf = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+            for targets, grads in [((lab, conf, None, None), (True, False)), ((lab, conf, lab, conf), (True, True))]:
+                calls.append(
+                    (
+                        label,
+                        lambda x=x, t=targets, g=grads, sz=sz: cps(x, x, None, 255, 0.5, 1, 0.0, *t, *g, sz, True),
+                    )
+                )
+            calls.append(
+                (
+                    label + " deterministic",
+                    _deterministic(lambda x=x, sz=sz: cps(x, x, None, 255, 0.5, 0, 0.0, *NO_TARGETS, True, True, sz)),
+                )
+            )
             bool_mask = torch.empty((n, h, w), dtype=torch.bool, device="meta")
             for soft, temperature, threshold in [(False, 0.5, 0.0), (True, 1.0, 0.0), (True, 0.7, 0.5)]:
                 calls.append(
@@ -226,6 +245,7 @@ def resample_calls() -> list:
 def sweep(only: str | None = None) -> list:
     """(label, kernel, grid, args, kwargs) of every distinct launch the Triton wrappers make (those
     whose label contains ``only``, when given)."""
+    from ..triton.cps import cps
     from ..triton.cross_entropy import cross_entropy
     from ..triton.fixmatch import fixmatch
     from ..triton.infonce import infonce
@@ -252,6 +272,7 @@ def sweep(only: str | None = None) -> list:
                         (label, lambda x=x, f=f32, lab=lab: pixel_stats_backward(x, f, lab, f, None, f, 1.0)),
                         (label, lambda x=x, t=u8: cross_entropy(x, t, None, 255, 1, 0, 0.0, None, True, False)),
                         (label, lambda x=x, t=u8: fixmatch(x, x, 0.95, t, 255, 0, 0.0, True)),
+                        (label, lambda x=x, t=u8: cps(x, x, t, 255, 0.0, 0, 0.0, *NO_TARGETS, True, True)),
                         (label, lambda x=x, c=c: negative_mask(x, min(3, c - 1), 20)),
                         (
                             label,
@@ -288,6 +309,14 @@ def sweep(only: str | None = None) -> list:
                 m = None if mask is None else torch.empty((n, h, w), dtype=mask, device="meta")
                 for need_grad in (True, False):
                     calls.append((label, lambda x=x, m=m, g=need_grad: fixmatch(x, x, 0.95, m, 255, 4, 0.0, g)))
+            lab = torch.empty((n, h, w), dtype=torch.int64, device="meta")
+            conf = torch.empty((n, h, w), dtype=torch.float32, device="meta")
+            for targets, grads in [
+                ((lab, conf, None, None), (True, True)),
+                ((None, None, lab, conf), (True, False)),
+                ((lab, conf, lab, conf), (False, True)),
+            ]:
+                calls.append((label, lambda x=x, t=targets, g=grads: cps(x, x, None, 255, 0.5, 1, 0.0, *t, *g)))
             bool_mask = torch.empty((n, h, w), dtype=torch.bool, device="meta")
             for soft, temperature, threshold in [(False, 0.5, 0.0), (True, 1.0, 0.0), (True, 0.7, 0.5)]:
                 calls.append(
@@ -507,6 +536,7 @@ def minimal_bytes(op: str, shape, esize: int = 2) -> int:
         "pixel_stats_backward": logits + 17 * px + logits,  # logits, 4 per-pixel inputs; write grad
         "cross_entropy (fwd+grad)": logits + px + grad,  # logits, target; write grad
         "fixmatch (fwd+grad)": 2 * logits + px + grad,  # student, teacher, mask; write grad
+        "cps (fwd+grad)": 2 * logits + px + 2 * grad,  # both networks' logits, mask; write both grads
         "pseudoseg (scale + fwd+grad)": 2 * logits + 3 * logits + px + grad,  # scale: p, m; then p, m, z, mask; grad
         "grad_output scaling (backward)": grad + logits,  # read the fp32 gradient, write it as bf16
     }[op]
@@ -569,6 +599,7 @@ def render(results: list, seconds: float) -> str:
         "pixel_stats_backward",
         "cross_entropy (fwd+grad)",
         "fixmatch (fwd+grad)",
+        "cps (fwd+grad)",
         "pseudoseg (scale + fwd+grad)",
         "grad_output scaling (backward)",
     ):
@@ -588,13 +619,14 @@ def render(results: list, seconds: float) -> str:
 
 def _bucket(kernel: str, labels: list) -> str:
     """The tile configuration a launch label's class count selects, e.g. '32 classes x 32 px, 4 warps'."""
-    from ..triton._common import CHUNK_CLASSES, MAX_BLOCK_C, block_config
+    from ..triton._common import CHUNK_CLASSES, KERNEL_TILES, MAX_BLOCK_C, block_config
 
     if not labels[0].startswith("C="):
         return "per-element (no class tile)"
     c = int(labels[0].split()[0].split("=")[1])
     resample = any("size=" in label for label in labels)
-    block_p, block_c, chunks, warps = block_config(c, CHUNK_CLASSES.get(kernel, MAX_BLOCK_C), resample)
+    chunk, tiles = CHUNK_CLASSES.get(kernel, MAX_BLOCK_C), KERNEL_TILES.get(kernel, {})
+    block_p, block_c, chunks, warps = block_config(c, chunk, resample, **tiles)
     kind = "1 chunk" if chunks == 1 else "chunked"
     return f"{block_c} x {block_p} px, {kind}, {warps} warps"
 

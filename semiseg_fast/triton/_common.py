@@ -44,7 +44,11 @@ def launch(kernel, grid, *args, **kwargs) -> None:
 
 
 def block_config(
-    num_classes: int, chunk_classes: int = MAX_BLOCK_C, resample: bool = False
+    num_classes: int,
+    chunk_classes: int = MAX_BLOCK_C,
+    resample: bool = False,
+    tile_elems: int = TILE_ELEMS,
+    resampled_single_max: int = MAX_BLOCK_C,
 ) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_C, num_chunks, num_warps) for C classes.
 
@@ -54,20 +58,30 @@ def block_config(
     spill predicate registers on sm_80.
 
     Kernels that read through bilinear taps (``resample``) get half the tile: each element's four
-    neighbour addresses and weights took 1024-element tiles to 110-220 registers.
+    neighbour addresses and weights took 1024-element tiles to 110-220 registers. A kernel that
+    holds more per pixel asks for a smaller ``tile_elems``, and with ``resample`` may chunk from fewer
+    classes (``resampled_single_max``): see KERNEL_TILES.
     """
-    if num_classes <= MAX_BLOCK_C:
+    if num_classes <= (resampled_single_max if resample else MAX_BLOCK_C):
         block_c = triton.next_power_of_2(num_classes)
         if resample:
-            return min(128, max(8, TILE_ELEMS // 2 // block_c)), block_c, 1, 8
-        return max(16, TILE_ELEMS // block_c), block_c, 1, 8
-    if resample:
-        return 8, 32, triton.cdiv(num_classes, 32), 8  # 8 pixels x 32 classes, 1 element per thread
+            return min(128, max(8, tile_elems // 2 // block_c)), block_c, 1, 8
+        return max(16, tile_elems // block_c), block_c, 1, 8
+    if resample:  # 32 classes x 8 pixels at the usual tile: 1 element per thread
+        return tile_elems // 4 // 32, 32, triton.cdiv(num_classes, 32), 8
     return 16, chunk_classes, triton.cdiv(num_classes, chunk_classes), 8
 
 
 # Chunk width of kernels whose chunk loops hold more than one tensor's chunk at a time.
-CHUNK_CLASSES = {"pseudoseg_kernel": 32}  # three chunks per step: 64-class chunks took 110-122 registers
+CHUNK_CLASSES = {
+    "pseudoseg_kernel": 32,
+    "cps_kernel": 32,
+}  # three chunks per step: 64-class chunks took 110-122 registers
+# block_config's options of kernels that need smaller tiles. cps_kernel carries one network's targets
+# and loss through the other's cross-entropy: at the usual tiles it took 83-91 registers for C <= 8
+# in channels_last and 106-109 at C = 21 with size=; at half the tile, 106-112 at C = 64 with size=
+# in one chunk, and the chunked path spilled on sm_80 at C = 150 with size=.
+KERNEL_TILES = {"cps_kernel": {"tile_elems": TILE_ELEMS // 2, "resampled_single_max": 32}}
 
 
 def flat_pixels(h: int, w: int, s_h: int, s_w: int) -> bool:
