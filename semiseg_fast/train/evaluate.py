@@ -25,6 +25,19 @@ class EvalResult:
     confusion: torch.Tensor  # int64 (C, C), rows = ground truth
 
 
+class AveragedNetworks(nn.Module):
+    """The prediction of several networks as one: the log of their mean softmax, at the networks'
+    output resolution (argmax: the class the averaged probabilities favour)."""
+
+    def __init__(self, *networks: nn.Module):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [model_outputs(net(x))[0].float().softmax(dim=1) for net in self.networks]
+        return torch.stack(probs).mean(dim=0).log()
+
+
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     logits, _ = model_outputs(model(x))
     return F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)

@@ -21,7 +21,7 @@ from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint,
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, build_datasets, step_loader
 from .distributed import all_reduce_sum, barrier, init_world, shutdown
-from .evaluate import evaluate, format_iou_table, predict_labels
+from .evaluate import AveragedNetworks, evaluate, format_iou_table, predict_labels
 from .methods import StepContext, ema_update
 from .metrics_csv import MetricsCSV, read_csv
 from .progress import ProgressBar
@@ -35,6 +35,7 @@ from .tensorboard_log import available as tensorboard_available
 
 CSV_FIELDS = ["step", "epoch", "lr", "loss", "loss_sup", "loss_unsup", "mask_ratio", "img_per_s", "miou"]
 CSV_FIELDS += pseudo_quality.COLUMNS  # at evaluations, where the unlabeled images have ground truth
+CSV_FIELDS += ["miou_network_2", "miou_averaged"]  # two-network methods: the second, and their mean softmax
 LOG_EVERY = 10
 
 
@@ -107,6 +108,10 @@ class Trainer:
 
         self.model = build_run_model(config, self.data.num_classes, load_weights=not resume)
         self.model.to(self.world.device, memory_format=self.memory_format)
+        self.peer: nn.Module | None = None  # a two-network method's second network
+        if method_cls.networks == 2:  # built after the first: its head gets the next random draws
+            self.peer = build_run_model(config, self.data.num_classes, load_weights=not resume)
+            self.peer.to(self.world.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
         if method_cls.uses_teacher and sc["teacher"] == "ema":
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
@@ -115,6 +120,8 @@ class Trainer:
             self.method_state.to(self.world.device)
         o = config["optim"]
         groups = param_groups(self.model, head_lr_mult(config))
+        if self.peer is not None:  # one optimizer, the same settings for each network: two optimizers' steps
+            groups += param_groups(self.peer, head_lr_mult(config))
         if o["name"] == "sgd":  # not fused: that one fails on a parameter whose first gradient comes late
             self.optimizer = torch.optim.SGD(
                 groups,
@@ -138,10 +145,12 @@ class Trainer:
         if resume:
             self._load(checkpoint_path(resume))
         self.student: nn.Module = self.model
+        self.student_peer: nn.Module | None = self.peer
         if self.world.size > 1:
-            self.student = DistributedDataParallel(
-                self.model, device_ids=[self.world.device.index] if self.world.device.type == "cuda" else None
-            )
+            ids = [self.world.device.index] if self.world.device.type == "cuda" else None
+            self.student = DistributedDataParallel(self.model, device_ids=ids)
+            if self.peer is not None:
+                self.student_peer = DistributedDataParallel(self.peer, device_ids=ids)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _state(self, miou: float, log_sums: torch.Tensor | None = None) -> dict[str, Any]:
@@ -156,6 +165,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "peer": self.peer.state_dict() if self.peer is not None else None,
             "criterion": self.method_state.state_dict() if self.method_state is not None else None,
             "class_names": self.data.class_names,
             "num_classes": self.data.num_classes,
@@ -177,6 +187,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             if self.teacher is not None:
                 self.teacher.load_state_dict(state["teacher"])
+            if self.peer is not None:
+                self.peer.load_state_dict(state["peer"])
             if self.method_state is not None:
                 self.method_state.load_state_dict(state["criterion"])
             self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
@@ -261,7 +273,7 @@ class Trainer:
             + (self.config["data"]["unlabeled_batch_size"] if self.method.uses_unlabeled else 0)
         ) * w.size  # at batch scale 1
         images_since_log = 0
-        last_result = None
+        last_result, others = None, {}
         bar = ProgressBar(self.num_steps - self.step, desc=self.method.name, enabled=w.is_main and tc["progress"])
         t_log = time.perf_counter()
         for labeled, unlabeled in self._loaders():
@@ -281,6 +293,7 @@ class Trainer:
                 gen,
                 self.data.num_classes,
                 rampup_factor(progress / self.schedule.total_steps, cfg["semi"]["rampup"]),
+                self.student_peer,
             )
             with torch.autocast(
                 w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -328,12 +341,15 @@ class Trainer:
                 if self.step % tc["eval_every"] == 0 or last:
                     last_result = self._evaluate()
                     row["miou"] = last_result.miou
+                    others = self._evaluate_peer()
+                    row.update(others)
                     quality = self._measure_pseudo_labels()
                     if quality is not None:
                         row.update(quality.row())
                     if w.is_main:
                         bar.write(
                             f"step {self.step}: mIoU {100 * last_result.miou:.2f}"
+                            + "".join(f", {k[5:].replace('_', ' ')} {100 * v:.2f}" for k, v in others.items())
                             + (f"; {quality.summary()}" if quality is not None else "")
                         )
                     if board is not None and (grid := self._prediction_grid()) is not None:
@@ -361,7 +377,7 @@ class Trainer:
         if board is not None:
             board.close()
         if last_result is None:  # resumed at the end: nothing left to train
-            last_result = self._evaluate()
+            last_result, others = self._evaluate(), self._evaluate_peer()
         if w.is_main:
             self._write_figures()
             print(format_iou_table(last_result, self.data.class_names))
@@ -372,6 +388,7 @@ class Trainer:
             "out_dir": self.out_dir,
             "best_miou": self.best_miou,
             "steps": self.step,
+            **others,  # miou_network_2, miou_averaged: two-network methods
         }
 
     def _metrics_csv(self) -> MetricsCSV:
@@ -383,10 +400,17 @@ class Trainer:
             csv.truncate_after(self.step)  # rows a killed run logged after its last checkpoint
         return csv
 
-    def _evaluate(self):
+    def _evaluate_peer(self) -> dict[str, float]:
+        """A two-network run's other figures: the second network's mIoU and their averaged prediction's."""
+        if self.peer is None:
+            return {}
+        both = AveragedNetworks(self.model, self.peer)
+        return {"miou_network_2": self._evaluate(self.peer).miou, "miou_averaged": self._evaluate(both).miou}
+
+    def _evaluate(self, model: nn.Module | None = None):
         ec, w = self.config["eval"], self.world
         return evaluate(
-            self.eval_model,
+            model if model is not None else self.eval_model,
             self.data.val,
             self.data.num_classes,
             w.device,

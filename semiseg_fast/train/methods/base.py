@@ -40,6 +40,7 @@ class StepContext:
     generator: torch.Generator
     num_classes: int
     rampup: float = 1.0  # the unsupervised weight's ramp-up factor at this step (semi.rampup), in [0, 1]
+    peer: nn.Module | None = None  # the second network of a two-network method (Method.networks), as called
 
     @property
     def unsupervised_weight(self) -> float:
@@ -61,6 +62,11 @@ class Method:
     uses_teacher: ClassVar[bool] = True
     # keys of this method's section that were saved elsewhere before: former dotted key -> key
     renamed: ClassVar[dict[str, str]] = {}
+    # 2: two networks teach each other (CPS). The loop builds a second model like the first (the
+    # encoder from the same weights, the head drawn after the first's), steps both with one
+    # optimizer of the same settings, keeps it in checkpoints, passes it as ``ctx.peer`` and
+    # evaluates it and the two networks' averaged prediction beside the first.
+    networks: ClassVar[int] = 1
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         self.run_config, self.num_classes = config, num_classes
