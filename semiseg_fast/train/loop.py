@@ -108,6 +108,8 @@ class Trainer:
 
         self.model = build_run_model(config, self.data.num_classes, load_weights=not resume)
         self.model.to(self.world.device, memory_format=self.memory_format)
+        if method_cls.networks not in (1, 2):
+            raise ValueError(f"method {method_cls.name}: Method.networks expected 1 or 2, got {method_cls.networks!r}")
         self.peer: nn.Module | None = None  # a two-network method's second network
         if method_cls.networks == 2:  # built after the first: its head gets the next random draws
             self.peer = build_run_model(config, self.data.num_classes, load_weights=not resume)

@@ -11,8 +11,8 @@ from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train import cli
 from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
-from semiseg_fast.train.loop import train
-from semiseg_fast.train.methods import get
+from semiseg_fast.train.loop import Trainer, train
+from semiseg_fast.train.methods import get, register
 from semiseg_fast.train.methods.base import StepContext, mix
 
 RUN = ["method=cps", "deterministic=true", "train.progress=false", "train.amp=off"]
@@ -110,3 +110,13 @@ def test_a_checkpoint_without_the_second_network_is_refused(tiny_config, tmp_pat
     save_atomic(state, str(out / "last.pt"))
     with pytest.raises(SystemExit, match="does not hold this run's training state"):
         cli.main(["--resume", str(out), "train.progress=false"])
+
+
+def test_a_method_with_three_networks_is_refused(tiny_config, tmp_path):
+    class Three(get("cps")):
+        name, description = "three_networks", "three networks"
+        networks = 3
+
+    register(Three)
+    with pytest.raises(ValueError, match="Method.networks expected 1 or 2, got 3"):
+        Trainer(load_config(tiny_config, ["method=three_networks", f"out_dir={tmp_path}"]))
