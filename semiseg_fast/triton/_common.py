@@ -74,9 +74,9 @@ def block_config(
 
 # Chunk width of kernels whose chunk loops hold more than one tensor's chunk at a time.
 CHUNK_CLASSES = {
-    "pseudoseg_kernel": 32,
-    "cps_kernel": 32,
-}  # three chunks per step: 64-class chunks took 110-122 registers
+    "pseudoseg_kernel": 32,  # three chunks per step: 64-class chunks took 110-122 registers
+    "cps_kernel": 32,  # on half the tile (KERNEL_TILES): 32 classes x 16 pixels
+}
 # block_config's options of kernels that need smaller tiles. cps_kernel carries one network's targets
 # and loss through the other's cross-entropy: at the usual tiles it took 83-91 registers for C <= 8
 # in channels_last and 106-109 at C = 21 with size=; at half the tile, 106-112 at C = 64 with size=
