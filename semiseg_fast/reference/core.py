@@ -43,6 +43,28 @@ def _mean_denominator(valid, w, normalizer, numel):
     return torch.tensor(float(normalizer))
 
 
+def _masked_denominator(normalizer, valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The denominator of a masked mean (fixmatch, pseudoseg, cps): the ``valid`` pixels, the
+    ``"confident"`` ones that ``mask`` keeps, all pixels (``"total"``) or a given number."""
+    if normalizer == "valid":
+        return valid.sum()
+    if normalizer == "confident":
+        return mask.sum()
+    if normalizer == "total":
+        return torch.tensor(float(valid.numel()))
+    return torch.tensor(float(normalizer))
+
+
+def _not_ignored(ignore_mask: torch.Tensor | None, ignore_index: int, like: torch.Tensor) -> torch.Tensor:
+    """The pixels an ignore mask keeps (bool: True = ignored; integer: == ignore_index = ignored), or
+    all of ``like``'s (an (N, H, W) tensor) without one."""
+    if ignore_mask is None:
+        return torch.ones_like(like, dtype=torch.bool)
+    if ignore_mask.dtype == torch.bool:
+        return ~ignore_mask
+    return _checks.not_ignored(ignore_mask, ignore_index)
+
+
 def _safe_div(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
     denom = denom.to(total.device, total.dtype)
     return torch.where(
@@ -124,25 +146,12 @@ def fixmatch_loss(
     with torch.no_grad():
         prob = teacher_logits.to(_compute_dtype(teacher_logits)).softmax(dim=1)
         conf, pseudo = prob.max(dim=1)
-        if ignore_mask is None:
-            valid = torch.ones_like(pseudo, dtype=torch.bool)
-        elif ignore_mask.dtype == torch.bool:
-            valid = ~ignore_mask
-        else:
-            valid = _checks.not_ignored(ignore_mask, ignore_index)
+        valid = _not_ignored(ignore_mask, ignore_index, pseudo)
         mask = (conf >= threshold) & valid
     x = student_logits.to(_compute_dtype(student_logits))
     ce = F.cross_entropy(x, pseudo, reduction="none")
     total = torch.where(mask, ce, torch.zeros_like(ce)).sum()
-    if normalizer == "valid":
-        denom = valid.sum()
-    elif normalizer == "confident":
-        denom = mask.sum()
-    elif normalizer == "total":
-        denom = torch.tensor(float(valid.numel()))
-    else:
-        denom = torch.tensor(float(normalizer))
-    loss = _safe_div(total, denom).float()
+    loss = _safe_div(total, _masked_denominator(normalizer, valid, mask)).float()
     if not return_mask_ratio:
         return loss
     ratio = _safe_div(mask.sum().double(), valid.sum().double()).float()
@@ -163,12 +172,7 @@ def cps_loss(
     """CPS's loss as its code writes it: each network's CE against the other's argmax, plus a
     confidence threshold on the peer (when > 0) and given (label, confidence) targets."""
     with torch.no_grad():
-        if ignore_mask is None:
-            valid = torch.ones(logits_a.shape[:1] + logits_a.shape[2:], dtype=torch.bool, device=logits_a.device)
-        elif ignore_mask.dtype == torch.bool:
-            valid = ~ignore_mask
-        else:
-            valid = _checks.not_ignored(ignore_mask, ignore_index)
+        valid = _not_ignored(ignore_mask, ignore_index, logits_a[:, 0])
 
         def targets(logits, given):
             if given is not None:
@@ -186,15 +190,7 @@ def cps_loss(
             x.to(_compute_dtype(x)), torch.where(mask, label, torch.zeros_like(label)), reduction="none"
         )
         term = torch.where(mask, ce, torch.zeros_like(ce)).sum()
-        if normalizer == "valid":
-            denom = valid.sum()
-        elif normalizer == "confident":
-            denom = mask.sum()
-        elif normalizer == "total":
-            denom = torch.tensor(float(valid.numel()))
-        else:
-            denom = torch.tensor(float(normalizer))
-        total = total + _safe_div(term, denom)
+        total = total + _safe_div(term, _masked_denominator(normalizer, valid, mask))
         trained = trained + mask.sum()
     loss = total.float()
     if not return_mask_ratio:

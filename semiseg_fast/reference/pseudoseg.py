@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import _compute_dtype, _safe_div
+from .core import _compute_dtype, _masked_denominator, _safe_div
 
 
 def logit_scale(decoder_logits: torch.Tensor, sgc_logits: torch.Tensor) -> torch.Tensor:
@@ -52,15 +52,7 @@ def pseudoseg_consistency_loss(
     logp = F.log_softmax(student_logits.to(_compute_dtype(student_logits)), dim=1)
     ce = -(q.to(logp.dtype) * logp).sum(dim=1) if soft else F.nll_loss(logp, label, reduction="none")
     total = torch.where(mask, ce, torch.zeros_like(ce)).sum()
-    if normalizer == "valid":
-        denom = ok.sum()
-    elif normalizer == "confident":
-        denom = mask.sum()
-    elif normalizer == "total":
-        denom = torch.tensor(float(ok.numel()))
-    else:
-        denom = torch.tensor(float(normalizer))
-    loss = _safe_div(total, denom).float()
+    loss = _safe_div(total, _masked_denominator(normalizer, ok, mask)).float()
     if not return_mask_ratio:
         return loss
     return loss, _safe_div(mask.sum().double(), ok.sum().double()).float()

@@ -250,15 +250,10 @@ def cps(
         need = (need_grad_a, need_grad_b)
         targets = [rs.grad_target(g, k) if k else x for g, k, x in zip(grads, need, (logits_a, logits_b))]
         m_strides = ignore_mask.stride() if ignore_mask is not None else (0, 0, 0)
-        maps = [t for t in (label_a, conf_a, label_b, conf_b) if t is not None]
-        # the kernel addresses every target map with one set of strides: make them agree
-        if maps and any(t.stride() != maps[0].stride() for t in maps):
-            label_a, conf_a, label_b, conf_b = (
-                None if t is None else t.contiguous() for t in (label_a, conf_a, label_b, conf_b)
-            )
-            maps = [t.contiguous() for t in maps]
-        t_strides = maps[0].stride() if maps else (0, 0, 0)
-        placeholder = partial
+        given = [label_a, conf_a, label_b, conf_b]
+        if len({t.stride() for t in given if t is not None}) > 1:  # the kernel reads them with one set of strides
+            given = [None if t is None else t.contiguous() for t in given]
+        t_strides = next((t.stride() for t in given if t is not None), (0, 0, 0))
         launch(
             cps_kernel,
             grid,
@@ -266,7 +261,7 @@ def cps(
             logits_b,
             mask,
             *targets,
-            *(t if t is not None else placeholder for t in (label_a, conf_a, label_b, conf_b)),
+            *(t if t is not None else partial for t in given),  # absent maps: a placeholder, never read
             partial,
             counts,
             mean.inv,

@@ -34,3 +34,29 @@ def run_module(module, *args, env=None, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+class Killed(Exception):
+    """Raised by :func:`train_killed_after`'s run in place of a kill."""
+
+
+def train_killed_after(steps, args, monkeypatch):
+    """Runs ``semiseg_fast.train``'s CLI with ``args`` in this process and stops it, as a kill would,
+    once ``steps`` optimizer steps are taken (what is on disk then is the last checkpoint's)."""
+    import pytest
+
+    from semiseg_fast.train import cli, progress
+
+    real_update = progress.ProgressBar.update
+
+    def update(bar, n=1, images=0):
+        real_update(bar, n, images)
+        if bar.count >= steps:
+            raise Killed
+
+    monkeypatch.setattr(progress.ProgressBar, "update", update)
+    try:
+        with pytest.raises(Killed):
+            cli.main(args)
+    finally:
+        monkeypatch.undo()

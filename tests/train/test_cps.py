@@ -15,6 +15,8 @@ from semiseg_fast.train.loop import Trainer, train
 from semiseg_fast.train.methods import get, register
 from semiseg_fast.train.methods.base import StepContext, mix
 
+from .helpers import train_killed_after
+
 RUN = ["method=cps", "deterministic=true", "train.progress=false", "train.amp=off"]
 
 
@@ -79,22 +81,8 @@ def test_single_network_methods_leave_the_new_columns_empty(tiny_config, tmp_pat
 def test_a_killed_run_resumes_both_networks_to_the_same_weights(tiny_config, tmp_path, monkeypatch):
     cli.main(["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'whole'}"])
 
-    class Killed(Exception):
-        pass
-
-    from semiseg_fast.train import progress
-
-    real_update = progress.ProgressBar.update
-
-    def update(bar, n=1, images=0):  # dies after step 7; its last checkpoint is step 6's
-        real_update(bar, n, images)
-        if bar.count >= 7:
-            raise Killed
-
-    monkeypatch.setattr(progress.ProgressBar, "update", update)
-    with pytest.raises(Killed):
-        cli.main(["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'killed'}"])
-    monkeypatch.undo()
+    # dies after step 7; its last checkpoint is step 6's
+    train_killed_after(7, ["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)

@@ -21,7 +21,7 @@ from semiseg_fast.train.config import (
 )
 from semiseg_fast.train.schedule import from_config
 
-from .helpers import TINY
+from .helpers import TINY, train_killed_after
 
 # 9 steps, evaluated at 6 and 9; bf16 autocast (forced, also on CPUs without native bf16), which
 # evaluation must repeat to reproduce the run's mIoU
@@ -192,22 +192,8 @@ def test_fast2x_with_larger_reduced_batches_resumes_to_the_same_weights(tiny_yam
     rows = list(csv.DictReader(open(tmp_path / "whole" / "metrics.csv")))
     assert [r["step"] for r in rows] == ["6", "10"] and float(rows[-1]["epoch"]) == 2.0
 
-    class Killed(Exception):
-        pass
-
-    from semiseg_fast.train import progress
-
-    real_update = progress.ProgressBar.update
-
-    def update(bar, n=1, images=0):  # dies after step 5; its last checkpoint is step 3's
-        real_update(bar, n, images)
-        if bar.count >= 5:
-            raise Killed
-
-    monkeypatch.setattr(progress.ProgressBar, "update", update)
-    with pytest.raises(Killed):
-        cli.main(["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'killed'}"])
-    monkeypatch.undo()
+    # dies after step 5; its last checkpoint is step 3's
+    train_killed_after(5, ["--config", tiny_yaml, *run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["step"] == 3
     (tmp_path / "killed" / ".tmp-kill9.pt").write_bytes(b"half a checkpoint")  # a write cut short
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
