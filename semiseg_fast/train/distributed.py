@@ -45,6 +45,21 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """The gradients of ``params`` averaged over the processes in one collective (a parameter
+    without a gradient counts as zero), as DDP does for modules it wraps."""
+    if not (dist.is_available() and dist.is_initialized()) or not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p.grad))
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

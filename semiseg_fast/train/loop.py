@@ -20,7 +20,7 @@ from .batches import mix_seed
 from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
 from .data import LabeledView, build_datasets, step_loader
-from .distributed import all_reduce_sum, barrier, init_world, shutdown
+from .distributed import all_reduce_sum, average_gradients, barrier, init_world, shutdown
 from .evaluate import AveragedNetworks, evaluate, format_iou_table, predict_labels
 from .methods import StepContext, ema_update
 from .metrics_csv import MetricsCSV, read_csv
@@ -120,6 +120,7 @@ class Trainer:
         self.method_state = self.method.state()
         if self.method_state is not None:
             self.method_state.to(self.world.device)
+        self.state_optimizer = None if self.method_state is None else self.method.state_optimizer(self.method_state)
         o = config["optim"]
         groups = param_groups(self.model, head_lr_mult(config))
         if self.peer is not None:  # one optimizer, the same settings for each network: two optimizers' steps
@@ -169,6 +170,7 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "peer": self.peer.state_dict() if self.peer is not None else None,
             "criterion": self.method_state.state_dict() if self.method_state is not None else None,
+            "state_optimizer": self.state_optimizer.state_dict() if self.state_optimizer is not None else None,
             "class_names": self.data.class_names,
             "num_classes": self.data.num_classes,
             "log_sums": log_sums.cpu() if log_sums is not None else None,
@@ -193,9 +195,11 @@ class Trainer:
                 self.peer.load_state_dict(state["peer"])
             if self.method_state is not None:
                 self.method_state.load_state_dict(state["criterion"])
+            if self.state_optimizer is not None:
+                self.state_optimizer.load_state_dict(state["state_optimizer"])
             self.step, self.best_miou = int(state["step"]), float(state["best_miou"])
             self.resumed_log_sums = state.get("log_sums")  # absent in checkpoints older than it
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise CheckpointError(f"--resume: {path!r} does not hold this run's training state: {e}") from e
 
     @property
@@ -302,7 +306,12 @@ class Trainer:
             ):
                 out = self.method.step(ctx, self._to_device(labeled), self._to_device(unlabeled))
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
+            if self.state_optimizer is not None:
+                self.state_optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss if out.state_loss is None else out.loss + out.state_loss).backward()
+            if self.state_optimizer is not None:
+                average_gradients([p for g in self.state_optimizer.param_groups for p in g["params"]])
+                self.scaler.step(self.state_optimizer)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.teacher is not None:

@@ -27,7 +27,10 @@ class StepOutput:
     loss: torch.Tensor
     supervised: torch.Tensor
     unsupervised: torch.Tensor
-    mask_ratio: torch.Tensor  # fraction of unlabeled pixels that trained the student
+    mask_ratio: torch.Tensor  # fraction of unlabeled pixels that trained the student (RRN: its selection loss)
+    # the loss of the method's own trained modules (Method.state_optimizer): backpropagated with
+    # ``loss`` in the same backward, its gradient must reach only those modules' parameters
+    state_loss: torch.Tensor | None = None
 
 
 @dataclass
@@ -97,6 +100,13 @@ class Method:
         run's device, saved in checkpoints and restored on resume."""
         return None
 
+    def state_optimizer(self, state: nn.Module) -> torch.optim.Optimizer | None:
+        """An optimizer of :meth:`state`'s own trained parameters (RRN's discriminators), given
+        the state as moved to the run's device. The loop steps it after each step's backward of
+        ``loss + state_loss`` (its gradients averaged over processes) and keeps it in checkpoints.
+        None: the state is not trained by gradients."""
+        return None
+
     def unlabeled_view(self, data: RunData) -> Dataset | None:
         """The dataset of unlabeled items a step receives (see train/data.py's views)."""
         return None
@@ -156,6 +166,10 @@ class Upsampling:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits as the losses take them: as they are when fused, else upsampled to ``size``."""
         return logits if self.fused else resized(logits, self.size)
+
+    def full(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits at ``size`` whatever the setting: :meth:`__call__`'s output, upsampled when fused."""
+        return resized(logits, self.size) if self.fused else logits
 
     @property
     def kwargs(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ...models import model_outputs
 from ...ops import cps_loss
 from ..data import LabeledView, RunData
 from ..schema import UNIT_INTERVAL, Section, option
-from .base import Method, StepContext, StepOutput, mix, mixed_pseudo_labels
+from .base import Method, StepContext, StepOutput, Upsampling, mix, mixed_pseudo_labels
 from .registry import register
 
 
@@ -22,6 +22,19 @@ class CPSConfig(Section):
     threshold: float = option(
         0.0, "peer confidence a pseudo-label needs, in [0, 1]; 0 (CPS) trains on every pixel", UNIT_INTERVAL
     )
+
+
+@dataclass
+class CPSPass:
+    """What a CPS step computes, for methods that build on it (RRN)."""
+
+    supervised: torch.Tensor  # both networks' supervised losses, summed
+    cps: torch.Tensor  # the cross pseudo-supervision loss
+    mask_ratio: torch.Tensor
+    mixed: torch.Tensor  # the CutMixed unlabeled images
+    ignored: torch.Tensor  # their padding (True = ignore)
+    logits: list[torch.Tensor]  # each network's logits on them, as the losses take them (Upsampling)
+    up: Upsampling
 
 
 class CPSView(LabeledView):
@@ -46,6 +59,11 @@ class CPS(Method):
         return CPSView(data.unlabeled, self.run_config["data"])
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
+        p = self.cps_pass(ctx, labeled, unlabeled)
+        loss = p.supervised + ctx.unsupervised_weight * p.cps
+        return StepOutput(loss, p.supervised.detach(), p.cps.detach(), p.mask_ratio)
+
+    def cps_pass(self, ctx: StepContext, labeled, unlabeled) -> CPSPass:
         images_l, labels_l = labeled
         images_u, pad, box = unlabeled
         networks = (ctx.student, ctx.peer)
@@ -54,7 +72,7 @@ class CPS(Method):
         # (in training mode, without gradients, as CPS's code makes them).
         with torch.no_grad():
             targets = [mixed_pseudo_labels(box, up(model_outputs(net(images_u))[0]), **up.kwargs) for net in networks]
-        mixed = mix(box, images_u)
+        mixed, ignored = mix(box, images_u), mix(box, pad)
         sup, logits_u = 0.0, []
         for net in networks:
             logits = model_outputs(net(torch.cat([images_l, mixed])))[0]
@@ -63,7 +81,7 @@ class CPS(Method):
             logits_u.append(up(mixed_logits))
         unsup, ratio = cps_loss(
             *logits_u,
-            ignore_mask=mix(box, pad),
+            ignore_mask=ignored,
             threshold=self.settings["threshold"],
             ignore_index=ctx.ignore_index,
             targets_a=targets[0],
@@ -71,5 +89,4 @@ class CPS(Method):
             return_mask_ratio=True,
             **up.kwargs,
         )
-        loss = sup + ctx.unsupervised_weight * unsup
-        return StepOutput(loss, sup.detach(), unsup.detach(), ratio)
+        return CPSPass(sup, unsup, ratio, mixed, ignored, logits_u, up)
