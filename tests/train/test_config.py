@@ -44,7 +44,7 @@ def test_file_then_overrides(tmp_path):
         ("train.epoch=3", "unknown key 'train.epoch'"),
         (
             "method=mixmatch",
-            "method expected cps | fixmatch | pseudoseg | selftrain | supervised | u2pl",  # (and any registered since)
+            "method expected cps | fixmatch | pseudoseg | rrn | selftrain | supervised | u2pl",  # (and any registered since)
         ),
         ("train.epochs=0", "train.epochs expected a positive integer"),
         ("data.batch_size=2.5", "data.batch_size expected a positive integer"),
