@@ -121,6 +121,36 @@ def test_no_selection_before_its_epoch():
     assert float(out.mask_ratio) == 0.0
 
 
+@pytest.mark.parametrize(
+    "correction,accepts,epoch,kept",
+    [(False, (False, True), 1, False), (True, (False, True), 1, True), (True, (True, True), 0, False)],
+)
+def test_pseudo_labels_are_kept_where_the_selection_would_train(correction, accepts, epoch, kept):
+    """Network 1's argmax; kept in the regions its own discriminator (or, with correction, either)
+    accepts, from the selection's epoch on."""
+    config, method, discriminators, ctx, labeled, unlabeled = _step_inputs([f"semi.rrn.correction={correction}"])
+    for d, accept in zip(discriminators, accepts):
+        _verdict(d, accept)
+    images = unlabeled[0]
+    labels, keep = method.pseudo_labels(ctx.student, images, [0, 1], epoch)
+    logits = F.interpolate(model_outputs(ctx.student(images))[0], size=(S, S), mode="bilinear", align_corners=True)
+    assert torch.equal(labels.long(), logits.argmax(1))
+    assert keep.shape == (N, S, S) and bool(keep.all()) == kept and bool(keep.any()) == kept
+    assert discriminators.training is False  # left as it was
+
+
+def test_cps_pseudo_labels_keep_the_confident_pixels():
+    torch.manual_seed(0)
+    net, images = DeepLabV3Plus(C, width=8, rep_dim=None).eval(), torch.randn(2, 3, S, S)
+    logits = F.interpolate(model_outputs(net(images))[0], size=(S, S), mode="bilinear", align_corners=True)
+    conf, argmax = logits.detach().softmax(1).max(1)
+    threshold = float(conf.median())
+    method = get("cps")(load_config(None, ["method=cps", f"semi.cps.threshold={threshold}"]), C)
+    labels, keep = method.pseudo_labels(net, images, [0, 1], 0)
+    assert torch.equal(labels.long(), argmax) and 0 < keep.float().mean() < 1
+    assert torch.equal(keep, conf >= threshold)
+
+
 def test_each_loss_trains_only_its_side():
     """The networks' loss (with feature matching through the discriminators) leaves the
     discriminators' parameters alone; the discriminators' loss leaves the networks' alone."""

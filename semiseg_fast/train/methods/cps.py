@@ -63,6 +63,11 @@ class CPS(Method):
         loss = p.supervised + ctx.unsupervised_weight * p.cps
         return StepOutput(loss, p.supervised.detach(), p.cps.detach(), p.mask_ratio)
 
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        """Network 1's argmax, kept where its confidence reaches the threshold (every pixel at 0)."""
+        stats = self.upsampling(images).stats(model_outputs(teacher(images))[0])
+        return stats.label, stats.confidence >= self.settings["threshold"]
+
     def cps_pass(self, ctx: StepContext, labeled, unlabeled) -> CPSPass:
         images_l, labels_l = labeled
         images_u, pad, box = unlabeled

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models import model_outputs
 from ...ops import pixel_stats, pseudo_label_cross_entropy
 from ..schema import (
     BOOLEAN,
@@ -51,7 +52,7 @@ from ..schema import (
     number_in,
     option,
 )
-from .base import StepContext, StepOutput
+from .base import StepContext, StepOutput, resized
 from .cps import CPS, CPSConfig
 from .registry import register
 
@@ -192,6 +193,27 @@ class RRN(CPS):
         # every pixel trains through CPS: the informative share is the one the selection loss trained
         ratio = selected / (2 * (~p.ignored).sum()).clamp(min=1)
         return StepOutput(loss, p.supervised.detach(), unsup.detach(), ratio, state_loss=disc_loss)
+
+    def pseudo_labels(self, teacher, images, indices, epoch):
+        """Network 1's argmax, kept in the regions its selection loss would train at ``epoch``
+        (accepted by its discriminator or, with correction, by either; none before the selection's
+        epoch), the discriminators in eval mode."""
+        s = self.settings
+        up = self.upsampling(images)
+        logits = model_outputs(teacher(images))[0]
+        label = up.stats(logits).label
+        if epoch < s["selection_start_epoch"]:
+            return label, torch.zeros_like(label, dtype=torch.bool)
+        fake = discriminator_input(resized(logits, images.shape[-2:]).float().softmax(1), images)
+        grid = cell_grid(*images.shape[-2:], s["cell"])
+        judges = self.discriminators if s["correction"] else self.discriminators[:1]
+        was_training = self.discriminators.training
+        self.discriminators.eval()
+        try:
+            accepted = torch.stack([d(fake, grid)[0].sigmoid() > s["selection_threshold"] for d in judges]).any(0)
+        finally:
+            self.discriminators.train(was_training)
+        return label, cells_to_pixels(accepted, *images.shape[-2:], s["cell"])
 
     def _selection_loss(
         self, logits, p, own_logit, peer, fake, grid, ignore_index
