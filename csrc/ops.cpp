@@ -42,6 +42,9 @@ TORCH_LIBRARY_FRAGMENT(semiseg_fast, m) {
       "int norm_mode, float norm_value, Tensor? label_a, Tensor? conf_a, Tensor? label_b, Tensor? conf_b, "
       "bool need_grad_a, bool need_grad_b, int[]? size, bool align_corners) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_cpp_photometric(Tensor target, Tensor warped, Tensor? identity, float ssim_weight, bool need_grad) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("_cpp_pseudoseg_scale(Tensor decoder, Tensor sgc, int[]? size, bool align_corners) -> Tensor");
   m.def("_cpp_feature_rows(Tensor features) -> Tensor");
   m.def(

@@ -665,10 +665,119 @@ void infonce_range(const InfoNceArgs& a, int64_t a0, int64_t a1) {
   }
 }
 
+
+// -- photometric reprojection loss ------------------------------------------------------------
+namespace photometric {
+
+constexpr float kC1 = 0.01f * 0.01f, kC2 = 0.03f * 0.03f;
+
+inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+// The 3x3 means of x, y, x^2, y^2 and xy at (i, j) of one (H, W) channel, over reflected rows/cols.
+struct Moments {
+  float mx, my, xx, yy, xy;
+};
+inline Moments moments(const float* x, const float* y, int64_t H, int64_t W, int64_t i, int64_t j) {
+  float sx = 0.f, sy = 0.f, sxx = 0.f, syy = 0.f, sxy = 0.f;
+  for (int64_t di = -1; di <= 1; ++di) {
+    const int64_t r = reflect(i + di, H) * W;
+    for (int64_t dj = -1; dj <= 1; ++dj) {
+      const int64_t q = r + reflect(j + dj, W);
+      const float a = x[q], b = y[q];
+      sx += a, sy += b, sxx += a * a, syy += b * b, sxy += a * b;
+    }
+  }
+  const float k = 1.f / 9.f;
+  return {sx * k, sy * k, sxx * k, syy * k, sxy * k};
+}
+
+// clamp((1 - SSIM) / 2, 0, 1) of one channel at one pixel and, when d != nullptr, its derivatives
+// with respect to the 3x3 means of x, x^2 and xy (x: the warped image), as torch.clamp passes
+// the gradient: where the value is inside [0, 1], bounds included.
+inline float ssim_error(const Moments& m, float* d) {
+  const float a1 = 2.f * m.mx * m.my + kC1, a2 = 2.f * (m.xy - m.mx * m.my) + kC2;
+  const float b1 = m.mx * m.mx + m.my * m.my + kC1, b2 = (m.xx - m.mx * m.mx) + (m.yy - m.my * m.my) + kC2;
+  const float num = a1 * a2, den = b1 * b2;
+  const float e = (1.f - num / den) * 0.5f;
+  if (d) {
+    const float inside = (e >= 0.f && e <= 1.f) ? -0.5f : 0.f;  // d e / d ssim
+    const float inv = 1.f / den, ssim_over_den = num * inv * inv;
+    d[0] = inside * (2.f * m.my * (a2 - a1) * inv - ssim_over_den * 2.f * m.mx * (b2 - b1));
+    d[1] = inside * (-ssim_over_den * b1);
+    d[2] = inside * (2.f * a1 * inv);
+  }
+  return std::min(std::max(e, 0.f), 1.f);  // NaN stays NaN
+}
+
+inline float pixel_error(const float* t, const float* w, int64_t H, int64_t W, int64_t i, int64_t j, float alpha) {
+  const int64_t plane = H * W, p = i * W + j;
+  float ssim = 0.f, l1 = 0.f;
+  for (int c = 0; c < 3; ++c) {
+    ssim += ssim_error(moments(w + c * plane, t + c * plane, H, W, i, j), nullptr);
+    l1 += std::fabs(t[c * plane + p] - w[c * plane + p]);
+  }
+  return alpha * ssim / 3.f + (1.f - alpha) * l1 / 3.f;
+}
+
+}  // namespace photometric
+
+void photometric_range(const PhotometricArgs& a, int64_t n0, int64_t n1) {
+  using namespace photometric;
+  const int64_t H = a.H, W = a.W, plane = H * W, image = 3 * plane, source = a.N * image;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* t = a.target + n * image;
+    double total = 0.0;
+    for (int64_t i = 0; i < H; ++i) {
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t p = i * W + j;
+        float best = 0.f;
+        int win = -1;
+        bool nan = false;
+        for (int64_t s = 0; s < a.S; ++s) {
+          const float e = pixel_error(t, a.warped + s * source + n * image, H, W, i, j, a.alpha);
+          nan |= e != e;
+          if (win < 0 || e < best) best = e, win = (int)s;
+        }
+        if (a.identity) {
+          for (int64_t s = 0; s < a.S; ++s) {
+            const float e = pixel_error(t, a.identity + s * source + n * image, H, W, i, j, a.alpha);
+            nan |= e != e;
+            if (e < best) best = e, win = -1;
+          }
+        }
+        if (nan) best = std::nanf(""), win = -1;
+        total += best;
+        a.winner[n * plane + p] = (int8_t)win;
+        if (!a.grad || win < 0) continue;
+        // The winner's gradient: the SSIM term through the 3x3 means of every window position
+        // (a reflected position counts as often as it occurs), the L1 term at the pixel itself.
+        const float* w = a.warped + win * source + n * image;
+        float* g = a.grad + win * source + n * image;
+        for (int c = 0; c < 3; ++c) {
+          const float *wc = w + c * plane, *tc = t + c * plane;
+          float d[3];
+          ssim_error(moments(wc, tc, H, W, i, j), d);
+          const float k = a.grad_scale * a.alpha / 3.f / 9.f;
+          for (int64_t di = -1; di <= 1; ++di) {
+            const int64_t r = reflect(i + di, H) * W;
+            for (int64_t dj = -1; dj <= 1; ++dj) {
+              const int64_t q = r + reflect(j + dj, W);
+              g[c * plane + q] += k * (d[0] + 2.f * wc[q] * d[1] + tc[q] * d[2]);
+            }
+          }
+          const float diff = wc[p] - tc[p];
+          g[c * plane + p] += a.grad_scale * (1.f - a.alpha) / 3.f * (float)((diff > 0.f) - (diff < 0.f));
+        }
+      }
+    }
+    a.image_loss[n] = total;
+  }
+}
+
 const KernelTable& table() {
   static const KernelTable t = {pixel_stats_range,          cross_entropy_range, fixmatch_range, denominator_range,
                                 pixel_stats_backward_range, negative_mask_range, sum_squares_range,
                                 pseudoseg_range,            scale_round_range,   infonce_range,
-                                cps_range,                  SSF_ISA_NAME};
+                                cps_range,                  photometric_range,   SSF_ISA_NAME};
   return t;
 }

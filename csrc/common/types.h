@@ -229,6 +229,23 @@ struct InfoNceArgs {
   float* grad = nullptr;               // (K * Q, D) d loss / d anchors, or nullptr
 };
 
+// Monodepth2's photometric reprojection loss of one image per work item (fp32, contiguous): per
+// pixel and source, alpha mean_c clamp((1 - SSIM_c) / 2, 0, 1) + (1 - alpha) mean_c |t - w|, SSIM
+// from 3x3 means over the reflection-padded image; the pixel's loss is the minimum over the S
+// warped sources and the S identity ones (a warped source wins ties; identity only when strictly
+// lower; NaN anywhere: NaN, no winner).
+struct PhotometricArgs {
+  int64_t S = 0, N = 0, H = 0, W = 0;
+  const float* target = nullptr;    // (N, 3, H, W)
+  const float* warped = nullptr;    // (S, N, 3, H, W)
+  const float* identity = nullptr;  // (S, N, 3, H, W) or nullptr
+  float alpha = 0.85f;
+  float grad_scale = 1.f;           // d loss / d pixel loss (1 / (N H W))
+  float* grad = nullptr;            // (S, N, 3, H, W), zeroed, or nullptr
+  int8_t* winner = nullptr;         // (N, H, W): the winning warped source, -1 for identity or NaN
+  double* image_loss = nullptr;     // [N]: the sum of the pixel losses of each image
+};
+
 // Function table for one instruction set.
 // out[i] = round(grad[i] * scale) for i in [0, n): the fp32 gradient a loss kept, times the
 // incoming gradient, written once in the logits' fp16/bf16 dtype (both buffers dense, same strides).
@@ -251,6 +268,7 @@ struct KernelTable {
   void (*scale_round)(const ScaleRoundArgs&, int64_t, int64_t);
   void (*infonce)(const InfoNceArgs&, int64_t, int64_t);
   void (*cps)(const CpsArgs&, int64_t, int64_t);
+  void (*photometric)(const PhotometricArgs&, int64_t, int64_t);
   const char* name;
 };
 

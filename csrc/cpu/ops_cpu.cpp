@@ -550,6 +550,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {scalar(loss), scalar(ratio), grads[0], grads[1], scalar(post[0]), scalar(post[1])};
 }
 
+// Monodepth2's photometric loss of target (N, 3, H, W) against S warped sources (S, N, 3, H, W)
+// and optionally S identity ones: (loss, winner (N, H, W) int8, the gradient of warped in fp32
+// (empty when not wanted)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> photometric_cpu(const at::Tensor& target, const at::Tensor& warped,
+                                                                const c10::optional<at::Tensor>& identity,
+                                                                double ssim_weight, bool need_grad) {
+  TORCH_CHECK(target.dim() == 4 && target.size(1) == 3, "target: expected (N, 3, H, W), got ", target.sizes());
+  TORCH_CHECK(warped.dim() == 5 && warped.sizes().slice(1) == target.sizes(),
+              "warped: expected (S, N, 3, H, W) with target's (N, 3, H, W) ", target.sizes(), ", got ", warped.sizes());
+  TORCH_CHECK(target.size(2) >= 2 && target.size(3) >= 2, "target: expected at least 2 x 2 pixels, got ",
+              target.sizes());
+  if (identity.has_value())
+    TORCH_CHECK(identity->sizes() == warped.sizes(), "identity: expected warped's shape ", warped.sizes(), ", got ",
+                identity->sizes());
+  const at::Tensor t = target.to(at::kFloat).contiguous(), w = warped.to(at::kFloat).contiguous();
+  const at::Tensor id = identity.has_value() ? identity->to(at::kFloat).contiguous() : at::Tensor();
+  PhotometricArgs a;
+  a.S = w.size(0), a.N = t.size(0), a.H = t.size(2), a.W = t.size(3);
+  a.target = t.data_ptr<float>();
+  a.warped = w.data_ptr<float>();
+  a.identity = id.defined() ? id.data_ptr<float>() : nullptr;
+  a.alpha = (float)ssim_weight;
+  const int64_t pixels = a.N * a.H * a.W;
+  a.grad_scale = pixels > 0 ? 1.f / (float)pixels : 0.f;
+  at::Tensor grad = need_grad ? at::zeros(w.sizes(), w.options()) : at::empty({0}, w.options());
+  if (need_grad) a.grad = grad.data_ptr<float>();
+  at::Tensor winner = at::empty({a.N, a.H, a.W}, t.options().dtype(at::kChar));
+  a.winner = winner.data_ptr<int8_t>();
+  std::vector<double> image_loss(a.N, 0.0);
+  a.image_loss = image_loss.data();
+  if (a.S > 0 && pixels > 0) {
+    const auto& k = table();
+    run_tiles(a.N, [&](int64_t b, int64_t e) { k.photometric(a, b, e); });
+  }
+  return {scalar(pixels > 0 ? sum_in_order(image_loss) / (double)pixels : 0.0), winner, grad};
+}
+
 double sum_of_squares(const at::Tensor& x, const Grid& grid) {
   SumSquaresArgs a;
   a.shape = grid.shape();
@@ -685,6 +722,7 @@ TORCH_LIBRARY_IMPL(semiseg_fast, CPU, m) {
   m.impl("_cpp_cross_entropy", &ssf::cross_entropy_cpu);
   m.impl("_cpp_fixmatch", &ssf::fixmatch_cpu);
   m.impl("_cpp_cps", &ssf::cps_cpu);
+  m.impl("_cpp_photometric", &ssf::photometric_cpu);
   m.impl("_cpp_pseudoseg_scale", &ssf::pseudoseg_scale_cpu);
   m.impl("_cpp_pseudoseg", &ssf::pseudoseg_cpu);
 }

@@ -7,6 +7,7 @@ from .infonce import infonce_loss
 from .negative_mask import negative_class_mask
 from .ohem import ohem_cross_entropy
 from .percentile import entropy_percentile
+from .photometric import photometric_loss
 from .pixel_stats import PixelStats, pixel_stats
 from .pseudoseg import calibrated_fusion, logit_scale, pseudoseg_consistency_loss
 
@@ -20,6 +21,7 @@ __all__ = [
     "logit_scale",
     "negative_class_mask",
     "ohem_cross_entropy",
+    "photometric_loss",
     "pixel_stats",
     "pseudo_label_cross_entropy",
     "pseudoseg_consistency_loss",

@@ -3,7 +3,7 @@ the way the research code writes them: the ground truth of the tests, the ``refe
 backend, and the baseline of the benchmarks. ``reference.u2pl`` transcribes U2PL's official
 loss functions and memory bank."""
 
-from . import pseudoseg, u2pl
+from . import photometric, pseudoseg, u2pl
 from .core import (
     cps_loss,
     entropy_percentile,
@@ -26,6 +26,7 @@ __all__ = [
     "ohem_cross_entropy",
     "pixel_stats",
     "pseudo_label_cross_entropy",
+    "photometric",
     "pseudoseg",
     "u2pl",
 ]

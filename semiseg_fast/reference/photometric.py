@@ -43,7 +43,7 @@ def photometric_loss(
     W) and, given, the S ``identity`` ones (no gradient: only ``warped`` is learned through). A
     warped source wins a tie with another of higher index and with any identity error; a NaN error
     anywhere in a pixel's candidates makes its loss NaN. In fp32 (fp64 for fp64 input). With
-    ``return_winner``, also the (N, H, W) int64 index of the winning warped source, -1 where an
+    ``return_winner``, also the (N, H, W) int8 index of the winning warped source, -1 where an
     identity error won."""
     dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
     target, warped = target.to(dtype), warped.to(dtype)
@@ -61,4 +61,4 @@ def photometric_loss(
         winner = winner.masked_fill(identity_wins, -1)
     best = best.masked_fill(nan, float("nan"))
     loss = best.mean()
-    return (loss, winner.masked_fill(nan, -1)) if return_winner else loss
+    return (loss, winner.masked_fill(nan, -1).to(torch.int8)) if return_winner else loss

@@ -1,0 +1,90 @@
+"""sf.photometric_loss against the fp64 reference: values, gradients, winners, dtypes, layouts, errors."""
+
+import pytest
+import torch
+
+import semiseg_fast as sf
+from semiseg_fast.reference.photometric import photometric_loss as reference_loss
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _frames(s, n, h, w, dtype, identity, seed=0, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.rand(n, 3, h, w, generator=g).to(dtype)
+    warped = torch.rand(s, n, 3, h, w, generator=g).to(dtype)
+    ident = torch.rand(s, n, 3, h, w, generator=g).to(dtype) if identity else None
+    if channels_last:
+        target = target.contiguous(memory_format=torch.channels_last)
+        warped = warped.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return target, warped, ident
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("s,identity", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("h,w", [(2, 2), (5, 7), (16, 9)])
+def test_matches_the_reference(dtype, s, identity, h, w):
+    target, warped, ident = _frames(s, 2, h, w, dtype, identity, seed=h + w + s)
+    warped.requires_grad_()
+    loss, winner = sf.photometric_loss(target, warped, ident, return_winner=True)
+    (grad,) = torch.autograd.grad(loss, warped)
+    w64 = warped.detach().double().requires_grad_()
+    ref, ref_winner = reference_loss(
+        target.double(), w64, None if ident is None else ident.double(), return_winner=True
+    )
+    (ref_grad,) = torch.autograd.grad(ref, w64)
+    assert loss.dtype == torch.float32 and loss.dim() == 0 and grad.dtype == dtype
+    tol = TOL[dtype]
+    torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=tol, atol=tol * float(ref_grad.abs().max()))
+    assert (winner == ref_winner).float().mean() > 0.99  # up to near-ties decided in fp32
+
+
+def test_any_strides():
+    target, warped, ident = _frames(2, 2, 6, 8, torch.float32, True, channels_last=True)
+    expected = sf.photometric_loss(target.contiguous(), warped.contiguous(), ident)
+    torch.testing.assert_close(sf.photometric_loss(target, warped, ident), expected)
+
+
+def test_an_incoming_gradient_scales_the_kept_one():
+    target, warped, _ = _frames(2, 1, 5, 5, torch.float32, False)
+    warped.requires_grad_()
+    (g1,) = torch.autograd.grad(sf.photometric_loss(target, warped), warped)
+    (g3,) = torch.autograd.grad(3.0 * sf.photometric_loss(target, warped), warped)
+    torch.testing.assert_close(g3, 3.0 * g1)
+
+
+def test_compiles_with_its_gradient():
+    target, warped, ident = _frames(2, 1, 6, 6, torch.float32, True)
+    warped.requires_grad_()
+    compiled = torch.compile(lambda t, w, i: sf.photometric_loss(t, w, i), fullgraph=True, backend="eager")
+    loss = compiled(target, warped, ident)
+    (grad,) = torch.autograd.grad(loss, warped)
+    (expected,) = torch.autograd.grad(sf.photometric_loss(target, warped, ident), warped)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_nan_makes_the_loss_nan():
+    target, warped, _ = _frames(2, 1, 4, 4, torch.float32, False)
+    warped[1, 0, 2, 1, 1] = float("nan")
+    assert sf.photometric_loss(target, warped).isnan()
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((torch.rand(1, 3, 1, 5), torch.rand(1, 1, 3, 1, 5)), ValueError, "target: expected images of at least 2 x 2"),
+        ((torch.rand(1, 4, 5, 5), torch.rand(1, 1, 4, 5, 5)), ValueError, "target: expected a 4-D tensor"),
+        ((torch.rand(1, 3, 5, 5), torch.rand(1, 2, 3, 5, 5)), ValueError, "warped: expected"),
+        (
+            (torch.rand(1, 3, 5, 5), torch.rand(1, 1, 3, 5, 5), torch.rand(2, 1, 3, 5, 5)),
+            ValueError,
+            "identity: expected",
+        ),
+        ((torch.rand(1, 3, 5, 5), torch.rand(1, 1, 3, 5, 5), None, 1.5), ValueError, "ssim_weight"),
+        ((torch.rand(1, 3, 5, 5).long(), torch.rand(1, 1, 3, 5, 5)), TypeError, "target: expected a floating dtype"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(args, error, match):
+    with pytest.raises(error, match=match):
+        sf.photometric_loss(*args)
