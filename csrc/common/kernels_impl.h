@@ -673,104 +673,159 @@ constexpr float kC1 = 0.01f * 0.01f, kC2 = 0.03f * 0.03f;
 
 inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
-// The 3x3 means of x, y, x^2, y^2 and xy at (i, j) of one (H, W) channel, over reflected rows/cols.
-struct Moments {
-  float mx, my, xx, yy, xy;
-};
-inline Moments moments(const float* x, const float* y, int64_t H, int64_t W, int64_t i, int64_t j) {
-  float sx = 0.f, sy = 0.f, sxx = 0.f, syy = 0.f, sxy = 0.f;
-  for (int64_t di = -1; di <= 1; ++di) {
-    const int64_t r = reflect(i + di, H) * W;
-    for (int64_t dj = -1; dj <= 1; ++dj) {
-      const int64_t q = r + reflect(j + dj, W);
-      const float a = x[q], b = y[q];
-      sx += a, sy += b, sxx += a * a, syy += b * b, sxy += a * b;
-    }
+// out = the 3x3 means of in over reflected rows and columns (avg_pool2d of the reflection-padded
+// plane), as a row pass of 3-tap sums then a column pass. row: H * W scratch.
+inline void box_mean(const float* in, float* out, float* row, int64_t H, int64_t W) {
+  for (int64_t i = 0; i < H; ++i) {
+    const float* x = in + i * W;
+    float* r = row + i * W;
+    r[0] = x[1] + x[0] + x[1];
+    for (int64_t j = 1; j < W - 1; ++j) r[j] = x[j - 1] + x[j] + x[j + 1];
+    r[W - 1] = x[W - 2] + x[W - 1] + x[W - 2];
   }
   const float k = 1.f / 9.f;
-  return {sx * k, sy * k, sxx * k, syy * k, sxy * k};
+  for (int64_t i = 0; i < H; ++i) {
+    const float *up = row + reflect(i - 1, H) * W, *mid = row + i * W, *down = row + reflect(i + 1, H) * W;
+    float* o = out + i * W;
+    for (int64_t j = 0; j < W; ++j) o[j] = (up[j] + mid[j] + down[j]) * k;
+  }
 }
 
-// clamp((1 - SSIM) / 2, 0, 1) of one channel at one pixel and, when d != nullptr, its derivatives
-// with respect to the 3x3 means of x, x^2 and xy (x: the warped image), as torch.clamp passes
-// the gradient: where the value is inside [0, 1], bounds included.
-inline float ssim_error(const Moments& m, float* d) {
-  const float a1 = 2.f * m.mx * m.my + kC1, a2 = 2.f * (m.xy - m.mx * m.my) + kC2;
-  const float b1 = m.mx * m.mx + m.my * m.my + kC1, b2 = (m.xx - m.mx * m.mx) + (m.yy - m.my * m.my) + kC2;
+// out += the adjoint of box_mean applied to g: each output position hands its gradient / 9 to every
+// position of its reflected window, as often as that position occurs in it. row: H * W scratch.
+inline void box_mean_adjoint(const float* g, float* out, float* row, int64_t H, int64_t W) {
+  std::fill(row, row + H * W, 0.f);
+  const float k = 1.f / 9.f;
+  for (int64_t i = 0; i < H; ++i) {
+    const float* gi = g + i * W;
+    for (int64_t d = -1; d <= 1; ++d) {
+      float* r = row + reflect(i + d, H) * W;
+      for (int64_t j = 0; j < W; ++j) r[j] += gi[j] * k;
+    }
+  }
+  for (int64_t i = 0; i < H; ++i) {
+    const float* r = row + i * W;
+    float* o = out + i * W;
+    o[1] += r[0] + r[0];  // column -1 reflects to 1
+    o[0] += r[0];
+    for (int64_t j = 1; j < W - 1; ++j) {
+      o[j - 1] += r[j];
+      o[j] += r[j];
+      o[j + 1] += r[j];
+    }
+    o[W - 2] += r[W - 1] + r[W - 1];  // column W reflects to W - 2
+    o[W - 1] += r[W - 1];
+  }
+}
+
+// clamp((1 - SSIM) / 2, 0, 1) from the 3x3 means of x, y, x^2, y^2, xy and, when d != nullptr,
+// its derivatives with respect to those of x, x^2 and xy (x: the warped image), as torch.clamp
+// passes the gradient: where the value is inside [0, 1], bounds included. NaN stays NaN.
+inline float ssim_error(float mx, float my, float xx, float yy, float xy, float* d) {
+  const float a1 = 2.f * mx * my + kC1, a2 = 2.f * (xy - mx * my) + kC2;
+  const float b1 = mx * mx + my * my + kC1, b2 = (xx - mx * mx) + (yy - my * my) + kC2;
   const float num = a1 * a2, den = b1 * b2;
   const float e = (1.f - num / den) * 0.5f;
   if (d) {
     const float inside = (e >= 0.f && e <= 1.f) ? -0.5f : 0.f;  // d e / d ssim
     const float inv = 1.f / den, ssim_over_den = num * inv * inv;
-    d[0] = inside * (2.f * m.my * (a2 - a1) * inv - ssim_over_den * 2.f * m.mx * (b2 - b1));
+    d[0] = inside * (2.f * my * (a2 - a1) * inv - ssim_over_den * 2.f * mx * (b2 - b1));
     d[1] = inside * (-ssim_over_den * b1);
     d[2] = inside * (2.f * a1 * inv);
   }
-  return std::min(std::max(e, 0.f), 1.f);  // NaN stays NaN
-}
-
-inline float pixel_error(const float* t, const float* w, int64_t H, int64_t W, int64_t i, int64_t j, float alpha) {
-  const int64_t plane = H * W, p = i * W + j;
-  float ssim = 0.f, l1 = 0.f;
-  for (int c = 0; c < 3; ++c) {
-    ssim += ssim_error(moments(w + c * plane, t + c * plane, H, W, i, j), nullptr);
-    l1 += std::fabs(t[c * plane + p] - w[c * plane + p]);
-  }
-  return alpha * ssim / 3.f + (1.f - alpha) * l1 / 3.f;
+  return std::min(std::max(e, 0.f), 1.f);
 }
 
 }  // namespace photometric
 
+// One image per work item. Scratch per item: the target's means, each warped source's means (kept
+// for its gradient), the error of the source at hand, the best error so far.
 void photometric_range(const PhotometricArgs& a, int64_t n0, int64_t n1) {
   using namespace photometric;
-  const int64_t H = a.H, W = a.W, plane = H * W, image = 3 * plane, source = a.N * image;
+  const int64_t H = a.H, W = a.W, plane = H * W, image = 3 * plane, source = a.N * image, S = a.S;
+  std::vector<float> row(plane), sq(plane), my(image), yy(image), err(plane), best(plane);
+  std::vector<float> moments((size_t)S * 3 * image);  // per warped source: means of x, x^2, xy
+  std::vector<float> coef(3 * plane), back(3 * plane);
+  const float alpha3 = a.alpha / 3.f, l1_3 = (1.f - a.alpha) / 3.f;
   for (int64_t n = n0; n < n1; ++n) {
     const float* t = a.target + n * image;
-    double total = 0.0;
-    for (int64_t i = 0; i < H; ++i) {
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t p = i * W + j;
-        float best = 0.f;
-        int win = -1;
-        bool nan = false;
-        for (int64_t s = 0; s < a.S; ++s) {
-          const float e = pixel_error(t, a.warped + s * source + n * image, H, W, i, j, a.alpha);
-          nan |= e != e;
-          if (win < 0 || e < best) best = e, win = (int)s;
-        }
-        if (a.identity) {
-          for (int64_t s = 0; s < a.S; ++s) {
-            const float e = pixel_error(t, a.identity + s * source + n * image, H, W, i, j, a.alpha);
-            nan |= e != e;
-            if (e < best) best = e, win = -1;
-          }
-        }
-        if (nan) best = std::nanf(""), win = -1;
-        total += best;
-        a.winner[n * plane + p] = (int8_t)win;
-        if (!a.grad || win < 0) continue;
-        // The winner's gradient: the SSIM term through the 3x3 means of every window position
-        // (a reflected position counts as often as it occurs), the L1 term at the pixel itself.
-        const float* w = a.warped + win * source + n * image;
-        float* g = a.grad + win * source + n * image;
-        for (int c = 0; c < 3; ++c) {
-          const float *wc = w + c * plane, *tc = t + c * plane;
-          float d[3];
-          ssim_error(moments(wc, tc, H, W, i, j), d);
-          const float k = a.grad_scale * a.alpha / 3.f / 9.f;
-          for (int64_t di = -1; di <= 1; ++di) {
-            const int64_t r = reflect(i + di, H) * W;
-            for (int64_t dj = -1; dj <= 1; ++dj) {
-              const int64_t q = r + reflect(j + dj, W);
-              g[c * plane + q] += k * (d[0] + 2.f * wc[q] * d[1] + tc[q] * d[2]);
-            }
-          }
-          const float diff = wc[p] - tc[p];
-          g[c * plane + p] += a.grad_scale * (1.f - a.alpha) / 3.f * (float)((diff > 0.f) - (diff < 0.f));
+    int8_t* win = a.winner + n * plane;
+    for (int c = 0; c < 3; ++c) {
+      const float* y = t + c * plane;
+      box_mean(y, my.data() + c * plane, row.data(), H, W);
+      for (int64_t p = 0; p < plane; ++p) sq[p] = y[p] * y[p];
+      box_mean(sq.data(), yy.data() + c * plane, row.data(), H, W);
+    }
+    // err = the error of source x, with its means written to m (3 planes per channel) or scratch
+    auto error_of = [&](const float* x, float* m) {
+      std::fill(err.begin(), err.end(), 0.f);
+      for (int c = 0; c < 3; ++c) {
+        const float *xc = x + c * plane, *yc = t + c * plane;
+        float *mx = m + c * 3 * plane, *xx = mx + plane, *xy = xx + plane;
+        box_mean(xc, mx, row.data(), H, W);
+        for (int64_t p = 0; p < plane; ++p) sq[p] = xc[p] * xc[p];
+        box_mean(sq.data(), xx, row.data(), H, W);
+        for (int64_t p = 0; p < plane; ++p) sq[p] = xc[p] * yc[p];
+        box_mean(sq.data(), xy, row.data(), H, W);
+        const float *myc = my.data() + c * plane, *yyc = yy.data() + c * plane;
+        for (int64_t p = 0; p < plane; ++p)
+          err[p] += alpha3 * ssim_error(mx[p], myc[p], xx[p], yyc[p], xy[p], nullptr) + l1_3 * std::fabs(yc[p] - xc[p]);
+      }
+    };
+    // best / winner over the warped sources (the first wins ties), then identity (strictly lower)
+    std::vector<uint8_t> nan(plane, 0);
+    for (int64_t s = 0; s < S; ++s) {
+      error_of(a.warped + s * source + n * image, moments.data() + s * 3 * image);
+      for (int64_t p = 0; p < plane; ++p) {
+        const float e = err[p];
+        nan[p] |= e != e;
+        if (s == 0 || e < best[p]) best[p] = e, win[p] = (int8_t)s;
+      }
+    }
+    if (a.identity) {
+      std::vector<float> scratch(3 * image);
+      for (int64_t s = 0; s < S; ++s) {
+        error_of(a.identity + s * source + n * image, scratch.data());
+        for (int64_t p = 0; p < plane; ++p) {
+          const float e = err[p];
+          nan[p] |= e != e;
+          if (e < best[p]) best[p] = e, win[p] = -1;
         }
       }
     }
+    double total = 0.0;
+    for (int64_t p = 0; p < plane; ++p) {
+      if (nan[p]) best[p] = std::nanf(""), win[p] = -1;
+      total += best[p];
+    }
     a.image_loss[n] = total;
+    if (!a.grad) continue;
+    // The winner's gradient: the SSIM term through the 3x3 means (the adjoint of box_mean), the L1
+    // term at the pixel itself; each source's planes only where it won.
+    for (int64_t s = 0; s < S; ++s) {
+      const float* x = a.warped + s * source + n * image;
+      float* g = a.grad + s * source + n * image;
+      for (int c = 0; c < 3; ++c) {
+        const float *xc = x + c * plane, *yc = t + c * plane, *m = moments.data() + s * 3 * image + c * 3 * plane;
+        const float *myc = my.data() + c * plane, *yyc = yy.data() + c * plane;
+        float *d0 = coef.data(), *d1 = d0 + plane, *d2 = d1 + plane;
+        for (int64_t p = 0; p < plane; ++p) {
+          float d[3] = {0.f, 0.f, 0.f};
+          if (win[p] == s) ssim_error(m[p], myc[p], m[plane + p], yyc[p], m[2 * plane + p], d);
+          d0[p] = d[0], d1[p] = d[1], d2[p] = d[2];
+        }
+        std::fill(back.begin(), back.end(), 0.f);
+        for (int k = 0; k < 3; ++k) box_mean_adjoint(coef.data() + k * plane, back.data() + k * plane, row.data(), H, W);
+        const float *b0 = back.data(), *b1 = b0 + plane, *b2 = b1 + plane;
+        float* gc = g + c * plane;
+        const float ks = a.grad_scale * alpha3, kl = a.grad_scale * l1_3;
+        for (int64_t p = 0; p < plane; ++p) {
+          const float diff = xc[p] - yc[p];
+          const float l1 = win[p] == s ? kl * (float)((diff > 0.f) - (diff < 0.f)) : 0.f;
+          gc[p] = ks * (b0[p] + 2.f * xc[p] * b1[p] + yc[p] * b2[p]) + l1;
+        }
+      }
+    }
   }
 }
 

@@ -241,7 +241,7 @@ struct PhotometricArgs {
   const float* identity = nullptr;  // (S, N, 3, H, W) or nullptr
   float alpha = 0.85f;
   float grad_scale = 1.f;           // d loss / d pixel loss (1 / (N H W))
-  float* grad = nullptr;            // (S, N, 3, H, W), zeroed, or nullptr
+  float* grad = nullptr;            // (S, N, 3, H, W), or nullptr
   int8_t* winner = nullptr;         // (N, H, W): the winning warped source, -1 for identity or NaN
   double* image_loss = nullptr;     // [N]: the sum of the pixel losses of each image
 };

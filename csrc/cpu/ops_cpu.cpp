@@ -574,7 +574,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> photometric_cpu(const at::Tensor&
   a.alpha = (float)ssim_weight;
   const int64_t pixels = a.N * a.H * a.W;
   a.grad_scale = pixels > 0 ? 1.f / (float)pixels : 0.f;
-  at::Tensor grad = need_grad ? at::zeros(w.sizes(), w.options()) : at::empty({0}, w.options());
+  at::Tensor grad = at::empty(need_grad ? w.sizes() : at::IntArrayRef{0}, w.options());  // every element written
   if (need_grad) a.grad = grad.data_ptr<float>();
   at::Tensor winner = at::empty({a.N, a.H, a.W}, t.options().dtype(at::kChar));
   a.winner = winner.data_ptr<int8_t>();
