@@ -811,8 +811,11 @@ void photometric_range(const PhotometricArgs& a, int64_t n0, int64_t n1) {
         float *d0 = coef.data(), *d1 = d0 + plane, *d2 = d1 + plane;
         for (int64_t p = 0; p < plane; ++p) {
           float d[3] = {0.f, 0.f, 0.f};
-          if (win[p] == s) ssim_error(m[p], myc[p], m[plane + p], yyc[p], m[2 * plane + p], d);
-          d0[p] = d[0], d1[p] = d[1], d2[p] = d[2];
+          if (win[p] == s || nan[p]) ssim_error(m[p], myc[p], m[plane + p], yyc[p], m[2 * plane + p], d);
+          // a source that did not win hands on 0 times its derivatives, as autograd does: NaN
+          // where they are NaN (its means hold a NaN), so a NaN spreads over its 3x3 window
+          const float keep = win[p] == s ? 1.f : 0.f;
+          d0[p] = keep * d[0], d1[p] = keep * d[1], d2[p] = keep * d[2];
         }
         std::fill(back.begin(), back.end(), 0.f);
         for (int k = 0; k < 3; ++k) box_mean_adjoint(coef.data() + k * plane, back.data() + k * plane, row.data(), H, W);
@@ -822,7 +825,7 @@ void photometric_range(const PhotometricArgs& a, int64_t n0, int64_t n1) {
         for (int64_t p = 0; p < plane; ++p) {
           const float diff = xc[p] - yc[p];
           const float l1 = win[p] == s ? kl * (float)((diff > 0.f) - (diff < 0.f)) : 0.f;
-          gc[p] = ks * (b0[p] + 2.f * xc[p] * b1[p] + yc[p] * b2[p]) + l1;
+          gc[p] = nan[p] ? std::nanf("") : ks * (b0[p] + 2.f * xc[p] * b1[p] + yc[p] * b2[p]) + l1;
         }
       }
     }

@@ -42,7 +42,9 @@ def photometric_loss(
     """Mean over N·H·W of each pixel's smallest error among the S ``warped`` sources (S, N, 3, H,
     W) and, given, the S ``identity`` ones (no gradient: only ``warped`` is learned through). A
     warped source wins a tie with another of higher index and with any identity error; a NaN error
-    anywhere in a pixel's candidates makes its loss NaN. In fp32 (fp64 for fp64 input). With
+    anywhere in a pixel's candidates makes its loss, and every warped source's gradient at that
+    pixel, NaN (and, as autograd passes 0 times a NaN derivative, a source's gradient over the 3x3
+    window of a pixel where its own error is NaN). In fp32 (fp64 for fp64 input). With
     ``return_winner``, also the (N, H, W) int8 index of the winning warped source, -1 where an
     identity error won."""
     dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
@@ -59,6 +61,8 @@ def photometric_loss(
         identity_wins = still < best
         best = torch.where(identity_wins, still, best)
         winner = winner.masked_fill(identity_wins, -1)
-    best = best.masked_fill(nan, float("nan"))
+    # a NaN pixel: its loss and every warped source's gradient there are NaN (docs/design.md)
+    poison = torch.zeros_like(best).masked_fill(nan, float("nan"))
+    best = torch.where(nan, best.detach(), best) + warped.sum((0, 2)) * poison
     loss = best.mean()
     return (loss, winner.masked_fill(nan, -1).to(torch.int8)) if return_winner else loss

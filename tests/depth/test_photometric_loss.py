@@ -64,10 +64,19 @@ def test_compiles_with_its_gradient():
     torch.testing.assert_close(grad, expected)
 
 
-def test_nan_makes_the_loss_nan():
-    target, warped, _ = _frames(2, 1, 4, 4, torch.float32, False)
-    warped[1, 0, 2, 1, 1] = float("nan")
-    assert sf.photometric_loss(target, warped).isnan()
+@pytest.mark.parametrize("where", ["warped", "identity", "target"])
+def test_a_nan_pixel_has_a_nan_loss_and_gradient_as_the_reference(where):
+    target, warped, identity = _frames(2, 1, 6, 5, torch.float32, True)
+    {"warped": warped[1, 0], "identity": identity[0, 0], "target": target[0]}[where][2, 0, 4] = float("nan")
+    warped.requires_grad_()
+    loss = sf.photometric_loss(target, warped, identity)
+    (grad,) = torch.autograd.grad(loss, warped)
+    w64 = warped.detach().double().requires_grad_()
+    ref = reference_loss(target.double(), w64, identity.double())
+    (ref_grad,) = torch.autograd.grad(ref, w64)
+    assert loss.isnan() and ref.isnan()
+    assert torch.equal(grad.isnan(), ref_grad.isnan())
+    torch.testing.assert_close(grad.double().nan_to_num(), ref_grad.nan_to_num(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -82,4 +82,11 @@ def test_a_nan_anywhere_in_a_pixels_candidates_makes_the_loss_nan():
     identity = torch.rand(2, 1, 3, 4, 4, dtype=torch.float64)
     identity[1, 0, 2, 3, 3] = float("nan")
     assert photometric_loss(target, warped).isfinite()
-    assert photometric_loss(target, warped, identity).isnan()
+    warped.requires_grad_()
+    loss = photometric_loss(target, warped, identity)
+    (grad,) = torch.autograd.grad(loss, warped)
+    # the identity error is NaN at the pixels whose 3x3 window holds (3, 3): rows and columns 2-3;
+    # identity has no gradient, so only those pixels' own gradients are NaN, every source and channel
+    expected = torch.zeros(2, 1, 3, 4, 4, dtype=torch.bool)
+    expected[..., 2:, 2:] = True
+    assert loss.isnan() and torch.equal(grad.isnan(), expected)
