@@ -97,3 +97,30 @@ def test_a_nan_pixel_has_a_nan_loss_and_gradient_as_the_reference(where):
 def test_bad_arguments_are_refused_by_name(args, error, match):
     with pytest.raises(error, match=match):
         sf.photometric_loss(*args)
+
+
+ISAS = torch.ops.semiseg_fast._cpp_kernel_isas()  # the builds this CPU runs; "generic" always
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_instruction_set_and_thread_count_agrees_with_the_generic_build(name, threads):
+    target, warped, identity = _frames(2, 3, 7, 10, torch.float32, True, seed=5)
+    warped.requires_grad_()
+    isa, before, threads_before = torch.ops.semiseg_fast._cpp_kernel_isa, None, torch.get_num_threads()
+
+    def run(build, n):
+        isa(build)
+        torch.set_num_threads(n)
+        loss, winner = sf.photometric_loss(target, warped, identity, return_winner=True)
+        return loss, winner, torch.autograd.grad(loss, warped)[0]
+
+    try:
+        before = isa("")
+        fast, base = run(name, threads), run("generic", 1)
+    finally:
+        isa(before)
+        torch.set_num_threads(threads_before)
+    torch.testing.assert_close(fast[0], base[0], rtol=1e-6, atol=0)
+    assert torch.equal(fast[1], base[1])
+    torch.testing.assert_close(fast[2], base[2], rtol=1e-5, atol=1e-9)
