@@ -12,14 +12,23 @@ from ._grad import first_order_only, refuse_function_transforms, scaled_grad
 
 @torch.library.custom_op("semiseg_fast::photometric_loss", mutates_args=())
 def _photometric_op(
-    target: torch.Tensor, warped: torch.Tensor, identity: torch.Tensor | None, ssim_weight: float, need_grad: bool
+    target: torch.Tensor,
+    warped: torch.Tensor,
+    identity: torch.Tensor | None,
+    ssim_weight: float,
+    need_grad: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, winner (N, H, W) int8, d loss / d warped in fp32 (empty when not wanted))."""
-    return tuple(torch.ops.semiseg_fast._cpp_photometric(target, warped, identity, ssim_weight, need_grad))
+    if backend == "cpp":
+        return tuple(torch.ops.semiseg_fast._cpp_photometric(target, warped, identity, ssim_weight, need_grad))
+    from ..triton.photometric import photometric
+
+    return photometric(target, warped, identity, ssim_weight, need_grad)
 
 
 @_photometric_op.register_fake
-def _(target, warped, identity, ssim_weight, need_grad):
+def _(target, warped, identity, ssim_weight, need_grad, backend):
     n, _, h, w = target.shape
     grad = warped.new_empty(warped.shape if need_grad else (0,), dtype=torch.float32)
     return target.new_empty((), dtype=torch.float32), target.new_empty((n, h, w), dtype=torch.int8), grad
@@ -38,7 +47,7 @@ def _backward(ctx, g_loss, *_):
     g_warped = None
     if ctx.needs_input_grad[1] and g_loss is not None:
         g_warped = first_order_only(scaled_grad(grad, g_loss.float(), ctx.dtype))
-    return None, g_warped, None, None, None
+    return None, g_warped, None, None, None, None
 
 
 _photometric_op.register_autograd(_backward, setup_context=_setup_context)
@@ -103,9 +112,9 @@ def photometric_loss(
     ssim_weight = _checks.number(ssim_weight, "ssim_weight", low=0.0, high=1.0)
     impl = resolve(target.device)
     refuse_function_transforms(warped, impl)
-    if impl != "cpp":  # the Triton kernel is not written yet
+    if impl == "reference":
         return reference.photometric.photometric_loss(target, warped, identity, ssim_weight, return_winner)
     need_grad = torch.is_grad_enabled() and warped.requires_grad
-    loss, winner, _ = _photometric_op(target.detach(), warped, None if identity is None else identity.detach(),
-                                      ssim_weight, need_grad)  # fmt: skip
+    identity = None if identity is None else identity.detach()
+    loss, winner, _ = _photometric_op(target.detach(), warped, identity, ssim_weight, need_grad, impl)
     return (loss, winner) if return_winner else loss

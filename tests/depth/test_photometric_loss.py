@@ -5,6 +5,7 @@ import torch
 
 import semiseg_fast as sf
 from semiseg_fast.reference.photometric import photometric_loss as reference_loss
+from tests.helpers import ALL
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
@@ -20,30 +21,36 @@ def _frames(s, n, h, w, dtype, identity, seed=0, channels_last=False):
     return target, warped, ident
 
 
+@pytest.mark.parametrize("backend", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("s,identity", [(1, False), (2, False), (1, True), (2, True)])
 @pytest.mark.parametrize("h,w", [(2, 2), (5, 7), (16, 9)])
-def test_matches_the_reference(dtype, s, identity, h, w):
+def test_matches_the_reference(backend, dtype, s, identity, h, w):
     target, warped, ident = _frames(s, 2, h, w, dtype, identity, seed=h + w + s)
     warped.requires_grad_()
-    loss, winner = sf.photometric_loss(target, warped, ident, return_winner=True)
-    (grad,) = torch.autograd.grad(loss, warped)
+    with sf.backend(backend):
+        loss, winner = sf.photometric_loss(target, warped, ident, return_winner=True)
+        (grad,) = torch.autograd.grad(loss, warped)
     w64 = warped.detach().double().requires_grad_()
     ref, ref_winner = reference_loss(
         target.double(), w64, None if ident is None else ident.double(), return_winner=True
     )
     (ref_grad,) = torch.autograd.grad(ref, w64)
-    assert loss.dtype == torch.float32 and loss.dim() == 0 and grad.dtype == dtype
+    fp64_reference = backend == "reference" and dtype == torch.float64  # the reference keeps fp64
+    assert loss.dtype == (torch.float64 if fp64_reference else torch.float32) and loss.dim() == 0
+    assert grad.dtype == dtype
     tol = TOL[dtype]
     torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=tol, atol=tol * float(ref_grad.abs().max()))
     assert (winner == ref_winner).float().mean() > 0.99  # up to near-ties decided in fp32
 
 
-def test_any_strides():
+@pytest.mark.parametrize("backend", ALL)
+def test_any_strides(backend):
     target, warped, ident = _frames(2, 2, 6, 8, torch.float32, True, channels_last=True)
-    expected = sf.photometric_loss(target.contiguous(), warped.contiguous(), ident)
-    torch.testing.assert_close(sf.photometric_loss(target, warped, ident), expected)
+    expected = reference_loss(target.contiguous(), warped.contiguous(), ident)
+    with sf.backend(backend):
+        torch.testing.assert_close(sf.photometric_loss(target, warped, ident), expected)
 
 
 def test_an_incoming_gradient_scales_the_kept_one():
@@ -54,9 +61,15 @@ def test_an_incoming_gradient_scales_the_kept_one():
     torch.testing.assert_close(g3, 3.0 * g1)
 
 
-def test_compiles_with_its_gradient():
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_compiles_with_its_gradient(backend):
     target, warped, ident = _frames(2, 1, 6, 6, torch.float32, True)
     warped.requires_grad_()
+    with sf.backend(backend):
+        _compiled_gradient_matches(target, warped, ident)
+
+
+def _compiled_gradient_matches(target, warped, ident):
     compiled = torch.compile(lambda t, w, i: sf.photometric_loss(t, w, i), fullgraph=True, backend="eager")
     loss = compiled(target, warped, ident)
     (grad,) = torch.autograd.grad(loss, warped)
@@ -64,13 +77,15 @@ def test_compiles_with_its_gradient():
     torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("where", ["warped", "identity", "target"])
-def test_a_nan_pixel_has_a_nan_loss_and_gradient_as_the_reference(where):
+def test_a_nan_pixel_has_a_nan_loss_and_gradient_as_the_reference(backend, where):
     target, warped, identity = _frames(2, 1, 6, 5, torch.float32, True)
     {"warped": warped[1, 0], "identity": identity[0, 0], "target": target[0]}[where][2, 0, 4] = float("nan")
     warped.requires_grad_()
-    loss = sf.photometric_loss(target, warped, identity)
-    (grad,) = torch.autograd.grad(loss, warped)
+    with sf.backend(backend):
+        loss = sf.photometric_loss(target, warped, identity)
+        (grad,) = torch.autograd.grad(loss, warped)
     w64 = warped.detach().double().requires_grad_()
     ref = reference_loss(target.double(), w64, identity.double())
     (ref_grad,) = torch.autograd.grad(ref, w64)
