@@ -252,6 +252,7 @@ def sweep(only: str | None = None) -> list:
     from ..triton.negative_mask import negative_mask
     from ..triton.newest_negatives import newest_negatives
     from ..triton.percentile import percentile, select_ranks
+    from ..triton.photometric import photometric
     from ..triton.pixel_stats import pixel_stats, pixel_stats_backward
     from ..triton.pseudoseg import pseudoseg_loss
 
@@ -328,6 +329,15 @@ def sweep(only: str | None = None) -> list:
                     )
                 )
             calls.append((label, lambda x=x: pseudoseg_loss(x, x, x, None, scale, 0.5, 0.5, 0.0, True, 0, 0.0, False)))
+    # photometric_loss: 1 and 2 sources, with and without identity, with and without the gradient.
+    for dt in SWEEP_DTYPES:
+        target = torch.empty((n, 3, h, w), dtype=dt, device="meta")
+        for s in (1, 2):
+            warped = torch.empty((s, n, 3, h, w), dtype=dt, device="meta")
+            for identity in (None, warped):
+                for g in (True, False):
+                    label = f"photometric {str(dt)[6:]} S={s} identity={identity is not None} grad={g}"
+                    calls.append((label, lambda t=target, x=warped, i=identity, g=g: photometric(t, x, i, 0.85, g)))
     calls += resample_calls()
     # entropy_percentile: fp32 entropy maps, with and without a valid mask, 1 to 3 percentiles.
     for n, h, w in SWEEP_SHAPES:
