@@ -254,6 +254,7 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
     u2pl_checks = render_u2pl(w, rows, m, contrastive_mem)
     pseudoseg_checks = render_pseudoseg(w, rows)
     cps_checks = render_cps(w, rows, mem)
+    photometric_checks = render_photometric(w, rows)
     decoder_checks = render_decoder_resolution(w, rows)
     if checks:
         w("## Targets of the core-ops issue (first shape, fp32 NCHW)")
@@ -318,6 +319,15 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
         w("| target | measured | required | met |")
         w("|---|---:|---:|:---:|")
         for name, val, req, how in cps_checks:
+            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
+        w("")
+
+    if photometric_checks:
+        w("## Targets of the self-supervised depth issue (part 1)")
+        w("")
+        w("| target | measured | required | met |")
+        w("|---|---:|---:|:---:|")
+        for name, val, req, how in photometric_checks:
             w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
         w("")
 
@@ -445,6 +455,35 @@ def render_cps(w, rows, mem):
     w("")
     w("The fused op holds the two gradients it computed in forward (fp32 for bf16 logits), nothing else.")
     w("")
+    return checks
+
+
+PHOTOMETRIC_GROUP = "photometric_loss fwd+bwd"  # benchmarks/test_photometric.py
+
+
+def render_photometric(w, rows):
+    """The photometric loss table; returns the depth issue's speed checks."""
+    by = {r["impl"]: r for r in rows if r.get("op") == PHOTOMETRIC_GROUP}
+    if "fused" not in by:
+        return []
+    f, e, c = by["fused"], by.get("eager"), by.get("compile")
+    w("## Photometric loss: fused against Monodepth2's formulation")
+    w("")
+    w("`photometric_loss` forward + the warped sources' gradient (S = 2 sources and their identity")
+    w("frames, fp32) against `semiseg_fast.reference.photometric.photometric_loss` (reflection pad,")
+    w("3x3 average pools, the minimum over sources, autograd backward) and torch.compile of it.")
+    w("")
+    w("| shape (S, N, 3, H, W) | fused ms | eager ms | compile ms | vs eager | vs compile |")
+    w("|---|---:|---:|---:|---:|---:|")
+    cell = lambda r: fmt_ms(r["median_s"]) if r else "-"
+    ratio = lambda r: f"{r['median_s'] / f['median_s']:.1f}x" if r else "-"
+    w(f"| {'x'.join(map(str, f['shape']))} | {cell(f)} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} |")
+    w("")
+    checks = []
+    if e:
+        checks.append(("photometric_loss fwd+bwd vs eager", e["median_s"] / f["median_s"], 5.0, ">="))
+    if c:
+        checks.append(("photometric_loss fwd+bwd vs torch.compile", c["median_s"] / f["median_s"], 2.0, ">="))
     return checks
 
 
