@@ -304,32 +304,11 @@ def render(data, rows, mem, varying=None, contrastive_mem=None) -> str:
             w(f"| {name} | {val:.2f}{'' if how == '<=' else 'x'} | {how} {req} | {'yes' if ok else 'NO'} |")
         w("")
 
-    if pseudoseg_checks:
-        w("## Targets of the PseudoSeg issue")
-        w("")
-        w("| target | measured | required | met |")
-        w("|---|---:|---:|:---:|")
-        for name, val, req, how in pseudoseg_checks:
-            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
-        w("")
+    render_speed_targets(w, "Targets of the PseudoSeg issue", pseudoseg_checks)
 
-    if cps_checks:
-        w("## Targets of the CPS / RRN issue")
-        w("")
-        w("| target | measured | required | met |")
-        w("|---|---:|---:|:---:|")
-        for name, val, req, how in cps_checks:
-            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
-        w("")
+    render_speed_targets(w, "Targets of the CPS / RRN issue", cps_checks)
 
-    if photometric_checks:
-        w("## Targets of the self-supervised depth issue (part 1)")
-        w("")
-        w("| target | measured | required | met |")
-        w("|---|---:|---:|:---:|")
-        for name, val, req, how in photometric_checks:
-            w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
-        w("")
+    render_speed_targets(w, "Targets of the self-supervised depth issue (part 1)", photometric_checks)
 
     if decoder_checks:
         render_decoder_targets(w, decoder_checks)
@@ -456,6 +435,19 @@ def render_cps(w, rows, mem):
     w("The fused op holds the two gradients it computed in forward (fp32 for bf16 logits), nothing else.")
     w("")
     return checks
+
+
+def render_speed_targets(w, title, checks):
+    """A "## title" table of speed targets (measured x faster, at least the required factor); nothing without checks."""
+    if not checks:
+        return
+    w(f"## {title}")
+    w("")
+    w("| target | measured | required | met |")
+    w("|---|---:|---:|:---:|")
+    for name, val, req, how in checks:
+        w(f"| {name} | {val:.2f}x | {how} {req} | {'yes' if val >= req else 'NO'} |")
+    w("")
 
 
 PHOTOMETRIC_GROUP = "photometric_loss fwd+bwd"  # benchmarks/test_photometric.py
