@@ -11,6 +11,8 @@ object-like texture as a distractor, so that a few labeled images do not cover t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -113,31 +115,68 @@ def paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, tex: np
     return np.where(mask[..., None], a * (1 - tex) + b * tex, image)
 
 
-def illuminate(rng: np.random.Generator, image: np.ndarray, y: np.ndarray, x: np.ndarray, side: float) -> np.ndarray:
-    """uint8 (H, W, 3): a random linear light gradient, brightness and contrast, sensor noise."""
+def illuminate(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    side: float,
+    noise_rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """uint8 (H, W, 3): a random linear light gradient, brightness and contrast, sensor noise (drawn
+    from ``noise_rng`` where given, so that frames of one clip share the light but not the noise)."""
     h, w = y.shape[0], x.shape[1]
     angle = rng.uniform(0, 2 * np.pi)
     along = (np.cos(angle) * (x - x.mean()) + np.sin(angle) * (y - y.mean())) * side / max(h, w)  # in [-0.71, 0.71]
     light = 1 + rng.uniform(0.1, 0.4) * along * np.sqrt(2)
     image = image * light[..., None]
     image = (image - 0.5) * rng.uniform(0.7, 1.2) + 0.5 + rng.uniform(-0.12, 0.12)
-    image = image + rng.normal(0, rng.uniform(0.01, 0.05), size=image.shape)
+    sigma = rng.uniform(0.01, 0.05)
+    image = image + (rng if noise_rng is None else noise_rng).normal(0, sigma, size=image.shape)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# Where each layer of a scene is sampled: (layer, number of objects) -> (y, x) grids in units of
+# the shorter side. Layer 0 is the background (sampled before the objects are counted, so with a
+# count of 0), layer k the k-th object painted.
+LayerGrid = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def render_layers(
+    seed: int,
+    index: int,
+    size: tuple[int, int],
+    layer_grid: LayerGrid | None = None,
+    noise_rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image uint8 (H, W, 3), label uint8 (H, W), top layer uint8 (H, W)) of scene ``index`` of
+    dataset ``seed``. ``layer_grid`` samples each layer at other coordinates (another camera's
+    view of the scene, see :mod:`.clips`); by default every layer is seen at the image's own grid.
+    The random draws never depend on the coordinates, so every view shows the same scene."""
+    rng = np.random.default_rng([seed, index])
+    y, x, side = grid(size)
+    count = 0
+
+    def sample(layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return (y, x) if layer_grid is None else layer_grid(layer, count)
+
+    image = background(rng, *sample(0), side)
+    label = np.zeros(size, dtype=np.uint8)
+    top = np.zeros(size, dtype=np.uint8)
+    count = int(rng.integers(1, 5))
+    for layer in range(1, count + 1):
+        cls = int(rng.integers(1, NUM_CLASSES))
+        u, v, r = pose(rng, *sample(layer), side)
+        mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
+        image = paint(rng, image, mask, _texture(TEXTURES[cls - 1], rng, u, v, r))
+        label[mask], top[mask] = cls, layer
+    return illuminate(rng, image, y, x, side, noise_rng), label, top
 
 
 def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (H, W, 3), label uint8 (H, W)) of scene ``index`` of dataset ``seed``."""
-    rng = np.random.default_rng([seed, index])
-    y, x, side = grid(size)
-    image = background(rng, y, x, side)
-    label = np.zeros(size, dtype=np.uint8)
-    for _ in range(rng.integers(1, 5)):
-        cls = int(rng.integers(1, NUM_CLASSES))
-        u, v, r = pose(rng, y, x, side)
-        mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
-        image = paint(rng, image, mask, _texture(TEXTURES[cls - 1], rng, u, v, r))
-        label[mask] = cls
-    return illuminate(rng, image, y, x, side), label
+    image, label, _ = render_layers(seed, index, size)
+    return image, label
 
 
 class SyntheticScenes(Dataset):
