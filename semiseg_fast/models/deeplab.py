@@ -17,6 +17,7 @@ from .pseudoseg import PseudoSegHeads
 from .tap_grad import conv2d_tap_grad
 
 DEFAULT_WIDTH = 32  # the small encoder's channels at stride 4
+SMALL_RATES = (2, 4, 6)  # ASPP's dilations over the small encoder's stride-8 features
 
 
 class DilatedConv2d(nn.Conv2d):
@@ -156,7 +157,7 @@ class DeepLabV3Plus(nn.Module):
         self.encoder = build_encoder(backbone, width, output_stride)
         low_ch, mid_ch, deep_ch = self.encoder.channels
         if backbone == "small":
-            aspp_ch, reduce_ch, fuse_ch, default_rates = 2 * width, width // 2, 2 * width, (2, 4, 6)
+            aspp_ch, reduce_ch, fuse_ch, default_rates = 2 * width, width // 2, 2 * width, SMALL_RATES
         else:
             aspp_ch, reduce_ch, fuse_ch = 256, 48, 256
             default_rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)

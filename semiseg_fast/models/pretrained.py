@@ -1,5 +1,6 @@
 """Starting weights for a model's encoder: the embedded ones shipped with the package (made by
-``python -m semiseg_fast.pretrain``), ImageNet ResNets, or a state dict in a file."""
+``python -m semiseg_fast.pretrain``), ImageNet ResNets, a self-supervised depth run's encoder
+(``python -m semiseg_fast.depth``), or a state dict in a file."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ def resolve_source(source: str, backbone: str, width: int) -> str:
     if backbone != "small":
         return "imagenet"
     return "embedded" if width == EMBEDDED_WIDTH else "none"
+
+
+DEPTH_PREFIX, DEPTH_WEIGHTS = "depth:", "depth.pt"  # model.pretrained=depth:RUN_DIR
+DEPTH_DECODER = ("aspp.", "reduce.", "fuse.")  # what a depth run's decoder shares with DeepLabv3+'s
+
+
+def weights_file(source: str) -> str:
+    """The file a ``model.pretrained`` path names: ``depth:RUN_DIR`` is the encoder a
+    ``python -m semiseg_fast.depth`` run wrote, ``RUN_DIR/depth.pt``."""
+    if source.startswith(DEPTH_PREFIX):
+        return os.path.join(source[len(DEPTH_PREFIX) :], DEPTH_WEIGHTS)
+    return source
 
 
 def read_state_dict(path: str, what: str = "model.pretrained") -> dict[str, torch.Tensor]:
@@ -109,5 +122,21 @@ def load_pretrained(model: nn.Module, source: str, backbone: str) -> None:
 
         state, origin = imagenet_state_dict(backbone), f"model.pretrained=imagenet ({backbone})"
     else:
-        state, origin = read_state_dict(source), f"model.pretrained={source}"
+        state, origin = read_state_dict(weights_file(source)), f"model.pretrained={source}"
     load_encoder_weights(encoder, state, origin)
+    if source.startswith(DEPTH_PREFIX):  # the file read above: its "depth" entry is the whole depth network
+        whole = torch.load(weights_file(source), map_location="cpu", weights_only=True)
+        load_matching(model, whole.get("depth") if isinstance(whole, Mapping) else None, DEPTH_DECODER)
+
+
+def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor] | None, prefixes: tuple[str, ...]) -> list[str]:
+    """Copies the tensors of ``state`` under ``prefixes`` whose names and shapes ``model`` also has
+    (a depth run's decoder into a segmentation decoder of the same design); returns their names."""
+    if state is None:
+        return []
+    own = model.state_dict()
+    names = [k for k, v in state.items() if k.startswith(prefixes) and k in own and own[k].shape == v.shape]
+    with torch.no_grad():
+        for k in names:
+            own[k].copy_(state[k])
+    return names

@@ -21,7 +21,7 @@ import yaml
 
 from ..models.build import BUILT_IN_MODEL
 from ..models.deeplab import BACKBONES
-from ..models.pretrained import EMBEDDED_WIDTH, PRETRAINED_SOURCES
+from ..models.pretrained import DEPTH_PREFIX, EMBEDDED_WIDTH, PRETRAINED_SOURCES, weights_file
 from . import methods, schema
 from .schema import (
     BOOLEAN,
@@ -153,9 +153,10 @@ class ModelConfig(Section):
         "auto",
         "the encoder's starting weights: embedded (shipped, for the small encoder at width 32: "
         "python -m semiseg_fast.pretrain) | imagenet (ResNets: torchvision's ImageNet file, through torch.hub's "
-        "cache or a download; docs/backbones.md) | none | a file with the encoder's state dict (a torchvision "
-        "ResNet file loads as it is); auto: embedded for the small encoder at width 32, imagenet for ResNets",
-        Accepts(lambda v: isinstance(v, str) and bool(v), "auto | embedded | imagenet | none | a weights file"),
+        "cache or a download; docs/backbones.md) | none | depth:RUN_DIR (the encoder of a python -m "
+        "semiseg_fast.depth run, docs/depth.md) | a file with the encoder's state dict (a torchvision ResNet file "
+        "loads as it is); auto: embedded for the small encoder at width 32, imagenet for ResNets",
+        Accepts(lambda v: isinstance(v, str) and bool(v), "auto | embedded | imagenet | none | depth:RUN_DIR | a file"),
     )
 
     @classmethod
@@ -180,8 +181,14 @@ class ModelConfig(Section):
                 )
             if source == "imagenet" and values["backbone"] == "small":
                 fail("model.pretrained", "embedded, none or a weights file with model.backbone=small")
+        elif source.startswith(DEPTH_PREFIX):
+            if not os.path.isfile(weights_file(source)):
+                fail("model.pretrained", f"depth:RUN_DIR with a finished depth run there (no {weights_file(source)})")
         elif not os.path.isfile(source):
-            fail("model.pretrained", "auto | embedded | imagenet | none | an existing weights file (no file there)")
+            fail(
+                "model.pretrained",
+                "auto | embedded | imagenet | none | depth:RUN_DIR | an existing weights file (no file there)",
+            )
 
 
 @dataclass

@@ -1,0 +1,54 @@
+"""Monodepth2's self-supervised objective on a clip (t-1, t, t+1): frame t's depth and the two
+motions are learned by warping both neighbours into frame t, with the fused photometric loss
+(auto-masked by the unwarped neighbours, minimum over sources), at every decoder scale upsampled to
+full resolution, plus edge-aware smoothness at each scale's own resolution."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import normalize
+from ..ops.photometric import photometric_loss
+from .geometry import motion, smoothness, warp
+from .networks import DepthNet, PoseNet, disparity_to_depth
+
+
+def neighbour_motions(pose_net: PoseNet, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(R, T) from frame t's camera to frame t-1's and to t+1's. The pose network sees each pair
+    in time order, and the motion into the earlier frame is the inverse of what it predicts."""
+    images = normalize(frames.flatten(0, 1)).view(frames.shape)
+    out = []
+    for earlier, later, invert in ((0, 1, True), (1, 2, False)):
+        axis_angle, translation = pose_net(torch.cat([images[:, earlier], images[:, later]], 1))
+        out.append(motion(axis_angle, translation, invert))
+    return out
+
+
+def depth_loss(
+    depth_net: DepthNet,
+    pose_net: PoseNet,
+    frames: torch.Tensor,
+    intrinsics: torch.Tensor,
+    smoothness_weight: float = 1e-3,
+    ssim_weight: float = 0.85,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of a batch of clips ``frames`` uint8 (N, 3, 3, H, W) with ``intrinsics`` (N, 3, 3),
+    and its photometric and smoothness parts (averaged over scales, detached: no host sync here)."""
+    h, w = frames.shape[-2:]
+    colour = frames.float() / 255.0
+    target, sources = colour[:, 1], torch.stack([colour[:, 0], colour[:, 2]])
+    disparities = depth_net(normalize(frames[:, 1]))
+    motions = neighbour_motions(pose_net, frames)
+    loss = photo_total = smooth_total = torch.zeros((), device=frames.device)
+    for scale, disparity in enumerate(disparities):
+        depth = disparity_to_depth(F.interpolate(disparity, size=(h, w), mode="bilinear", align_corners=False))
+        warped = torch.stack([warp(src, depth, R, T, intrinsics) for src, (R, T) in zip(sources, motions)])
+        photo = photometric_loss(target, warped, identity=sources, ssim_weight=ssim_weight)
+        image = target if scale == 0 else F.interpolate(target, size=disparity.shape[-2:], mode="area")
+        smooth = smoothness(disparity, image)
+        loss = loss + photo + smoothness_weight / 2**scale * smooth
+        photo_total = photo_total + photo.detach()
+        smooth_total = smooth_total + smooth.detach()
+    n = len(disparities)
+    return loss / n, {"photometric": photo_total / n, "smoothness": smooth_total / n}

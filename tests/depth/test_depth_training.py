@@ -1,0 +1,176 @@
+import csv
+import os
+
+import pytest
+import torch
+
+from semiseg_fast.data import SyntheticClips
+from semiseg_fast.data.clips import ClipGeometry
+from semiseg_fast.depth import (
+    DepthNet,
+    PoseNet,
+    axis_angle_to_matrix,
+    depth_errors,
+    depth_loss,
+    median_baseline,
+    motion,
+    run,
+    warp,
+)
+from semiseg_fast.depth.run import main
+from semiseg_fast.models import DeepLabV3Plus
+from semiseg_fast.models.pretrained import load_pretrained
+from semiseg_fast.train import load_config
+from semiseg_fast.train.run_model import build_run_model
+
+
+def test_axis_angle_to_matrix_is_the_exponential_map():
+    axis_angle = torch.tensor([[0.3, -0.2, 0.5], [0.0, 0.0, 1e-9], [1.0, 2.0, -0.5]], dtype=torch.float64)
+    for v, R in zip(axis_angle, axis_angle_to_matrix(axis_angle)):
+        skew = torch.tensor([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], dtype=torch.float64)
+        assert torch.allclose(R, torch.linalg.matrix_exp(skew), atol=1e-12)
+
+
+def test_inverted_motion_undoes_the_motion():
+    axis_angle, translation = torch.tensor([[0.1, -0.3, 0.2]]), torch.tensor([[0.5, -1.0, 2.0]])
+    R, T = motion(axis_angle, translation, invert=False)
+    Ri, Ti = motion(axis_angle, translation, invert=True)
+    point = torch.tensor([1.0, 2.0, 3.0])
+    moved = R[0] @ point + T[0]
+    assert torch.allclose(Ri[0] @ moved + Ti[0], point, atol=1e-6)
+
+
+def test_warp_with_the_true_depth_and_motion_rebuilds_frame_t():
+    """The embedded clips' own geometry, through ``warp``: closer to frame t than the neighbour."""
+    clips = SyntheticClips(4, (48, 48), seed=0)
+    gained = []
+    for index in range(4):
+        item, geometry = clips[index], ClipGeometry(0, index, (48, 48))
+        target = item["frames"][1:2].double()
+        for offset, source in ((-1, item["frames"][0:1]), (1, item["frames"][2:3])):
+            R, T = (torch.from_numpy(a)[None] for a in geometry.motion(offset))
+            K = item["intrinsics"][None].double()
+            warped = warp(source.double(), item["depth"][None, None].double(), R, T, K)
+            inside = (slice(None), slice(None), slice(4, -4), slice(4, -4))
+            gained.append(
+                float((source.double() - target)[inside].abs().mean() - (warped - target)[inside].abs().mean())
+            )
+    assert min(gained) > 0 and sum(gained) / len(gained) > 3, gained  # in grey levels
+
+
+def test_identity_motion_warps_to_the_source_itself():
+    source = torch.rand(2, 3, 8, 10, dtype=torch.float64)
+    K = torch.tensor([[8.0, 0, 5], [0, 8, 4], [0, 0, 1]], dtype=torch.float64).expand(2, 3, 3)
+    R, T = torch.eye(3, dtype=torch.float64).expand(2, 3, 3), torch.zeros(2, 3, dtype=torch.float64)
+    assert torch.allclose(warp(source, torch.full((2, 1, 8, 10), 3.0, dtype=torch.float64), R, T, K), source)
+
+
+def test_median_scaled_scores():
+    true = torch.tensor([[[2.0, 4.0], [8.0, 0.0]]])  # 0: no true depth there
+    abs_rel, within, count = depth_errors(3.0 * true, true)
+    assert count == 3 and abs_rel == pytest.approx(0.0) and within == 3
+    abs_rel, within, count = median_baseline(true)  # 4 everywhere: errors 1, 0, 0.5
+    assert abs_rel == pytest.approx(1.5) and within == 1 and count == 3
+
+
+def test_depth_loss_trains_both_networks():
+    clips = SyntheticClips(2, (32, 32), seed=0)
+    frames = torch.stack([clips[i]["frames"] for i in range(2)])
+    K = torch.stack([clips[i]["intrinsics"] for i in range(2)])
+    depth_net, pose_net = DepthNet(8), PoseNet(4)
+    disparities = depth_net(torch.zeros(2, 3, 32, 32))
+    assert [tuple(d.shape) for d in disparities] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8), (2, 1, 4, 4)]
+    loss, parts = depth_loss(depth_net, pose_net, frames, K)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"photometric", "smoothness"}
+    for net in (depth_net, pose_net):
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in pose_net.parameters())
+
+
+def test_the_depth_network_holds_the_segmentation_encoder_and_decoder():
+    depth_net = DepthNet()
+    load_pretrained(depth_net, "embedded", "small")
+    own = DeepLabV3Plus(6).state_dict()
+    shared = {
+        k: v for k, v in depth_net.state_dict().items() if k.startswith(("encoder.", "aspp.", "reduce.", "fuse."))
+    }
+    assert set(shared) == {k for k in own if k.startswith(("encoder.", "aspp.", "reduce.", "fuse."))}
+    assert all(own[k].shape == v.shape for k, v in shared.items())
+
+
+TINY = ["--images", "8", "--val-images", "2", "--image-size", "16", "--batch-size", "4", "--width", "8",
+        "--pretrained", "none", "--threads", "1"]  # fmt: skip
+
+
+def test_command_trains_scores_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert main(TINY + ["--out", whole, "--epochs", "2"]) == 0
+
+    def save_then_stop(*args, **kwargs):  # killed right after the first epoch's checkpoint
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    real_save = run.save_atomic
+    monkeypatch.setattr(run, "save_atomic", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(TINY + ["--out", split, "--epochs", "2"])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(TINY + ["--out", split, "--epochs", "2", "--lr", "2e-4", "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(TINY + ["--out", split, "--epochs", "2", "--resume"]) == 0
+    a, b = torch.load(os.path.join(whole, "depth.pt")), torch.load(os.path.join(split, "depth.pt"))
+    assert set(a) == {"encoder", "depth", "pose"}
+    for key in a:
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    with open(os.path.join(whole, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert 0 < float(rows[-1]["abs_rel"]) and 0 <= float(rows[-1]["delta1"]) <= 1
+    assert os.path.getsize(os.path.join(whole, "depth.png")) > 1000
+    assert os.path.isfile(os.path.join(whole, "previous.pt"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "nan"], "--lr"),
+        (["--ssim-weight", "2"], "--ssim-weight"),
+        (["--image-size", "8"], "--image-size"),
+        (["--pretrained", "missing.pt"], "--pretrained"),
+        (["--data", "cityscapes"], "--root"),
+        (["--batch-size", "9"], "--batch-size"),
+        (["--pretrained", "embedded"], "--width 32"),
+        (["--workers", "-1"], "--workers"),
+    ],
+)
+def test_command_refuses_bad_arguments(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ["--out", str(tmp_path)] + args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resume_without_a_run_names_the_file(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path), "--resume"]) == 2
+    assert "last.pt" in capsys.readouterr().err
+
+
+def test_segmentation_starts_from_a_depth_run(tmp_path):
+    """The encoder and the decoder modules DeepLabv3+ shares with the depth network, all of them."""
+    depth_net = DepthNet()
+    with torch.no_grad():
+        for p in depth_net.parameters():
+            p.normal_()
+    torch.save({"encoder": depth_net.encoder.state_dict(), "depth": depth_net.state_dict()}, tmp_path / "depth.pt")
+    config = load_config(None, [f"model.pretrained=depth:{tmp_path}", f"out_dir={tmp_path / 'run'}"])
+    model = build_run_model(config, 6, load_weights=True)
+    shared = [k for k in model.state_dict() if k.startswith(("encoder.", "aspp.", "reduce.", "fuse."))]
+    assert len(shared) > 100
+    for name in shared:
+        assert torch.equal(model.state_dict()[name], depth_net.state_dict()[name]), name
+    assert not torch.equal(model.classifier.weight[:1], depth_net.heads[2][1].weight)  # the heads differ
+    with pytest.raises(ValueError, match="model.pretrained.*depth.pt"):
+        load_config(None, [f"model.pretrained=depth:{tmp_path / 'nowhere'}"])
