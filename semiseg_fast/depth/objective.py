@@ -5,6 +5,8 @@ full resolution, plus edge-aware smoothness at each scale's own resolution."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +14,17 @@ from ..data import normalize
 from ..ops.photometric import photometric_loss
 from .geometry import motion, smoothness, warp
 from .networks import DepthNet, PoseNet, disparity_to_depth
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) filtered by a separable Gaussian of ``sigma`` pixels, reflection at the borders."""
+    radius = max(1, int(math.ceil(2 * sigma)))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device) / sigma) ** 2)
+    taps = taps / taps.sum()
+    c = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def neighbour_motions(pose_net: PoseNet, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -32,11 +45,14 @@ def depth_loss(
     intrinsics: torch.Tensor,
     smoothness_weight: float = 1e-3,
     ssim_weight: float = 0.85,
+    blur: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of a batch of clips ``frames`` uint8 (N, 3, 3, H, W) with ``intrinsics`` (N, 3, 3),
     and its photometric and smoothness parts (averaged over scales, detached: no host sync here)."""
     h, w = frames.shape[-2:]
     colour = frames.float() / 255.0
+    if blur > 0:
+        colour = gaussian_blur(colour.flatten(0, 1), blur).view(colour.shape)
     target, sources = colour[:, 1], torch.stack([colour[:, 0], colour[:, 2]])
     disparities = depth_net(normalize(frames[:, 1]))
     motions = neighbour_motions(pose_net, frames)

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="Adam's rate (tenfold lower for the last quarter)")
     p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness")
     p.add_argument("--ssim-weight", type=float, default=0.85, help="SSIM's share of the photometric error")
+    p.add_argument(
+        "--blur", type=float, default=0.0, help="Gaussian sigma (pixels) of the frames the losses compare; 0: none"
+    )
     p.add_argument("--pretrained", default="embedded", help="the encoder's start: embedded | none | a weights file")
     p.add_argument("--width", type=int, default=32, help="the small encoder's width")
     p.add_argument("--seed", type=int, default=0, help="the networks' initialisation and the data order")
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--lr: expected a positive number, got {args.lr}")
     if not (math.isfinite(args.smoothness) and args.smoothness >= 0):
         p.error(f"--smoothness: expected a number >= 0, got {args.smoothness}")
+    if not (math.isfinite(args.blur) and args.blur >= 0):
+        p.error(f"--blur: expected a number >= 0, got {args.blur}")
     if not 0 <= args.ssim_weight <= 1:
         p.error(f"--ssim-weight: expected a number in [0, 1], got {args.ssim_weight}")
     if args.pretrained not in ("embedded", "none") and not os.path.isfile(args.pretrained):
@@ -188,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 frames = frames.flip(-1)
                 intrinsics = intrinsics.clone()
                 intrinsics[:, 0, 2] = frames.shape[-1] - intrinsics[:, 0, 2]
-            loss, parts = depth_loss(depth_net, pose_net, frames, intrinsics, args.smoothness, args.ssim_weight)
+            loss, parts = depth_loss(
+                depth_net, pose_net, frames, intrinsics, args.smoothness, args.ssim_weight, args.blur
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -136,7 +136,9 @@ class DeepLabV3Plus(nn.Module):
     term). ``pseudoseg=True`` adds PseudoSeg's image classifier and SGC head on the deepest
     features: the output then also holds ``"cls"`` (N, C - 1) and ``"sgc"`` logits at the size of
     ``"pred"``; ``forward(x, image_labels)`` passes known image labels to the Grad-CAM;
-    ``pseudoseg_classifier_backprop=False`` keeps the classifier's loss out of the backbone."""
+    ``pseudoseg_classifier_backprop=False`` keeps the classifier's loss out of the backbone.
+    ``depth_head=True`` adds a disparity head on the decoder's features: ``"disparity"`` (N, 1, h, w)
+    in (0, 1), Monodepth2's sigmoid disparity, at the size of ``"pred"``."""
 
     def __init__(
         self,
@@ -148,6 +150,7 @@ class DeepLabV3Plus(nn.Module):
         pseudoseg_classifier_backprop: bool = True,
         backbone: str = "small",
         output_stride: int = 8,
+        depth_head: bool = False,
     ):
         super().__init__()
         if num_classes < 2:
@@ -173,6 +176,10 @@ class DeepLabV3Plus(nn.Module):
             PseudoSegHeads(num_classes, deep_ch, mid_ch + deep_ch, classifier_backprop=pseudoseg_classifier_backprop)
             if pseudoseg
             else None
+        )
+        # Hoyer et al.'s multi-task variant: a disparity (sigmoid) read from the decoder's features
+        self.depth_head = (
+            nn.Sequential(conv_bn_relu(fuse_ch, fuse_ch), nn.Conv2d(fuse_ch, 1, 1)) if depth_head else None
         )
         self.num_classes = num_classes
         self.perturbation: FeaturePerturbation | None = None  # set by perturbed_features
@@ -201,6 +208,8 @@ class DeepLabV3Plus(nn.Module):
             out["pred_fp"] = self.classifier(feats_fp)
         if self.representation is not None:
             out["rep"] = self.representation(feats)
+        if self.depth_head is not None:
+            out["disparity"] = torch.sigmoid(self.depth_head(feats))
         if self.pseudoseg is not None:
             out["cls"], sgc = self.pseudoseg(deep, torch.cat([mid, deep], dim=1), image_labels)
             out["sgc"] = F.interpolate(sgc, size=low.shape[-2:], mode="bilinear", align_corners=False)

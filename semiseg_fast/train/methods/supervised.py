@@ -1,25 +1,102 @@
-"""Supervised training on the labeled images alone: the baseline every method is judged against."""
+"""Supervised training on the labeled images alone: the baseline every method is judged against.
+With ``semi.supervised.depth_run`` it is Hoyer et al.'s multi-task variant: a depth head on the
+decoder's features learns the frozen depth network's prediction beside the segmentation."""
 
 from __future__ import annotations
 
-import torch
+import os
+from dataclasses import dataclass
+from typing import Any
 
-from ...models import model_outputs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...depth.networks import DepthNet, disparity_to_depth
+from ...models.build import BUILT_IN_MODEL
+from ...models.pretrained import DEPTH_WEIGHTS
+from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, Section, option
 from .base import Method, StepContext, StepOutput
 from .registry import register
+
+
+@dataclass
+class SupervisedConfig(Section):
+    depth_run: str | None = option(
+        None,
+        "a python -m semiseg_fast.depth run folder: adds the depth task (a depth head on the decoder's features "
+        "learns the run's frozen depth network's log depth, L1, on the labeled crops); null: segmentation alone",
+        OPTIONAL_FOLDER,
+        path=True,
+    )
+    depth_weight: float = option(0.1, "weight of the depth task's loss (with depth_run)", NON_NEGATIVE_NUMBER)
+
+
+def frozen_depth_network(run_dir: str) -> DepthNet:
+    """The depth network a depth run wrote (``RUN_DIR/depth.pt``), in eval mode and without gradients."""
+    path = os.path.join(run_dir, DEPTH_WEIGHTS)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["depth"]
+        net = DepthNet(width=2 * state["encoder.stem.0.0.weight"].shape[0])  # the stem's first conv: width / 2
+        net.load_state_dict(state)
+    except Exception as e:  # not a torch file, no "depth" entry, another network's weights
+        raise ValueError(f"semi.supervised.depth_run: {path!r} holds no depth network ({type(e).__name__}: {e})") from e
+    return net.eval().requires_grad_(False)
+
+
+def depth_task_loss(
+    disparity: torch.Tensor, teacher: nn.Module, images: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Mean |log depth - the teacher's log depth| over the ``valid`` (N, H, W) pixels, at the
+    head's resolution; the teacher's full-resolution depth is area-averaged in log space."""
+    teacher.eval()
+    with torch.no_grad():
+        target = disparity_to_depth(teacher(images)[0]).log()
+        target = F.interpolate(target, size=disparity.shape[-2:], mode="area")
+        keep = F.interpolate(valid[:, None].float(), size=disparity.shape[-2:], mode="area") > 0.999
+    error = (disparity_to_depth(disparity.float()).log() - target).abs()
+    return (error * keep).sum() / keep.sum().clamp_min(1)
 
 
 @register
 class Supervised(Method):
     name = "supervised"
-    description = "labeled images only: cross-entropy, no teacher (the baseline)"
+    description = "labeled images only: cross-entropy, no teacher (the baseline); optionally a depth task"
+    config = SupervisedConfig
     uses_unlabeled = False
     uses_teacher = False
+
+    def __init__(self, config: dict[str, Any], num_classes: int):
+        super().__init__(config, num_classes)
+        run = self.settings["depth_run"]
+        self.depth_teacher = frozen_depth_network(run) if run else None
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        run = config["semi"]["supervised"]["depth_run"]
+        if run is not None:
+            if not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
+                fail("semi.supervised.depth_run", f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
+            if config["model"]["name"] != BUILT_IN_MODEL:
+                fail("semi.supervised.depth_run", "null with a model of your own (the depth head is the built-in's)")
+
+    @classmethod
+    def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        depth = config["semi"]["supervised"]["depth_run"] is not None
+        return dict(kwargs, rep_dim=None, **({"depth_head": True} if depth else {}))
+
+    def state(self) -> nn.Module | None:
+        return self.depth_teacher  # moved to the run's device with the model
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images, labels = labeled
         up = self.upsampling(labels)
-        logits = up(model_outputs(ctx.student(images))[0])
-        loss = self.supervised_loss(logits, labels, **up.kwargs)
+        output = ctx.student(images)
+        logits = up(output["pred"] if isinstance(output, dict) else output)
+        supervised = self.supervised_loss(logits, labels, **up.kwargs)
+        loss = supervised
+        if self.depth_teacher is not None:
+            depth = depth_task_loss(output["disparity"], self.depth_teacher, images, labels != ctx.ignore_index)
+            loss = loss + self.settings["depth_weight"] * depth
         zero = torch.zeros((), device=loss.device)
-        return StepOutput(loss, loss.detach(), zero, zero)
+        return StepOutput(loss, supervised.detach(), zero, zero)
