@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-split", default="train.txt", help="cityscapes: split file of the training clips")
     p.add_argument("--val-split", default="val.txt", help="cityscapes: split file of the validation clips")
     p.add_argument("--size", type=int, nargs=2, default=(192, 384), metavar=("H", "W"), help="cityscapes: frame size")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=100, help="passes over the training clips (66 steps each by default)")
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam's rate (tenfold lower for the last quarter)")
     p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness")

@@ -40,7 +40,7 @@ DEPTH_DECODER = ("aspp.", "reduce.", "fuse.")  # what a depth run's decoder shar
 
 
 def weights_file(source: str) -> str:
-    """The file a ``model.pretrained`` path names: ``depth:RUN_DIR`` is the encoder a
+    """The file a ``model.pretrained`` path names: ``depth:RUN_DIR`` is the weights a
     ``python -m semiseg_fast.depth`` run wrote, ``RUN_DIR/depth.pt``."""
     if source.startswith(DEPTH_PREFIX):
         return os.path.join(source[len(DEPTH_PREFIX) :], DEPTH_WEIGHTS)
@@ -129,14 +129,11 @@ def load_pretrained(model: nn.Module, source: str, backbone: str) -> None:
         load_matching(model, whole.get("depth") if isinstance(whole, Mapping) else None, DEPTH_DECODER)
 
 
-def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor] | None, prefixes: tuple[str, ...]) -> list[str]:
+def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor] | None, prefixes: tuple[str, ...]) -> None:
     """Copies the tensors of ``state`` under ``prefixes`` whose names and shapes ``model`` also has
-    (a depth run's decoder into a segmentation decoder of the same design); returns their names."""
-    if state is None:
-        return []
+    (a depth run's decoder into a segmentation decoder of the same design)."""
     own = model.state_dict()
-    names = [k for k, v in state.items() if k.startswith(prefixes) and k in own and own[k].shape == v.shape]
     with torch.no_grad():
-        for k in names:
-            own[k].copy_(state[k])
-    return names
+        for k, v in (state or {}).items():
+            if k.startswith(prefixes) and k in own and own[k].shape == v.shape:
+                own[k].copy_(v)

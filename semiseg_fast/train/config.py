@@ -153,9 +153,10 @@ class ModelConfig(Section):
         "auto",
         "the encoder's starting weights: embedded (shipped, for the small encoder at width 32: "
         "python -m semiseg_fast.pretrain) | imagenet (ResNets: torchvision's ImageNet file, through torch.hub's "
-        "cache or a download; docs/backbones.md) | none | depth:RUN_DIR (the encoder of a python -m "
-        "semiseg_fast.depth run, docs/depth.md) | a file with the encoder's state dict (a torchvision ResNet file "
-        "loads as it is); auto: embedded for the small encoder at width 32, imagenet for ResNets",
+        "cache or a download; docs/backbones.md) | none | depth:RUN_DIR (the encoder and the shared decoder modules "
+        "of a python -m semiseg_fast.depth run, docs/depth.md) | a file with the encoder's state dict (a "
+        "torchvision ResNet file loads as it is); auto: embedded for the small encoder at width 32, imagenet for "
+        "ResNets",
         Accepts(lambda v: isinstance(v, str) and bool(v), "auto | embedded | imagenet | none | depth:RUN_DIR | a file"),
     )
 
