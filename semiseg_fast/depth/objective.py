@@ -48,7 +48,10 @@ def depth_loss(
     blur: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of a batch of clips ``frames`` uint8 (N, 3, 3, H, W) with ``intrinsics`` (N, 3, 3),
-    and its photometric and smoothness parts (averaged over scales, detached: no host sync here)."""
+    and its photometric and smoothness parts (averaged over scales, detached: no host sync here).
+    ``blur`` > 0 compares frames filtered by a Gaussian of that sigma: on noisy frames, bilinear
+    sampling between pixels averages the noise away, which rewards depth that warps to fractions
+    of a pixel rather than true depth; smoothed noise leaves that less to gain."""
     h, w = frames.shape[-2:]
     colour = frames.float() / 255.0
     if blur > 0:

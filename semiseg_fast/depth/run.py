@@ -53,10 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=100, help="passes over the training clips (66 steps each by default)")
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam's rate (tenfold lower for the last quarter)")
-    p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness")
+    p.add_argument(
+        "--smoothness", type=float, default=1e-2, help="weight of the edge-aware smoothness (Monodepth2: 1e-3)"
+    )
     p.add_argument("--ssim-weight", type=float, default=0.85, help="SSIM's share of the photometric error")
     p.add_argument(
-        "--blur", type=float, default=0.0, help="Gaussian sigma (pixels) of the frames the losses compare; 0: none"
+        "--blur", type=float, default=1.0, help="Gaussian sigma (pixels) of the frames the losses compare; 0: none"
     )
     p.add_argument("--pretrained", default="embedded", help="the encoder's start: embedded | none | a weights file")
     p.add_argument("--width", type=int, default=32, help="the small encoder's width")
