@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .synthetic import render_layers
+from .synthetic import LayerGrid, render_layers
 
 GEOMETRY_STREAM = 1  # the draws of depths and motion use their own stream: the scene's are untouched
 NEAR_RANGE = (8.0, 12.0)  # depth of the ground plane at the bottom row
@@ -81,7 +81,7 @@ class ClipGeometry:
             return self.R, self.T
         return self.R.T, -self.R.T @ self.T
 
-    def layer_grid(self, offset: int):
+    def layer_grid(self, offset: int) -> LayerGrid:
         """The ``layer_grid`` of :func:`render_layers` for frame t+offset: where each pixel's ray
         meets each layer's plane, in frame t's image coordinates (units of the shorter side)."""
         R, T = self.motion(offset)
@@ -114,11 +114,12 @@ def render_clip(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarra
     ``index`` of dataset ``seed``."""
     geometry = ClipGeometry(seed, index, size)
     current, _, top = render_layers(seed, index, size)
-    frames = [current]
-    for offset in (-1, 1):
+
+    def neighbour(offset: int) -> np.ndarray:  # its own sensor noise
         noise = np.random.default_rng([seed, index, GEOMETRY_STREAM, offset + 2])
-        frames.append(render_layers(seed, index, size, geometry.layer_grid(offset), noise)[0])
-    return np.stack([frames[1], frames[0], frames[2]]), geometry.depth(top)
+        return render_layers(seed, index, size, geometry.layer_grid(offset), noise)[0]
+
+    return np.stack([neighbour(-1), current, neighbour(1)]), geometry.depth(top)
 
 
 class SyntheticClips(Dataset):
