@@ -101,14 +101,16 @@ def _rotate_hue(img: torch.Tensor, turns: float) -> torch.Tensor:
     return torch.einsum("ij,jhw->ihw", m, img)
 
 
-def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) filtered by a separable Gaussian of ``sigma`` pixels, reflection at the borders."""
     radius = max(1, math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=img.dtype)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
-    out = F.pad(img[None], (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-    return F.conv2d(out, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+    c = images.shape[1]
+    out = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def strong_augment(
@@ -127,7 +129,7 @@ def strong_augment(
     if uniform(generator, 0, 1) < gray_p:
         img = _gray(img).expand(3, -1, -1)
     if uniform(generator, 0, 1) < blur_p:
-        img = _blur(img.contiguous(), uniform(generator, 0.1, 2.0))
+        img = gaussian_blur(img.contiguous()[None], uniform(generator, 0.1, 2.0))[0]
     return (img.clamp(0, 1) * 255).round_().to(torch.uint8)
 
 

@@ -5,26 +5,14 @@ full resolution, plus edge-aware smoothness at each scale's own resolution."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from ..data import normalize
+from ..data.transforms import gaussian_blur
 from ..ops.photometric import photometric_loss
 from .geometry import motion, smoothness, warp
 from .networks import DepthNet, PoseNet, disparity_to_depth
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, C, H, W) filtered by a separable Gaussian of ``sigma`` pixels, reflection at the borders."""
-    radius = max(1, int(math.ceil(2 * sigma)))
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device) / sigma) ** 2)
-    taps = taps / taps.sum()
-    c = images.shape[1]
-    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def neighbour_motions(pose_net: PoseNet, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
