@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .synthetic import LayerGrid, render_layers
+from .synthetic import LayerGrid, SceneSet, render_layers
 
 GEOMETRY_STREAM = 1  # the draws of depths and motion use their own stream: the scene's are untouched
 NEAR_RANGE = (8.0, 12.0)  # depth of the ground plane at the bottom row
@@ -122,29 +121,18 @@ def render_clip(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarra
     return np.stack([neighbour(-1), current, neighbour(1)]), geometry.depth(top)
 
 
-class SyntheticClips(Dataset):
+class SyntheticClips(SceneSet):
     """The clips of :class:`SyntheticScenes` ``(num_images, image_size, seed)``: item i is a dict
     of ``frames`` uint8 (3, 3, H, W) (t-1, t, t+1; frame t is that data set's image i),
     ``depth`` float32 (H, W) (frame t's true depth, for evaluation) and ``intrinsics`` float32
     (3, 3). Rendered clips are kept in memory with ``cache=True`` (53 KB per 64x64 clip)."""
 
     def __init__(self, num_images: int, image_size: tuple[int, int] = (64, 64), seed: int = 0, cache: bool = True):
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images: expected a positive integer, got {num_images!r}")
-        h, w = image_size
-        if min(h, w) < 8:
-            raise ValueError(f"image_size: expected at least 8x8, got {image_size!r}")
-        self.num_images, self.image_size, self.seed = num_images, (int(h), int(w)), int(seed)
+        super().__init__(num_images, image_size, seed, cache)
         self.intrinsics = torch.from_numpy(intrinsics(self.image_size)).float()
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return self.num_images
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not -self.num_images <= index < self.num_images:
-            raise IndexError(f"index: expected < {self.num_images}, got {index}")
-        index %= self.num_images
+        index = self._position(index)
         item = None if self._cache is None else self._cache.get(index)
         if item is None:
             frames, depth = render_clip(self.seed, index, self.image_size)

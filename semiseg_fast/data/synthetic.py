@@ -179,13 +179,11 @@ def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarr
     return image, label
 
 
-class SyntheticScenes(Dataset):
-    """``num_images`` scenes of ``image_size`` (H, W); item i is (image uint8 (3, H, W), label
-    uint8 (H, W)) and depends only on (seed, i), whatever the order or process it is read in.
-    Rendered scenes are kept in memory (``cache=True``; 37 KB per 96x96 scene), since training
-    reads each one once per epoch."""
+class SceneSet(Dataset):
+    """What the data sets rendered from (seed, index) share: their arguments, checked, their length,
+    an index checked and wrapped, and an in-memory cache of rendered items (``cache=True``)."""
 
-    def __init__(self, num_images: int, image_size: tuple[int, int] = (96, 96), seed: int = 0, cache: bool = True):
+    def __init__(self, num_images: int, image_size: tuple[int, int], seed: int, cache: bool):
         if not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images: expected a positive integer, got {num_images!r}")
         h, w = image_size
@@ -197,10 +195,23 @@ class SyntheticScenes(Dataset):
     def __len__(self) -> int:
         return self.num_images
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _position(self, index: int) -> int:
         if not -self.num_images <= index < self.num_images:
             raise IndexError(f"index: expected < {self.num_images}, got {index}")
-        index %= self.num_images
+        return index % self.num_images
+
+
+class SyntheticScenes(SceneSet):
+    """``num_images`` scenes of ``image_size`` (H, W); item i is (image uint8 (3, H, W), label
+    uint8 (H, W)) and depends only on (seed, i), whatever the order or process it is read in.
+    Rendered scenes are kept in memory (``cache=True``; 37 KB per 96x96 scene), since training
+    reads each one once per epoch."""
+
+    def __init__(self, num_images: int, image_size: tuple[int, int] = (96, 96), seed: int = 0, cache: bool = True):
+        super().__init__(num_images, image_size, seed, cache)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._position(index)
         if self._cache is not None and index in self._cache:
             image, label = self._cache[index]
             return image.clone(), label.clone()
