@@ -82,13 +82,15 @@ class CityscapesClips(Dataset):
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"cannot read the camera file {path!r}: {e}") from e
 
-    def _image(self, path: str) -> np.ndarray:
+    def _image(self, path: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """The frame, resized to ``size``, and its size (H, W) in the file."""
         try:
             with Image.open(path) as im:
+                full = (im.height, im.width)
                 im = im.convert("RGB")
                 if self.size is not None:
                     im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                return np.array(im, dtype=np.uint8)
+                return np.array(im, dtype=np.uint8), full
         except Exception as e:
             raise DataError(f"cannot read {path!r}: {e}") from e
 
@@ -110,17 +112,15 @@ class CityscapesClips(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         frames, camera, disparity = self.items[index]
-        images = np.stack([self._image(p) for p in frames])
-        shape = images.shape[1:3]
-        if any(im.shape != images[1].shape for im in images):
+        loaded = [self._image(p) for p in frames]
+        if any(full != loaded[1][1] for _, full in loaded):
             raise DataError(f"the frames of {frames[1]!r} differ in size")
+        images, full = np.stack([image for image, _ in loaded]), loaded[1][1]
+        shape = images.shape[1:3]
         K, baseline = self._camera(camera)
         fx = K[0, 0]  # disparity is in pixels of the full-size image
-        if self.size is not None:
-            with Image.open(frames[1]) as im:
-                full = (im.height, im.width)
-            K[0] *= shape[1] / full[1]
-            K[1] *= shape[0] / full[0]
+        K[0] *= shape[1] / full[1]
+        K[1] *= shape[0] / full[0]
         depth = self._depth(disparity, fx, baseline, shape) if self.has_depth else np.zeros(shape, np.float32)
         return {
             "frames": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),

@@ -8,6 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..utils.atomic import atomic_open
+from .evaluate import median_scaled
 
 COLUMNS = ("frame t-1", "frame t", "frame t+1", "predicted depth", "true depth")
 
@@ -21,12 +22,9 @@ def save_depth_figure(path: str, frames: torch.Tensor, pred: torch.Tensor, true:
     axes = figure.subplots(n, len(COLUMNS), squeeze=False)
     for row in range(n):
         valid = true[row] > 0
-        scaled = pred[row]
-        if valid.any():
-            scaled = scaled * (true[row][valid].median() / pred[row][valid].median().clamp_min(1e-12))
-            low, high = float(true[row][valid].min()), float(true[row][valid].max())
-        else:
-            low, high = float(scaled.min()), float(scaled.max())
+        scaled = median_scaled(pred[row], true[row])
+        shown_range = true[row][valid] if valid.any() else scaled
+        low, high = float(shown_range.min()), float(shown_range.max())
         shown = [frames[row, i].permute(1, 2, 0).numpy() for i in range(3)]
         shown += [scaled.numpy(), true[row].masked_fill(~valid, float("nan")).numpy()]
         for col, image in enumerate(shown):
