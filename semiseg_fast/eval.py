@@ -85,17 +85,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def evaluate_checkpoint(state: dict[str, Any], config: dict[str, Any], split: str, device):
     """(EvalResult, the dataset) of a checkpoint's evaluated weights on a split, under the run's autocast."""
-    import torch
 
     from .train.data import build_datasets
     from .train.evaluate import evaluate
-    from .train.run_model import build_run_model
+    from .train.run_model import evaluated_model
 
     data = build_datasets(config["data"], with_unlabeled=False)
-    model = build_run_model(config, state["num_classes"])
-    model.load_state_dict(state["teacher"] if state.get("teacher") is not None else state["model"])
+    model = evaluated_model(state, config, device)
     channels_last = config["train"]["channels_last"]
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)  # as trained
     ec = config["eval"]
     dataset = data.val if split == "val" else data.labeled
     result = evaluate(

@@ -14,7 +14,18 @@ import os
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "semiseg_fast")
-TRAINING_FLOOR = ("train", "models", "data", "depth", "eval", "pseudo_label", "experiments", "pretrain", "tools")
+TRAINING_FLOOR = (
+    "train",
+    "models",
+    "data",
+    "depth",
+    "eval",
+    "pseudo_label",
+    "select_labels",
+    "experiments",
+    "pretrain",
+    "tools",
+)
 
 
 def _module_name(path):

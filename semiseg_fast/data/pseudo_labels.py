@@ -14,6 +14,7 @@ import torch
 
 from ..utils.atomic import atomic_open, remove_temporaries
 from .folders import SegmentationFolder
+from .scene_splits import scene_id
 from .subset import Subset
 
 MANIFEST = "manifest.json"
@@ -24,7 +25,7 @@ FORMAT = 1
 def item_ids(dataset) -> list[str]:
     """A stable file name per image of a split: the image path (for folders) or the synthetic pool index."""
     if isinstance(dataset, Subset) and not isinstance(dataset.base, SegmentationFolder):
-        return [f"scene{i:06d}" for i in dataset.indices]
+        return [scene_id(i) for i in dataset.indices]
     if isinstance(dataset, SegmentationFolder):
         out = []
         for image_path, _ in dataset.pairs:

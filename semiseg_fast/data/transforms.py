@@ -97,7 +97,9 @@ def _rotate_hue(img: torch.Tensor, turns: float) -> torch.Tensor:
     c, s = math.cos(a), math.sin(a)
     k = (1 - c) / 3
     r = math.sqrt(1 / 3) * s
-    m = torch.tensor([[c + k, k - r, k + r], [k + r, c + k, k - r], [k - r, k + r, c + k]], dtype=img.dtype)
+    m = torch.tensor(
+        [[c + k, k - r, k + r], [k + r, c + k, k - r], [k - r, k + r, c + k]], dtype=img.dtype, device=img.device
+    )
     return torch.einsum("ij,jhw->ihw", m, img)
 
 
@@ -120,17 +122,49 @@ def strong_augment(
     with probability 0.8, greyscale with 0.2, Gaussian blur (sigma 0.1-2) with 0.5."""
     img = image.float() / 255.0
     if uniform(generator, 0, 1) < jitter_p:
-        img = img * uniform(generator, 0.5, 1.5)
-        mean = _gray(img).mean()
-        img = (img - mean) * uniform(generator, 0.5, 1.5) + mean
-        gray = _gray(img)
-        img = (img - gray) * uniform(generator, 0.5, 1.5) + gray
-        img = _rotate_hue(img.clamp(0, 1), uniform(generator, -0.25, 0.25))
+        img = _colour_jitter(img, generator, 0.5, 0.25)
     if uniform(generator, 0, 1) < gray_p:
         img = _gray(img).expand(3, -1, -1)
     if uniform(generator, 0, 1) < blur_p:
         img = gaussian_blur(img.contiguous()[None], uniform(generator, 0.1, 2.0))[0]
     return (img.clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
+def _colour_jitter(img: torch.Tensor, generator: torch.Generator, strength: float, hue: float) -> torch.Tensor:
+    """(3, H, W) in [0, 1]: brightness, contrast and saturation factors drawn from
+    [1 - strength, 1 + strength], then a hue shift of up to ``hue`` turns either way."""
+    img = img * uniform(generator, 1 - strength, 1 + strength)
+    mean = _gray(img).mean()
+    img = (img - mean) * uniform(generator, 1 - strength, 1 + strength) + mean
+    gray = _gray(img)
+    img = (img - gray) * uniform(generator, 1 - strength, 1 + strength) + gray
+    return _rotate_hue(img.clamp(0, 1), uniform(generator, -hue, hue))
+
+
+def jitter_and_blur(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    strength: float = 0.25,
+    jitter_p: float = 0.8,
+    blur_p: float = 0.5,
+    sigma_range: tuple[float, float] = (0.15, 1.15),
+) -> torch.Tensor:
+    """DACS's augmentation of mixed images, applied where they are mixed (on the run's device):
+    per image, colour jitter of ``strength`` (brightness, contrast, saturation and hue) with
+    probability ``jitter_p``, then a Gaussian blur of sigma drawn from ``sigma_range`` with
+    ``blur_p``. Normalised float (N, 3, H, W) in and out, in fp32 whatever autocast says."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    out = []
+    with torch.autocast(images.device.type, enabled=False):
+        for image in images.float():
+            img = image * std + mean
+            if uniform(generator, 0, 1) < jitter_p:
+                img = _colour_jitter(img, generator, strength, strength)
+            if uniform(generator, 0, 1) < blur_p:
+                img = gaussian_blur(img[None], uniform(generator, *sigma_range))[0]
+            out.append((img.clamp(0, 1) - mean) / std)
+    return torch.stack(out).to(images.dtype)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,14 @@ embedded world."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.deeplab import ASPP, SMALL_RATES, SmallEncoder, conv_bn_relu
+from ..models.pretrained import DEPTH_WEIGHTS
 
 MIN_DEPTH, MAX_DEPTH = 0.1, 100.0  # Monodepth2's: a sigmoid output maps to depth in this range
 SCALES = 4  # full, 1/2, 1/4 and 1/8 resolution
@@ -78,3 +81,16 @@ class PoseNet(nn.Module):
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         motion = 0.01 * self.head(self.body(pair)).mean(dim=(2, 3))
         return motion[:, :3], motion[:, 3:]
+
+
+def frozen_depth_network(run_dir: str, key: str) -> DepthNet:
+    """The depth network a depth run wrote (``RUN_DIR/depth.pt``), in eval mode and without
+    gradients; a file that holds none is refused naming the config ``key`` that pointed there."""
+    path = os.path.join(run_dir, DEPTH_WEIGHTS)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["depth"]
+        net = DepthNet(width=2 * state["encoder.stem.0.0.weight"].shape[0])  # the stem's first conv: width / 2
+        net.load_state_dict(state)
+    except Exception as e:  # no file, not a torch file, no "depth" entry, another network's weights
+        raise ValueError(f"{key}: {path!r} holds no depth network ({type(e).__name__}: {e})") from e
+    return net.eval().requires_grad_(False)

@@ -66,7 +66,12 @@ class DataConfig(Section):
         choice("synthetic", "voc", "cityscapes"),
     )
     root: str | None = option(
-        None, "folder of a voc / cityscapes dataset with the split files", OPTIONAL_FOLDER, path=True
+        None,
+        "folder of a voc / cityscapes dataset with the split files; synthetic: a folder with split files of "
+        "the pool's image ids (sceneNNNNNN lines, as python -m semiseg_fast.select_labels writes them), which "
+        "then replace data.labeled_fraction's draw",
+        OPTIONAL_FOLDER,
+        path=True,
     )
     num_classes: int | None = option(
         None,
@@ -123,6 +128,10 @@ class DataConfig(Section):
     def check(cls, values, config, fail: Fail) -> None:
         if values["name"] != "synthetic" and not values["root"]:
             fail("data.root", "a folder for voc / cityscapes")
+        if values["name"] == "synthetic" and values["root"]:
+            for key in ("labeled_split", "unlabeled_split"):
+                if not os.path.isfile(os.path.join(values["root"], values[key])):
+                    fail("data.root", f"a folder holding data.{key}={values[key]!r} with data.name=synthetic")
 
 
 @dataclass

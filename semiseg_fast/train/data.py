@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..data import (
     weak_augment,
 )
 from ..data.pseudo_labels import PseudoLabels, item_ids
+from ..data.scene_splits import read_scene_split, scene_id
 from ..data.subset import Subset
 from ..mixing import cutmix_box, cutout_box
 from .batches import StepBatches
@@ -39,10 +41,9 @@ def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> Run
     if data_cfg["name"] == "synthetic":
         size = int(data_cfg["image_size"])
         pool = SyntheticScenes(int(data_cfg["synthetic_train"]), (size, size), seed=SYNTHETIC_TRAIN_SEED)
-        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(data_cfg["split_seed"]))).tolist()
-        n_labeled = max(1, round(len(pool) * float(data_cfg["labeled_fraction"])))
-        labeled = Subset(pool, order[:n_labeled])
-        unlabeled = Subset(pool, order[n_labeled:]) if n_labeled < len(pool) else None
+        labeled_ids, unlabeled_ids = synthetic_split(data_cfg, len(pool))
+        labeled = Subset(pool, labeled_ids)
+        unlabeled = Subset(pool, unlabeled_ids) if unlabeled_ids else None
         val = SyntheticScenes(int(data_cfg["synthetic_val"]), (size, size), seed=SYNTHETIC_VAL_SEED)
         return RunData(
             labeled, unlabeled if with_unlabeled else None, val, synthetic.NUM_CLASSES, list(synthetic.CLASS_NAMES)
@@ -61,6 +62,21 @@ def build_datasets(data_cfg: dict[str, Any], with_unlabeled: bool = True) -> Run
     for split in (labeled, val):
         split.check_labels(num_classes)  # before training: a bad label file is named now, not mid-run
     return RunData(labeled, unlabeled, val, num_classes, [str(i) for i in range(num_classes)])
+
+
+def synthetic_split(data_cfg: dict[str, Any], pool_size: int) -> tuple[list[int], list[int]]:
+    """(labeled, unlabeled) pool indices: from the split files under ``data.root`` when it is set,
+    else ``labeled_fraction`` of the pool drawn by ``split_seed``."""
+    if data_cfg["root"]:
+        paths = [os.path.join(data_cfg["root"], data_cfg[key]) for key in ("labeled_split", "unlabeled_split")]
+        labeled, unlabeled = (read_scene_split(path, pool_size) for path in paths)
+        both = sorted(set(labeled) & set(unlabeled))
+        if both:
+            raise ValueError(f"{paths[0]}, {paths[1]}: {len(both)} images are in both, {scene_id(both[0])} first")
+        return labeled, unlabeled
+    order = torch.randperm(pool_size, generator=torch.Generator().manual_seed(int(data_cfg["split_seed"]))).tolist()
+    n_labeled = max(1, round(pool_size * float(data_cfg["labeled_fraction"])))
+    return order[:n_labeled], order[n_labeled:]
 
 
 def _crop_of(item: tuple[int, ...], data_cfg: dict[str, Any]):
@@ -96,6 +112,15 @@ class LabeledView(Dataset):
     def __getitem__(self, item: tuple[int, ...]):
         image, label, _ = self._weak(item, keep_label=True)
         return image, label
+
+
+class WeakView(LabeledView):
+    """Weakly augmented crops of unlabeled images and their padding masks (True = ignore): the
+    view of methods that mix and augment whole images in the step (ClassMix, DepthMix)."""
+
+    def __getitem__(self, item: tuple[int, ...]):
+        weak, pad, _ = self._weak(item, keep_label=False)
+        return weak, pad == self.cfg["ignore_index"]
 
 
 class UnlabeledView(LabeledView):

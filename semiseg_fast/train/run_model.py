@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..models import build_model
@@ -30,3 +31,13 @@ def build_run_model(config: dict[str, Any], num_classes: int, load_weights: bool
     if load_weights:
         load_pretrained(model, pretrained_source(config), m["backbone"])
     return model
+
+
+def evaluated_model(state: dict[str, Any], config: dict[str, Any], device: torch.device) -> nn.Module:
+    """A checkpoint's evaluated weights (its EMA teacher where the run has one, else its model) in
+    the run's model, on ``device`` in the memory format it trained in, in eval mode."""
+    model = build_run_model(config, state["num_classes"])
+    model.load_state_dict(state["teacher"] if state.get("teacher") is not None else state["model"])
+    channels_last = config["train"]["channels_last"]
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model.eval()

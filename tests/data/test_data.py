@@ -13,6 +13,7 @@ from semiseg_fast.data import (
     weak_augment,
 )
 from semiseg_fast.data.synthetic import NUM_CLASSES
+from semiseg_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur, jitter_and_blur
 from semiseg_fast.mixing import cutmix_box
 
 
@@ -87,6 +88,21 @@ def test_strong_augment_changes_colour_only():
     assert torch.equal(out, strong_augment(image, _gen(1), jitter_p=1.0, gray_p=0.0, blur_p=0.0))
     gray = strong_augment(image, _gen(1), jitter_p=0.0, gray_p=1.0, blur_p=0.0)
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_jitter_and_blur_of_mixed_images_is_strong_augments_colour_and_a_gaussian():
+    """The mixes' augmentation (normalised batches, in the step) is strong_augment's jitter at
+    another strength and gaussian_blur, drawn per image from the generator."""
+    images = normalize(torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8))
+    assert torch.allclose(jitter_and_blur(images, _gen(0), jitter_p=0.0, blur_p=0.0), images, atol=1e-6)
+    blurred = jitter_and_blur(images, _gen(0), jitter_p=0.0, blur_p=1.0, sigma_range=(0.7, 0.7))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = (gaussian_blur(images * std + mean, 0.7) - mean) / std
+    torch.testing.assert_close(blurred, expected, atol=1e-5, rtol=1e-5)
+    jittered = jitter_and_blur(images, _gen(1), jitter_p=1.0, blur_p=0.0)
+    assert torch.equal(jittered, jitter_and_blur(images, _gen(1), jitter_p=1.0, blur_p=0.0))
+    assert all(not torch.allclose(jittered[i], images[i], atol=1e-3) for i in range(3))
+    assert not torch.allclose(jittered[0] - images[0], jittered[1] - images[1], atol=1e-3)  # drawn per image
 
 
 def test_cutmix_box_bounds():

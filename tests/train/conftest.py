@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from .helpers import TINY
@@ -23,3 +24,16 @@ def methods_registered_by_a_test_stay_in_it():
     registry._METHODS.clear()
     registry._METHODS.update(known)
     registry._DEFAULT[:] = default
+
+
+@pytest.fixture
+def depth_run(tmp_path):
+    """A depth run's folder holding a (randomly initialised) depth network at width 8."""
+    from semiseg_fast.depth import DepthNet
+
+    torch.manual_seed(0)
+    net = DepthNet(8)
+    folder = tmp_path / "depth"
+    folder.mkdir()
+    torch.save({"encoder": net.encoder.state_dict(), "depth": net.state_dict()}, folder / "depth.pt")
+    return str(folder)

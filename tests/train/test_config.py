@@ -44,7 +44,7 @@ def test_file_then_overrides(tmp_path):
         ("train.epoch=3", "unknown key 'train.epoch'"),
         (
             "method=mixmatch",  # the list: the built-in methods (and any registered since)
-            "method expected cps | fixmatch | pseudoseg | rrn | selftrain | supervised | u2pl",
+            "method expected classmix | cps | depthmix | fixmatch | pseudoseg | rrn | selftrain | supervised | u2pl",
         ),
         ("train.epochs=0", "train.epochs expected a positive integer"),
         ("data.batch_size=2.5", "data.batch_size expected a positive integer"),

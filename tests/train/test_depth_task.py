@@ -3,24 +3,12 @@
 import pytest
 import torch
 
-from semiseg_fast.depth import DepthNet
 from semiseg_fast.depth.networks import disparity_to_depth
 from semiseg_fast.train import cli
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods.supervised import depth_task_loss
 
 from .helpers import train_killed_after
-
-
-@pytest.fixture
-def depth_run(tmp_path):
-    """A depth run's folder holding a (randomly initialised) depth network at width 8."""
-    torch.manual_seed(0)
-    net = DepthNet(8)
-    folder = tmp_path / "depth"
-    folder.mkdir()
-    torch.save({"encoder": net.encoder.state_dict(), "depth": net.state_dict()}, folder / "depth.pt")
-    return str(folder)
 
 
 def test_depth_task_loss_is_the_log_depth_error_on_valid_pixels():

@@ -80,13 +80,18 @@ def step_batch(name):
         "supervised": None,
         "selftrain": [weak, labeled[1]],
         "unimatch": [weak, weak.flip(-1), weak.flip(-2), pad, box, box],
+        "classmix": [weak, pad],
     }.get(name, [weak, weak.flip(-1), pad, box])
     return labeled, unlabeled
 
 
-@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "pseudoseg"])
+@pytest.mark.parametrize("name", ["fixmatch", "unimatch", "pseudoseg", "classmix"])
 def test_rampup_scales_the_unsupervised_term_only(name):
-    thresholds = {"fixmatch": ["semi.fixmatch.threshold=0"], "unimatch": ["semi.unimatch.threshold=0"]}
+    thresholds = {
+        "fixmatch": ["semi.fixmatch.threshold=0"],
+        "unimatch": ["semi.unimatch.threshold=0"],
+        "classmix": ["semi.classmix.confidence=0"],
+    }
     config = load_config(None, [f"method={name}", "semi.unsupervised_weight=2.0", *thresholds.get(name, [])])
     method = get(name)(config, 4)
     labeled, unlabeled = step_batch(name)
@@ -103,7 +108,7 @@ def test_rampup_scales_the_unsupervised_term_only(name):
     torch.testing.assert_close(ramped.loss - ramped.supervised, 0.5 * ramped.unsupervised)
 
 
-@pytest.mark.parametrize("name", ["supervised", "selftrain", "fixmatch", "unimatch", "u2pl", "pseudoseg"])
+@pytest.mark.parametrize("name", ["supervised", "selftrain", "fixmatch", "unimatch", "u2pl", "pseudoseg", "classmix"])
 def test_supervised_loss_ohem_is_the_labeled_term_of_every_method(name):
     """train.supervised_loss=ohem: the step's supervised term is OHEM on the labeled logits, and it
     differs from cross-entropy once min_kept is below the batch's pixels."""

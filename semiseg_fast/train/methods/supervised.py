@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...depth.networks import DepthNet, disparity_to_depth
+from ...depth.networks import disparity_to_depth, frozen_depth_network
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_WEIGHTS
 from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, Section, option
@@ -30,18 +30,6 @@ class SupervisedConfig(Section):
         path=True,
     )
     depth_weight: float = option(0.1, "weight of the depth task's loss (with depth_run)", NON_NEGATIVE_NUMBER)
-
-
-def frozen_depth_network(run_dir: str) -> DepthNet:
-    """The depth network a depth run wrote (``RUN_DIR/depth.pt``), in eval mode and without gradients."""
-    path = os.path.join(run_dir, DEPTH_WEIGHTS)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["depth"]
-        net = DepthNet(width=2 * state["encoder.stem.0.0.weight"].shape[0])  # the stem's first conv: width / 2
-        net.load_state_dict(state)
-    except Exception as e:  # not a torch file, no "depth" entry, another network's weights
-        raise ValueError(f"semi.supervised.depth_run: {path!r} holds no depth network ({type(e).__name__}: {e})") from e
-    return net.eval().requires_grad_(False)
 
 
 def depth_task_loss(
@@ -69,7 +57,7 @@ class Supervised(Method):
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__(config, num_classes)
         run = self.settings["depth_run"]
-        self.depth_teacher = frozen_depth_network(run) if run else None
+        self.depth_teacher = frozen_depth_network(run, "semi.supervised.depth_run") if run else None
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:

@@ -1,0 +1,84 @@
+"""DepthMix (Hoyer et al. 2021): ClassMix's training (``classmix.py``) with a geometry-aware mask.
+A frozen self-supervised depth network (a ``python -m semiseg_fast.depth`` run) gives each crop's
+disparity online; the mix of crop i and crop i + 1 keeps crop i's pixel where it is at least as
+near as crop i + 1's, up to a margin, after min-max normalising each crop's disparity, so a far
+object is never pasted over a near one. Padding never wins over an image pixel."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...depth.networks import frozen_depth_network
+from ...mixing import depthmix_masks
+from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
+from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, option
+from .base import StepContext
+from .classmix import ClassMix, ClassMixConfig
+from .registry import register
+
+DEPTH_RUN_KEY = "semi.depthmix.depth_run"
+
+
+@dataclass
+class DepthMixConfig(ClassMixConfig):
+    depth_run: str | None = option(
+        None,
+        "a python -m semiseg_fast.depth run folder whose frozen depth network gives each crop's disparity; "
+        "null: the run model.pretrained=depth:RUN_DIR names",
+        OPTIONAL_FOLDER,
+        path=True,
+    )
+    margin: float = option(
+        0.03,
+        "a crop's pixel is kept where its normalised disparity is at least the other's minus this",
+        NON_NEGATIVE_NUMBER,
+    )
+
+
+def depth_run(config: dict[str, Any]) -> str | None:
+    """semi.depthmix.depth_run, or the depth run model.pretrained starts from, or None."""
+    run = config["semi"]["depthmix"]["depth_run"]
+    pretrained = config["model"]["pretrained"]
+    if run is None and isinstance(pretrained, str) and pretrained.startswith(DEPTH_PREFIX):
+        run = pretrained[len(DEPTH_PREFIX) :]
+    return run
+
+
+@register
+class DepthMix(ClassMix):
+    name = "depthmix"
+    description = "DACS mean teacher: crops mixed by a depth run's disparity, nearer pixels on top"
+    config = DepthMixConfig
+
+    def __init__(self, config: dict[str, Any], num_classes: int):
+        super().__init__(config, num_classes)
+        self.depth = frozen_depth_network(depth_run(config), DEPTH_RUN_KEY)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        run = depth_run(config)
+        if run is None:
+            fail(
+                DEPTH_RUN_KEY, "a depth run's folder (python -m semiseg_fast.depth), or model.pretrained=depth:RUN_DIR"
+            )
+        elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
+            fail(DEPTH_RUN_KEY, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
+
+    def state(self) -> nn.Module:
+        return self.depth  # moved to the run's device with the model, kept in checkpoints
+
+    def mix_masks(
+        self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor
+    ) -> torch.Tensor:
+        self.depth.eval()
+        with torch.no_grad():
+            disparity = self.depth(images)[0][:, 0].float()
+        # padding at the crop's farthest: it never covers the other crop's image
+        farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
+        disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
+        return depthmix_masks(disparity, disparity.roll(-1, dims=0), self.settings["margin"]) & ~pad

@@ -1,0 +1,163 @@
+"""ClassMix and DepthMix training (DACS's mean teacher; Hoyer et al.'s DepthMix): the mixed
+targets equal the argmax of the mixed teacher softmax, the loss is weighted by the confident share,
+labeled crops mix in with their ground truth, DepthMix keeps the nearer pixel, and runs resume."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semiseg_fast.models import DeepLabV3Plus, model_outputs
+from semiseg_fast.train import cli
+from semiseg_fast.train.config import load_config
+from semiseg_fast.train.methods import classmix, get
+from semiseg_fast.train.methods.base import StepContext, resized
+
+from .helpers import train_killed_after
+
+N_CLASSES, SIZE = 4, 16
+
+
+def batch(n_unlabeled=3):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, N_CLASSES, (2, SIZE, SIZE), generator=g)
+    labels[:, :3] = 255  # padding of the labeled crops
+    weak = torch.randn(n_unlabeled, 3, SIZE, SIZE, generator=g)
+    pad = torch.zeros(n_unlabeled, SIZE, SIZE, dtype=torch.bool)
+    pad[:, -4:] = True
+    return [torch.randn(2, 3, SIZE, SIZE, generator=g), labels], [weak, pad]
+
+
+def networks():
+    """A student, and a teacher whose labels vary from pixel to pixel with confidences spread
+    over (0.25, 1): a 1x1 convolution of the image at half resolution (upsampled in the step)."""
+    torch.manual_seed(1)
+    student = DeepLabV3Plus(N_CLASSES, width=8, rep_dim=None).eval()
+    torch.manual_seed(2)
+    teacher = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, N_CLASSES, 1))
+    teacher[1].weight.data *= 4
+    return student, teacher
+
+
+def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None):
+    """One step of ``name`` without colour jitter, returning (output, mask, target of the student)."""
+    config = load_config(None, [f"method={name}", "semi.strong_color=false", *overrides])
+    method = get(name).__new__(get(name))
+    classmix.ClassMix.__init__(method, config, N_CLASSES)
+    if depth is not None:
+        method.depth = depth
+    seen = {}
+    real_masks, real_ce = method.mix_masks, classmix.pseudo_label_cross_entropy
+
+    def mix_masks(*args):
+        seen["mask"] = real_masks(*args)
+        return seen["mask"]
+
+    def cross_entropy(logits, target, **kwargs):
+        seen["target"] = target
+        return real_ce(logits, target, **kwargs)
+
+    method.mix_masks = mix_masks
+    monkeypatch.setattr(classmix, "pseudo_label_cross_entropy", cross_entropy)
+    student, teacher = networks()
+    ctx = StepContext(student, teacher, config["semi"], 255, 0, torch.Generator().manual_seed(3), N_CLASSES)
+    return method.step(ctx, labeled, unlabeled), seen["mask"], seen["target"]
+
+
+def following(t):
+    return t.roll(-1, dims=0)
+
+
+def test_classmix_learns_the_argmax_of_the_mixed_softmax_weighted_by_the_confident_share(monkeypatch):
+    labeled, (weak, pad) = batch()
+    out, mask, _ = step("classmix", ["semi.classmix.confidence=0.3"], labeled, [weak, pad], monkeypatch)
+    student, teacher = networks()
+    with torch.no_grad():
+        probs = resized(model_outputs(teacher(weak))[0], weak.shape[-2:]).softmax(1)
+    # ClassMix's mask: whole classes of the teacher's labels of crop i, about half of them
+    label_i = probs.argmax(1)
+    for i in range(weak.shape[0]):
+        inside, outside = label_i[i][mask[i]].unique(), label_i[i][~mask[i] & ~pad[i]].unique()
+        assert not set(inside.tolist()) & set(outside.tolist()) and inside.numel() > 0
+    conf, label = torch.where(mask[:, None], probs, following(probs)).max(1)
+    valid = ~torch.where(mask, pad, following(pad))
+    weight = (valid & (conf >= 0.3)).sum() / valid.sum()
+    assert 0 < float(weight) < 1
+    mixed = torch.where(mask[:, None], weak, following(weak))
+    logits = resized(model_outputs(student(torch.cat([labeled[0], mixed])))[0], weak.shape[-2:])[2:]
+    expected = weight * F.cross_entropy(logits, label.masked_fill(~valid, 255), ignore_index=255)
+    torch.testing.assert_close(out.unsupervised, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.mask_ratio, weight)
+
+
+def test_labeled_crops_mix_in_with_their_ground_truth_at_full_confidence(monkeypatch):
+    labeled, unlabeled = batch()
+    n_u = unlabeled[0].shape[0]
+    out, mask, target = step(
+        "classmix", ["semi.classmix.mix_labeled=true", "semi.classmix.confidence=1.0"], labeled, unlabeled, monkeypatch
+    )
+    assert mask.shape[0] == target.shape[0] == n_u + 2  # every crop of the pool makes a mix
+    _, teacher = networks()
+    with torch.no_grad():
+        teacher_label = resized(model_outputs(teacher(unlabeled[0]))[0], (SIZE, SIZE)).argmax(1)
+    labels = torch.cat([teacher_label.masked_fill(unlabeled[1], 255), labeled[1]])
+    pad = torch.cat([unlabeled[1], labeled[1] == 255])
+    valid = ~torch.where(mask, pad, following(pad))
+    assert torch.equal(target, torch.where(mask, labels, following(labels)).masked_fill(~valid, 255))
+    # at confidence 1 only the ground truth's pixels count: the teacher's softmax never reaches 1 here
+    labeled_crop = (torch.arange(n_u + 2) >= n_u)[:, None, None]
+    from_labeled = torch.where(mask, labeled_crop, following(labeled_crop))
+    torch.testing.assert_close(out.mask_ratio, (valid & from_labeled).sum() / valid.sum())
+
+
+class FixedDisparity(torch.nn.Module):
+    def __init__(self, disparity):
+        super().__init__()
+        self.disparity = disparity
+
+    def forward(self, images):
+        return [self.disparity[:, None]]
+
+
+def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, depth_run):
+    labeled, (weak, pad) = batch()
+    pad[1, :, :5] = True  # crop 1 has padding on the left as well
+    disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.margin=0.05"]
+    _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
+    for i in range(weak.shape[0]):
+        j = (i + 1) % weak.shape[0]
+
+        def normalised(k):
+            d = disparity[k]
+            lo, hi = d[~pad[k]].min(), d[~pad[k]].max()
+            return (d - lo) / (hi - lo)
+
+        expected = ~pad[i] & (pad[j] | (normalised(i) >= normalised(j) - 0.05))
+        assert torch.equal(mask[i], expected)
+        assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
+
+
+def test_a_killed_depthmix_run_resumes_exactly_and_leaves_the_depth_network_frozen(
+    tiny_config, tmp_path, depth_run, monkeypatch
+):
+    run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}",
+           "train.progress=false", "deterministic=true"]  # fmt: skip
+    cli.main([*run, f"out_dir={tmp_path / 'whole'}"])
+    train_killed_after(4, [*run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
+    cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    frozen = torch.load(f"{depth_run}/depth.pt")["depth"]
+    assert all(torch.equal(whole["criterion"][k], v) for k, v in frozen.items())
+
+
+def test_depthmix_without_a_depth_run_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="semi.depthmix.depth_run expected a depth run's folder"):
+        load_config(None, ["method=depthmix"])
+    with pytest.raises(ValueError, match="semi.depthmix.depth_run expected a finished depth run.*depth.pt"):
+        load_config(None, ["method=depthmix", f"semi.depthmix.depth_run={tmp_path}"])
+    (tmp_path / "depth.pt").write_bytes(b"not a torch file")
+    config = load_config(None, ["method=depthmix", f"semi.depthmix.depth_run={tmp_path}"])
+    with pytest.raises(ValueError, match="semi.depthmix.depth_run: .* holds no depth network"):
+        get("depthmix")(config, N_CLASSES)
