@@ -121,6 +121,12 @@ def render_clip(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarra
     return np.stack([neighbour(-1), current, neighbour(1)]), geometry.depth(top)
 
 
+def true_disparity(seed: int, index: int, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 inverse depth of scene ``index`` of dataset ``seed``: its clip's frame t."""
+    top = render_layers(seed, index, size)[2]
+    return (1.0 / ClipGeometry(seed, index, size).depth(top)).astype(np.float32)
+
+
 class SyntheticClips(SceneSet):
     """The clips of :class:`SyntheticScenes` ``(num_images, image_size, seed)``: item i is a dict
     of ``frames`` uint8 (3, 3, H, W) (t-1, t, t+1; frame t is that data set's image i),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,11 +117,30 @@ class LabeledView(Dataset):
 
 class WeakView(LabeledView):
     """Weakly augmented crops of unlabeled images and their padding masks (True = ignore): the
-    view of methods that mix and augment whole images in the step (ClassMix, DepthMix)."""
+    view of methods that mix and augment whole images in the step (ClassMix, DepthMix). With
+    ``maps``, a function of an item's index giving a float (H, W) map of its image, the map is
+    cropped with the image (nearest, 0 in padding) and comes third; the crops are the same."""
+
+    def __init__(self, base: Dataset, data_cfg: dict[str, Any], maps: Callable[[int], torch.Tensor] | None = None):
+        super().__init__(base, data_cfg)
+        self.maps = maps
 
     def __getitem__(self, item: tuple[int, ...]):
-        weak, pad, _ = self._weak(item, keep_label=False)
-        return weak, pad == self.cfg["ignore_index"]
+        if self.maps is None:
+            weak, pad, _ = self._weak(item, keep_label=False)
+            return weak, pad == self.cfg["ignore_index"]
+        g = torch.Generator().manual_seed(item[1])
+        image, label = self.base[item[0]]
+        weak, pad, extra = weak_augment(
+            image,
+            torch.zeros_like(label),
+            _crop_of(item, self.cfg),
+            g,
+            scale_range=tuple(self.cfg["scale_range"]),
+            ignore_index=self.cfg["ignore_index"],
+            extras=self.maps(item[0])[None].float(),
+        )
+        return weak, pad == self.cfg["ignore_index"], extra[0]
 
 
 class UnlabeledView(LabeledView):

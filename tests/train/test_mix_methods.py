@@ -161,3 +161,28 @@ def test_depthmix_without_a_depth_run_is_refused_by_name(tmp_path):
     config = load_config(None, ["method=depthmix", f"semi.depthmix.depth_run={tmp_path}"])
     with pytest.raises(ValueError, match="semi.depthmix.depth_run: .* holds no depth network"):
         get("depthmix")(config, N_CLASSES)
+
+
+def test_the_true_disparity_is_cropped_with_its_image():
+    """semi.depthmix.disparity=truth: the view's crops are those of the plain view, and the third
+    item is the image's true disparity moved with them."""
+    from semiseg_fast.data import Subset, SyntheticScenes
+    from semiseg_fast.data.clips import true_disparity
+    from semiseg_fast.train.data import WeakView
+    from semiseg_fast.train.methods.depthmix import TrueDisparity
+
+    subset = Subset(SyntheticScenes(6, (16, 16), seed=0), [3, 1])
+    data_cfg = load_config(None, ["data.crop_size=16", "data.scale_range=[1.0, 1.0]"])["data"]
+    truth = true_disparity(0, 3, (16, 16))
+    flips = set()
+    for seed in range(6):
+        weak, pad = WeakView(subset, data_cfg)[(0, seed)]
+        weak_t, pad_t, disparity = WeakView(subset, data_cfg, TrueDisparity(subset))[(0, seed)]
+        assert torch.equal(weak, weak_t) and torch.equal(pad, pad_t)
+        flipped = torch.equal(weak, subset[0][0].flip(-1))
+        flips.add(flipped)
+        expected = torch.from_numpy(truth).flip(-1) if flipped else torch.from_numpy(truth)
+        assert torch.equal(disparity, expected)
+    assert flips == {False, True}
+    with pytest.raises(ValueError, match="semi.depthmix.disparity expected network"):
+        load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "semi.depthmix.mix_labeled=true"])

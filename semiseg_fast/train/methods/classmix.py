@@ -55,15 +55,16 @@ class ClassMix(Method):
         return WeakView(data.unlabeled, self.run_config["data"])
 
     def mix_masks(
-        self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor
+        self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor, *maps: torch.Tensor
     ) -> torch.Tensor:
         """bool (N, H, W), True where the mix of crop i and crop i + 1 takes crop i. ``labels``:
-        the teacher's (or the ground truth), ``ignore_index`` on padding; ``pad`` True on padding."""
+        the teacher's (or the ground truth), ``ignore_index`` on padding; ``pad`` True on padding;
+        ``maps``: what the unlabeled view gives after the padding masks."""
         return classmix_masks(labels, ctx.generator, ctx.ignore_index)
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images_l, labels_l = labeled
-        weak, pad = unlabeled
+        weak, pad, *maps = unlabeled
         up = self.upsampling(weak)
         stats = up.stats(model_outputs(teacher_outputs(ctx, weak))[0])
         images, label = weak, stats.label.masked_fill(pad, ctx.ignore_index)
@@ -75,7 +76,7 @@ class ClassMix(Method):
             conf = torch.cat([conf, (~ignored).to(conf.dtype)])
             pad = torch.cat([pad, ignored])
 
-        mask = self.mix_masks(ctx, images, label, pad)
+        mask = self.mix_masks(ctx, images, label, pad, *maps)
         following = lambda t: t.roll(-1, dims=0)  # noqa: E731  crop i is mixed with crop i + 1
         mixed = mix_images(images, following(images), mask)
         mixed_label, mixed_conf = mix_pseudo_labels(label, conf, following(label), following(conf), mask)

@@ -2,7 +2,11 @@
 A frozen self-supervised depth network (a ``python -m semiseg_fast.depth`` run) gives each crop's
 disparity online; the mix of crop i and crop i + 1 keeps crop i's pixel where it is at least as
 near as crop i + 1's, up to a margin, after min-max normalising each crop's disparity, so a far
-object is never pasted over a near one. Padding never wins over an image pixel."""
+object is never pasted over a near one. Padding never wins over an image pixel.
+
+``semi.depthmix.disparity=truth`` mixes by the embedded world's true disparity instead (cropped with
+each image): what a perfect depth network would give, to tell DepthMix's idea from the depth run's
+quality."""
 
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.clips import true_disparity
+from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
 from ...mixing import depthmix_masks
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
-from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, option
+from ..data import RunData, WeakView
+from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option
 from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
 from .registry import register
@@ -38,6 +45,25 @@ class DepthMixConfig(ClassMixConfig):
         "a crop's pixel is kept where its normalised disparity is at least the other's minus this",
         NON_NEGATIVE_NUMBER,
     )
+    disparity: str = option(
+        "network",
+        "network (the depth run's, on each crop) | truth (the embedded world's true disparity: a perfect depth "
+        "network's, for comparison; data.name=synthetic without mix_labeled)",
+        choice("network", "truth"),
+    )
+
+
+class TrueDisparity:
+    """The true disparity of each image of a subset of the embedded pool, rendered once."""
+
+    def __init__(self, subset: Subset):
+        self.subset, self.maps = subset, {}
+
+    def __call__(self, index: int) -> torch.Tensor:
+        if index not in self.maps:
+            pool = self.subset.base
+            self.maps[index] = torch.from_numpy(true_disparity(pool.seed, self.subset.indices[index], pool.image_size))
+        return self.maps[index]
 
 
 def depth_run(config: dict[str, Any]) -> str | None:
@@ -57,27 +83,38 @@ class DepthMix(ClassMix):
 
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__(config, num_classes)
-        self.depth = frozen_depth_network(depth_run(config), DEPTH_RUN_KEY)
+        online = self.settings["disparity"] == "network"
+        self.depth = frozen_depth_network(depth_run(config), DEPTH_RUN_KEY) if online else None
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
-        run = depth_run(config)
-        if run is None:
+        run, settings = depth_run(config), config["semi"]["depthmix"]
+        if settings["disparity"] == "truth":
+            if config["data"]["name"] != "synthetic" or settings["mix_labeled"]:
+                fail("semi.depthmix.disparity", "network (truth: the embedded data set's, without mix_labeled)")
+        elif run is None:
             fail(
                 DEPTH_RUN_KEY, "a depth run's folder (python -m semiseg_fast.depth), or model.pretrained=depth:RUN_DIR"
             )
         elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
             fail(DEPTH_RUN_KEY, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
 
-    def state(self) -> nn.Module:
+    def state(self) -> nn.Module | None:
         return self.depth  # moved to the run's device with the model, kept in checkpoints
 
+    def unlabeled_view(self, data: RunData) -> WeakView:
+        truth = self.settings["disparity"] == "truth"
+        return WeakView(data.unlabeled, self.run_config["data"], TrueDisparity(data.unlabeled) if truth else None)
+
     def mix_masks(
-        self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor
+        self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor, *maps: torch.Tensor
     ) -> torch.Tensor:
-        self.depth.eval()
-        with torch.no_grad():
-            disparity = self.depth(images)[0][:, 0].float()
+        if maps:
+            (disparity,) = maps
+        else:
+            self.depth.eval()
+            with torch.no_grad():
+                disparity = self.depth(images)[0][:, 0].float()
         # padding at the crop's farthest: it never covers the other crop's image
         farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
         disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
