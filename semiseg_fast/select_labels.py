@@ -99,9 +99,9 @@ def depth_features(net: torch.nn.Module, images: torch.Tensor, batch: int) -> tu
     the full-resolution disparity (N, 1, H, W))."""
     features, disparity = [], []
     for x in images.split(batch):
-        pooled = F.adaptive_avg_pool2d(net.features(x)[2], FEATURE_GRID)
-        features.append(pooled.flatten(1))
-        disparity.append(net(x)[0])
+        levels = net.features(x)
+        features.append(F.adaptive_avg_pool2d(levels[2], FEATURE_GRID).flatten(1))
+        disparity.append(torch.sigmoid(net.heads[0](levels[0])))  # net(x)[0] without a second pass
     f = torch.cat(features).double()
     f = (f - f.mean(0)) / f.std(0).clamp_min(1e-6)
     return f, torch.cat(disparity)
@@ -188,11 +188,11 @@ def select(args: argparse.Namespace, images: torch.Tensor) -> dict[str, Any]:
     """The chosen pool indices in their order of choice, and what each round measured."""
     g = torch.Generator().manual_seed(args.seed)
     if args.strategy == "random":
-        return {"chosen": torch.randperm(len(images), generator=g)[: args.count].tolist(), "rounds": []}
+        return {"chosen": torch.randperm(len(images), generator=g)[: args.count].tolist()}
     if args.strategy == "entropy":
         scores = entropy_scores(args.checkpoint, images, args.batch_size)
         order = sorted(range(len(images)), key=lambda i: (-float(scores[i]), i))
-        return {"chosen": order[: args.count], "rounds": []}
+        return {"chosen": order[: args.count]}
 
     from .depth.networks import frozen_depth_network
 
@@ -213,7 +213,7 @@ def select(args: argparse.Namespace, images: torch.Tensor) -> dict[str, Any]:
         measured.append({"labeled": count, "mean_difficulty": float(hardness.mean())})
         following = rounds[k + 1] if k + 1 < len(rounds) else args.count
         chosen = farthest_points(distance, chosen, following, bonus)
-    return {"chosen": chosen, "rounds": measured, "feature_spacing": spacing}
+    return {"chosen": chosen, "difficulty": measured, "feature_spacing": spacing}
 
 
 def write(args: argparse.Namespace, result: dict[str, Any]) -> None:

@@ -95,20 +95,22 @@ class LabeledView(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def _weak(self, item: tuple[int, ...], keep_label: bool):
+    def _weak(self, item: tuple[int, ...], keep_label: bool, extras: torch.Tensor | None = None):
+        """(image, label, [extras,] generator) of the item's weak crop (see :func:`weak_augment`)."""
         g = torch.Generator().manual_seed(item[1])
         image, label = self.base[item[0]]
         if not keep_label:  # only the padding added by the crop stays ignored
             label = torch.zeros_like(label)
-        image, label = weak_augment(
+        out = weak_augment(
             image,
             label,
             _crop_of(item, self.cfg),
             g,
             scale_range=tuple(self.cfg["scale_range"]),
             ignore_index=self.cfg["ignore_index"],
+            extras=extras,
         )
-        return image, label, g
+        return (*out, g)
 
     def __getitem__(self, item: tuple[int, ...]):
         image, label, _ = self._weak(item, keep_label=True)
@@ -129,17 +131,7 @@ class WeakView(LabeledView):
         if self.maps is None:
             weak, pad, _ = self._weak(item, keep_label=False)
             return weak, pad == self.cfg["ignore_index"]
-        g = torch.Generator().manual_seed(item[1])
-        image, label = self.base[item[0]]
-        weak, pad, extra = weak_augment(
-            image,
-            torch.zeros_like(label),
-            _crop_of(item, self.cfg),
-            g,
-            scale_range=tuple(self.cfg["scale_range"]),
-            ignore_index=self.cfg["ignore_index"],
-            extras=self.maps(item[0])[None].float(),
-        )
+        weak, pad, extra, _ = self._weak(item, keep_label=False, extras=self.maps(item[0])[None].float())
         return weak, pad == self.cfg["ignore_index"], extra[0]
 
 

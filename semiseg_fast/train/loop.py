@@ -289,6 +289,7 @@ class Trainer:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             torch.manual_seed(mix_seed(cfg["seed"], step, w.rank, 7))
             gen = torch.Generator(w.device).manual_seed(mix_seed(cfg["seed"], step, w.rank, 11))
+            host_gen = None if gen.device.type == "cpu" else torch.Generator().manual_seed(gen.initial_seed())
             progress, scale = self.schedule.progress(step), self.schedule.batch_scale(step)
             ctx = StepContext(
                 self.student,
@@ -300,6 +301,7 @@ class Trainer:
                 self.data.num_classes,
                 rampup_factor(progress / self.schedule.total_steps, cfg["semi"]["rampup"]),
                 self.student_peer,
+                host_gen,
             )
             with torch.autocast(
                 w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None

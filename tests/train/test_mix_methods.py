@@ -165,24 +165,32 @@ def test_depthmix_without_a_depth_run_is_refused_by_name(tmp_path):
 
 def test_the_true_disparity_is_cropped_with_its_image():
     """semi.depthmix.disparity=truth: the view's crops are those of the plain view, and the third
-    item is the image's true disparity moved with them."""
-    from semiseg_fast.data import Subset, SyntheticScenes
+    item is the image's true disparity rescaled, padded, cropped and flipped with it."""
+    from semiseg_fast.data import Subset, SyntheticScenes, weak_augment
     from semiseg_fast.data.clips import true_disparity
     from semiseg_fast.train.data import WeakView
     from semiseg_fast.train.methods.depthmix import TrueDisparity
 
     subset = Subset(SyntheticScenes(6, (16, 16), seed=0), [3, 1])
-    data_cfg = load_config(None, ["data.crop_size=16", "data.scale_range=[1.0, 1.0]"])["data"]
-    truth = true_disparity(0, 3, (16, 16))
-    flips = set()
+    data_cfg = load_config(None, ["data.crop_size=20", "data.scale_range=[0.75, 1.5]"])["data"]
+    truth = torch.from_numpy(true_disparity(0, 3, (16, 16)))
+    image, label = subset[0]
+    padded = False
     for seed in range(6):
         weak, pad = WeakView(subset, data_cfg)[(0, seed)]
         weak_t, pad_t, disparity = WeakView(subset, data_cfg, TrueDisparity(subset))[(0, seed)]
         assert torch.equal(weak, weak_t) and torch.equal(pad, pad_t)
-        flipped = torch.equal(weak, subset[0][0].flip(-1))
-        flips.add(flipped)
-        expected = torch.from_numpy(truth).flip(-1) if flipped else torch.from_numpy(truth)
-        assert torch.equal(disparity, expected)
-    assert flips == {False, True}
+        g = torch.Generator().manual_seed(seed)
+        *_, expected = weak_augment(image, label, 20, g, (0.75, 1.5), extras=truth[None])
+        assert torch.equal(disparity, expected[0])
+        assert bool((disparity[~pad] > 0).all()) and bool((disparity[pad] == 0).all())
+        padded |= bool(pad.any())
+    assert padded  # some crops are padded: the map's padding is checked too
     with pytest.raises(ValueError, match="semi.depthmix.disparity expected network"):
         load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "semi.depthmix.mix_labeled=true"])
+
+
+def test_a_mix_needs_two_crops():
+    with pytest.raises(ValueError, match="data.unlabeled_batch_size expected at least 2"):
+        load_config(None, ["method=classmix", "data.unlabeled_batch_size=1"])
+    load_config(None, ["method=classmix", "data.unlabeled_batch_size=1", "semi.classmix.mix_labeled=true"])

@@ -40,10 +40,18 @@ class StepContext:
     semi: dict[str, Any]  # the semi section: settings every semi-supervised method shares
     ignore_index: int
     epoch: int
-    generator: torch.Generator
+    generator: torch.Generator  # on the run's device
     num_classes: int
     rampup: float = 1.0  # the unsupervised weight's ramp-up factor at this step (semi.rampup), in [0, 1]
     peer: nn.Module | None = None  # the second network of a two-network method (Method.networks), as called
+    # a CPU generator for draws made on the host (mask choices, augmentation parameters); None:
+    # ``generator`` is one (on CPU runs the loop passes the same generator for both)
+    host_generator: torch.Generator | None = None
+
+    @property
+    def host_rng(self) -> torch.Generator:
+        """The generator of draws made on the host."""
+        return self.host_generator if self.host_generator is not None else self.generator
 
     @property
     def unsupervised_weight(self) -> float:

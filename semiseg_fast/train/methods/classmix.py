@@ -10,6 +10,7 @@ only in its mask."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from ...mixing import classmix_masks, mix_images, mix_pseudo_labels
 from ...models import model_outputs
 from ...ops import pseudo_label_cross_entropy
 from ..data import RunData, WeakView
-from ..schema import BOOLEAN, UNIT_INTERVAL, Section, option
+from ..schema import BOOLEAN, UNIT_INTERVAL, Fail, Section, option
 from .base import Method, StepContext, StepOutput, teacher_outputs
 from .registry import register
 
@@ -51,6 +52,11 @@ class ClassMix(Method):
     description = "DACS mean teacher: crops mixed by half their predicted classes, loss weighted by confidence"
     config = ClassMixConfig
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        if config["data"]["unlabeled_batch_size"] < 2 and not config["semi"][cls.name]["mix_labeled"]:
+            fail("data.unlabeled_batch_size", f"at least 2 (mixing pairs crops), or semi.{cls.name}.mix_labeled=true")
+
     def unlabeled_view(self, data: RunData) -> WeakView:
         return WeakView(data.unlabeled, self.run_config["data"])
 
@@ -60,7 +66,7 @@ class ClassMix(Method):
         """bool (N, H, W), True where the mix of crop i and crop i + 1 takes crop i. ``labels``:
         the teacher's (or the ground truth), ``ignore_index`` on padding; ``pad`` True on padding;
         ``maps``: what the unlabeled view gives after the padding masks."""
-        return classmix_masks(labels, ctx.generator, ctx.ignore_index)
+        return classmix_masks(labels, ctx.host_rng, ctx.ignore_index)
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         images_l, labels_l = labeled
@@ -82,7 +88,7 @@ class ClassMix(Method):
         mixed_label, mixed_conf = mix_pseudo_labels(label, conf, following(label), following(conf), mask)
         valid = ~torch.where(mask, pad, following(pad))
         if self.run_config["semi"]["strong_color"]:
-            mixed = channels_like(jitter_and_blur(mixed, ctx.generator), weak)
+            mixed = channels_like(jitter_and_blur(mixed, ctx.host_rng), weak)
 
         logits = up(model_outputs(ctx.student(torch.cat([images_l, mixed])))[0])
         logits_l, logits_u = logits.split([images_l.shape[0], mixed.shape[0]])
@@ -97,5 +103,5 @@ class ClassMix(Method):
         return StepOutput(loss, sup.detach(), unsup.detach(), weight)
 
     def pseudo_labels(self, teacher, images, indices, epoch):
-        stats = self.upsampling(images).stats(model_outputs(teacher(images))[0])
-        return stats.label, stats.confidence >= self.settings["confidence"]
+        label = self.upsampling(images).stats(model_outputs(teacher(images))[0]).label
+        return label, torch.ones_like(label, dtype=torch.bool)  # every pixel trains; confidence only weighs the loss

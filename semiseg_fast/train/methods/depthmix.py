@@ -88,6 +88,7 @@ class DepthMix(ClassMix):
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        super().check_config(config, fail)
         run, settings = depth_run(config), config["semi"]["depthmix"]
         if settings["disparity"] == "truth":
             if config["data"]["name"] != "synthetic" or settings["mix_labeled"]:
@@ -113,8 +114,9 @@ class DepthMix(ClassMix):
             (disparity,) = maps
         else:
             self.depth.eval()
-            with torch.no_grad():
-                disparity = self.depth(images)[0][:, 0].float()
+            # in fp32 whatever the step's autocast: a half-precision disparity is coarse beside the margin
+            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+                disparity = self.depth(images.float())[0][:, 0]
         # padding at the crop's farthest: it never covers the other crop's image
         farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
         disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
