@@ -60,3 +60,17 @@ def train_killed_after(steps, args, monkeypatch):
             cli.main(args)
     finally:
         monkeypatch.undo()
+
+
+def whole_and_resumed(run, tmp_path, monkeypatch, steps=4):
+    """The last checkpoints of the run ``run`` (CLI arguments) made whole and made killed after
+    ``steps`` steps then resumed, in ``tmp_path``/whole and ``tmp_path``/killed."""
+    import torch
+
+    from semiseg_fast.train import cli
+
+    cli.main([*run, f"out_dir={tmp_path / 'whole'}"])
+    train_killed_after(steps, [*run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
+    cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
+    load = lambda name: torch.load(tmp_path / name / "last.pt", weights_only=False)  # noqa: E731
+    return load("whole"), load("killed")

@@ -8,7 +8,7 @@ from semiseg_fast.train import cli
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods.supervised import depth_task_loss
 
-from .helpers import train_killed_after
+from .helpers import whole_and_resumed
 
 
 def test_depth_task_loss_is_the_log_depth_error_on_valid_pixels():
@@ -37,11 +37,7 @@ def test_the_depth_task_trains_the_head_and_leaves_the_depth_network_frozen(tiny
 def test_a_killed_depth_task_run_resumes_exactly(tiny_config, tmp_path, depth_run, monkeypatch):
     run = ["--config", tiny_config, "method=supervised", f"semi.supervised.depth_run={depth_run}",
            "train.progress=false", "deterministic=true"]  # fmt: skip
-    cli.main([*run, f"out_dir={tmp_path / 'whole'}"])
-    train_killed_after(4, [*run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
-    cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    whole, resumed = whole_and_resumed(run, tmp_path, monkeypatch)
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
 
 

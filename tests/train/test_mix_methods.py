@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from semiseg_fast.models import DeepLabV3Plus, model_outputs
-from semiseg_fast.train import cli
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods import classmix, get
 from semiseg_fast.train.methods.base import StepContext, resized
 
-from .helpers import train_killed_after
+from .helpers import whole_and_resumed
 
 N_CLASSES, SIZE = 4, 16
 
@@ -142,11 +141,7 @@ def test_a_killed_depthmix_run_resumes_exactly_and_leaves_the_depth_network_froz
 ):
     run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}",
            "train.progress=false", "deterministic=true"]  # fmt: skip
-    cli.main([*run, f"out_dir={tmp_path / 'whole'}"])
-    train_killed_after(4, [*run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
-    cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    whole, resumed = whole_and_resumed(run, tmp_path, monkeypatch)
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
     frozen = torch.load(f"{depth_run}/depth.pt")["depth"]
     assert all(torch.equal(whole["criterion"][k], v) for k, v in frozen.items())
