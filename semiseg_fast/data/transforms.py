@@ -152,29 +152,35 @@ def jitter_and_blur(
     """DACS's augmentation of mixed images, applied where they are mixed (on the run's device):
     per image, colour jitter of ``strength`` (brightness, contrast, saturation and hue) with
     probability ``jitter_p``, then a Gaussian blur of sigma drawn from ``sigma_range`` with
-    ``blur_p``. Normalised float (N, 3, H, W) in and out, in fp32 whatever autocast says."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
-    out = []
+    ``blur_p``. Normalised float (N, 3, H, W) in and out (in its dtype and memory format),
+    computed in fp32 whatever autocast says."""
+    mean, std = _imagenet_stats(images.device)
+    out = torch.empty_like(images)
     with torch.autocast(images.device.type, enabled=False):
-        for image in images.float():
+        for i, image in enumerate(images.float()):
             img = image * std + mean
             if uniform(generator, 0, 1) < jitter_p:
                 img = _colour_jitter(img, generator, strength, strength)
             if uniform(generator, 0, 1) < blur_p:
                 img = gaussian_blur(img[None], uniform(generator, *sigma_range))[0]
-            out.append((img.clamp(0, 1) - mean) / std)
-    return torch.stack(out).to(images.dtype)
+            out[i] = (img.clamp(0, 1) - mean) / std
+    return out
+
+
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std, (3, 1, 1) each, on ``device``."""
+    return (
+        torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+        torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1),
+    )
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (3, H, W) or (N, 3, H, W) -> float32 with ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    mean, std = _imagenet_stats(images.device)
     return (images.float() / 255.0 - mean) / std
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+    mean, std = _imagenet_stats(images.device)
     return ((images * std + mean) * 255.0).round().clamp(0, 255).to(torch.uint8)

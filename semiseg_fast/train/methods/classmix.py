@@ -40,12 +40,6 @@ class ClassMixConfig(Section):
     )
 
 
-def channels_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``x`` in ``like``'s memory format (channels-last or contiguous)."""
-    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
 @register
 class ClassMix(Method):
     name = "classmix"
@@ -88,7 +82,7 @@ class ClassMix(Method):
         mixed_label, mixed_conf = mix_pseudo_labels(label, conf, following(label), following(conf), mask)
         valid = ~torch.where(mask, pad, following(pad))
         if self.run_config["semi"]["strong_color"]:
-            mixed = channels_like(jitter_and_blur(mixed, ctx.host_rng), weak)
+            mixed = jitter_and_blur(mixed, ctx.host_rng)
 
         logits = up(model_outputs(ctx.student(torch.cat([images_l, mixed])))[0])
         logits_l, logits_u = logits.split([images_l.shape[0], mixed.shape[0]])
