@@ -14,8 +14,13 @@ R P + T in frame t+1's camera and at R^T (P - T) in frame t-1's.
 A frame is rendered by casting each pixel's ray onto every layer's plane and sampling the layer
 where the ray meets it. Layers are analytic, so a disoccluded pixel shows what is really behind and
 the frames have no holes. Frame t is the segmentation data set's image, bit for bit, so labels and
-the pretrained encoder stay valid. The light gradient belongs to the camera. Sensor noise is drawn
-anew for each frame."""
+the pretrained encoder stay valid. The light gradient belongs to the camera.
+
+The fine grain of frame t belongs to the surfaces: each layer carries it where frame t shows that
+layer, and grain of the same strength elsewhere (beyond the borders too), and a neighbouring frame
+samples it bilinearly where its rays meet the layer. Grain drawn anew for every frame would be
+independent of the geometry: on the scenes' smooth backgrounds it would leave the ground's depth
+nearly invisible to photometric consistency."""
 
 from __future__ import annotations
 
@@ -25,11 +30,13 @@ import torch
 from .synthetic import LayerGrid, SceneSet, render_layers
 
 GEOMETRY_STREAM = 1  # the draws of depths and motion use their own stream: the scene's are untouched
+GRAIN_STREAM = 2  # the grain of the layers where frame t does not show them
+GRAIN_MARGIN = 16  # pixels of grain around frame t's borders; farther out a layer's edge grain repeats
 NEAR_RANGE = (8.0, 12.0)  # depth of the ground plane at the bottom row
 FAR_FACTOR = (2.0, 3.0)  # its depth at the top row, relative to the bottom
 OBJECT_DEPTH = (2.0, 6.0)
-FORWARD = (0.1, 0.3)  # per frame, in the depth unit
-SIDEWAYS = 0.15
+FORWARD = (0.2, 0.6)  # per frame, in the depth unit
+SIDEWAYS = 0.3
 VERTICAL = 0.03
 ROTATION_DEG = (1.0, 1.0, 0.5)  # pitch, yaw, roll
 
@@ -108,15 +115,49 @@ class ClipGeometry:
         return np.where(top_layer == 0, ground, objects).astype(np.float32)
 
 
+def _bilinear(field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``field`` (H, W, C) at fractional pixel positions (rows, cols), clamped to its extent."""
+    h, w = field.shape[:2]
+    rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    r0, c0 = np.minimum(rows.astype(np.int64), h - 2), np.minimum(cols.astype(np.int64), w - 2)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    top = field[r0, c0] * (1 - fc) + field[r0, c0 + 1] * fc
+    bottom = field[r0 + 1, c0] * (1 - fc) + field[r0 + 1, c0 + 1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def surface_grain(seed: int, index: int, frame_top: np.ndarray, layer_grid: LayerGrid):
+    """The ``grain`` of :func:`render_layers` for the view ``layer_grid``: each layer's grain
+    sampled where the view's rays meet it. A layer's grain is frame t's where frame t shows it
+    (``frame_top``), and a draw of the same sigma elsewhere, the same for every view."""
+    h, w = frame_top.shape
+    side, m = float(min(h, w)), GRAIN_MARGIN
+
+    def grain(noise: np.ndarray, sigma: float, top: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(noise)
+        for layer in np.unique(top):
+            rng = np.random.default_rng([seed, index, GRAIN_STREAM, int(layer)])
+            field = rng.normal(0, sigma, size=(h + 2 * m, w + 2 * m, noise.shape[2]))
+            inside = field[m : m + h, m : m + w]
+            inside[frame_top == layer] = noise[frame_top == layer]
+            y, x = layer_grid(int(layer), 0)
+            here = top == layer
+            rows, cols = (np.broadcast_to(c * side - 0.5 + m, here.shape)[here] for c in (y, x))
+            out[here] = _bilinear(field, rows, cols)
+        return out
+
+    return grain
+
+
 def render_clip(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(frames uint8 (3, H, W, 3) for t-1, t, t+1; depth float32 (H, W) of frame t) of scene
     ``index`` of dataset ``seed``."""
     geometry = ClipGeometry(seed, index, size)
     current, _, top = render_layers(seed, index, size)
 
-    def neighbour(offset: int) -> np.ndarray:  # its own sensor noise
-        noise = np.random.default_rng([seed, index, GEOMETRY_STREAM, offset + 2])
-        return render_layers(seed, index, size, geometry.layer_grid(offset), noise)[0]
+    def neighbour(offset: int) -> np.ndarray:
+        layer_grid = geometry.layer_grid(offset)
+        return render_layers(seed, index, size, layer_grid, surface_grain(seed, index, top, layer_grid))[0]
 
     return np.stack([neighbour(-1), current, neighbour(1)]), geometry.depth(top)
 

@@ -121,10 +121,11 @@ def illuminate(
     y: np.ndarray,
     x: np.ndarray,
     side: float,
-    noise_rng: np.random.Generator | None = None,
+    grain: Callable[[np.ndarray, float], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """uint8 (H, W, 3): a random linear light gradient, brightness and contrast, sensor noise (drawn
-    from ``noise_rng`` where given, so that frames of one clip share the light but not the noise)."""
+    """uint8 (H, W, 3): a random linear light gradient, brightness and contrast, and fine grain:
+    Gaussian noise of a random sigma, or what ``grain(noise, sigma)`` makes of that draw (another
+    view of the same grain, see :mod:`.clips`)."""
     h, w = y.shape[0], x.shape[1]
     angle = rng.uniform(0, 2 * np.pi)
     along = (np.cos(angle) * (x - x.mean()) + np.sin(angle) * (y - y.mean())) * side / max(h, w)  # in [-0.71, 0.71]
@@ -132,7 +133,8 @@ def illuminate(
     image = image * light[..., None]
     image = (image - 0.5) * rng.uniform(0.7, 1.2) + 0.5 + rng.uniform(-0.12, 0.12)
     sigma = rng.uniform(0.01, 0.05)
-    image = image + (rng if noise_rng is None else noise_rng).normal(0, sigma, size=image.shape)
+    noise = rng.normal(0, sigma, size=image.shape)
+    image = image + (noise if grain is None else grain(noise, sigma))
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -140,6 +142,8 @@ def illuminate(
 # the shorter side. Layer 0 is the background (sampled before the objects are counted, so with a
 # count of 0), layer k the k-th object painted.
 LayerGrid = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+# The grain a view gets: (the scene's own grain draw, its sigma, the view's top layer) -> grain.
+ViewGrain = Callable[[np.ndarray, float, np.ndarray], np.ndarray]
 
 
 def render_layers(
@@ -147,12 +151,13 @@ def render_layers(
     index: int,
     size: tuple[int, int],
     layer_grid: LayerGrid | None = None,
-    noise_rng: np.random.Generator | None = None,
+    grain: ViewGrain | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 (H, W, 3), label uint8 (H, W), top layer uint8 (H, W)) of scene ``index`` of
-    dataset ``seed``. ``layer_grid`` samples each layer at other coordinates (another camera's
-    view of the scene, see :mod:`.clips`); by default every layer is seen at the image's own grid.
-    The random draws never depend on the coordinates, so every view shows the same scene."""
+    dataset ``seed``. ``layer_grid`` samples each layer at other coordinates and ``grain`` gives
+    that view its grain (another camera's view of the scene, see :mod:`.clips`); by default every
+    layer is seen at the image's own grid. The random draws never depend on the coordinates, so
+    every view shows the same scene."""
     rng = np.random.default_rng([seed, index])
     y, x, side = grid(size)
     count = 0
@@ -170,7 +175,8 @@ def render_layers(
         mask = _shape(cls, u, v, r, rng.uniform(0.6, 1.0))
         image = paint(rng, image, mask, _texture(TEXTURES[cls - 1], rng, u, v, r))
         label[mask], top[mask] = cls, layer
-    return illuminate(rng, image, y, x, side, noise_rng), label, top
+    view_grain = None if grain is None else (lambda noise, sigma: grain(noise, sigma, top))
+    return illuminate(rng, image, y, x, side, view_grain), label, top
 
 
 def render_scene(seed: int, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

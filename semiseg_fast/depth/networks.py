@@ -66,20 +66,34 @@ class DepthNet(nn.Module):
 
 class PoseNet(nn.Module):
     """Two normalised frames, earlier first, concatenated on channels -> (axis-angle (N, 3),
-    translation (N, 3)) of the motion between them; outputs are scaled by 0.01, as Monodepth2's
-    pose decoder, so that training starts near no motion."""
+    translation (N, 3)) of the motion between them. Monodepth2's design in the size of the embedded
+    world: the segmentation model's small encoder with a six-channel stem (:meth:`start_from` gives
+    it a pretrained single-image encoder's weights) and Monodepth2's pose decoder, its outputs
+    averaged over the image and scaled by 0.01 so that training starts near no motion."""
 
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 32):
         super().__init__()
-        chans, layers, cin = (width, 2 * width, 4 * width, 8 * width, 8 * width), [], 6
-        for i, cout in enumerate(chans):
-            layers += [nn.Conv2d(cin, cout, 7 if i == 0 else 3, 2, 3 if i == 0 else 1), nn.ReLU(inplace=True)]
-            cin = cout
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(cin, 6, 1)
+        self.encoder = SmallEncoder(width)
+        one = self.encoder.stem[0][0]  # the first convolution, for one image
+        self.encoder.stem[0][0] = nn.Conv2d(6, one.out_channels, one.kernel_size, one.stride, one.padding, bias=False)
+        hidden = 2 * width
+        self.decoder = nn.Sequential(
+            nn.Conv2d(self.encoder.channels[2], hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 6, 1),
+        )  # fmt: skip
+
+    def start_from(self, encoder: SmallEncoder) -> None:
+        """Monodepth2's start for a pair of frames: ``encoder``'s weights, its first convolution's
+        spread over both frames and halved, so that the pair's features start as one image's."""
+        state = encoder.state_dict()
+        key = "stem.0.0.weight"
+        state[key] = torch.cat([state[key], state[key]], 1) / 2
+        self.encoder.load_state_dict(state)
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        motion = 0.01 * self.head(self.body(pair)).mean(dim=(2, 3))
+        motion = 0.01 * self.decoder(self.encoder(pair)[2]).mean(dim=(2, 3))
         return motion[:, :3], motion[:, 3:]
 
 

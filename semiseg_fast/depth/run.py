@@ -2,12 +2,12 @@
 clips (t-1, t, t+1), Monodepth2's way (:mod:`.objective`), and scores the depth against the
 true depth of the validation clips (median-scaled abs-rel and delta < 1.25, :mod:`.evaluate`).
 
-The depth network's encoder is the segmentation model's small encoder and starts from the
-shipped pretrained weights. The run folder (``--out``) holds ``last.pt`` (written atomically
-after every epoch, the one before kept as ``previous.pt``; ``--resume`` continues from it),
-``metrics.csv`` (one row per epoch), ``depth.png`` (validation clips, predicted and true depth)
-and, at the end, ``depth.pt``: the trained networks' state dicts (``encoder``, ``depth``,
-``pose``)."""
+Both networks' encoders are the segmentation model's small encoder and start from the shipped
+pretrained weights (the pose network's first convolution spread over its two frames). The run
+folder (``--out``) holds ``last.pt`` (written atomically after every epoch, the one before kept
+as ``previous.pt``; ``--resume`` continues from it), ``metrics.csv`` (one row per epoch),
+``depth.png`` (validation clips, predicted and true depth) and, at the end, ``depth.pt``: the
+trained networks' state dicts (``encoder``, ``depth``, ``pose``)."""
 
 from __future__ import annotations
 
@@ -50,17 +50,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-split", default="train.txt", help="cityscapes: split file of the training clips")
     p.add_argument("--val-split", default="val.txt", help="cityscapes: split file of the validation clips")
     p.add_argument("--size", type=int, nargs=2, default=(192, 384), metavar=("H", "W"), help="cityscapes: frame size")
-    p.add_argument("--epochs", type=int, default=100, help="passes over the training clips (66 steps each by default)")
+    p.add_argument("--epochs", type=int, default=60, help="passes over the training clips (66 steps each by default)")
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam's rate (tenfold lower for the last quarter)")
-    p.add_argument(
-        "--smoothness", type=float, default=1e-2, help="weight of the edge-aware smoothness (Monodepth2: 1e-3)"
-    )
+    p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness (Monodepth2's)")
     p.add_argument("--ssim-weight", type=float, default=0.85, help="SSIM's share of the photometric error")
     p.add_argument(
-        "--blur", type=float, default=1.0, help="Gaussian sigma (pixels) of the frames the losses compare; 0: none"
+        "--blur", type=float, default=0.0, help="Gaussian sigma (pixels) of the frames the losses compare; 0: none"
     )
-    p.add_argument("--pretrained", default="embedded", help="the encoder's start: embedded | none | a weights file")
+    p.add_argument(
+        "--pretrained", default="embedded", help="both encoders' start (depth, pose): embedded | none | a weights file"
+    )
     p.add_argument("--width", type=int, default=32, help="the small encoder's width")
     p.add_argument("--seed", type=int, default=0, help="the networks' initialisation and the data order")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    depth_net, pose_net = DepthNet(args.width), PoseNet()
+    depth_net, pose_net = DepthNet(args.width), PoseNet(args.width)
     load_pretrained(depth_net, "none" if args.resume else args.pretrained, "small")
+    if not args.resume and args.pretrained != "none":
+        pose_net.start_from(depth_net.encoder)
     parameters = list(depth_net.parameters()) + list(pose_net.parameters())
     optimizer = torch.optim.Adam(parameters, lr=args.lr)
     first_epoch, rows = 0, []

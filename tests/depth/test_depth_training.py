@@ -88,6 +88,19 @@ def test_depth_loss_trains_both_networks():
     assert any(p.grad.abs().sum() > 0 for p in pose_net.parameters())
 
 
+def test_the_pose_network_starts_from_a_single_image_encoder():
+    """Monodepth2's start: a pair of equal frames gives the pretrained encoder's features of the one."""
+    depth_net, pose_net = DepthNet(8), PoseNet(8)
+    depth_net.encoder.stem[0][0].weight.data.normal_()
+    pose_net.start_from(depth_net.encoder)
+    depth_net.eval(), pose_net.eval()
+    x = torch.randn(2, 3, 24, 24)
+    single, pair = depth_net.encoder(x), pose_net.encoder(torch.cat([x, x], 1))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(single, pair))
+    axis_angle, translation = pose_net(torch.cat([x, x], 1))
+    assert axis_angle.shape == translation.shape == (2, 3)
+
+
 def test_the_depth_network_holds_the_segmentation_encoder_and_decoder():
     depth_net = DepthNet()
     load_pretrained(depth_net, "embedded", "small")
