@@ -172,9 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         if state["config"] != settings(args):
             print(f"error: --resume: {last} was made with other settings: {state['config']}", file=sys.stderr)
             return 2
-        depth_net.load_state_dict(state["model"]["depth"])
-        pose_net.load_state_dict(state["model"]["pose"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            depth_net.load_state_dict(state["model"]["depth"])
+            pose_net.load_state_dict(state["model"]["pose"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:  # networks of another design (an older run)
+            print(f"error: --resume: {last} holds networks this version cannot load ({e})", file=sys.stderr)
+            return 2
         first_epoch, rows = state["epoch"], state["metrics"]
 
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from semiseg_fast.depth.run import main
 from semiseg_fast.models import DeepLabV3Plus
 from semiseg_fast.models.pretrained import load_pretrained
 from semiseg_fast.train import load_config
+from semiseg_fast.train.checkpoint import load_checkpoint, save_atomic
 from semiseg_fast.train.run_model import build_run_model
 
 
@@ -133,6 +134,11 @@ def test_command_trains_scores_and_resumes_exactly(tmp_path, capsys, monkeypatch
     assert main(TINY + ["--out", split, "--epochs", "2", "--lr", "2e-4", "--resume"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(TINY + ["--out", split, "--epochs", "2", "--resume"]) == 0
+    older = load_checkpoint(os.path.join(split, "last.pt"))  # networks of another design are named, not a crash
+    older["model"]["pose"] = {"body.0.weight": torch.zeros(1)}
+    save_atomic(older, os.path.join(split, "last.pt"))
+    assert main(TINY + ["--out", split, "--epochs", "2", "--resume"]) == 2
+    assert "cannot load" in capsys.readouterr().err
     a, b = torch.load(os.path.join(whole, "depth.pt")), torch.load(os.path.join(split, "depth.pt"))
     assert set(a) == {"encoder", "depth", "pose"}
     for key in a:
