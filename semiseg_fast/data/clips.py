@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .synthetic import LayerGrid, SceneSet, render_layers
+from .synthetic import LayerGrid, SceneSet, ViewGrain, render_layers
 
 GEOMETRY_STREAM = 1  # the draws of depths and motion use their own stream: the scene's are untouched
 GRAIN_STREAM = 2  # the grain of the layers where frame t does not show them
@@ -126,7 +126,7 @@ def _bilinear(field: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return top * (1 - fr) + bottom * fr
 
 
-def surface_grain(seed: int, index: int, frame_top: np.ndarray, layer_grid: LayerGrid):
+def surface_grain(seed: int, index: int, frame_top: np.ndarray, layer_grid: LayerGrid) -> ViewGrain:
     """The ``grain`` of :func:`render_layers` for the view ``layer_grid``: each layer's grain
     sampled where the view's rays meet it. A layer's grain is frame t's where frame t shows it
     (``frame_top``), and a draw of the same sigma elsewhere, the same for every view."""
@@ -138,8 +138,8 @@ def surface_grain(seed: int, index: int, frame_top: np.ndarray, layer_grid: Laye
         for layer in np.unique(top):
             rng = np.random.default_rng([seed, index, GRAIN_STREAM, int(layer)])
             field = rng.normal(0, sigma, size=(h + 2 * m, w + 2 * m, noise.shape[2]))
-            inside = field[m : m + h, m : m + w]
-            inside[frame_top == layer] = noise[frame_top == layer]
+            shown = frame_top == layer
+            field[m : m + h, m : m + w][shown] = noise[shown]
             y, x = layer_grid(int(layer), 0)
             here = top == layer
             rows, cols = (np.broadcast_to(c * side - 0.5 + m, here.shape)[here] for c in (y, x))

@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     depth_net, pose_net = DepthNet(args.width), PoseNet(args.width)
-    load_pretrained(depth_net, "none" if args.resume else args.pretrained, "small")
-    if not args.resume and args.pretrained != "none":
+    start = "none" if args.resume else args.pretrained  # a resumed run loads its own weights below
+    load_pretrained(depth_net, start, "small")
+    if start != "none":
         pose_net.start_from(depth_net.encoder)
     parameters = list(depth_net.parameters()) + list(pose_net.parameters())
     optimizer = torch.optim.Adam(parameters, lr=args.lr)
