@@ -64,36 +64,52 @@ class DepthNet(nn.Module):
         return [torch.sigmoid(head(f)) for head, f in zip(self.heads, self.features(x))]
 
 
+def cost_volume(a: torch.Tensor, b: torch.Tensor, reach: int) -> torch.Tensor:
+    """(N, (2 reach + 1)^2, h, w): the dot product of ``a``'s features at each cell with ``b``'s
+    at every shift up to ``reach`` cells (zero beyond ``b``'s border), shifts in row-major order."""
+    h, w = a.shape[-2:]
+    padded = F.pad(b, (reach, reach, reach, reach))
+    shifts = range(2 * reach + 1)
+    return torch.stack([(a * padded[..., i : i + h, j : j + w]).sum(1) for i in shifts for j in shifts], 1)
+
+
 class PoseNet(nn.Module):
     """Two normalised frames, earlier first, concatenated on channels -> (axis-angle (N, 3),
-    translation (N, 3)) of the motion between them. Monodepth2's design in the size of the embedded
-    world: the segmentation model's small encoder with a six-channel stem (:meth:`start_from` gives
-    it a pretrained single-image encoder's weights) and Monodepth2's pose decoder, its outputs
-    averaged over the image and scaled by 0.01 so that training starts near no motion."""
+    translation (N, 3)) of the motion between them.
 
-    def __init__(self, width: int = 32):
+    Each frame goes through the small encoder's stem and first stage (stride 4, started from the
+    pretrained weights by :meth:`start_from`); the cost volume of the two frames' unit-length
+    features at every shift up to ``reach`` cells, with each cell's coordinates, is reduced by two
+    strided convolutions to a 4x4 grid, and a linear layer maps the grid to the motion, scaled by
+    0.01 so that training starts near no motion. Why not Monodepth2's encoder of the stacked pair
+    with a decoder averaged over the image: at this size it learned the sideways motion slowly and
+    each clip's forward speed not at all (a global average cannot tell a zoom in from a zoom out);
+    the cost volume states the displacements and the grid keeps where they are."""
+
+    def __init__(self, width: int = 32, reach: int = 3):
         super().__init__()
-        self.encoder = SmallEncoder(width)
-        one = self.encoder.stem[0][0]  # the first convolution, for one image
-        self.encoder.stem[0][0] = nn.Conv2d(6, one.out_channels, one.kernel_size, one.stride, one.padding, bias=False)
+        encoder = SmallEncoder(width)
+        self.stem, self.layer1, self.reach = encoder.stem, encoder.layer1, reach
         hidden = 2 * width
-        self.decoder = nn.Sequential(
-            nn.Conv2d(self.encoder.channels[2], hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 6, 1),
+        self.head = nn.Sequential(
+            nn.Conv2d((2 * reach + 1) ** 2 + 2, hidden, 3, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, 2, 1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * hidden, 6),
         )  # fmt: skip
 
     def start_from(self, encoder: SmallEncoder) -> None:
-        """Monodepth2's start for a pair of frames: ``encoder``'s weights, its first convolution's
-        spread over both frames and halved, so that the pair's features start as one image's."""
-        state = encoder.state_dict()
-        key = "stem.0.0.weight"
-        state[key] = torch.cat([state[key], state[key]], 1) / 2
-        self.encoder.load_state_dict(state)
+        """The stem and first stage of a pretrained single-image ``encoder``."""
+        self.stem.load_state_dict(encoder.stem.state_dict())
+        self.layer1.load_state_dict(encoder.layer1.state_dict())
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        motion = 0.01 * self.decoder(self.encoder(pair)[2]).mean(dim=(2, 3))
+        n = pair.shape[0]
+        features = F.normalize(self.layer1(self.stem(torch.cat([pair[:, :3], pair[:, 3:]]))), dim=1)
+        cost = cost_volume(features[:n], features[n:], self.reach)
+        h, w = cost.shape[-2:]
+        ys = torch.linspace(-1, 1, h, device=cost.device, dtype=cost.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=cost.device, dtype=cost.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        motion = 0.01 * self.head(torch.cat([cost, xs, ys], 1))
         return motion[:, :3], motion[:, 3:]
 
 

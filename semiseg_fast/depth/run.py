@@ -2,8 +2,8 @@
 clips (t-1, t, t+1), Monodepth2's way (:mod:`.objective`), and scores the depth against the
 true depth of the validation clips (median-scaled abs-rel and delta < 1.25, :mod:`.evaluate`).
 
-Both networks' encoders are the segmentation model's small encoder and start from the shipped
-pretrained weights (the pose network's first convolution spread over its two frames). The run
+Both networks start from the shipped pretrained encoder (the depth network from all of it, the
+pose network from its stem and first stage, :class:`.networks.PoseNet`). The run
 folder (``--out``) holds ``last.pt`` (written atomically after every epoch, the one before kept
 as ``previous.pt``; ``--resume`` continues from it), ``metrics.csv`` (one row per epoch),
 ``depth.png`` (validation clips, predicted and true depth) and, at the end, ``depth.pt``: the
@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs=2, default=(192, 384), metavar=("H", "W"), help="cityscapes: frame size")
     p.add_argument("--epochs", type=int, default=60, help="passes over the training clips (66 steps each by default)")
     p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam's rate (tenfold lower for the last quarter)")
+    p.add_argument("--lr", type=float, default=1e-4, help="the depth network's Adam rate (tenfold lower at the end)")
+    p.add_argument("--pose-lr", type=float, default=1e-3, help="the pose network's Adam rate (the same schedule)")
     p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness (Monodepth2's)")
     p.add_argument("--ssim-weight", type=float, default=0.85, help="SSIM's share of the photometric error")
     p.add_argument(
@@ -74,8 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--image-size: expected an integer >= 16, got {args.image_size}")
     if args.width < 4 or args.width % 2:
         p.error(f"--width: expected an even integer >= 4, got {args.width}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        p.error(f"--lr: expected a positive number, got {args.lr}")
+    for name in ("lr", "pose_lr"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            p.error(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
     if not (math.isfinite(args.smoothness) and args.smoothness >= 0):
         p.error(f"--smoothness: expected a number >= 0, got {args.smoothness}")
     if not (math.isfinite(args.blur) and args.blur >= 0):
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     load_pretrained(depth_net, start, "small")
     if start != "none":
         pose_net.start_from(depth_net.encoder)
-    parameters = list(depth_net.parameters()) + list(pose_net.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=args.lr)
+    rates = (args.lr, args.pose_lr)
+    optimizer = torch.optim.Adam([{"params": n.parameters(), "lr": r} for n, r in zip((depth_net, pose_net), rates)])
     first_epoch, rows = 0, []
     last = os.path.join(args.out, LAST)
     if args.resume:
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         generator = torch.Generator().manual_seed(args.seed * 100003 + epoch)
         order = torch.randperm(len(train), generator=generator).tolist()
         flips = torch.rand(steps, generator=generator) < 0.5
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * (0.1 if epoch >= round(LR_DROP * args.epochs) else 1.0)
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate * (0.1 if epoch >= round(LR_DROP * args.epochs) else 1.0)
         bar = ProgressBar(steps, desc=f"depth {epoch + 1}/{args.epochs}")
         totals = torch.zeros(2)
         for step, clips in enumerate(epoch_batches(train, order, args.batch_size, args.workers)):

@@ -17,6 +17,7 @@ from semiseg_fast.depth import (
     run,
     warp,
 )
+from semiseg_fast.depth.networks import cost_volume
 from semiseg_fast.depth.run import main
 from semiseg_fast.models import DeepLabV3Plus
 from semiseg_fast.models.pretrained import load_pretrained
@@ -89,17 +90,28 @@ def test_depth_loss_trains_both_networks():
     assert any(p.grad.abs().sum() > 0 for p in pose_net.parameters())
 
 
-def test_the_pose_network_starts_from_a_single_image_encoder():
-    """Monodepth2's start: a pair of equal frames gives the pretrained encoder's features of the one."""
+def test_the_pose_network_starts_from_the_pretrained_stem_and_first_stage():
     depth_net, pose_net = DepthNet(8), PoseNet(8)
     depth_net.encoder.stem[0][0].weight.data.normal_()
     pose_net.start_from(depth_net.encoder)
     depth_net.eval(), pose_net.eval()
     x = torch.randn(2, 3, 24, 24)
-    single, pair = depth_net.encoder(x), pose_net.encoder(torch.cat([x, x], 1))
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(single, pair))
+    assert torch.equal(depth_net.encoder(x)[0], pose_net.layer1(pose_net.stem(x)))
     axis_angle, translation = pose_net(torch.cat([x, x], 1))
     assert axis_angle.shape == translation.shape == (2, 3)
+
+
+def test_the_cost_volume_finds_the_shift_between_two_feature_maps():
+    a = torch.nn.functional.normalize(torch.randn(2, 16, 9, 11), dim=1)
+    b = torch.zeros_like(a)
+    b[..., 1:, :-2] = a[..., :-1, 2:]  # b at (y + 1, x - 2) is a at (y, x)
+    cost = cost_volume(a, b, reach=3)
+    assert cost.shape == (2, 49, 9, 11)
+    expected = (3 + 1) * 7 + (3 - 2)  # the channel of shift (+1, -2), row-major
+    inside = cost[..., :-1, 2:]  # cells whose partner lies within b
+    assert torch.allclose(inside[:, expected], torch.ones(()), atol=1e-6)
+    assert (inside.argmax(1) == expected).all()
+    assert torch.equal(cost_volume(a, a, 1)[:, 4], (a * a).sum(1))  # no shift: the centre channel
 
 
 def test_the_depth_network_holds_the_segmentation_encoder_and_decoder():
@@ -157,6 +169,7 @@ def test_command_trains_scores_and_resumes_exactly(tmp_path, capsys, monkeypatch
     [
         (["--epochs", "0"], "--epochs"),
         (["--lr", "nan"], "--lr"),
+        (["--pose-lr", "0"], "--pose-lr"),
         (["--ssim-weight", "2"], "--ssim-weight"),
         (["--image-size", "8"], "--image-size"),
         (["--pretrained", "missing.pt"], "--pretrained"),
