@@ -83,8 +83,8 @@ class PoseNet(nn.Module):
     strided convolutions to a 4x4 grid, and a linear layer maps the grid to the motion, scaled by
     0.01 so that training starts near no motion. Why not Monodepth2's encoder of the stacked pair
     with a decoder averaged over the image: at this size it learned the sideways motion slowly and
-    each clip's forward speed not at all (a global average cannot tell a zoom in from a zoom out);
-    the cost volume states the displacements and the grid keeps where they are."""
+    each clip's forward speed not at all, even against the true depth, and the cells' coordinates
+    did not help it; the cost volume states the displacements, the grid keeps where they are."""
 
     def __init__(self, width: int = 32, reach: int = 3):
         super().__init__()
