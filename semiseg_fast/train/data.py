@@ -87,10 +87,12 @@ def _crop_of(item: tuple[int, ...], data_cfg: dict[str, Any]):
 
 class LabeledView(Dataset):
     """Weakly augmented (image, label) crops; items are ``(index, augmentation_seed)`` or
-    ``(index, augmentation_seed, crop_size)``."""
+    ``(index, augmentation_seed, crop_size)``. With ``maps``, a function of an item's index giving
+    a float (H, W) map of its image, the map is cropped with the image (nearest, 0 in padding) and
+    comes third; the crops are the same."""
 
-    def __init__(self, base: Dataset, data_cfg: dict[str, Any]):
-        self.base, self.cfg = base, data_cfg
+    def __init__(self, base: Dataset, data_cfg: dict[str, Any], maps: Callable[[int], torch.Tensor] | None = None):
+        self.base, self.cfg, self.maps = base, data_cfg, maps
 
     def __len__(self) -> int:
         return len(self.base)
@@ -113,19 +115,17 @@ class LabeledView(Dataset):
         return (*out, g)
 
     def __getitem__(self, item: tuple[int, ...]):
-        image, label, _ = self._weak(item, keep_label=True)
-        return image, label
+        if self.maps is None:
+            image, label, _ = self._weak(item, keep_label=True)
+            return image, label
+        image, label, extra, _ = self._weak(item, keep_label=True, extras=self.maps(item[0])[None].float())
+        return image, label, extra[0]
 
 
 class WeakView(LabeledView):
     """Weakly augmented crops of unlabeled images and their padding masks (True = ignore): the
-    view of methods that mix and augment whole images in the step (ClassMix, DepthMix). With
-    ``maps``, a function of an item's index giving a float (H, W) map of its image, the map is
-    cropped with the image (nearest, 0 in padding) and comes third; the crops are the same."""
-
-    def __init__(self, base: Dataset, data_cfg: dict[str, Any], maps: Callable[[int], torch.Tensor] | None = None):
-        super().__init__(base, data_cfg)
-        self.maps = maps
+    view of methods that mix and augment whole images in the step (ClassMix, DepthMix); ``maps``
+    as the labeled view's."""
 
     def __getitem__(self, item: tuple[int, ...]):
         if self.maps is None:

@@ -19,7 +19,7 @@ from . import figures, methods, pseudo_quality
 from .batches import mix_seed
 from .checkpoint import LAST, CheckpointError, checkpoint_path, load_checkpoint, save_atomic
 from .config import check_same_folder, config_from_checkpoint, describe_conflicts, dump, resume_conflicts, run_folder
-from .data import LabeledView, build_datasets, step_loader
+from .data import build_datasets, step_loader
 from .distributed import all_reduce_sum, average_gradients, barrier, init_world, shutdown
 from .evaluate import AveragedNetworks, evaluate, format_iou_table, predict_labels
 from .methods import StepContext, ema_update
@@ -217,7 +217,7 @@ class Trainer:
         loader = lambda view, batch, stream: step_loader(
             view, batch, seed, stream, start, stop, w.rank, w.size, dc["num_workers"], schedule
         )
-        labeled = loader(LabeledView(self.data.labeled, dc), dc["batch_size"], 0)
+        labeled = loader(self.method.labeled_view(self.data), dc["batch_size"], 0)
         if self.unlabeled_view is None:
             return zip(labeled, [None] * (stop - start))
         return zip(labeled, loader(self.unlabeled_view, dc["unlabeled_batch_size"], 1))

@@ -68,7 +68,8 @@ def following(t):
 
 def test_classmix_learns_the_argmax_of_the_mixed_softmax_weighted_by_the_confident_share(monkeypatch):
     labeled, (weak, pad) = batch()
-    out, mask, _ = step("classmix", ["semi.classmix.confidence=0.3"], labeled, [weak, pad], monkeypatch)
+    overrides = ["semi.classmix.confidence=0.3", "semi.classmix.mix_labeled=false"]
+    out, mask, _ = step("classmix", overrides, labeled, [weak, pad], monkeypatch)
     student, teacher = networks()
     with torch.no_grad():
         probs = resized(model_outputs(teacher(weak))[0], weak.shape[-2:]).softmax(1)
@@ -121,7 +122,7 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
     labeled, (weak, pad) = batch()
     pad[1, :, :5] = True  # crop 1 has padding on the left as well
     disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.margin=0.05"]
+    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.margin=0.05", "semi.depthmix.mix_labeled=false"]
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
     for i in range(weak.shape[0]):
         j = (i + 1) % weak.shape[0]
@@ -136,15 +137,18 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
         assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
 
 
+@pytest.mark.parametrize("disparity", ["network", "truth"])
 def test_a_killed_depthmix_run_resumes_exactly_and_leaves_the_depth_network_frozen(
-    tiny_config, tmp_path, depth_run, monkeypatch
+    tiny_config, tmp_path, depth_run, monkeypatch, disparity
 ):
+    """With the true disparity, the labeled crops bring theirs through the loader into the mix."""
     run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}",
-           "train.progress=false", "deterministic=true"]  # fmt: skip
+           f"semi.depthmix.disparity={disparity}", "train.progress=false", "deterministic=true"]  # fmt: skip
     whole, resumed = whole_and_resumed(run, tmp_path, monkeypatch)
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
-    frozen = torch.load(f"{depth_run}/depth.pt")["depth"]
-    assert all(torch.equal(whole["criterion"][k], v) for k, v in frozen.items())
+    if disparity == "network":
+        frozen = torch.load(f"{depth_run}/depth.pt")["depth"]
+        assert all(torch.equal(whole["criterion"][k], v) for k, v in frozen.items())
 
 
 def test_depthmix_without_a_depth_run_is_refused_by_name(tmp_path):
@@ -163,7 +167,7 @@ def test_the_true_disparity_is_cropped_with_its_image():
     item is the image's true disparity rescaled, padded, cropped and flipped with it."""
     from semiseg_fast.data import Subset, SyntheticScenes, weak_augment
     from semiseg_fast.data.clips import true_disparity
-    from semiseg_fast.train.data import WeakView
+    from semiseg_fast.train.data import LabeledView, WeakView
     from semiseg_fast.train.methods.depthmix import TrueDisparity
 
     subset = Subset(SyntheticScenes(6, (16, 16), seed=0), [3, 1])
@@ -181,11 +185,34 @@ def test_the_true_disparity_is_cropped_with_its_image():
         assert bool((disparity[~pad] > 0).all()) and bool((disparity[pad] == 0).all())
         padded |= bool(pad.any())
     assert padded  # some crops are padded: the map's padding is checked too
+    labeled = LabeledView(subset, data_cfg, TrueDisparity(subset))[(0, 5)]
+    assert torch.equal(labeled[0], WeakView(subset, data_cfg)[(0, 5)][0])  # the same crop, with its label
+    assert torch.equal(labeled[2], WeakView(subset, data_cfg, TrueDisparity(subset))[(0, 5)][2])
     with pytest.raises(ValueError, match="semi.depthmix.disparity expected network"):
-        load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "semi.depthmix.mix_labeled=true"])
+        load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "data.name=voc", "data.root=."])
+
+
+def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):
+    labeled, (weak, pad) = batch()
+    g = torch.Generator().manual_seed(5)
+    disparity_u = torch.rand(weak.shape[0], SIZE, SIZE, generator=g)
+    disparity_l = torch.rand(2, SIZE, SIZE, generator=g)
+    overrides = ["semi.depthmix.disparity=truth", "semi.depthmix.margin=0.0"]
+    _, mask, _ = step("depthmix", overrides, [*labeled, disparity_l], [weak, pad, disparity_u], monkeypatch)
+    disparity, pads = torch.cat([disparity_u, disparity_l]), torch.cat([pad, labeled[1] == 255])
+    assert mask.shape[0] == weak.shape[0] + 2
+    for i in range(mask.shape[0]):
+        j = (i + 1) % mask.shape[0]
+
+        def normalised(k):
+            d = disparity[k]
+            lo, hi = d[~pads[k]].min(), d[~pads[k]].max()
+            return (d - lo) / (hi - lo)
+
+        assert torch.equal(mask[i], ~pads[i] & (pads[j] | (normalised(i) >= normalised(j))))
 
 
 def test_a_mix_needs_two_crops():
     with pytest.raises(ValueError, match="data.unlabeled_batch_size expected at least 2"):
-        load_config(None, ["method=classmix", "data.unlabeled_batch_size=1"])
-    load_config(None, ["method=classmix", "data.unlabeled_batch_size=1", "semi.classmix.mix_labeled=true"])
+        load_config(None, ["method=classmix", "data.unlabeled_batch_size=1", "semi.classmix.mix_labeled=false"])
+    load_config(None, ["method=classmix", "data.unlabeled_batch_size=1"])  # the labeled crops mix in by default

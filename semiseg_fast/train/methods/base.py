@@ -18,7 +18,7 @@ from ...losses import OhemCrossEntropy, PseudoLabelCrossEntropy
 from ...mixing import mix_pseudo_labels
 from ...models import model_outputs
 from ...ops import PixelStats, pixel_stats, pseudo_label_cross_entropy
-from ..data import RunData
+from ..data import LabeledView, RunData
 from ..schema import Fail
 
 
@@ -114,6 +114,10 @@ class Method:
         ``loss + state_loss`` (its gradients averaged over processes) and keeps it in checkpoints.
         None: the state is not trained by gradients."""
         return None
+
+    def labeled_view(self, data: RunData) -> Dataset:
+        """The dataset of labeled items a step receives: (image, label) crops."""
+        return LabeledView(data.labeled, self.run_config["data"])
 
     def unlabeled_view(self, data: RunData) -> Dataset | None:
         """The dataset of unlabeled items a step receives (see train/data.py's views)."""

@@ -1,6 +1,7 @@
 """ClassMix as DACS trains it, and as Hoyer et al.'s code trains its mixes: an EMA teacher labels
-weakly augmented unlabeled crops; each crop is mixed with the next crop of the batch (the last
-with the first) by a mask, here half of the classes the teacher sees in it pasted over the next
+weakly augmented unlabeled crops, which the step's labeled crops join with their ground truth
+(``mix_labeled``); each crop is mixed with the next crop of the batch (the last with the first) by
+a mask, here half of the classes the teacher sees in it pasted over the next
 crop; the mixes are colour-jittered and blurred; the student learns the teacher's labels of each
 mix, taken per pixel from its two sources' one-pass statistics (never from a mixed softmax). The
 unsupervised loss is weighted by the share of the mixes' pixels the teacher is confident of (max
@@ -33,7 +34,7 @@ class ClassMixConfig(Section):
         UNIT_INTERVAL,
     )
     mix_labeled: bool = option(
-        False,
+        True,
         "the step's labeled crops join the mixing with their ground truth as labels (confidence 1), as Hoyer "
         "et al.'s code mixes them; the student then learns data.unlabeled_batch_size + data.batch_size mixes",
         BOOLEAN,
@@ -63,7 +64,7 @@ class ClassMix(Method):
         return classmix_masks(labels, ctx.host_rng, ctx.ignore_index)
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
-        images_l, labels_l = labeled
+        images_l, labels_l, *maps_l = labeled
         weak, pad, *maps = unlabeled
         up = self.upsampling(weak)
         stats = up.stats(model_outputs(teacher_outputs(ctx, weak))[0])
@@ -75,6 +76,7 @@ class ClassMix(Method):
             label = torch.cat([label, labels_l.to(label.dtype)])
             conf = torch.cat([conf, (~ignored).to(conf.dtype)])
             pad = torch.cat([pad, ignored])
+            maps = [torch.cat(pair) for pair in zip(maps, maps_l)]
 
         mask = self.mix_masks(ctx, images, label, pad, *maps)
         following = lambda t: t.roll(-1, dims=0)  # noqa: E731  crop i is mixed with crop i + 1

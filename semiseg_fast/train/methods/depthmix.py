@@ -22,7 +22,7 @@ from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
 from ...mixing import depthmix_masks
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
-from ..data import RunData, WeakView
+from ..data import LabeledView, RunData, WeakView
 from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option
 from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
@@ -48,7 +48,7 @@ class DepthMixConfig(ClassMixConfig):
     disparity: str = option(
         "network",
         "network (the depth run's, on each crop) | truth (the embedded world's true disparity: a perfect depth "
-        "network's, for comparison; data.name=synthetic without mix_labeled)",
+        "network's, for comparison; data.name=synthetic only)",
         choice("network", "truth"),
     )
 
@@ -91,8 +91,8 @@ class DepthMix(ClassMix):
         super().check_config(config, fail)
         run, settings = depth_run(config), config["semi"]["depthmix"]
         if settings["disparity"] == "truth":
-            if config["data"]["name"] != "synthetic" or settings["mix_labeled"]:
-                fail("semi.depthmix.disparity", "network (truth: the embedded data set's, without mix_labeled)")
+            if config["data"]["name"] != "synthetic":
+                fail("semi.depthmix.disparity", "network (truth: the embedded data set's only)")
         elif run is None:
             fail(
                 DEPTH_RUN_KEY, "a depth run's folder (python -m semiseg_fast.depth), or model.pretrained=depth:RUN_DIR"
@@ -103,9 +103,15 @@ class DepthMix(ClassMix):
     def state(self) -> nn.Module | None:
         return self.depth  # moved to the run's device with the model, kept in checkpoints
 
+    def _true_disparity(self, subset: Subset) -> TrueDisparity | None:
+        return TrueDisparity(subset) if self.settings["disparity"] == "truth" else None
+
+    def labeled_view(self, data: RunData) -> LabeledView:
+        mixed = self.settings["mix_labeled"]
+        return LabeledView(data.labeled, self.run_config["data"], self._true_disparity(data.labeled) if mixed else None)
+
     def unlabeled_view(self, data: RunData) -> WeakView:
-        truth = self.settings["disparity"] == "truth"
-        return WeakView(data.unlabeled, self.run_config["data"], TrueDisparity(data.unlabeled) if truth else None)
+        return WeakView(data.unlabeled, self.run_config["data"], self._true_disparity(data.unlabeled))
 
     def mix_masks(
         self, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor, pad: torch.Tensor, *maps: torch.Tensor
