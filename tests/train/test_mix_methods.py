@@ -10,6 +10,7 @@ from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods import classmix, get
 from semiseg_fast.train.methods.base import StepContext, resized
+from semiseg_fast.train.methods.supervised import depth_task_loss
 
 from .helpers import whole_and_resumed
 
@@ -26,18 +27,18 @@ def batch(n_unlabeled=3):
     return [torch.randn(2, 3, SIZE, SIZE, generator=g), labels], [weak, pad]
 
 
-def networks():
+def networks(depth_head=False):
     """A student, and a teacher whose labels vary from pixel to pixel with confidences spread
     over (0.25, 1): a 1x1 convolution of the image at half resolution (upsampled in the step)."""
     torch.manual_seed(1)
-    student = DeepLabV3Plus(N_CLASSES, width=8, rep_dim=None).eval()
+    student = DeepLabV3Plus(N_CLASSES, width=8, rep_dim=None, depth_head=depth_head).eval()
     torch.manual_seed(2)
     teacher = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, N_CLASSES, 1))
     teacher[1].weight.data *= 4
     return student, teacher
 
 
-def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None):
+def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None, depth_head=False):
     """One step of ``name`` without colour jitter, returning (output, mask, target of the student)."""
     config = load_config(None, [f"method={name}", "semi.strong_color=false", *overrides])
     method = get(name).__new__(get(name))
@@ -57,7 +58,7 @@ def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None):
 
     method.mix_masks = mix_masks
     monkeypatch.setattr(classmix, "pseudo_label_cross_entropy", cross_entropy)
-    student, teacher = networks()
+    student, teacher = networks(depth_head)
     ctx = StepContext(student, teacher, config["semi"], 255, 0, torch.Generator().manual_seed(3), N_CLASSES)
     return method.step(ctx, labeled, unlabeled), seen["mask"], seen["target"]
 
@@ -137,16 +138,57 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
         assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
 
 
+class DisparityOfCrops(torch.nn.Module):
+    """The unlabeled crops' disparity, the labeled ones', or both (unlabeled first), by batch size."""
+
+    def __init__(self, unlabeled, labeled):
+        super().__init__()
+        both = torch.cat([unlabeled, labeled])
+        self.maps = {len(unlabeled): unlabeled, len(labeled): labeled, len(both): both}
+
+    def forward(self, images):
+        return [self.maps[images.shape[0]][:, None]]
+
+
+@pytest.mark.parametrize("mix_labeled", [True, False])
+def test_the_depth_task_learns_the_disparity_of_each_labeled_crop_and_mix(monkeypatch, depth_run, mix_labeled):
+    labeled, (weak, pad) = batch()
+    g = torch.Generator().manual_seed(6)
+    disparity_u, disparity_l = torch.rand(3, SIZE, SIZE, generator=g), torch.rand(2, SIZE, SIZE, generator=g)
+    network = DisparityOfCrops(disparity_u, disparity_l)
+    overrides = [f"semi.depthmix.depth_run={depth_run}", f"semi.depthmix.mix_labeled={str(mix_labeled).lower()}"]
+    loss = {}
+    for w in (0.0, 0.5):
+        settings = [*overrides, f"semi.depthmix.depth_weight={w}"]
+        out, mask, _ = step("depthmix", settings, labeled, [weak, pad], monkeypatch, network, depth_head=True)
+        loss[w] = out.loss
+    images, disparity, pads = weak, disparity_u, pad
+    if mix_labeled:
+        images, disparity = torch.cat([weak, labeled[0]]), torch.cat([disparity_u, disparity_l])
+        pads = torch.cat([pad, labeled[1] == 255])
+    target = torch.cat([disparity_l, torch.where(mask, disparity, following(disparity))])[:, None]
+    valid = torch.cat([labeled[1] != 255, ~torch.where(mask, pads, following(pads))])
+    student, _ = networks(depth_head=True)
+    with torch.no_grad():
+        mixed = torch.where(mask[:, None], images, following(images))
+        expected = 0.5 * depth_task_loss(student(torch.cat([labeled[0], mixed]))["disparity"], target, valid)
+    assert float(expected) > 0
+    torch.testing.assert_close(loss[0.5] - loss[0.0], expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("disparity", ["network", "truth"])
 def test_a_killed_depthmix_run_resumes_exactly_and_leaves_the_depth_network_frozen(
     tiny_config, tmp_path, depth_run, monkeypatch, disparity
 ):
-    """With the true disparity, the labeled crops bring theirs through the loader into the mix."""
-    run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}",
+    """With the true disparity, the labeled crops bring theirs through the loader into the mix;
+    with the network's, the depth task trains beside it."""
+    task = f"semi.depthmix.depth_weight={0.1 if disparity == 'network' else 0}"
+    run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}", task,
            f"semi.depthmix.disparity={disparity}", "train.progress=false", "deterministic=true"]  # fmt: skip
     whole, resumed = whole_and_resumed(run, tmp_path, monkeypatch)
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
     if disparity == "network":
+        assert any(k.startswith("depth_head.") for k in whole["model"])
         frozen = torch.load(f"{depth_run}/depth.pt")["depth"]
         assert all(torch.equal(whole["criterion"][k], v) for k, v in frozen.items())
 
@@ -190,6 +232,8 @@ def test_the_true_disparity_is_cropped_with_its_image():
     assert torch.equal(labeled[2], WeakView(subset, data_cfg, TrueDisparity(subset))[(0, 5)][2])
     with pytest.raises(ValueError, match="semi.depthmix.disparity expected network"):
         load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "data.name=voc", "data.root=."])
+    with pytest.raises(ValueError, match="semi.depthmix.depth_weight expected 0 with disparity=truth"):
+        load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "semi.depthmix.depth_weight=0.1"])
 
 
 def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):

@@ -86,7 +86,8 @@ class ClassMix(Method):
         if self.run_config["semi"]["strong_color"]:
             mixed = jitter_and_blur(mixed, ctx.host_rng)
 
-        logits = up(model_outputs(ctx.student(torch.cat([images_l, mixed])))[0])
+        output = ctx.student(torch.cat([images_l, mixed]))
+        logits = up(model_outputs(output)[0])
         logits_l, logits_u = logits.split([images_l.shape[0], mixed.shape[0]])
         sup = self.supervised_loss(logits_l, labels_l, **up.kwargs)
         num_valid = valid.sum()
@@ -96,7 +97,17 @@ class ClassMix(Method):
             logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid, **up.kwargs
         )
         loss = sup + ctx.unsupervised_weight * unsup
+        depth = self.depth_task(output, images_l, labels_l != ctx.ignore_index, mask, valid)
+        if depth is not None:
+            loss = loss + depth
         return StepOutput(loss, sup.detach(), unsup.detach(), weight)
+
+    def depth_task(
+        self, output, images_l: torch.Tensor, valid_l: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A weighted loss of the student's ``output`` on its labeled crops and mixes beside
+        segmentation, or None (ClassMix has none; DepthMix's depth task)."""
+        return None
 
     def pseudo_labels(self, teacher, images, indices, epoch):
         label = self.upsampling(images).stats(model_outputs(teacher(images))[0]).label

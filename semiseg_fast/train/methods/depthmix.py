@@ -21,12 +21,14 @@ from ...data.clips import true_disparity
 from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
 from ...mixing import depthmix_masks
+from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
 from ..data import LabeledView, RunData, WeakView
 from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option
 from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
 from .registry import register
+from .supervised import depth_task_loss
 
 DEPTH_RUN_KEY = "semi.depthmix.depth_run"
 
@@ -43,6 +45,13 @@ class DepthMixConfig(ClassMixConfig):
     margin: float = option(
         0.03,
         "a crop's pixel is kept where its normalised disparity is at least the other's minus this",
+        NON_NEGATIVE_NUMBER,
+    )
+    depth_weight: float = option(
+        0.0,
+        "weight of the depth task (Hoyer et al.'s multi-task variant): a depth head on the decoder's features "
+        "learns the depth network's log depth, L1, on the labeled crops and the mixes (the sources' disparities "
+        "mixed by the same mask); 0: none. With disparity=network and the built-in model",
         NON_NEGATIVE_NUMBER,
     )
     disparity: str = option(
@@ -85,6 +94,7 @@ class DepthMix(ClassMix):
         super().__init__(config, num_classes)
         online = self.settings["disparity"] == "network"
         self.depth = frozen_depth_network(depth_run(config), DEPTH_RUN_KEY) if online else None
+        self.disparity = None  # the step's crops', from the network: the depth task's targets
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
@@ -99,6 +109,16 @@ class DepthMix(ClassMix):
             )
         elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
             fail(DEPTH_RUN_KEY, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
+        if settings["depth_weight"] > 0:
+            if settings["disparity"] != "network":
+                fail("semi.depthmix.depth_weight", "0 with disparity=truth (the task learns the depth network's)")
+            if config["model"]["name"] != BUILT_IN_MODEL:
+                fail("semi.depthmix.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
+
+    @classmethod
+    def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        depth = config["semi"]["depthmix"]["depth_weight"] > 0
+        return dict(super().model_kwargs(config, kwargs), **({"depth_head": True} if depth else {}))
 
     def state(self) -> nn.Module | None:
         return self.depth  # moved to the run's device with the model, kept in checkpoints
@@ -119,11 +139,26 @@ class DepthMix(ClassMix):
         if maps:
             (disparity,) = maps
         else:
-            self.depth.eval()
-            # in fp32 whatever the step's autocast: a half-precision disparity is coarse beside the margin
-            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-                disparity = self.depth(images.float())[0][:, 0]
+            disparity = self.crop_disparity(images)
+            self.disparity = disparity
         # padding at the crop's farthest: it never covers the other crop's image
         farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
         disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
         return depthmix_masks(disparity, disparity.roll(-1, dims=0), self.settings["margin"]) & ~pad
+
+    def crop_disparity(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): the frozen depth network's disparity of each crop."""
+        self.depth.eval()
+        # in fp32 whatever the step's autocast: a half-precision disparity is coarse beside the margin
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            return self.depth(images.float())[0][:, 0]
+
+    def depth_task(self, output, images_l, valid_l, mask, valid):
+        if self.settings["depth_weight"] == 0:
+            return None
+        disparity = self.disparity  # of the mixed crops, the labeled ones last with mix_labeled
+        n_l = images_l.shape[0]
+        labeled = disparity[-n_l:] if self.settings["mix_labeled"] else self.crop_disparity(images_l)
+        target = torch.cat([labeled, torch.where(mask, disparity, disparity.roll(-1, dims=0))])
+        loss = depth_task_loss(output["disparity"], target[:, None], torch.cat([valid_l, valid]))
+        return self.settings["depth_weight"] * loss

@@ -32,14 +32,12 @@ class SupervisedConfig(Section):
     depth_weight: float = option(0.1, "weight of the depth task's loss (with depth_run)", NON_NEGATIVE_NUMBER)
 
 
-def depth_task_loss(
-    disparity: torch.Tensor, teacher: nn.Module, images: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
-    """Mean |log depth - the teacher's log depth| over the ``valid`` (N, H, W) pixels, at the
-    head's resolution; the teacher's full-resolution depth is area-averaged in log space."""
-    teacher.eval()
+def depth_task_loss(disparity: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean |log depth - the target's log depth| over the ``valid`` (N, H, W) pixels, at the head's
+    resolution: ``disparity`` (N, 1, h, w) the head's, ``target`` (N, 1, H, W) a depth network's,
+    area-averaged in log space."""
     with torch.no_grad():
-        target = disparity_to_depth(teacher(images)[0]).log()
+        target = disparity_to_depth(target.float()).log()
         target = F.interpolate(target, size=disparity.shape[-2:], mode="area")
         keep = F.interpolate(valid[:, None].float(), size=disparity.shape[-2:], mode="area") > 0.999
     error = (disparity_to_depth(disparity.float()).log() - target).abs()
@@ -84,7 +82,10 @@ class Supervised(Method):
         supervised = self.supervised_loss(logits, labels, **up.kwargs)
         loss = supervised
         if self.depth_teacher is not None:
-            depth = depth_task_loss(output["disparity"], self.depth_teacher, images, labels != ctx.ignore_index)
+            self.depth_teacher.eval()
+            with torch.no_grad():
+                target = self.depth_teacher(images)[0]
+            depth = depth_task_loss(output["disparity"], target, labels != ctx.ignore_index)
             loss = loss + self.settings["depth_weight"] * depth
         zero = torch.zeros((), device=loss.device)
         return StepOutput(loss, supervised.detach(), zero, zero)
