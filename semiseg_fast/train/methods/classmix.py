@@ -1,12 +1,12 @@
 """ClassMix as DACS trains it, and as Hoyer et al.'s code trains its mixes: an EMA teacher labels
 weakly augmented unlabeled crops, which the step's labeled crops join with their ground truth
-(``mix_labeled``); each crop is mixed with the next crop of the batch (the last with the first) by
-a mask, here half of the classes the teacher sees in it pasted over the next
-crop; the mixes are colour-jittered and blurred; the student learns the teacher's labels of each
-mix, taken per pixel from its two sources' one-pass statistics (never from a mixed softmax). The
-unsupervised loss is weighted by the share of the mixes' pixels the teacher is confident of (max
-probability at least 0.968), a scalar computed on the device. DepthMix (``depthmix.py``) differs
-only in its mask."""
+(``mix_labeled``); each crop is mixed with the next crop of the batch (the last with the first)
+by a mask, here half of the classes the teacher sees in it pasted over the next crop; the mixes
+are colour-jittered and blurred; the student learns the teacher's labels of each mix, taken per
+pixel from its two sources' one-pass statistics (never from a mixed softmax). The unsupervised
+loss is weighted by the share of the mixes' pixels the teacher is confident of (max probability
+at least 0.968), a scalar computed on the device. DepthMix (``depthmix.py``) differs in its mask
+and an optional depth task."""
 
 from __future__ import annotations
 
