@@ -182,7 +182,7 @@ def test_a_killed_depthmix_run_resumes_exactly_and_leaves_the_depth_network_froz
 ):
     """With the true disparity, the labeled crops bring theirs through the loader into the mix;
     with the network's, the depth task trains beside it."""
-    task = f"semi.depthmix.depth_weight={0.1 if disparity == 'network' else 0}"
+    task = "semi.depthmix.depth_weight=0.1" if disparity == "network" else "semi.depthmix.mix_labeled=true"
     run = ["--config", tiny_config, "method=depthmix", f"model.pretrained=depth:{depth_run}", task,
            f"semi.depthmix.disparity={disparity}", "train.progress=false", "deterministic=true"]  # fmt: skip
     whole, resumed = whole_and_resumed(run, tmp_path, monkeypatch)
@@ -241,7 +241,7 @@ def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):
     g = torch.Generator().manual_seed(5)
     disparity_u = torch.rand(weak.shape[0], SIZE, SIZE, generator=g)
     disparity_l = torch.rand(2, SIZE, SIZE, generator=g)
-    overrides = ["semi.depthmix.disparity=truth", "semi.depthmix.margin=0.0"]
+    overrides = ["semi.depthmix.disparity=truth", "semi.depthmix.margin=0.0", "semi.depthmix.mix_labeled=true"]
     _, mask, _ = step("depthmix", overrides, [*labeled, disparity_l], [weak, pad, disparity_u], monkeypatch)
     disparity, pads = torch.cat([disparity_u, disparity_l]), torch.cat([pad, labeled[1] == 255])
     assert mask.shape[0] == weak.shape[0] + 2
@@ -259,4 +259,4 @@ def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):
 def test_a_mix_needs_two_crops():
     with pytest.raises(ValueError, match="data.unlabeled_batch_size expected at least 2"):
         load_config(None, ["method=classmix", "data.unlabeled_batch_size=1", "semi.classmix.mix_labeled=false"])
-    load_config(None, ["method=classmix", "data.unlabeled_batch_size=1"])  # the labeled crops mix in by default
+    load_config(None, ["method=classmix", "data.unlabeled_batch_size=1", "semi.classmix.mix_labeled=true"])

@@ -1,5 +1,5 @@
 """ClassMix as DACS trains it, and as Hoyer et al.'s code trains its mixes: an EMA teacher labels
-weakly augmented unlabeled crops, which the step's labeled crops join with their ground truth
+weakly augmented unlabeled crops, which the step's labeled crops may join with their ground truth
 (``mix_labeled``); each crop is mixed with the next crop of the batch (the last with the first)
 by a mask, here half of the classes the teacher sees in it pasted over the next crop; the mixes
 are colour-jittered and blurred; the student learns the teacher's labels of each mix, taken per
@@ -34,7 +34,7 @@ class ClassMixConfig(Section):
         UNIT_INTERVAL,
     )
     mix_labeled: bool = option(
-        True,
+        False,
         "the step's labeled crops join the mixing with their ground truth as labels (confidence 1), as Hoyer "
         "et al.'s code mixes them; the student then learns data.unlabeled_batch_size + data.batch_size mixes",
         BOOLEAN,
