@@ -119,6 +119,13 @@ class FixedDisparity(torch.nn.Module):
         return [self.disparity[:, None]]
 
 
+def normalised(disparity, pad, k):
+    """Crop k's disparity min-max normalised over its image pixels."""
+    d = disparity[k]
+    lo, hi = d[~pad[k]].min(), d[~pad[k]].max()
+    return (d - lo) / (hi - lo)
+
+
 def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, depth_run):
     labeled, (weak, pad) = batch()
     pad[1, :, :5] = True  # crop 1 has padding on the left as well
@@ -127,13 +134,7 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
     for i in range(weak.shape[0]):
         j = (i + 1) % weak.shape[0]
-
-        def normalised(k):
-            d = disparity[k]
-            lo, hi = d[~pad[k]].min(), d[~pad[k]].max()
-            return (d - lo) / (hi - lo)
-
-        expected = ~pad[i] & (pad[j] | (normalised(i) >= normalised(j) - 0.05))
+        expected = ~pad[i] & (pad[j] | (normalised(disparity, pad, i) >= normalised(disparity, pad, j) - 0.05))
         assert torch.equal(mask[i], expected)
         assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
 
@@ -247,13 +248,8 @@ def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):
     assert mask.shape[0] == weak.shape[0] + 2
     for i in range(mask.shape[0]):
         j = (i + 1) % mask.shape[0]
-
-        def normalised(k):
-            d = disparity[k]
-            lo, hi = d[~pads[k]].min(), d[~pads[k]].max()
-            return (d - lo) / (hi - lo)
-
-        assert torch.equal(mask[i], ~pads[i] & (pads[j] | (normalised(i) >= normalised(j))))
+        nearer = normalised(disparity, pads, i) >= normalised(disparity, pads, j)
+        assert torch.equal(mask[i], ~pads[i] & (pads[j] | nearer))
 
 
 def test_a_mix_needs_two_crops():
