@@ -1,7 +1,8 @@
 """Monodepth2's self-supervised objective on a clip (t-1, t, t+1): frame t's depth and the two
 motions are learned by warping both neighbours into frame t, with the fused photometric loss
 (auto-masked by the unwarped neighbours, minimum over sources), at every decoder scale upsampled to
-full resolution, plus edge-aware smoothness at each scale's own resolution."""
+full resolution, plus edge-aware smoothness at each scale's own resolution. And the depth task's
+loss: a segmentation model's depth head learning a frozen depth network's log depth."""
 
 from __future__ import annotations
 
@@ -59,3 +60,15 @@ def depth_loss(
         smooth_total = smooth_total + smooth.detach()
     n = len(disparities)
     return loss / n, {"photometric": photo_total / n, "smoothness": smooth_total / n}
+
+
+def depth_task_loss(disparity: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean |log depth - the target's log depth| over the ``valid`` (N, H, W) pixels, at the head's
+    resolution: ``disparity`` (N, 1, h, w) the head's, ``target`` (N, 1, H, W) a depth network's,
+    area-averaged in log space."""
+    with torch.no_grad():
+        target = disparity_to_depth(target.float()).log()
+        target = F.interpolate(target, size=disparity.shape[-2:], mode="area")
+        keep = F.interpolate(valid[:, None].float(), size=disparity.shape[-2:], mode="area") > 0.999
+    error = (disparity_to_depth(disparity.float()).log() - target).abs()
+    return (error * keep).sum() / keep.sum().clamp_min(1)

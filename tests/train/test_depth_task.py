@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from semiseg_fast.depth.networks import disparity_to_depth
+from semiseg_fast.depth.objective import depth_task_loss
 from semiseg_fast.train import cli
 from semiseg_fast.train.config import load_config
-from semiseg_fast.train.methods.supervised import depth_task_loss
 
 from .helpers import whole_and_resumed
 

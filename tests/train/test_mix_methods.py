@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from semiseg_fast.depth.objective import depth_task_loss
 from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods import classmix, get
 from semiseg_fast.train.methods.base import StepContext, resized
-from semiseg_fast.train.methods.supervised import depth_task_loss
 
 from .helpers import whole_and_resumed
 

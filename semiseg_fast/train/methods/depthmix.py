@@ -20,6 +20,7 @@ from torch import nn
 from ...data.clips import true_disparity
 from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
+from ...depth.objective import depth_task_loss
 from ...mixing import depthmix_masks
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
@@ -28,7 +29,6 @@ from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option
 from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
 from .registry import register
-from .supervised import depth_task_loss
 
 DEPTH_RUN_KEY = "semi.depthmix.depth_run"
 

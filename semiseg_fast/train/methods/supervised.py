@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ...depth.networks import disparity_to_depth, frozen_depth_network
+from ...depth.networks import frozen_depth_network
+from ...depth.objective import depth_task_loss
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_WEIGHTS
 from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, Section, option
@@ -30,18 +30,6 @@ class SupervisedConfig(Section):
         path=True,
     )
     depth_weight: float = option(0.1, "weight of the depth task's loss (with depth_run)", NON_NEGATIVE_NUMBER)
-
-
-def depth_task_loss(disparity: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean |log depth - the target's log depth| over the ``valid`` (N, H, W) pixels, at the head's
-    resolution: ``disparity`` (N, 1, h, w) the head's, ``target`` (N, 1, H, W) a depth network's,
-    area-averaged in log space."""
-    with torch.no_grad():
-        target = disparity_to_depth(target.float()).log()
-        target = F.interpolate(target, size=disparity.shape[-2:], mode="area")
-        keep = F.interpolate(valid[:, None].float(), size=disparity.shape[-2:], mode="area") > 0.999
-    error = (disparity_to_depth(disparity.float()).log() - target).abs()
-    return (error * keep).sum() / keep.sum().clamp_min(1)
 
 
 @register
