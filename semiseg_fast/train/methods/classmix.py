@@ -97,13 +97,13 @@ class ClassMix(Method):
             logits_u, target, ignore_index=ctx.ignore_index, normalizer=num_valid, **up.kwargs
         )
         loss = sup + ctx.unsupervised_weight * unsup
-        depth = self.depth_task(output, images_l, labels_l != ctx.ignore_index, mask, valid)
+        depth = self.depth_task(ctx, output, images_l, labels_l, mask, valid)
         if depth is not None:
             loss = loss + depth
         return StepOutput(loss, sup.detach(), unsup.detach(), weight)
 
     def depth_task(
-        self, output, images_l: torch.Tensor, valid_l: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
+        self, ctx: StepContext, output, images_l: torch.Tensor, labels_l: torch.Tensor, mask, valid
     ) -> torch.Tensor | None:
         """A weighted loss of the student's ``output`` on its labeled crops and mixes beside
         segmentation, or None (ClassMix has none; DepthMix's depth task)."""

@@ -127,8 +127,8 @@ class DepthMix(ClassMix):
         return TrueDisparity(subset) if self.settings["disparity"] == "truth" else None
 
     def labeled_view(self, data: RunData) -> LabeledView:
-        mixed = self.settings["mix_labeled"]
-        return LabeledView(data.labeled, self.run_config["data"], self._true_disparity(data.labeled) if mixed else None)
+        maps = self._true_disparity(data.labeled) if self.settings["mix_labeled"] else None
+        return LabeledView(data.labeled, self.run_config["data"], maps)
 
     def unlabeled_view(self, data: RunData) -> WeakView:
         return WeakView(data.unlabeled, self.run_config["data"], self._true_disparity(data.unlabeled))
@@ -153,9 +153,10 @@ class DepthMix(ClassMix):
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             return self.depth(images.float())[0][:, 0]
 
-    def depth_task(self, output, images_l, valid_l, mask, valid):
+    def depth_task(self, ctx, output, images_l, labels_l, mask, valid):
         if self.settings["depth_weight"] == 0:
             return None
+        valid_l = labels_l != ctx.ignore_index
         disparity = self.disparity  # of the mixed crops, the labeled ones last with mix_labeled
         n_l = images_l.shape[0]
         labeled = disparity[-n_l:] if self.settings["mix_labeled"] else self.crop_disparity(images_l)
