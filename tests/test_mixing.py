@@ -32,6 +32,40 @@ def test_depthmix_keeps_the_nearer_pixel():
     assert torch.equal(mixing.depthmix_masks(da * 3 + 2, db, margin=0.0), mask)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_class_means_give_each_pixel_its_class_mean_in_its_image(dtype):
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(3, 7, 9, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 7, 9), generator=g).to(dtype)
+    labels[0, :2] = 255
+    labels[2] = 1  # one class over the whole image
+    out = mixing.class_means(values, labels, num_classes=4)
+    assert out.dtype == torch.float32
+    for i in range(3):
+        for c in range(4):
+            region = labels[i] == c
+            if region.any():
+                torch.testing.assert_close(out[i][region], values[i][region].mean().float().expand(int(region.sum())))
+    assert torch.equal(out[0, :2], values[0, :2].float())  # ignored pixels keep their own value
+
+
+def test_class_means_refuse_labels_outside_the_classes():
+    values, labels = torch.zeros(2, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long)
+    labels[1, 2, 2] = 4
+    with pytest.raises(ValueError, match=r"labels: expected values in \[0, 4\) or ignore_index=255, got 4"):
+        mixing.class_means(values, labels, num_classes=4)
+    with pytest.raises(TypeError, match="labels: expected an integer dtype"):
+        mixing.class_means(values, values, num_classes=4)
+    with pytest.raises(ValueError, match="labels: expected shape"):
+        mixing.class_means(values, labels[:, :2], num_classes=4)
+    with pytest.raises(ValueError, match="num_classes: expected >= 1"):
+        mixing.class_means(values, labels, num_classes=0)
+    labels[1, 2, 2] = -1
+    with pytest.raises(ValueError, match="got -1"):
+        mixing.class_means(values, labels, num_classes=4)
+    assert mixing.class_means(values, labels, num_classes=4, ignore_index=-1).shape == (2, 3, 3)
+
+
 def test_classmix_takes_half_of_the_present_classes():
     g = torch.Generator().manual_seed(2)
     labels = torch.randint(0, 6, (4, 10, 10), generator=g, dtype=torch.uint8)

@@ -139,6 +139,26 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
         assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
 
 
+def test_depthmix_by_class_orders_the_teachers_classes_by_their_mean_disparity(monkeypatch, depth_run):
+    labeled, (weak, pad) = batch()
+    disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.level=class", "semi.depthmix.mix_labeled=false"]
+    _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
+    _, teacher = networks()
+    with torch.no_grad():
+        label = resized(model_outputs(teacher(weak))[0], weak.shape[-2:]).argmax(1)
+    means = disparity.clone()
+    for i in range(weak.shape[0]):
+        for c in label[i][~pad[i]].unique():
+            region = (label[i] == c) & ~pad[i]
+            means[i][region] = disparity[i][region].mean()
+    for i in range(weak.shape[0]):
+        j = (i + 1) % weak.shape[0]
+        expected = ~pad[i] & (pad[j] | (normalised(means, pad, i) >= normalised(means, pad, j) - 0.03))
+        assert torch.equal(mask[i], expected)
+        assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())
+
+
 class DisparityOfCrops(torch.nn.Module):
     """The unlabeled crops' disparity, the labeled ones', or both (unlabeled first), by batch size."""
 

@@ -4,6 +4,10 @@ disparity online; the mix of crop i and crop i + 1 keeps crop i's pixel where it
 near as crop i + 1's, up to a margin, after min-max normalising each crop's disparity, so a far
 object is never pasted over a near one. Padding never wins over an image pixel.
 
+``semi.depthmix.level=class`` first gives each class the teacher predicts in a crop the mean
+disparity of its pixels (our variant, not the paper's): the masks then follow the teacher's class
+outlines rather than the depth network's soft edges, nearer classes on top.
+
 ``semi.depthmix.disparity=truth`` mixes by the embedded world's true disparity instead (cropped with
 each image): what a perfect depth network would give, to tell DepthMix's idea from the depth run's
 quality."""
@@ -21,7 +25,7 @@ from ...data.clips import true_disparity
 from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
 from ...depth.objective import depth_task_loss
-from ...mixing import depthmix_masks
+from ...mixing import _class_means, depthmix_masks
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
 from ..data import LabeledView, RunData, WeakView
@@ -46,6 +50,12 @@ class DepthMixConfig(ClassMixConfig):
         0.03,
         "a crop's pixel is kept where its normalised disparity is at least the other's minus this",
         NON_NEGATIVE_NUMBER,
+    )
+    level: str = option(
+        "pixel",
+        "pixel (each pixel's disparity, as Hoyer et al.) | class (each class the teacher predicts in a crop at its "
+        "mean disparity: the masks follow the predicted class outlines, nearer classes on top)",
+        choice("pixel", "class"),
     )
     depth_weight: float = option(
         0.0,
@@ -141,6 +151,8 @@ class DepthMix(ClassMix):
         else:
             disparity = self.crop_disparity(images)
             self.disparity = disparity
+        if self.settings["level"] == "class":
+            disparity = _class_means(disparity, labels, self.num_classes, ctx.ignore_index)
         # padding at the crop's farthest: it never covers the other crop's image
         farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
         disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
