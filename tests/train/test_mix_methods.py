@@ -130,7 +130,12 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
     labeled, (weak, pad) = batch()
     pad[1, :, :5] = True  # crop 1 has padding on the left as well
     disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.margin=0.05", "semi.depthmix.mix_labeled=false"]
+    overrides = [
+        f"semi.depthmix.depth_run={depth_run}",
+        "semi.depthmix.level=pixel",
+        "semi.depthmix.margin=0.05",
+        "semi.depthmix.mix_labeled=false",
+    ]
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
     for i in range(weak.shape[0]):
         j = (i + 1) % weak.shape[0]
@@ -257,15 +262,30 @@ def test_the_true_disparity_is_cropped_with_its_image():
         load_config(None, ["method=depthmix", "semi.depthmix.disparity=truth", "semi.depthmix.depth_weight=0.1"])
 
 
-def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch):
+@pytest.mark.parametrize("level", ["pixel", "class"])
+def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch, level):
     labeled, (weak, pad) = batch()
     g = torch.Generator().manual_seed(5)
     disparity_u = torch.rand(weak.shape[0], SIZE, SIZE, generator=g)
     disparity_l = torch.rand(2, SIZE, SIZE, generator=g)
-    overrides = ["semi.depthmix.disparity=truth", "semi.depthmix.margin=0.0", "semi.depthmix.mix_labeled=true"]
+    overrides = [
+        "semi.depthmix.disparity=truth",
+        f"semi.depthmix.level={level}",
+        "semi.depthmix.margin=0.0",
+        "semi.depthmix.mix_labeled=true",
+    ]
     _, mask, _ = step("depthmix", overrides, [*labeled, disparity_l], [weak, pad, disparity_u], monkeypatch)
     disparity, pads = torch.cat([disparity_u, disparity_l]), torch.cat([pad, labeled[1] == 255])
     assert mask.shape[0] == weak.shape[0] + 2
+    if level == "class":  # the teacher's classes in unlabeled crops, the ground truth's in labeled ones
+        _, teacher = networks()
+        with torch.no_grad():
+            label_u = resized(model_outputs(teacher(weak))[0], (SIZE, SIZE)).argmax(1)
+        labels = torch.cat([label_u, labeled[1]])
+        for i in range(mask.shape[0]):
+            for c in labels[i][~pads[i]].unique():
+                region = (labels[i] == c) & ~pads[i]
+                disparity[i][region] = disparity[i][region].mean()
     for i in range(mask.shape[0]):
         j = (i + 1) % mask.shape[0]
         nearer = normalised(disparity, pads, i) >= normalised(disparity, pads, j)

@@ -52,9 +52,9 @@ class DepthMixConfig(ClassMixConfig):
         NON_NEGATIVE_NUMBER,
     )
     level: str = option(
-        "pixel",
-        "pixel (each pixel's disparity, as Hoyer et al.) | class (each class the teacher predicts in a crop at its "
-        "mean disparity: the masks follow the predicted class outlines, nearer classes on top)",
+        "class",
+        "class (each class the teacher predicts in a crop at its mean disparity: the masks follow the predicted "
+        "class outlines, nearer classes on top) | pixel (each pixel's disparity, as Hoyer et al.)",
         choice("pixel", "class"),
     )
     depth_weight: float = option(
