@@ -11,6 +11,7 @@ from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.methods import classmix, get
 from semiseg_fast.train.methods.base import StepContext, resized
+from semiseg_fast.train.methods.depthmix import depth_weight as depthmix_depth_weight
 
 from .helpers import whole_and_resumed
 
@@ -38,7 +39,7 @@ def networks(depth_head=False):
     return student, teacher
 
 
-def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None, depth_head=False):
+def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None):
     """One step of ``name`` without colour jitter, returning (output, mask, target of the student)."""
     config = load_config(None, [f"method={name}", "semi.strong_color=false", *overrides])
     method = get(name).__new__(get(name))
@@ -58,7 +59,7 @@ def step(name, overrides, labeled, unlabeled, monkeypatch, depth=None, depth_hea
 
     method.mix_masks = mix_masks
     monkeypatch.setattr(classmix, "pseudo_label_cross_entropy", cross_entropy)
-    student, teacher = networks(depth_head)
+    student, teacher = networks(get(name).model_kwargs(config, {}).get("depth_head", False))
     ctx = StepContext(student, teacher, config["semi"], 255, 0, torch.Generator().manual_seed(3), N_CLASSES)
     return method.step(ctx, labeled, unlabeled), seen["mask"], seen["target"]
 
@@ -135,6 +136,7 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
         "semi.depthmix.level=pixel",
         "semi.depthmix.margin=0.05",
         "semi.depthmix.mix_labeled=false",
+        "semi.depthmix.depth_weight=0",  # the fixed disparity is the unlabeled crops' only
     ]
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
     for i in range(weak.shape[0]):
@@ -147,7 +149,12 @@ def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, d
 def test_depthmix_by_class_orders_the_teachers_classes_by_their_mean_disparity(monkeypatch, depth_run):
     labeled, (weak, pad) = batch()
     disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    overrides = [f"semi.depthmix.depth_run={depth_run}", "semi.depthmix.level=class", "semi.depthmix.mix_labeled=false"]
+    overrides = [
+        f"semi.depthmix.depth_run={depth_run}",
+        "semi.depthmix.level=class",
+        "semi.depthmix.mix_labeled=false",
+        "semi.depthmix.depth_weight=0",
+    ]
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
     _, teacher = networks()
     with torch.no_grad():
@@ -186,7 +193,7 @@ def test_the_depth_task_learns_the_disparity_of_each_labeled_crop_and_mix(monkey
     loss = {}
     for w in (0.0, 0.5):
         settings = [*overrides, f"semi.depthmix.depth_weight={w}"]
-        out, mask, _ = step("depthmix", settings, labeled, [weak, pad], monkeypatch, network, depth_head=True)
+        out, mask, _ = step("depthmix", settings, labeled, [weak, pad], monkeypatch, network)
         loss[w] = out.loss
     images, disparity, pads = weak, disparity_u, pad
     if mix_labeled:
@@ -228,6 +235,25 @@ def test_depthmix_without_a_depth_run_is_refused_by_name(tmp_path):
     config = load_config(None, ["method=depthmix", f"semi.depthmix.depth_run={tmp_path}"])
     with pytest.raises(ValueError, match="semi.depthmix.depth_run: .* holds no depth network"):
         get("depthmix")(config, N_CLASSES)
+
+
+def test_the_depth_task_is_on_by_default_where_it_can_train(depth_run):
+    depthmix = get("depthmix")
+    run = f"semi.depthmix.depth_run={depth_run}"
+    for overrides, weight in (
+        ([run], 0.1),
+        ([run, "semi.depthmix.depth_weight=0.3"], 0.3),
+        ([run, "semi.depthmix.depth_weight=0"], 0.0),
+        (["semi.depthmix.disparity=truth"], 0.0),  # the task learns the depth network's depth
+        ([run, "model.name=tests.train.toy_method:Model"], 0.0),  # the depth head is the built-in model's
+    ):
+        config = load_config(None, ["method=depthmix", *overrides])
+        assert depthmix_depth_weight(config) == weight
+        assert depthmix.model_kwargs(config, {}).get("depth_head", False) == (weight > 0)
+    with pytest.raises(ValueError, match="semi.depthmix.depth_weight expected 0 with a model of your own"):
+        load_config(
+            None, ["method=depthmix", run, "semi.depthmix.depth_weight=0.1", "model.name=tests.train.toy_method:Model"]
+        )
 
 
 def test_the_true_disparity_is_cropped_with_its_image():

@@ -29,12 +29,13 @@ from ...mixing import _class_means, depthmix_masks
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
 from ..data import LabeledView, RunData, WeakView
-from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option
+from ..schema import NON_NEGATIVE_NUMBER, OPTIONAL_FOLDER, Fail, choice, option, optional
 from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
 from .registry import register
 
 DEPTH_RUN_KEY = "semi.depthmix.depth_run"
+DEFAULT_DEPTH_WEIGHT = 0.1
 
 
 @dataclass
@@ -57,12 +58,13 @@ class DepthMixConfig(ClassMixConfig):
         "class outlines, nearer classes on top) | pixel (each pixel's disparity, as Hoyer et al.)",
         choice("pixel", "class"),
     )
-    depth_weight: float = option(
-        0.0,
+    depth_weight: float | None = option(
+        None,
         "weight of the depth task (Hoyer et al.'s multi-task variant): a depth head on the decoder's features "
         "learns the depth network's log depth, L1, on the labeled crops and the mixes (the sources' disparities "
-        "mixed by the same mask); 0: none. With disparity=network and the built-in model",
-        NON_NEGATIVE_NUMBER,
+        "mixed by the same mask); 0: none; null: 0.1 with disparity=network and the built-in model, else 0. "
+        "Above 0 only with disparity=network and the built-in model",
+        optional(NON_NEGATIVE_NUMBER, "a number >= 0"),
     )
     disparity: str = option(
         "network",
@@ -83,6 +85,15 @@ class TrueDisparity:
             pool = self.subset.base
             self.maps[index] = torch.from_numpy(true_disparity(pool.seed, self.subset.indices[index], pool.image_size))
         return self.maps[index]
+
+
+def depth_weight(config: dict[str, Any]) -> float:
+    """semi.depthmix.depth_weight, null resolved: 0.1 where the depth task can train, else 0."""
+    settings = config["semi"]["depthmix"]
+    if settings["depth_weight"] is not None:
+        return settings["depth_weight"]
+    can_train = settings["disparity"] == "network" and config["model"]["name"] == BUILT_IN_MODEL
+    return DEFAULT_DEPTH_WEIGHT if can_train else 0.0
 
 
 def depth_run(config: dict[str, Any]) -> str | None:
@@ -119,7 +130,7 @@ class DepthMix(ClassMix):
             )
         elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
             fail(DEPTH_RUN_KEY, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
-        if settings["depth_weight"] > 0:
+        if depth_weight(config) > 0:
             if settings["disparity"] != "network":
                 fail("semi.depthmix.depth_weight", "0 with disparity=truth (the task learns the depth network's)")
             if config["model"]["name"] != BUILT_IN_MODEL:
@@ -127,7 +138,7 @@ class DepthMix(ClassMix):
 
     @classmethod
     def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-        depth = config["semi"]["depthmix"]["depth_weight"] > 0
+        depth = depth_weight(config) > 0
         return dict(super().model_kwargs(config, kwargs), **({"depth_head": True} if depth else {}))
 
     def state(self) -> nn.Module | None:
@@ -166,7 +177,8 @@ class DepthMix(ClassMix):
             return self.depth(images.float())[0][:, 0]
 
     def depth_task(self, ctx, output, images_l, labels_l, mask, valid):
-        if self.settings["depth_weight"] == 0:
+        weight = depth_weight(self.run_config)
+        if weight == 0:
             return None
         valid_l = labels_l != ctx.ignore_index
         disparity = self.disparity  # of the mixed crops, the labeled ones last with mix_labeled
@@ -174,4 +186,4 @@ class DepthMix(ClassMix):
         labeled = disparity[-n_l:] if self.settings["mix_labeled"] else self.crop_disparity(images_l)
         target = torch.cat([labeled, torch.where(mask, disparity, disparity.roll(-1, dims=0))])
         loss = depth_task_loss(output["disparity"], target[:, None], torch.cat([valid_l, valid]))
-        return self.settings["depth_weight"] * loss
+        return weight * loss
