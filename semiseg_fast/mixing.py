@@ -183,28 +183,27 @@ def depthmix_masks(
     return (a >= b - margin) & (a >= foreground_threshold)
 
 
-def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def class_means(
+    values: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = 255, check: bool = True
+) -> torch.Tensor:
     """fp32 (N, H, W): each pixel's value replaced by the mean of ``values`` over the pixels of its
     image that carry its label; pixels labelled ``ignore_index`` keep their own value. With a
     teacher's labels and a disparity map, DepthMix's masks then follow the predicted class outlines
-    (``semi.depthmix.level=class``). ``labels`` must lie in [0, num_classes) or be ``ignore_index``;
-    checking that costs one host sync, which training avoids by calling :func:`_class_means`."""
+    (``semi.depthmix.level=class``). ``labels`` must lie in [0, num_classes) or be ``ignore_index``:
+    ``check`` verifies it at the cost of one host sync, which training, whose labels are an argmax
+    or checked ground truth, skips (``check=False``: on the device, no sync)."""
     values = _maps("values", values)
     labels = _maps("labels", labels, values)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
     num_classes = _size("num_classes", num_classes)
-    outside = not_ignored(labels, ignore_index) & ((labels < 0) | (labels >= num_classes))
-    if bool(outside.any()):
-        raise ValueError(
-            f"labels: expected values in [0, {num_classes}) or ignore_index={ignore_index}, "
-            f"got {int(labels[outside][0])}"
-        )
-    return _class_means(values, labels, num_classes, ignore_index)
-
-
-def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """:func:`class_means` without the check: on the device, no host sync."""
+    if check:
+        outside = not_ignored(labels, ignore_index) & ((labels < 0) | (labels >= num_classes))
+        if bool(outside.any()):
+            raise ValueError(
+                f"labels: expected values in [0, {num_classes}) or ignore_index={ignore_index}, "
+                f"got {int(labels[outside][0])}"
+            )
     n = values.shape[0]
     kept = not_ignored(labels, ignore_index)
     # one bucket per (image, class), and one per image for its ignored pixels

@@ -590,6 +590,8 @@ def _add_missing_sections(config: dict[str, Any]) -> None:
 # keys added after runs were already being saved, with the value those runs trained with (their
 # defaults differ from today's): a checkpoint without the key resumes as it was started
 FORMER_DEFAULTS = {
+    "semi.depthmix.depth_weight": 0.0,
+    "semi.depthmix.level": "pixel",
     "train.fast2x.full_res_lr": None,
     "train.fast2x.low_res_batch": 1,
     "train.fast2x.low_res_lr": None,

@@ -111,8 +111,11 @@ def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(f
     state = torch.load(finished / "last.pt", weights_only=False)
     for key in ("full_res_lr", "low_res_batch", "low_res_lr"):  # runs saved before these keys trained without them
         del state["config"]["train"]["fast2x"][key]
+    for key in ("depth_weight", "level"):  # DepthMix runs saved before these: no depth task, per-pixel masks
+        del state["config"]["semi"]["depthmix"][key]
     state["config"]["train"]["schedule"] = "fast2x"
     old = resume_config(state, str(finished / "last.pt"))
+    assert old["semi"]["depthmix"]["depth_weight"] == 0.0 and old["semi"]["depthmix"]["level"] == "pixel"
     assert old["train"]["fast2x"]["full_res_lr"] is None and old["train"]["fast2x"]["low_res_batch"] == 1
     assert old["train"]["fast2x"]["low_res_lr"] is None
     schedule = from_config(old, 18)

@@ -25,7 +25,7 @@ from ...data.clips import true_disparity
 from ...data.subset import Subset
 from ...depth.networks import frozen_depth_network
 from ...depth.objective import depth_task_loss
-from ...mixing import _class_means, depthmix_masks
+from ...mixing import class_means, depthmix_masks
 from ...models.build import BUILT_IN_MODEL
 from ...models.pretrained import DEPTH_PREFIX, DEPTH_WEIGHTS
 from ..data import LabeledView, RunData, WeakView
@@ -163,7 +163,7 @@ class DepthMix(ClassMix):
             disparity = self.crop_disparity(images)
             self.disparity = disparity
         if self.settings["level"] == "class":
-            disparity = _class_means(disparity, labels, self.num_classes, ctx.ignore_index)
+            disparity = class_means(disparity, labels, self.num_classes, ctx.ignore_index, check=False)
         # padding at the crop's farthest: it never covers the other crop's image
         farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
         disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
