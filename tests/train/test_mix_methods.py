@@ -127,48 +127,42 @@ def normalised(disparity, pad, k):
     return (d - lo) / (hi - lo)
 
 
-def test_depthmix_keeps_the_nearer_pixel_and_never_pastes_padding(monkeypatch, depth_run):
+def class_averaged(disparity, labels, pad):
+    """Each crop's disparity averaged over each of its classes (padding left out and kept)."""
+    out = disparity.clone()
+    for i in range(disparity.shape[0]):
+        for c in labels[i][~pad[i]].unique():
+            region = (labels[i] == c) & ~pad[i]
+            out[i][region] = disparity[i][region].mean()
+    return out
+
+
+def teacher_labels(weak):
+    _, teacher = networks()
+    with torch.no_grad():
+        return resized(model_outputs(teacher(weak))[0], weak.shape[-2:]).argmax(1)
+
+
+@pytest.mark.parametrize("level", ["pixel", "class"])
+def test_depthmix_keeps_the_nearer_pixel_or_class_and_never_pastes_padding(monkeypatch, depth_run, level):
     labeled, (weak, pad) = batch()
     pad[1, :, :5] = True  # crop 1 has padding on the left as well
     disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     overrides = [
         f"semi.depthmix.depth_run={depth_run}",
-        "semi.depthmix.level=pixel",
+        f"semi.depthmix.level={level}",
         "semi.depthmix.margin=0.05",
         "semi.depthmix.mix_labeled=false",
         "semi.depthmix.depth_weight=0",  # the fixed disparity is the unlabeled crops' only
     ]
     _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
+    if level == "class":  # each class the teacher predicts in a crop at its mean disparity
+        disparity = class_averaged(disparity, teacher_labels(weak), pad)
     for i in range(weak.shape[0]):
         j = (i + 1) % weak.shape[0]
         expected = ~pad[i] & (pad[j] | (normalised(disparity, pad, i) >= normalised(disparity, pad, j) - 0.05))
         assert torch.equal(mask[i], expected)
         assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())  # both crops show in every mix
-
-
-def test_depthmix_by_class_orders_the_teachers_classes_by_their_mean_disparity(monkeypatch, depth_run):
-    labeled, (weak, pad) = batch()
-    disparity = torch.rand(weak.shape[0], SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    overrides = [
-        f"semi.depthmix.depth_run={depth_run}",
-        "semi.depthmix.level=class",
-        "semi.depthmix.mix_labeled=false",
-        "semi.depthmix.depth_weight=0",
-    ]
-    _, mask, _ = step("depthmix", overrides, labeled, [weak, pad], monkeypatch, FixedDisparity(disparity))
-    _, teacher = networks()
-    with torch.no_grad():
-        label = resized(model_outputs(teacher(weak))[0], weak.shape[-2:]).argmax(1)
-    means = disparity.clone()
-    for i in range(weak.shape[0]):
-        for c in label[i][~pad[i]].unique():
-            region = (label[i] == c) & ~pad[i]
-            means[i][region] = disparity[i][region].mean()
-    for i in range(weak.shape[0]):
-        j = (i + 1) % weak.shape[0]
-        expected = ~pad[i] & (pad[j] | (normalised(means, pad, i) >= normalised(means, pad, j) - 0.03))
-        assert torch.equal(mask[i], expected)
-        assert 0 < int(mask[i].sum()) < int((~pad[i]).sum())
 
 
 class DisparityOfCrops(torch.nn.Module):
@@ -304,14 +298,7 @@ def test_with_the_true_disparity_labeled_crops_mix_by_theirs(monkeypatch, level)
     disparity, pads = torch.cat([disparity_u, disparity_l]), torch.cat([pad, labeled[1] == 255])
     assert mask.shape[0] == weak.shape[0] + 2
     if level == "class":  # the teacher's classes in unlabeled crops, the ground truth's in labeled ones
-        _, teacher = networks()
-        with torch.no_grad():
-            label_u = resized(model_outputs(teacher(weak))[0], (SIZE, SIZE)).argmax(1)
-        labels = torch.cat([label_u, labeled[1]])
-        for i in range(mask.shape[0]):
-            for c in labels[i][~pads[i]].unique():
-                region = (labels[i] == c) & ~pads[i]
-                disparity[i][region] = disparity[i][region].mean()
+        disparity = class_averaged(disparity, torch.cat([teacher_labels(weak), labeled[1]]), pads)
     for i in range(mask.shape[0]):
         j = (i + 1) % mask.shape[0]
         nearer = normalised(disparity, pads, i) >= normalised(disparity, pads, j)
