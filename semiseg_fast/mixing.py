@@ -197,23 +197,23 @@ def class_means(
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
     num_classes = _size("num_classes", num_classes)
+    kept = not_ignored(labels, ignore_index)
     if check:
-        outside = not_ignored(labels, ignore_index) & ((labels < 0) | (labels >= num_classes))
+        outside = kept & ((labels < 0) | (labels >= num_classes))
         if bool(outside.any()):
             raise ValueError(
                 f"labels: expected values in [0, {num_classes}) or ignore_index={ignore_index}, "
                 f"got {int(labels[outside][0])}"
             )
-    n = values.shape[0]
-    kept = not_ignored(labels, ignore_index)
+    n, values = values.shape[0], values.float()
     # one bucket per (image, class), and one per image for its ignored pixels
     image = torch.arange(n, device=values.device).view(n, 1, 1) * (num_classes + 1)
     bucket = (torch.where(kept, labels.long(), num_classes) + image).flatten()
-    flat = values.float().flatten()
+    flat = values.flatten()
     sums = flat.new_zeros(n * (num_classes + 1)).index_add_(0, bucket, flat)
     counts = flat.new_zeros(n * (num_classes + 1)).index_add_(0, bucket, torch.ones_like(flat))
     means = (sums / counts.clamp_min(1))[bucket].view(values.shape)
-    return torch.where(kept, means, values.float())
+    return torch.where(kept, means, values)
 
 
 def mix_pseudo_labels(
