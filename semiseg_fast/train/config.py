@@ -590,8 +590,12 @@ def _add_missing_sections(config: dict[str, Any]) -> None:
 # keys added after runs were already being saved, with the value those runs trained with (their
 # defaults differ from today's): a checkpoint without the key resumes as it was started
 FORMER_DEFAULTS = {
+    "semi.cps.mask": "box",
+    "semi.cps.strong_color": False,
     "semi.depthmix.depth_weight": 0.0,
     "semi.depthmix.level": "pixel",
+    "semi.rrn.mask": "box",
+    "semi.rrn.strong_color": False,
     "train.fast2x.full_res_lr": None,
     "train.fast2x.low_res_batch": 1,
     "train.fast2x.low_res_lr": None,

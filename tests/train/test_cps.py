@@ -7,13 +7,16 @@ import torch
 
 import semiseg_fast as sf
 from semiseg_fast import reference
+from semiseg_fast.mixing import class_means
 from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train import cli
 from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
 from semiseg_fast.train.loop import Trainer, train
-from semiseg_fast.train.methods import get, register
+from semiseg_fast.train.methods import cps, get, register
 from semiseg_fast.train.methods.base import StepContext, mix
+from semiseg_fast.train.methods.cps import DEPTH_MARGIN, mask_kind
+from semiseg_fast.train.methods.depthmix import nearer_masks
 
 from .helpers import train_killed_after
 
@@ -25,36 +28,99 @@ def _rows(folder):
         return list(csv.DictReader(f))
 
 
+def cps_batch(n=3, s=16):
+    g = torch.Generator().manual_seed(0)
+    labeled = [torch.randn(2, 3, s, s, generator=g), torch.randint(0, 4, (2, s, s), generator=g)]
+    images_u, pad = torch.randn(n, 3, s, s, generator=g), torch.zeros(n, s, s, dtype=torch.bool)
+    pad[:, -2:] = True
+    return labeled, images_u, pad, sf.mixing.cps_box_masks(n, s, s, g)
+
+
+def two_networks():
+    torch.manual_seed(1)
+    return [DeepLabV3Plus(4, width=8, rep_dim=None).eval() for _ in range(2)]
+
+
+def upsampled(net, images):
+    size = images.shape[-2:]
+    return torch.nn.functional.interpolate(model_outputs(net(images))[0], size, mode="bilinear", align_corners=True)
+
+
+def expected_cps(nets, images_u, pad, box, threshold):
+    """cps_loss's reference on the mixes, each network's targets mixed from its logits on the sources."""
+    with torch.no_grad():
+        on_mix = [upsampled(net, mix(box, images_u)) for net in nets]
+        targets = [mix(box, upsampled(net, images_u)).softmax(dim=1).max(dim=1)[::-1] for net in nets]
+    return reference.cps_loss(*on_mix, mix(box, pad), threshold, targets_a=targets[0], targets_b=targets[1])
+
+
 @pytest.mark.parametrize("fused,threshold", [(True, 0.0), (False, 0.0), (True, 0.26)])
 def test_step_is_cps_loss_on_targets_of_the_mixed_logits(fused, threshold):
     """Each network's targets for the CutMixed images are the argmax and confidence of its CutMixed
     logits on the sources (mixed from one pass each); the unsupervised term is cps_loss on them."""
-    config = load_config(
-        None, ["method=cps", f"train.fused_upsample={str(fused).lower()}", f"semi.cps.threshold={threshold}"]
-    )
-    method = get("cps")(config, 4)
-    g = torch.Generator().manual_seed(0)
-    n, s = 2, 16
-    labeled = [torch.randn(n, 3, s, s, generator=g), torch.randint(0, 4, (n, s, s), generator=g)]
-    images_u, pad = torch.randn(n, 3, s, s, generator=g), torch.zeros(n, s, s, dtype=torch.bool)
-    pad[:, -2:] = True
-    box = sf.mixing.cps_box_masks(n, s, s, g)
-    torch.manual_seed(1)
-    nets = [DeepLabV3Plus(4, width=8, rep_dim=None).eval() for _ in range(2)]
+    overrides = [f"train.fused_upsample={str(fused).lower()}", f"semi.cps.threshold={threshold}"]
+    config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.strong_color=false", *overrides])
+    labeled, images_u, pad, box = cps_batch(n=2)
+    nets = two_networks()
     ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
-    out = method.step(ctx, labeled, [images_u, pad, box])
-    up = lambda x: torch.nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=True)
-    with torch.no_grad():
-        on_sources = [up(model_outputs(net(images_u))[0]) for net in nets]
-        on_mix = [up(model_outputs(net(mix(box, images_u)))[0]) for net in nets]
-    targets = []
-    for logits in on_sources:
-        conf, label = mix(box, logits).softmax(dim=1).max(dim=1)
-        targets.append((label, conf))
-    expected = reference.cps_loss(*on_mix, mix(box, pad), threshold, targets_a=targets[0], targets_b=targets[1])
+    out = get("cps")(config, 4).step(ctx, labeled, [images_u, pad, box])
+    expected = expected_cps(nets, images_u, pad, box, threshold)
     torch.testing.assert_close(out.unsupervised, expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.loss, out.supervised + out.unsupervised)
     assert 0 < float(out.mask_ratio) <= 1 and float(out.unsupervised) > 0
+
+
+class FixedDisparity(torch.nn.Module):
+    def __init__(self, disparity):
+        super().__init__()
+        self.disparity = torch.nn.Parameter(disparity, requires_grad=False)
+
+    def forward(self, images):
+        return [self.disparity[:, None]]
+
+
+@pytest.mark.parametrize("mask", ["class", "depth"])
+def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colour(mask, depth_run, monkeypatch):
+    """mask=class pastes half the classes network 1 predicts in crop i - 1 over crop i (ClassMix's
+    draw), mask=depth the classes it puts nearer at their mean disparity (DepthMix's level=class);
+    the pseudo-labels come from the sources as with boxes, and the mixes are colour-jittered."""
+    config = load_config(None, ["method=cps", f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}"])
+    labeled, images_u, pad, _ = cps_batch()
+    nets = []
+    for seed in (1, 2):  # labels that vary from pixel to pixel: a 1x1 convolution at half resolution
+        torch.manual_seed(seed)
+        nets.append(torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, 4, 1)))
+        nets[-1][1].weight.data *= 4
+    method = get("cps")(config, 4)
+    disparity = torch.rand(pad.shape, generator=torch.Generator().manual_seed(4))
+    method.depth = FixedDisparity(disparity)
+    jittered = []
+    monkeypatch.setattr(cps, "jitter_and_blur", lambda x, g: jittered.append(x) or x)
+    ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator().manual_seed(3), 4, peer=nets[1])
+    out = method.step(ctx, labeled, [images_u, pad, None])
+
+    with torch.no_grad():
+        labels = upsampled(nets[0], images_u).argmax(1).masked_fill(pad, 255)
+    if mask == "class":
+        keep = sf.mixing.classmix_masks(labels, torch.Generator().manual_seed(3))
+    else:
+        keep = nearer_masks(disparity, labels, pad, 4, 255, DEPTH_MARGIN)
+        assert torch.equal(keep, nearer_masks(class_means(disparity, labels, 4), labels, pad, 4, 255, 0.03, "pixel"))
+    box = keep.roll(1, dims=0)
+    assert all(0 < int(b.sum()) < b.numel() for b in box)
+    torch.testing.assert_close(out.unsupervised, expected_cps(nets, images_u, pad, box, 0.0), rtol=1e-4, atol=1e-6)
+    assert len(jittered) == 1 and torch.equal(jittered[0], mix(box, images_u))
+
+
+def test_the_mask_defaults_to_depth_with_a_depth_run_and_is_refused_without_one(depth_run, tmp_path):
+    for method in ("cps", "rrn"):
+        assert mask_kind(load_config(None, [f"method={method}"]), method) == "class"
+        for given in (f"semi.{method}.depth_run={depth_run}", f"model.pretrained=depth:{depth_run}"):
+            assert mask_kind(load_config(None, [f"method={method}", given]), method) == "depth"
+        with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a depth run's folder"):
+            load_config(None, [f"method={method}", f"semi.{method}.mask=depth"])
+        with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a finished depth run's folder"):
+            load_config(None, [f"method={method}", f"semi.{method}.depth_run={tmp_path}"])
 
 
 def test_trains_two_networks_reports_both_and_their_average(tiny_config, tmp_path):

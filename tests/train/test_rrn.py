@@ -23,13 +23,22 @@ from semiseg_fast.train.methods.rrn import RegionDiscriminator, cell_grid, cells
 from .helpers import run_module, train_killed_after
 
 RUN = ["method=rrn", "deterministic=true", "train.progress=false", "train.amp=off"]
+BOXES = ["mask=box", "strong_color=false"]  # the step tests' masks: CPS's boxes, no colour jitter
+
+
+def _cps_step(ctx, labeled, unlabeled):
+    """CPS's unsupervised term on the same batch, with the same masks."""
+    config = load_config(None, ["method=cps", *(f"semi.cps.{o}" for o in BOXES)])
+    return get("cps")(config, C).step(ctx, labeled, unlabeled).unsupervised
+
+
 N, S, C = 2, 32, 4
 
 
 def _step_inputs(overrides, epoch=1):
     """A method, its discriminators in eval mode (their scores depend on the input alone), two
     networks in eval mode, a batch and a context."""
-    config = load_config(None, ["method=rrn", "semi.rrn.cell=16", *overrides])
+    config = load_config(None, ["method=rrn", "semi.rrn.cell=16", *(f"semi.rrn.{o}" for o in BOXES), *overrides])
     method = get("rrn")(config, C)
     discriminators = method.state().eval()
     g = torch.Generator().manual_seed(0)
@@ -89,7 +98,7 @@ def test_selection_loss_weights_each_networks_own_argmax_by_the_verdicts(correct
         _verdict(d, accept)
     out = method.step(ctx, labeled, unlabeled)
 
-    cps = get("cps")(load_config(None, ["method=cps"]), C).step(ctx, labeled, unlabeled).unsupervised
+    cps = _cps_step(ctx, labeled, unlabeled)
     images_u, pad, box = unlabeled
     valid = ~mix(box, pad)
     images_l, labels_l = labeled
@@ -116,7 +125,7 @@ def test_no_selection_before_its_epoch():
     for d in discriminators:
         _verdict(d, True)
     out = method.step(ctx, labeled, unlabeled)
-    cps = get("cps")(load_config(None, ["method=cps"]), C).step(ctx, labeled, unlabeled).unsupervised
+    cps = _cps_step(ctx, labeled, unlabeled)
     torch.testing.assert_close(out.unsupervised, cps)
     assert float(out.mask_ratio) == 0.0
 

@@ -1,26 +1,57 @@
-"""CPS (cross pseudo-supervision), as its code trains it with CutMix: two networks of one
-architecture, differently initialised, each learning from the other's pseudo-labels on CutMixed
-unlabeled images, both from the labels."""
+"""CPS (cross pseudo-supervision): two networks of one architecture, differently initialised,
+each learning from the other's pseudo-labels on mixed unlabeled images, both from the labels.
+
+CPS's code mixes by CutMix boxes (``semi.cps.mask=box``) and jitters no colour. By default the
+mixes here follow the classes network 1 predicts in each crop: ``class`` pastes half of them
+(ClassMix), ``depth`` pastes the classes that a depth run's frozen network puts nearer, each at its
+mean disparity in the crop (DepthMix's ``level=class``); and the mixes get the strong view's colour
+jitter and blur (``semi.strong_color``). Each network's pseudo-labels for a mix are mixed from its
+one-pass statistics on the two sources, whatever the mask."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ...mixing import cps_box_masks
+from ...data.transforms import jitter_and_blur
+from ...mixing import classmix_masks, cps_box_masks
 from ...models import model_outputs
 from ...ops import cps_loss
 from ..data import LabeledView, RunData
-from ..schema import UNIT_INTERVAL, Section, option
+from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, choice, option, optional
 from .base import Method, StepContext, StepOutput, Upsampling, mix, mixed_pseudo_labels
+from .depthmix import check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
 from .registry import register
+
+DEPTH_MARGIN = 0.03  # DepthMix's default margin
 
 
 @dataclass
 class CPSConfig(Section):
     threshold: float = option(
         0.0, "peer confidence a pseudo-label needs, in [0, 1]; 0 (CPS) trains on every pixel", UNIT_INTERVAL
+    )
+    mask: str | None = option(
+        None,
+        "how two unlabeled crops mix: depth (the classes network 1 predicts, nearer ones on top, by a depth run's "
+        "disparity: DepthMix's level=class) | class (half the classes network 1 predicts: ClassMix) | box (CPS's "
+        "three CutMix boxes); null: depth where a depth run is given (depth_run, or model.pretrained=depth:RUN_DIR), "
+        "else class",
+        optional(choice("depth", "class", "box"), "depth | class | box | null"),
+    )
+    depth_run: str | None = option(
+        None,
+        "with mask=depth, a python -m semiseg_fast.depth run folder whose frozen network gives each crop's "
+        "disparity; null: the run model.pretrained=depth:RUN_DIR names",
+        OPTIONAL_FOLDER,
+        path=True,
+    )
+    strong_color: bool | None = option(
+        None,
+        "colour jitter, grayscale and blur on the mixes (CPS's code has none); null: semi.strong_color",
+        optional(BOOLEAN, "true | false | null"),
     )
 
 
@@ -31,15 +62,24 @@ class CPSPass:
     supervised: torch.Tensor  # both networks' supervised losses, summed
     cps: torch.Tensor  # the cross pseudo-supervision loss
     mask_ratio: torch.Tensor
-    mixed: torch.Tensor  # the CutMixed unlabeled images
+    mixed: torch.Tensor  # the mixed unlabeled images, colour-jittered with strong_color
     ignored: torch.Tensor  # their padding (True = ignore)
     logits: list[torch.Tensor]  # each network's logits on them, as the losses take them (Upsampling)
     up: Upsampling
 
 
+def mask_kind(config: dict[str, Any], method: str) -> str:
+    """semi.<method>.mask, null resolved: depth where a depth run is given, else class."""
+    kind = config["semi"][method]["mask"]
+    if kind is None:
+        kind = "class" if depth_run(config, method) is None else "depth"
+    return kind
+
+
 class CPSView(LabeledView):
     """Weakly augmented unlabeled crops, their padding masks (True = ignore) and CPS's box masks
-    (three in-bounds boxes, XOR; True inside: the pixels that come from the batch's previous image)."""
+    (three in-bounds boxes, XOR; True inside: the pixels that come from the batch's previous image),
+    which the step uses with mask=box."""
 
     def __getitem__(self, item: tuple[int, ...]):
         weak, pad, g = self._weak(item, keep_label=False)
@@ -54,6 +94,18 @@ class CPS(Method):
     config = CPSConfig
     uses_teacher = False
     networks = 2
+
+    def __init__(self, config: dict[str, Any], num_classes: int):
+        super().__init__(config, num_classes)
+        self.mask = mask_kind(config, self.name)
+        self.depth = depth_network(config, self.name) if self.mask == "depth" else None
+        color = self.settings["strong_color"]
+        self.strong_color = config["semi"]["strong_color"] if color is None else color
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        if mask_kind(config, cls.name) == "depth":
+            check_depth_run(config, cls.name, fail)
 
     def unlabeled_view(self, data: RunData) -> CPSView:
         return CPSView(data.unlabeled, self.run_config["data"])
@@ -76,8 +128,13 @@ class CPS(Method):
         # Each network's pseudo-labels for the mixed images, mixed from its passes on the two sources
         # (in training mode, without gradients, as CPS's code makes them).
         with torch.no_grad():
-            targets = [mixed_pseudo_labels(box, up(model_outputs(net(images_u))[0]), **up.kwargs) for net in networks]
+            on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
+        if self.mask != "box":
+            box = self.class_masks(ctx, images_u, pad, up.stats(on_sources[0]).label)
+        targets = [mixed_pseudo_labels(box, logits, **up.kwargs) for logits in on_sources]
         mixed, ignored = mix(box, images_u), mix(box, pad)
+        if self.strong_color:
+            mixed = jitter_and_blur(mixed, ctx.host_rng)
         sup, logits_u = 0.0, []
         for net in networks:
             logits = model_outputs(net(torch.cat([images_l, mixed])))[0]
@@ -95,3 +152,14 @@ class CPS(Method):
             **up.kwargs,
         )
         return CPSPass(sup, unsup, ratio, mixed, ignored, logits_u, up)
+
+    def class_masks(self, ctx: StepContext, images: torch.Tensor, pad: torch.Tensor, labels: torch.Tensor):
+        """The ``class`` or ``depth`` masks of the crops (network 1's ``labels``), as :func:`mix` takes
+        them: True where mixed image i takes image i - 1."""
+        labels = labels.masked_fill(pad, ctx.ignore_index)
+        if self.mask == "class":
+            keep = classmix_masks(labels, ctx.host_rng, ctx.ignore_index)
+        else:
+            disparity = disparity_of(self.depth.to(images.device), images)  # frozen, not in checkpoints
+            keep = nearer_masks(disparity, labels, pad, self.num_classes, ctx.ignore_index, DEPTH_MARGIN)
+        return keep.roll(1, dims=0)  # keep[i] puts crop i over crop i + 1: mix() makes that mix i + 1

@@ -34,7 +34,6 @@ from .base import StepContext
 from .classmix import ClassMix, ClassMixConfig
 from .registry import register
 
-DEPTH_RUN_KEY = "semi.depthmix.depth_run"
 DEFAULT_DEPTH_WEIGHT = 0.1
 
 
@@ -96,13 +95,55 @@ def depth_weight(config: dict[str, Any]) -> float:
     return DEFAULT_DEPTH_WEIGHT if can_train else 0.0
 
 
-def depth_run(config: dict[str, Any]) -> str | None:
-    """semi.depthmix.depth_run, or the depth run model.pretrained starts from, or None."""
-    run = config["semi"]["depthmix"]["depth_run"]
+def depth_run(config: dict[str, Any], method: str) -> str | None:
+    """semi.<method>.depth_run, or the depth run model.pretrained starts from, or None."""
+    run = config["semi"][method]["depth_run"]
     pretrained = config["model"]["pretrained"]
     if run is None and isinstance(pretrained, str) and pretrained.startswith(DEPTH_PREFIX):
         run = pretrained[len(DEPTH_PREFIX) :]
     return run
+
+
+def check_depth_run(config: dict[str, Any], method: str, fail: Fail) -> None:
+    """Refuse, naming semi.<method>.depth_run, a missing or unfinished depth run."""
+    run, key = depth_run(config, method), f"semi.{method}.depth_run"
+    if run is None:
+        fail(key, "a depth run's folder (python -m semiseg_fast.depth), or model.pretrained=depth:RUN_DIR")
+    elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
+        fail(key, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
+
+
+def depth_network(config: dict[str, Any], method: str) -> nn.Module:
+    """The frozen depth network of semi.<method>.depth_run (or of model.pretrained's depth run)."""
+    return frozen_depth_network(depth_run(config, method), f"semi.{method}.depth_run")
+
+
+def disparity_of(depth: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W): a frozen depth network's disparity of each crop, in fp32 whatever the step's
+    autocast (a half-precision disparity is coarse beside the mask's margin)."""
+    depth.eval()
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        return depth(images.float())[0][:, 0]
+
+
+def nearer_masks(
+    disparity: torch.Tensor,
+    labels: torch.Tensor,
+    pad: torch.Tensor,
+    num_classes: int,
+    ignore_index: int,
+    margin: float,
+    level: str = "class",
+) -> torch.Tensor:
+    """DepthMix's masks: bool (N, H, W), True where the mix of crop i and crop i + 1 keeps crop i,
+    its pixel (``level=pixel``) or the class ``labels`` give it (``level=class``, at the class's mean
+    disparity in the crop) being at least as near, up to ``margin``. ``pad`` (True on padding):
+    padding counts as the crop's farthest, so it never covers the other crop's image, and is never kept."""
+    if level == "class":
+        disparity = class_means(disparity, labels, num_classes, ignore_index, check=False)
+    farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
+    disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
+    return depthmix_masks(disparity, disparity.roll(-1, dims=0), margin) & ~pad
 
 
 @register
@@ -114,22 +155,18 @@ class DepthMix(ClassMix):
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__(config, num_classes)
         online = self.settings["disparity"] == "network"
-        self.depth = frozen_depth_network(depth_run(config), DEPTH_RUN_KEY) if online else None
+        self.depth = depth_network(config, self.name) if online else None
         self.disparity = None  # the step's crops', from the network: the depth task's targets
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
         super().check_config(config, fail)
-        run, settings = depth_run(config), config["semi"]["depthmix"]
+        settings = config["semi"]["depthmix"]
         if settings["disparity"] == "truth":
             if config["data"]["name"] != "synthetic":
                 fail("semi.depthmix.disparity", "network (truth: the embedded data set's only)")
-        elif run is None:
-            fail(
-                DEPTH_RUN_KEY, "a depth run's folder (python -m semiseg_fast.depth), or model.pretrained=depth:RUN_DIR"
-            )
-        elif not os.path.isfile(os.path.join(run, DEPTH_WEIGHTS)):
-            fail(DEPTH_RUN_KEY, f"a finished depth run's folder (no {DEPTH_WEIGHTS} in {run!r})")
+        else:
+            check_depth_run(config, cls.name, fail)
         if depth_weight(config) > 0:
             if settings["disparity"] != "network":
                 fail("semi.depthmix.depth_weight", "0 with disparity=truth (the task learns the depth network's)")
@@ -162,19 +199,12 @@ class DepthMix(ClassMix):
         else:
             disparity = self.crop_disparity(images)
             self.disparity = disparity
-        if self.settings["level"] == "class":
-            disparity = class_means(disparity, labels, self.num_classes, ctx.ignore_index, check=False)
-        # padding at the crop's farthest: it never covers the other crop's image
-        farthest = disparity.masked_fill(pad, float("inf")).amin(dim=(1, 2), keepdim=True)
-        disparity = torch.where(pad, farthest.expand_as(disparity), disparity)
-        return depthmix_masks(disparity, disparity.roll(-1, dims=0), self.settings["margin"]) & ~pad
+        s = self.settings
+        return nearer_masks(disparity, labels, pad, self.num_classes, ctx.ignore_index, s["margin"], s["level"])
 
     def crop_disparity(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W): the frozen depth network's disparity of each crop."""
-        self.depth.eval()
-        # in fp32 whatever the step's autocast: a half-precision disparity is coarse beside the margin
-        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            return self.depth(images.float())[0][:, 0]
+        return disparity_of(self.depth, images)
 
     def depth_task(self, ctx, output, images_l, labels_l, mask, valid):
         weight = depth_weight(self.run_config)

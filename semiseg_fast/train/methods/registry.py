@@ -33,7 +33,8 @@ def register(cls: type[Method] | None = None, *, default: bool = False):
 
 
 def names() -> list[str]:
-    return list(_METHODS)
+    """The registered methods' names, sorted (whatever order their modules imported in)."""
+    return sorted(_METHODS)
 
 
 def default_name() -> str:

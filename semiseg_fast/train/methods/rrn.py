@@ -149,6 +149,7 @@ class RRN(CPS):
 
     @classmethod
     def check_config(cls, config, fail) -> None:
+        super().check_config(config, fail)
         cell = config["semi"]["rrn"]["cell"]
         if 0 < cell < DISC_STRIDE:
             fail("semi.rrn.cell", f"0 or at least {DISC_STRIDE} (the discriminators' stride), got {cell}")
