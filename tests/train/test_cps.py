@@ -105,7 +105,9 @@ def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colou
         keep = sf.mixing.classmix_masks(labels, torch.Generator().manual_seed(3))
     else:
         keep = nearer_masks(disparity, labels, pad, 4, 255, DEPTH_MARGIN)
-        assert torch.equal(keep, nearer_masks(class_means(disparity, labels, 4), labels, pad, 4, 255, 0.03, "pixel"))
+        assert torch.equal(
+            keep, nearer_masks(class_means(disparity, labels, 4), labels, pad, 4, 255, DEPTH_MARGIN, "pixel")
+        )
     box = keep.roll(1, dims=0)
     assert all(0 < int(b.sum()) < b.numel() for b in box)
     torch.testing.assert_close(out.unsupervised, expected_cps(nets, images_u, pad, box, 0.0), rtol=1e-4, atol=1e-6)

@@ -25,14 +25,13 @@ from .helpers import run_module, train_killed_after
 RUN = ["method=rrn", "deterministic=true", "train.progress=false", "train.amp=off"]
 BOXES = ["mask=box", "strong_color=false"]  # the step tests' masks: CPS's boxes, no colour jitter
 
+N, S, C = 2, 32, 4
+
 
 def _cps_step(ctx, labeled, unlabeled):
     """CPS's unsupervised term on the same batch, with the same masks."""
     config = load_config(None, ["method=cps", *(f"semi.cps.{o}" for o in BOXES)])
     return get("cps")(config, C).step(ctx, labeled, unlabeled).unsupervised
-
-
-N, S, C = 2, 32, 4
 
 
 def _step_inputs(overrides, epoch=1):

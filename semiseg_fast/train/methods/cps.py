@@ -22,10 +22,10 @@ from ...ops import cps_loss
 from ..data import LabeledView, RunData
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, choice, option, optional
 from .base import Method, StepContext, StepOutput, Upsampling, mix, mixed_pseudo_labels
-from .depthmix import check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
+from .depthmix import DepthMixConfig, check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
 from .registry import register
 
-DEPTH_MARGIN = 0.03  # DepthMix's default margin
+DEPTH_MARGIN = DepthMixConfig.margin  # the depth masks' margin: DepthMix's default
 
 
 @dataclass
