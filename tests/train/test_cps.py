@@ -12,6 +12,7 @@ from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train import cli
 from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
+from semiseg_fast.train.data import RunData
 from semiseg_fast.train.loop import Trainer, train
 from semiseg_fast.train.methods import cps, get, register
 from semiseg_fast.train.methods.base import StepContext, mix
@@ -123,6 +124,18 @@ def test_the_mask_defaults_to_depth_with_a_depth_run_and_is_refused_without_one(
             load_config(None, [f"method={method}", f"semi.{method}.mask=depth"])
         with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a finished depth run's folder"):
             load_config(None, [f"method={method}", f"semi.{method}.depth_run={tmp_path}"])
+
+
+def test_the_box_masks_are_drawn_only_where_the_step_uses_them():
+    g = torch.Generator().manual_seed(0)
+    pool = [(torch.rand(3, 64, 64, generator=g), torch.zeros(64, 64, dtype=torch.long)) for _ in range(2)]
+    items = {}
+    for mask in ("box", "class"):
+        method = get("cps")(load_config(None, ["method=cps", f"semi.cps.mask={mask}"]), 4)
+        items[mask] = method.unlabeled_view(RunData(pool, pool, pool, 4, list("abcd")))[(1, 7)]
+    (image, pad, box), plain = items["box"], items["class"]
+    assert len(plain) == 2 and torch.equal(plain[0], image) and torch.equal(plain[1], pad)
+    assert box.dtype == torch.bool and box.shape == pad.shape and 0 < int(box.sum()) < box.numel()
 
 
 def test_trains_two_networks_reports_both_and_their_average(tiny_config, tmp_path):

@@ -19,7 +19,7 @@ from ...data.transforms import jitter_and_blur
 from ...mixing import classmix_masks, cps_box_masks
 from ...models import model_outputs
 from ...ops import cps_loss
-from ..data import LabeledView, RunData
+from ..data import LabeledView, RunData, WeakView
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, choice, option, optional
 from .base import Method, StepContext, StepOutput, Upsampling, mix, mixed_pseudo_labels
 from .depthmix import DepthMixConfig, check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
@@ -78,8 +78,8 @@ def mask_kind(config: dict[str, Any], method: str) -> str:
 
 class CPSView(LabeledView):
     """Weakly augmented unlabeled crops, their padding masks (True = ignore) and CPS's box masks
-    (three in-bounds boxes, XOR; True inside: the pixels that come from the batch's previous image),
-    which the step uses with mask=box."""
+    (three in-bounds boxes, XOR; True inside: the pixels that come from the batch's previous image):
+    the view of mask=box (the other masks take :class:`WeakView`'s crops, the same crops)."""
 
     def __getitem__(self, item: tuple[int, ...]):
         weak, pad, g = self._weak(item, keep_label=False)
@@ -107,8 +107,9 @@ class CPS(Method):
         if mask_kind(config, cls.name) == "depth":
             check_depth_run(config, cls.name, fail)
 
-    def unlabeled_view(self, data: RunData) -> CPSView:
-        return CPSView(data.unlabeled, self.run_config["data"])
+    def unlabeled_view(self, data: RunData) -> LabeledView:
+        view = CPSView if self.mask == "box" else WeakView
+        return view(data.unlabeled, self.run_config["data"])
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         p = self.cps_pass(ctx, labeled, unlabeled)
@@ -122,14 +123,16 @@ class CPS(Method):
 
     def cps_pass(self, ctx: StepContext, labeled, unlabeled) -> CPSPass:
         images_l, labels_l = labeled
-        images_u, pad, box = unlabeled
+        images_u, pad, *box = unlabeled  # box: CPSView's, with mask=box
         networks = (ctx.student, ctx.peer)
         up = self.upsampling(images_u)
         # Each network's pseudo-labels for the mixed images, mixed from its passes on the two sources
         # (in training mode, without gradients, as CPS's code makes them).
         with torch.no_grad():
             on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
-        if self.mask != "box":
+        if self.mask == "box":
+            box = box[0]
+        else:
             box = self.class_masks(ctx, images_u, pad, up.stats(on_sources[0]).label)
         targets = [mixed_pseudo_labels(box, logits, **up.kwargs) for logits in on_sources]
         mixed, ignored = mix(box, images_u), mix(box, pad)
