@@ -115,8 +115,11 @@ class Trainer:
             self.peer = build_run_model(config, self.data.num_classes, load_weights=not resume)
             self.peer.to(self.world.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
-        if method_cls.uses_teacher and sc["teacher"] == "ema":
+        self.peer_teacher: nn.Module | None = None  # a two-network method's second EMA teacher
+        if self.method.uses_teacher and sc["teacher"] == "ema":  # an instance's setting may differ from its class's
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+            if self.peer is not None:
+                self.peer_teacher = copy.deepcopy(self.peer).requires_grad_(False)
         self.method_state = self.method.state()
         if self.method_state is not None:
             self.method_state.to(self.world.device)
@@ -169,6 +172,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "peer": self.peer.state_dict() if self.peer is not None else None,
+            "peer_teacher": self.peer_teacher.state_dict() if self.peer_teacher is not None else None,
             "criterion": self.method_state.state_dict() if self.method_state is not None else None,
             "state_optimizer": self.state_optimizer.state_dict() if self.state_optimizer is not None else None,
             "class_names": self.data.class_names,
@@ -193,6 +197,8 @@ class Trainer:
                 self.teacher.load_state_dict(state["teacher"])
             if self.peer is not None:
                 self.peer.load_state_dict(state["peer"])
+            if self.peer_teacher is not None:
+                self.peer_teacher.load_state_dict(state["peer_teacher"])
             if self.method_state is not None:
                 self.method_state.load_state_dict(state["criterion"])
             if self.state_optimizer is not None:
@@ -302,6 +308,7 @@ class Trainer:
                 rampup_factor(progress / self.schedule.total_steps, cfg["semi"]["rampup"]),
                 self.student_peer,
                 host_gen,
+                self.peer_teacher,
             )
             with torch.autocast(
                 w.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -318,7 +325,10 @@ class Trainer:
             self.scaler.update()
             if self.teacher is not None:
                 # a step of k batches counts as k: the teacher averages over the same number of images
-                ema_update(self.teacher, self.model, min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"] ** scale))
+                decay = min(1.0 - 1.0 / (step + 1), cfg["semi"]["ema_decay"] ** scale)
+                ema_update(self.teacher, self.model, decay)
+                if self.peer_teacher is not None:
+                    ema_update(self.peer_teacher, self.peer, decay)
             sums += torch.stack(
                 [
                     out.loss.detach().float(),
@@ -417,8 +427,9 @@ class Trainer:
         """A two-network run's other figures: the second network's mIoU and their averaged prediction's."""
         if self.peer is None:
             return {}
-        both = AveragedNetworks(self.model, self.peer)
-        return {"miou_network_2": self._evaluate(self.peer).miou, "miou_averaged": self._evaluate(both).miou}
+        second = self.peer_teacher if self.peer_teacher is not None else self.peer  # as eval_model picks the first
+        both = AveragedNetworks(self.eval_model, second)
+        return {"miou_network_2": self._evaluate(second).miou, "miou_averaged": self._evaluate(both).miou}
 
     def _evaluate(self, model: nn.Module | None = None):
         ec, w = self.config["eval"], self.world

@@ -37,8 +37,8 @@ def cps_batch(n=3, s=16):
     return labeled, images_u, pad, sf.mixing.cps_box_masks(n, s, s, g)
 
 
-def two_networks():
-    torch.manual_seed(1)
+def two_networks(seed=1):
+    torch.manual_seed(seed)
     return [DeepLabV3Plus(4, width=8, rep_dim=None).eval() for _ in range(2)]
 
 
@@ -47,11 +47,12 @@ def upsampled(net, images):
     return torch.nn.functional.interpolate(model_outputs(net(images))[0], size, mode="bilinear", align_corners=True)
 
 
-def expected_cps(nets, images_u, pad, box, threshold):
-    """cps_loss's reference on the mixes, each network's targets mixed from its logits on the sources."""
+def expected_cps(nets, images_u, pad, box, threshold, teachers=None):
+    """cps_loss's reference on the mixes, each network's targets mixed from its logits (or its
+    teacher's) on the sources."""
     with torch.no_grad():
         on_mix = [upsampled(net, mix(box, images_u)) for net in nets]
-        targets = [mix(box, upsampled(net, images_u)).softmax(dim=1).max(dim=1)[::-1] for net in nets]
+        targets = [mix(box, upsampled(t, images_u)).softmax(dim=1).max(dim=1)[::-1] for t in teachers or nets]
     return reference.cps_loss(*on_mix, mix(box, pad), threshold, targets_a=targets[0], targets_b=targets[1])
 
 
@@ -69,6 +70,26 @@ def test_step_is_cps_loss_on_targets_of_the_mixed_logits(fused, threshold):
     torch.testing.assert_close(out.unsupervised, expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out.loss, out.supervised + out.unsupervised)
     assert 0 < float(out.mask_ratio) <= 1 and float(out.unsupervised) > 0
+
+
+def test_with_ema_targets_the_teachers_label_the_sources_in_eval_mode():
+    config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.targets=ema"])
+    labeled, images_u, pad, box = cps_batch(n=2)
+    nets, teachers = two_networks(), [t.train() for t in two_networks(seed=2)]
+    ctx = StepContext(nets[0], teachers[0], config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
+    ctx.peer_teacher = teachers[1]
+    method = get("cps")(config, 4)
+    assert method.uses_teacher and not get("cps")(load_config(None, ["method=cps"]), 4).uses_teacher
+    out = method.step(ctx, labeled, [images_u, pad, box])
+    assert all(t.training for t in teachers)  # back in the mode they came in
+    expected = expected_cps(nets, images_u, pad, box, 0.0, teachers=[t.eval() for t in teachers])
+    torch.testing.assert_close(out.unsupervised, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(out.unsupervised, expected_cps(nets, images_u, pad, box, 0.0))
+
+
+def test_ema_targets_are_refused_with_a_shared_teacher():
+    with pytest.raises(ValueError, match="semi.cps.targets expected networks with semi.teacher=shared"):
+        load_config(None, ["method=cps", "semi.cps.targets=ema", "semi.teacher=shared"])
 
 
 class FixedDisparity(torch.nn.Module):
@@ -152,6 +173,22 @@ def test_trains_two_networks_reports_both_and_their_average(tiny_config, tmp_pat
     assert result["miou_averaged"] == pytest.approx(float(evaluated[-1]["miou_averaged"]))
 
 
+def test_with_ema_targets_evaluation_reports_the_ema_copies(tiny_config, tmp_path, monkeypatch):
+    evaluated = []
+    original = Trainer._evaluate
+
+    def recording(self, model=None):
+        evaluated.append(model if model is not None else self.eval_model)
+        if len(evaluated) == 3:
+            assert evaluated[0] is self.teacher and evaluated[1] is self.peer_teacher
+            assert list(evaluated[2].networks) == [self.teacher, self.peer_teacher]
+        return original(self, model)
+
+    monkeypatch.setattr(Trainer, "_evaluate", recording)
+    train(load_config(tiny_config, [*RUN, "semi.cps.targets=ema", "train.steps=4", f"out_dir={tmp_path}"]))
+    assert len(evaluated) >= 3
+
+
 def test_single_network_methods_leave_the_new_columns_empty(tiny_config, tmp_path):
     cli.main(["--config", tiny_config, "method=supervised", "train.progress=false", f"out_dir={tmp_path}"])
     rows = [r for r in _rows(tmp_path) if r["miou"]]
@@ -159,16 +196,24 @@ def test_single_network_methods_leave_the_new_columns_empty(tiny_config, tmp_pat
     assert torch.load(tmp_path / "last.pt", weights_only=False)["peer"] is None
 
 
-def test_a_killed_run_resumes_both_networks_to_the_same_weights(tiny_config, tmp_path, monkeypatch):
-    cli.main(["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'whole'}"])
+@pytest.mark.parametrize("targets", ["networks", "ema"])
+def test_a_killed_run_resumes_both_networks_to_the_same_weights(targets, tiny_config, tmp_path, monkeypatch):
+    run = [*RUN, f"semi.cps.targets={targets}"]
+    cli.main(["--config", tiny_config, *run, f"out_dir={tmp_path / 'whole'}"])
 
     # dies after step 7; its last checkpoint is step 6's
-    train_killed_after(7, ["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
+    train_killed_after(7, ["--config", tiny_config, *run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
-    for key in ("model", "peer"):
+    keys = ("model", "peer") + (("teacher", "peer_teacher") if targets == "ema" else ())
+    for key in keys:
         assert all(torch.equal(whole[key][k], resumed[key][k]) for k in whole[key]), key
+    if targets == "ema":  # the copies are averages, not the networks
+        for net, teacher in (("model", "teacher"), ("peer", "peer_teacher")):
+            assert not all(torch.equal(whole[net][k], whole[teacher][k]) for k in whole[net])
+    else:
+        assert whole["teacher"] is None and whole["peer_teacher"] is None
 
 
 def test_a_checkpoint_without_the_second_network_is_refused(tiny_config, tmp_path):

@@ -47,6 +47,7 @@ class StepContext:
     # a CPU generator for draws made on the host (mask choices, augmentation parameters); None:
     # ``generator`` is one (on CPU runs the loop passes the same generator for both)
     host_generator: torch.Generator | None = None
+    peer_teacher: nn.Module | None = None  # the second network's EMA copy, where the method uses teachers
 
     @property
     def host_rng(self) -> torch.Generator:
@@ -69,7 +70,8 @@ class Method:
     config: ClassVar[type | None] = None
     # trains on unlabeled images (each step gets a batch of unlabeled_view's items)
     uses_unlabeled: ClassVar[bool] = True
-    # learns from a teacher: the EMA copy of the model or the model itself (semi.teacher)
+    # learns from a teacher: the EMA copy of the model or the model itself (semi.teacher); an
+    # instance may set its own from its settings (CPS's targets), before the loop builds the teacher
     uses_teacher: ClassVar[bool] = True
     # keys of this method's section that were saved elsewhere before: former dotted key -> key
     renamed: ClassVar[dict[str, str]] = {}
@@ -197,14 +199,19 @@ def predict(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch
     return upsampled(model(images), images.shape[-2:])
 
 
+def eval_outputs(model: nn.Module, images: torch.Tensor) -> Any:
+    """``model``'s raw outputs, in eval mode and without gradients."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        out = model(images)
+        model.train(was_training)
+    return out
+
+
 def teacher_outputs(ctx: StepContext, images: torch.Tensor) -> Any:
     """The teacher's raw outputs, in eval mode and without gradients."""
-    with torch.no_grad():
-        was_training = ctx.teacher.training
-        ctx.teacher.eval()
-        out = ctx.teacher(images)
-        ctx.teacher.train(was_training)
-    return out
+    return eval_outputs(ctx.teacher, images)
 
 
 def teacher_predict(ctx: StepContext, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -21,7 +21,7 @@ from ...models import model_outputs
 from ...ops import cps_loss
 from ..data import LabeledView, RunData, WeakView
 from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, choice, option, optional
-from .base import Method, StepContext, StepOutput, Upsampling, mix, mixed_pseudo_labels
+from .base import Method, StepContext, StepOutput, Upsampling, eval_outputs, mix, mixed_pseudo_labels
 from .depthmix import DepthMixConfig, check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
 from .registry import register
 
@@ -47,6 +47,13 @@ class CPSConfig(Section):
         "disparity; null: the run model.pretrained=depth:RUN_DIR names",
         OPTIONAL_FOLDER,
         path=True,
+    )
+    targets: str = option(
+        "networks",
+        "what labels the sources for the peer: networks (CPS: each network itself, in training mode) | ema (an EMA "
+        "copy of each network, semi.ema_decay, in eval mode: a mean teacher per network; the copies are what "
+        "evaluation reports)",
+        choice("networks", "ema"),
     )
     strong_color: bool | None = option(
         None,
@@ -92,7 +99,7 @@ class CPS(Method):
     name = "cps"
     description = "CPS: two networks, each trained on the other's pseudo-labels of CutMixed images"
     config = CPSConfig
-    uses_teacher = False
+    uses_teacher = False  # with targets=ema: each network's EMA copy (the loop's teacher and peer teacher)
     networks = 2
 
     def __init__(self, config: dict[str, Any], num_classes: int):
@@ -101,9 +108,12 @@ class CPS(Method):
         self.depth = depth_network(config, self.name) if self.mask == "depth" else None
         color = self.settings["strong_color"]
         self.strong_color = config["semi"]["strong_color"] if color is None else color
+        self.uses_teacher = self.settings["targets"] == "ema"
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        if config["semi"][cls.name]["targets"] == "ema" and config["semi"]["teacher"] != "ema":
+            fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
         if mask_kind(config, cls.name) == "depth":
             check_depth_run(config, cls.name, fail)
 
@@ -127,9 +137,12 @@ class CPS(Method):
         networks = (ctx.student, ctx.peer)
         up = self.upsampling(images_u)
         # Each network's pseudo-labels for the mixed images, mixed from its passes on the two sources
-        # (in training mode, without gradients, as CPS's code makes them).
+        # (in training mode, without gradients, as CPS's code makes them; or its EMA copy's, in eval mode).
         with torch.no_grad():
-            on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
+            if self.uses_teacher:
+                on_sources = [up(model_outputs(eval_outputs(t, images_u))[0]) for t in (ctx.teacher, ctx.peer_teacher)]
+            else:
+                on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
         if self.mask == "box":
             box = box[0]
         else:
