@@ -592,10 +592,12 @@ def _add_missing_sections(config: dict[str, Any]) -> None:
 FORMER_DEFAULTS = {
     "semi.cps.mask": "box",
     "semi.cps.strong_color": False,
+    "semi.cps.targets": "networks",
     "semi.depthmix.depth_weight": 0.0,
     "semi.depthmix.level": "pixel",
     "semi.rrn.mask": "box",
     "semi.rrn.strong_color": False,
+    "semi.rrn.targets": "networks",
     "train.fast2x.full_res_lr": None,
     "train.fast2x.low_res_batch": 1,
     "train.fast2x.low_res_lr": None,

@@ -61,7 +61,8 @@ def test_step_is_cps_loss_on_targets_of_the_mixed_logits(fused, threshold):
     """Each network's targets for the CutMixed images are the argmax and confidence of its CutMixed
     logits on the sources (mixed from one pass each); the unsupervised term is cps_loss on them."""
     overrides = [f"train.fused_upsample={str(fused).lower()}", f"semi.cps.threshold={threshold}"]
-    config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.strong_color=false", *overrides])
+    cps_code = ["semi.cps.mask=box", "semi.cps.strong_color=false", "semi.cps.targets=networks"]
+    config = load_config(None, ["method=cps", *cps_code, *overrides])
     labeled, images_u, pad, box = cps_batch(n=2)
     nets = two_networks()
     ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
@@ -79,7 +80,8 @@ def test_with_ema_targets_the_teachers_label_the_sources_in_eval_mode():
     ctx = StepContext(nets[0], teachers[0], config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
     ctx.peer_teacher = teachers[1]
     method = get("cps")(config, 4)
-    assert method.uses_teacher and not get("cps")(load_config(None, ["method=cps"]), 4).uses_teacher
+    networks = load_config(None, ["method=cps", "semi.cps.targets=networks"])
+    assert method.uses_teacher and not get("cps")(networks, 4).uses_teacher
     out = method.step(ctx, labeled, [images_u, pad, box])
     assert all(t.training for t in teachers)  # back in the mode they came in
     expected = expected_cps(nets, images_u, pad, box, 0.0, teachers=[t.eval() for t in teachers])
@@ -106,7 +108,8 @@ def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colou
     """mask=class pastes half the classes network 1 predicts in crop i - 1 over crop i (ClassMix's
     draw), mask=depth the classes it puts nearer at their mean disparity (DepthMix's level=class);
     the pseudo-labels come from the sources as with boxes, and the mixes are colour-jittered."""
-    config = load_config(None, ["method=cps", f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}"])
+    overrides = [f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}", "semi.cps.targets=networks"]
+    config = load_config(None, ["method=cps", *overrides])
     labeled, images_u, pad, _ = cps_batch()
     nets = []
     for seed in (1, 2):  # labels that vary from pixel to pixel: a 1x1 convolution at half resolution
@@ -163,7 +166,7 @@ def test_trains_two_networks_reports_both_and_their_average(tiny_config, tmp_pat
     out = tmp_path / "cps"
     result = train(load_config(tiny_config, [*RUN, f"out_dir={out}"]))
     state = torch.load(out / "last.pt", weights_only=False)
-    assert state["step"] == 18 and state["teacher"] is None and state["peer"] is not None
+    assert state["step"] == 18 and all(state[k] is not None for k in ("peer", "teacher", "peer_teacher"))
     model, peer = state["model"], state["peer"]
     assert model.keys() == peer.keys() and not all(torch.equal(model[k], peer[k]) for k in model)
     assert len(state["optimizer"]["param_groups"]) == 4  # encoder and head of each network

@@ -23,7 +23,7 @@ from semiseg_fast.train.methods.rrn import RegionDiscriminator, cell_grid, cells
 from .helpers import run_module, train_killed_after
 
 RUN = ["method=rrn", "deterministic=true", "train.progress=false", "train.amp=off"]
-BOXES = ["mask=box", "strong_color=false"]  # the step tests' masks: CPS's boxes, no colour jitter
+BOXES = ["mask=box", "strong_color=false", "targets=networks"]  # the step tests' CPS: its code's boxes and labels
 
 N, S, C = 2, 32, 4
 
@@ -198,7 +198,8 @@ def test_a_killed_run_resumes_networks_discriminators_and_optimizers_exactly(tin
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
-    for key in ("model", "peer", "criterion"):
+    assert whole["teacher"] is not None and whole["peer_teacher"] is not None  # semi.rrn.targets=ema
+    for key in ("model", "peer", "teacher", "peer_teacher", "criterion"):
         assert all(torch.equal(whole[key][k], resumed[key][k]) for k in whole[key]), key
     for i, s in whole["state_optimizer"]["state"].items():
         assert all(torch.equal(v, resumed["state_optimizer"]["state"][i][k]) for k, v in s.items())

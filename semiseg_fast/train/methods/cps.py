@@ -49,7 +49,7 @@ class CPSConfig(Section):
         path=True,
     )
     targets: str = option(
-        "networks",
+        "ema",
         "what labels the sources for the peer: networks (CPS: each network itself, in training mode) | ema (an EMA "
         "copy of each network, semi.ema_decay, in eval mode: a mean teacher per network; the copies are what "
         "evaluation reports)",
