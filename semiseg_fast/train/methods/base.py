@@ -72,7 +72,7 @@ class Method:
     uses_unlabeled: ClassVar[bool] = True
     # learns from a teacher: the EMA copy of the model or the model itself (semi.teacher); an
     # instance may set its own from its settings (CPS's targets), before the loop builds the teacher
-    uses_teacher: ClassVar[bool] = True
+    uses_teacher: bool = True
     # keys of this method's section that were saved elsewhere before: former dotted key -> key
     renamed: ClassVar[dict[str, str]] = {}
     # 2: two networks teach each other (CPS). The loop builds a second model like the first (the

@@ -6,7 +6,9 @@ mixes here follow the classes network 1 predicts in each crop: ``class`` pastes 
 (ClassMix), ``depth`` pastes the classes that a depth run's frozen network puts nearer, each at its
 mean disparity in the crop (DepthMix's ``level=class``); and the mixes get the strong view's colour
 jitter and blur (``semi.strong_color``). Each network's pseudo-labels for a mix are mixed from its
-one-pass statistics on the two sources, whatever the mask."""
+one-pass statistics on the two sources, whatever the mask. CPS's code takes them from the network
+itself in training mode (``targets=networks``); by default they come from an EMA copy of it in eval
+mode (``targets=ema``: a mean teacher per network, what evaluation then reports)."""
 
 from __future__ import annotations
 
