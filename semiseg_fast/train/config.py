@@ -672,8 +672,21 @@ def resume_conflicts(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
         for key in differing_keys(saved, config)
         if key not in ignored
         and not (standard and key.startswith("train.fast2x."))  # settings of a schedule not in use
+        and not _other_methods_key(key, config)
         and not (key in path_keys() and _same_path(_lookup(saved, key), _lookup(config, key)))
     ]
+
+
+def _other_methods_key(key: str, config: dict[str, Any]) -> bool:
+    """A key of another method's section (semi.<name>.*): it cannot change this run (and a former
+    default there must not refuse every run saved before it)."""
+    parts = key.split(".")
+    return (
+        len(parts) > 2
+        and parts[0] == "semi"
+        and parts[1] in methods.names()
+        and parts[1] != methods.get(config["method"]).name
+    )
 
 
 def _same_path(a: Any, b: Any) -> bool:

@@ -8,7 +8,7 @@ import torch
 import semiseg_fast as sf
 from semiseg_fast import reference
 from semiseg_fast.mixing import class_means
-from semiseg_fast.models import DeepLabV3Plus, model_outputs
+from semiseg_fast.models import model_outputs
 from semiseg_fast.train import cli
 from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
@@ -37,9 +37,14 @@ def cps_batch(n=3, s=16):
     return labeled, images_u, pad, sf.mixing.cps_box_masks(n, s, s, g)
 
 
-def two_networks(seed=1):
-    torch.manual_seed(seed)
-    return [DeepLabV3Plus(4, width=8, rep_dim=None).eval() for _ in range(2)]
+def conv_networks(*seeds):
+    """Networks whose labels vary from pixel to pixel with the input: a 1x1 convolution at half resolution."""
+    nets = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        nets.append(torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, 4, 1)))
+        nets[-1][1].weight.data *= 4
+    return nets
 
 
 def upsampled(net, images):
@@ -64,7 +69,7 @@ def test_step_is_cps_loss_on_targets_of_the_mixed_logits(fused, threshold):
     cps_code = ["semi.cps.mask=box", "semi.cps.strong_color=false", "semi.cps.targets=networks"]
     config = load_config(None, ["method=cps", *cps_code, *overrides])
     labeled, images_u, pad, box = cps_batch(n=2)
-    nets = two_networks()
+    nets = conv_networks(1, 2)
     ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
     out = get("cps")(config, 4).step(ctx, labeled, [images_u, pad, box])
     expected = expected_cps(nets, images_u, pad, box, threshold)
@@ -74,9 +79,9 @@ def test_step_is_cps_loss_on_targets_of_the_mixed_logits(fused, threshold):
 
 
 def test_with_ema_targets_the_teachers_label_the_sources_in_eval_mode():
-    config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.targets=ema"])
+    config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.strong_color=false"])
     labeled, images_u, pad, box = cps_batch(n=2)
-    nets, teachers = two_networks(), [t.train() for t in two_networks(seed=2)]
+    nets, teachers = conv_networks(1, 2), [t.train() for t in conv_networks(3, 4)]
     ctx = StepContext(nets[0], teachers[0], config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
     ctx.peer_teacher = teachers[1]
     method = get("cps")(config, 4)
@@ -111,11 +116,7 @@ def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colou
     overrides = [f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}", "semi.cps.targets=networks"]
     config = load_config(None, ["method=cps", *overrides])
     labeled, images_u, pad, _ = cps_batch()
-    nets = []
-    for seed in (1, 2):  # labels that vary from pixel to pixel: a 1x1 convolution at half resolution
-        torch.manual_seed(seed)
-        nets.append(torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Conv2d(3, 4, 1)))
-        nets[-1][1].weight.data *= 4
+    nets = conv_networks(1, 2)
     method = get("cps")(config, 4)
     disparity = torch.rand(pad.shape, generator=torch.Generator().manual_seed(4))
     method.depth = FixedDisparity(disparity)

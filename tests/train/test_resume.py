@@ -113,20 +113,32 @@ def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(f
         del state["config"]["train"]["fast2x"][key]
     for key in ("depth_weight", "level"):  # DepthMix runs saved before these: no depth task, per-pixel masks
         del state["config"]["semi"]["depthmix"][key]
-    for method in ("cps", "rrn"):  # CPS and RRN runs saved before these: CPS's boxes, no colour jitter
-        for key in ("mask", "depth_run", "strong_color"):
+    for method in ("cps", "rrn"):  # CPS and RRN runs saved before these: CPS's boxes, no colour, its labels
+        for key in ("mask", "depth_run", "strong_color", "targets"):
             del state["config"]["semi"][method][key]
     state["config"]["train"]["schedule"] = "fast2x"
     old = resume_config(state, str(finished / "last.pt"))
     assert old["semi"]["depthmix"]["depth_weight"] == 0.0 and old["semi"]["depthmix"]["level"] == "pixel"
     for method in ("cps", "rrn"):
         assert old["semi"][method]["mask"] == "box" and old["semi"][method]["strong_color"] is False
+        assert old["semi"][method]["targets"] == "networks"
     assert old["train"]["fast2x"]["full_res_lr"] is None and old["train"]["fast2x"]["low_res_batch"] == 1
     assert old["train"]["fast2x"]["low_res_lr"] is None
     schedule = from_config(old, 18)
     assert schedule.low_res_batch == 1 and schedule.num_steps == 18  # the schedule it was started with
     assert load_config(None, [])["train"]["fast2x"]["low_res_batch"] == 2  # today's default differs
     assert all(_lookup(default_config(), key) != "(unset)" for key in FORMER_DEFAULTS)
+
+
+def test_other_methods_settings_do_not_conflict():
+    """A former default in another method's section (semi.cps.targets, say) changes nothing in this
+    run: it must not refuse every run saved before it."""
+    for method in ("supervised", "fixmatch", "rrn"):
+        saved = load_config(None, [f"method={method}", "semi.cps.targets=networks", "semi.rrn.mask=box"])
+        expected = ["semi.rrn.mask"] if method == "rrn" else []
+        assert resume_conflicts(saved, load_config(None, [f"method={method}"])) == expected
+    saved = load_config(None, ["method=cps", "semi.cps.targets=networks", "semi.teacher=shared"])
+    assert resume_conflicts(saved, load_config(None, ["method=cps"])) == ["semi.teacher", "semi.cps.targets"]
 
 
 def test_fast2x_settings_do_not_conflict_in_a_standard_run(finished, tiny_yaml):

@@ -196,9 +196,10 @@ class RRN(CPS):
         return StepOutput(loss, p.supervised.detach(), unsup.detach(), ratio, state_loss=disc_loss)
 
     def pseudo_labels(self, teacher, images, indices, epoch):
-        """Network 1's argmax, kept in the regions its selection loss would train at ``epoch``
-        (accepted by its discriminator or, with correction, by either; none before the selection's
-        epoch), the discriminators in eval mode."""
+        """The argmax of ``teacher`` (the evaluated network 1: its EMA copy with targets=ema, which
+        labels for network 2; the selection trains network 1 itself), kept in the regions the selection
+        loss would train at ``epoch`` (accepted by network 1's discriminator or, with correction, by
+        either; none before the selection's epoch), the discriminators in eval mode."""
         s = self.settings
         up = self.upsampling(images)
         logits = model_outputs(teacher(images))[0]
