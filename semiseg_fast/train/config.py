@@ -667,26 +667,22 @@ def resume_conflicts(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
     resumed run (out_dir is checked separately: see :func:`check_same_folder`)."""
     ignored = set(resume_adjustable_keys()) | {"out_dir"}
     standard = saved["train"]["schedule"] == config["train"]["schedule"] == "standard"
+    own_section = methods.get(config["method"]).name
     return [
         key
         for key in differing_keys(saved, config)
         if key not in ignored
         and not (standard and key.startswith("train.fast2x."))  # settings of a schedule not in use
-        and not _other_methods_key(key, config)
+        and not _other_methods_key(key, own_section)
         and not (key in path_keys() and _same_path(_lookup(saved, key), _lookup(config, key)))
     ]
 
 
-def _other_methods_key(key: str, config: dict[str, Any]) -> bool:
+def _other_methods_key(key: str, own_section: str) -> bool:
     """A key of another method's section (semi.<name>.*): it cannot change this run (and a former
     default there must not refuse every run saved before it)."""
     parts = key.split(".")
-    return (
-        len(parts) > 2
-        and parts[0] == "semi"
-        and parts[1] in methods.names()
-        and parts[1] != methods.get(config["method"]).name
-    )
+    return len(parts) > 2 and parts[0] == "semi" and parts[1] != own_section and parts[1] in methods.names()
 
 
 def _same_path(a: Any, b: Any) -> bool:

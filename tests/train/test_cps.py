@@ -82,8 +82,8 @@ def test_with_ema_targets_the_teachers_label_the_sources_in_eval_mode():
     config = load_config(None, ["method=cps", "semi.cps.mask=box", "semi.cps.strong_color=false"])
     labeled, images_u, pad, box = cps_batch(n=2)
     nets, teachers = conv_networks(1, 2), [t.train() for t in conv_networks(3, 4)]
-    ctx = StepContext(nets[0], teachers[0], config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
-    ctx.peer_teacher = teachers[1]
+    semi = config["semi"]
+    ctx = StepContext(nets[0], teachers[0], semi, 255, 0, torch.Generator(), 4, peer=nets[1], peer_teacher=teachers[1])
     method = get("cps")(config, 4)
     networks = load_config(None, ["method=cps", "semi.cps.targets=networks"])
     assert method.uses_teacher and not get("cps")(networks, 4).uses_teacher
