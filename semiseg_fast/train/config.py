@@ -590,11 +590,13 @@ def _add_missing_sections(config: dict[str, Any]) -> None:
 # keys added after runs were already being saved, with the value those runs trained with (their
 # defaults differ from today's): a checkpoint without the key resumes as it was started
 FORMER_DEFAULTS = {
+    "semi.cps.depth_weight": 0.0,
     "semi.cps.mask": "box",
     "semi.cps.strong_color": False,
     "semi.cps.targets": "networks",
     "semi.depthmix.depth_weight": 0.0,
     "semi.depthmix.level": "pixel",
+    "semi.rrn.depth_weight": 0.0,
     "semi.rrn.mask": "box",
     "semi.rrn.strong_color": False,
     "semi.rrn.targets": "networks",

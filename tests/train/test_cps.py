@@ -4,11 +4,13 @@ import csv
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import semiseg_fast as sf
 from semiseg_fast import reference
+from semiseg_fast.depth.objective import depth_task_loss
 from semiseg_fast.mixing import class_means
-from semiseg_fast.models import model_outputs
+from semiseg_fast.models import DeepLabV3Plus, model_outputs
 from semiseg_fast.train import cli
 from semiseg_fast.train.checkpoint import save_atomic
 from semiseg_fast.train.config import load_config
@@ -114,7 +116,7 @@ def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colou
     draw), mask=depth the classes it puts nearer at their mean disparity (DepthMix's level=class);
     the pseudo-labels come from the sources as with boxes, and the mixes are colour-jittered."""
     overrides = [f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}", "semi.cps.targets=networks"]
-    config = load_config(None, ["method=cps", *overrides])
+    config = load_config(None, ["method=cps", *overrides, "semi.cps.depth_weight=0"])  # no depth heads here
     labeled, images_u, pad, _ = cps_batch()
     nets = conv_networks(1, 2)
     method = get("cps")(config, 4)
@@ -149,6 +151,68 @@ def test_the_mask_defaults_to_depth_with_a_depth_run_and_is_refused_without_one(
             load_config(None, [f"method={method}", f"semi.{method}.mask=depth"])
         with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a finished depth run's folder"):
             load_config(None, [f"method={method}", f"semi.{method}.depth_run={tmp_path}"])
+
+
+class DisparityOfCrops(torch.nn.Module):
+    """The unlabeled crops' disparity or the labeled ones', by batch size."""
+
+    def __init__(self, unlabeled, labeled):
+        super().__init__()
+        self.maps = {len(unlabeled): unlabeled, len(labeled): labeled}
+
+    def forward(self, images):
+        return [self.maps[images.shape[0]][:, None]]
+
+
+def test_the_depth_task_trains_each_network_on_the_labeled_crops_and_mixes_disparity(depth_run):
+    labeled, images_u, pad, box = cps_batch()
+    labeled[1][:, :2] = 255  # padding of the labeled crops
+    g = torch.Generator().manual_seed(6)
+    # smooth maps (near and far regions, not per-pixel noise that the head's resolution averages out)
+    smooth = lambda n: F.interpolate(torch.rand(n, 1, 4, 4, generator=g), pad.shape[1:], mode="bilinear")[:, 0]  # noqa: E731
+    disparity_u, disparity_l = smooth(3), smooth(2)
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(DeepLabV3Plus(4, width=8, rep_dim=None, depth_head=True).eval())
+    loss = {}
+    for w in (0.0, 0.5):
+        overrides = [f"semi.cps.depth_run={depth_run}", f"semi.cps.depth_weight={w}", "semi.cps.mask=box"]
+        config = load_config(None, ["method=cps", "semi.cps.targets=networks", "semi.strong_color=false", *overrides])
+        method = get("cps")(config, 4)
+        method.depth = DisparityOfCrops(disparity_u, disparity_l)
+        ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
+        loss[w] = method.step(ctx, labeled, [images_u, pad, box]).loss
+    target = torch.cat([disparity_l, mix(box, disparity_u)])[:, None]
+    valid = torch.cat([labeled[1] != 255, ~mix(box, pad)])
+    with torch.no_grad():
+        inputs = torch.cat([labeled[0], mix(box, images_u)])
+        expected = sum(0.5 * depth_task_loss(net(inputs)["disparity"], target, valid) for net in nets)
+    assert float(expected) > 0
+    torch.testing.assert_close(loss[0.5] - loss[0.0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_depth_task_is_on_by_default_with_the_depth_masks(depth_run):
+    for method in ("cps", "rrn"):
+        run = f"semi.{method}.depth_run={depth_run}"
+        for overrides, weight in (
+            ([run], 0.1),
+            ([f"model.pretrained=depth:{depth_run}"], 0.1),
+            ([run, f"semi.{method}.depth_weight=0.3"], 0.3),
+            ([run, f"semi.{method}.depth_weight=0"], 0.0),
+            ([run, f"semi.{method}.mask=class"], 0.0),
+            ([run, f"semi.{method}.mask=box", f"semi.{method}.depth_weight=0.2"], 0.2),
+            ([], 0.0),
+            ([run, "model.name=tests.train.toy_method:Model"], 0.0),  # the depth head is the built-in model's
+        ):
+            config = load_config(None, [f"method={method}", *overrides])
+            assert cps.depth_weight(config, method) == weight, overrides
+            assert get(method).model_kwargs(config, {}).get("depth_head", False) == (weight > 0)
+        with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a depth run's folder"):
+            load_config(None, [f"method={method}", f"semi.{method}.depth_weight=0.1"])
+        toy = "model.name=tests.train.toy_method:Model"
+        with pytest.raises(ValueError, match=f"semi.{method}.depth_weight expected 0 with a model of your own"):
+            load_config(None, [f"method={method}", run, f"semi.{method}.depth_weight=0.1", toy])
 
 
 def test_the_box_masks_are_drawn_only_where_the_step_uses_them():
@@ -200,9 +264,14 @@ def test_single_network_methods_leave_the_new_columns_empty(tiny_config, tmp_pat
     assert torch.load(tmp_path / "last.pt", weights_only=False)["peer"] is None
 
 
-@pytest.mark.parametrize("targets", ["networks", "ema"])
-def test_a_killed_run_resumes_both_networks_to_the_same_weights(targets, tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("targets,depth", [("networks", False), ("ema", False), ("ema", True)])
+def test_a_killed_run_resumes_both_networks_to_the_same_weights(
+    targets, depth, tiny_config, tmp_path, monkeypatch, depth_run
+):
+    """With a depth run, by its masks and with the depth task (depth heads in both networks)."""
     run = [*RUN, f"semi.cps.targets={targets}"]
+    if depth:
+        run.append(f"semi.cps.depth_run={depth_run}")
     cli.main(["--config", tiny_config, *run, f"out_dir={tmp_path / 'whole'}"])
 
     # dies after step 7; its last checkpoint is step 6's
@@ -213,6 +282,7 @@ def test_a_killed_run_resumes_both_networks_to_the_same_weights(targets, tiny_co
     keys = ("model", "peer") + (("teacher", "peer_teacher") if targets == "ema" else ())
     for key in keys:
         assert all(torch.equal(whole[key][k], resumed[key][k]) for k in whole[key]), key
+        assert any(k.startswith("depth_head.") for k in whole[key]) == depth
     if targets == "ema":  # the copies are averages, not the networks
         for net, teacher in (("model", "teacher"), ("peer", "peer_teacher")):
             assert not all(torch.equal(whole[net][k], whole[teacher][k]) for k in whole[net])

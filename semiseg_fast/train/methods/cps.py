@@ -8,7 +8,8 @@ mean disparity in the crop (DepthMix's ``level=class``); and the mixes get the s
 jitter and blur (``semi.strong_color``). Each network's pseudo-labels for a mix are mixed from its
 one-pass statistics on the two sources, whatever the mask. CPS's code takes them from the network
 itself in training mode (``targets=networks``); by default they come from an EMA copy of it in eval
-mode (``targets=ema``: a mean teacher per network, what evaluation then reports)."""
+mode (``targets=ema``: a mean teacher per network, what evaluation then reports). With a depth run,
+each network also learns its depth by default (``depth_weight``: DepthMix's depth task)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,33 @@ from typing import Any
 import torch
 
 from ...data.transforms import jitter_and_blur
+from ...depth.objective import depth_task_loss
 from ...mixing import classmix_masks, cps_box_masks
 from ...models import model_outputs
+from ...models.build import BUILT_IN_MODEL
 from ...ops import cps_loss
 from ..data import LabeledView, RunData, WeakView
-from ..schema import BOOLEAN, OPTIONAL_FOLDER, UNIT_INTERVAL, Fail, Section, choice, option, optional
+from ..schema import (
+    BOOLEAN,
+    NON_NEGATIVE_NUMBER,
+    OPTIONAL_FOLDER,
+    UNIT_INTERVAL,
+    Fail,
+    Section,
+    choice,
+    option,
+    optional,
+)
 from .base import Method, StepContext, StepOutput, Upsampling, eval_outputs, mix, mixed_pseudo_labels
-from .depthmix import DepthMixConfig, check_depth_run, depth_network, depth_run, disparity_of, nearer_masks
+from .depthmix import (
+    DEFAULT_DEPTH_WEIGHT,
+    DepthMixConfig,
+    check_depth_run,
+    depth_network,
+    depth_run,
+    disparity_of,
+    nearer_masks,
+)
 from .registry import register
 
 DEPTH_MARGIN = DepthMixConfig.margin  # the depth masks' margin: DepthMix's default
@@ -62,6 +83,14 @@ class CPSConfig(Section):
         "colour jitter, grayscale and blur on the mixes (CPS's code has none); null: semi.strong_color",
         optional(BOOLEAN, "true | false | null"),
     )
+    depth_weight: float | None = option(
+        None,
+        "weight of the depth task (as semi.depthmix.depth_weight): each network's depth head learns the depth "
+        "run's log depth, L1, on the labeled crops and the mixes (the sources' disparities mixed by the same "
+        f"mask); 0: none; null: {DEFAULT_DEPTH_WEIGHT} with mask=depth and the built-in model, else 0. Above 0 "
+        "only with a depth run and the built-in model",
+        optional(NON_NEGATIVE_NUMBER, "a number >= 0"),
+    )
 
 
 @dataclass
@@ -70,6 +99,7 @@ class CPSPass:
 
     supervised: torch.Tensor  # both networks' supervised losses, summed
     cps: torch.Tensor  # the cross pseudo-supervision loss
+    depth: torch.Tensor | float  # both networks' depth-task losses, weighted (0.0 without the task)
     mask_ratio: torch.Tensor
     mixed: torch.Tensor  # the mixed unlabeled images, colour-jittered with strong_color
     ignored: torch.Tensor  # their padding (True = ignore)
@@ -83,6 +113,16 @@ def mask_kind(config: dict[str, Any], method: str) -> str:
     if kind is None:
         kind = "class" if depth_run(config, method) is None else "depth"
     return kind
+
+
+def depth_weight(config: dict[str, Any], method: str) -> float:
+    """semi.<method>.depth_weight, null resolved: DepthMix's default where the depth masks' network
+    is loaded anyway and the model has a depth head to learn with, else 0."""
+    weight = config["semi"][method]["depth_weight"]
+    if weight is None:
+        can_train = mask_kind(config, method) == "depth" and config["model"]["name"] == BUILT_IN_MODEL
+        weight = DEFAULT_DEPTH_WEIGHT if can_train else 0.0
+    return weight
 
 
 class CPSView(LabeledView):
@@ -107,7 +147,9 @@ class CPS(Method):
     def __init__(self, config: dict[str, Any], num_classes: int):
         super().__init__(config, num_classes)
         self.mask = mask_kind(config, self.name)
-        self.depth = depth_network(config, self.name) if self.mask == "depth" else None
+        self.depth_weight = depth_weight(config, self.name)
+        needs_depth = self.mask == "depth" or self.depth_weight > 0
+        self.depth = depth_network(config, self.name) if needs_depth else None  # frozen, not in checkpoints
         color = self.settings["strong_color"]
         self.strong_color = config["semi"]["strong_color"] if color is None else color
         self.uses_teacher = self.settings["targets"] == "ema"
@@ -116,8 +158,15 @@ class CPS(Method):
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
         if config["semi"][cls.name]["targets"] == "ema" and config["semi"]["teacher"] != "ema":
             fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
-        if mask_kind(config, cls.name) == "depth":
+        if mask_kind(config, cls.name) == "depth" or depth_weight(config, cls.name) > 0:
             check_depth_run(config, cls.name, fail)
+        if depth_weight(config, cls.name) > 0 and config["model"]["name"] != BUILT_IN_MODEL:
+            fail(f"semi.{cls.name}.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
+
+    @classmethod
+    def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        depth = depth_weight(config, cls.name) > 0
+        return dict(super().model_kwargs(config, kwargs), **({"depth_head": True} if depth else {}))
 
     def unlabeled_view(self, data: RunData) -> LabeledView:
         view = CPSView if self.mask == "box" else WeakView
@@ -125,7 +174,7 @@ class CPS(Method):
 
     def step(self, ctx: StepContext, labeled, unlabeled) -> StepOutput:
         p = self.cps_pass(ctx, labeled, unlabeled)
-        loss = p.supervised + ctx.unsupervised_weight * p.cps
+        loss = p.supervised + ctx.unsupervised_weight * p.cps + p.depth
         return StepOutput(loss, p.supervised.detach(), p.cps.detach(), p.mask_ratio)
 
     def pseudo_labels(self, teacher, images, indices, epoch):
@@ -145,20 +194,27 @@ class CPS(Method):
                 on_sources = [up(model_outputs(eval_outputs(t, images_u))[0]) for t in (ctx.teacher, ctx.peer_teacher)]
             else:
                 on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
+        disparity = self.disparity(images_u) if self.depth is not None else None
         if self.mask == "box":
             box = box[0]
         else:
-            box = self.class_masks(ctx, images_u, pad, up.stats(on_sources[0]).label)
+            box = self.class_masks(ctx, pad, up.stats(on_sources[0]).label, disparity)
         targets = [mixed_pseudo_labels(box, logits, **up.kwargs) for logits in on_sources]
         mixed, ignored = mix(box, images_u), mix(box, pad)
         if self.strong_color:
             mixed = jitter_and_blur(mixed, ctx.host_rng)
-        sup, logits_u = 0.0, []
+        if self.depth_weight > 0:  # the depth task's targets: the labeled crops' and the mixes' disparity
+            depth_target = torch.cat([self.disparity(images_l), mix(box, disparity)])[:, None]
+            depth_valid = torch.cat([labels_l != ctx.ignore_index, ~ignored])
+        sup, depth, logits_u = 0.0, 0.0, []
         for net in networks:
-            logits = model_outputs(net(torch.cat([images_l, mixed])))[0]
-            logits_l, mixed_logits = logits.split([images_l.shape[0], mixed.shape[0]])
+            output = net(torch.cat([images_l, mixed]))
+            logits_l, mixed_logits = model_outputs(output)[0].split([images_l.shape[0], mixed.shape[0]])
             sup = sup + self.supervised_loss(up(logits_l), labels_l, **up.kwargs)
             logits_u.append(up(mixed_logits))
+            if self.depth_weight > 0:
+                task = depth_task_loss(output["disparity"], depth_target, depth_valid)
+                depth = depth + self.depth_weight * task
         unsup, ratio = cps_loss(
             *logits_u,
             ignore_mask=ignored,
@@ -169,15 +225,20 @@ class CPS(Method):
             return_mask_ratio=True,
             **up.kwargs,
         )
-        return CPSPass(sup, unsup, ratio, mixed, ignored, logits_u, up)
+        return CPSPass(sup, unsup, depth, ratio, mixed, ignored, logits_u, up)
 
-    def class_masks(self, ctx: StepContext, images: torch.Tensor, pad: torch.Tensor, labels: torch.Tensor):
-        """The ``class`` or ``depth`` masks of the crops (network 1's ``labels``), as :func:`mix` takes
-        them: True where mixed image i takes image i - 1."""
+    def disparity(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W): the frozen depth network's disparity of each crop."""
+        return disparity_of(self.depth.to(images.device), images)
+
+    def class_masks(
+        self, ctx: StepContext, pad: torch.Tensor, labels: torch.Tensor, disparity: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The ``class`` or ``depth`` masks of the crops (network 1's ``labels``; ``disparity``: the
+        crops', for ``depth``), as :func:`mix` takes them: True where mixed image i takes image i - 1."""
         labels = labels.masked_fill(pad, ctx.ignore_index)
         if self.mask == "class":
             keep = classmix_masks(labels, ctx.host_rng, ctx.ignore_index)
         else:
-            disparity = disparity_of(self.depth.to(images.device), images)  # frozen, not in checkpoints
             keep = nearer_masks(disparity, labels, pad, self.num_classes, ctx.ignore_index, DEPTH_MARGIN)
         return keep.roll(1, dims=0)  # keep[i] puts crop i over crop i + 1: mix() makes that mix i + 1

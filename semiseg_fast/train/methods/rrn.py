@@ -25,7 +25,8 @@ RRN's released code scores whole images):
   cross-entropy's per-pixel weight; 0 while nothing is selected (the dynamic switch: the term
   exists only when the selection is non-empty).
 - L = CE_sup,1 + CE_sup,2 + λ (L_cps + selection_weight Σ_b L_st,b) + feature_matching_weight
-  Σ_b L_fm,b, λ = semi.unsupervised_weight with its ramp-up; Σ_b L_D,b trains the discriminators.
+  Σ_b L_fm,b (+ CPS's depth task, semi.rrn.depth_weight), λ = semi.unsupervised_weight with its
+  ramp-up; Σ_b L_D,b trains the discriminators.
 
 Cells and features: D_b's last map has a stride of 16 pixels; a cell's features are that map
 average-pooled over the cell's share of it (adaptive pooling to the grid, so neighbouring cells of
@@ -190,7 +191,7 @@ class RRN(CPS):
                 )
                 selection, selected = selection + loss_b, selected + selected_b
         unsup = p.cps + s["selection_weight"] * selection
-        loss = p.supervised + ctx.unsupervised_weight * unsup + s["feature_matching_weight"] * fm
+        loss = p.supervised + ctx.unsupervised_weight * unsup + s["feature_matching_weight"] * fm + p.depth
         # every pixel trains through CPS: the informative share is the one the selection loss trained
         ratio = selected / (2 * (~p.ignored).sum()).clamp(min=1)
         return StepOutput(loss, p.supervised.detach(), unsup.detach(), ratio, state_loss=disc_loss)
