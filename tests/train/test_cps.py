@@ -153,6 +153,46 @@ def test_the_mask_defaults_to_depth_with_a_depth_run_and_is_refused_without_one(
             load_config(None, [f"method={method}", f"semi.{method}.depth_run={tmp_path}"])
 
 
+def test_labeled_crops_mix_in_with_their_ground_truth_for_both_networks(monkeypatch):
+    """mix_labeled: the labeled crops join the mixing after the unlabeled ones, their ground truth
+    both networks' target at confidence 1, their padding ignored like the unlabeled crops'."""
+    overrides = ["semi.cps.mask=class", "semi.cps.mix_labeled=true", "semi.cps.targets=networks"]
+    config = load_config(None, ["method=cps", "semi.strong_color=false", *overrides])
+    labeled, images_u, pad, _ = cps_batch()
+    labeled[1][:, :2] = 255  # padding of the labeled crops
+    nets = conv_networks(1, 2)
+    ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator().manual_seed(3), 4, peer=nets[1])
+    seen = {}
+    monkeypatch.setattr(cps, "cps_loss", lambda *args, **kwargs: seen.update(args=args, **kwargs) or (args[0].sum(), 1))
+    get("cps")(config, 4).step(ctx, labeled, [images_u, pad, None])
+
+    images_l, labels_l = labeled
+    images, pads = torch.cat([images_u, images_l]), torch.cat([pad, labels_l == 255])
+    with torch.no_grad():
+        stats = [upsampled(net, images_u).softmax(1).max(1) for net in nets]
+    gt_conf = (labels_l != 255).float()
+    sources = [(torch.cat([s.indices, labels_l]), torch.cat([s.values, gt_conf])) for s in stats]
+    keep = sf.mixing.classmix_masks(sources[0][0].masked_fill(pads, 255), torch.Generator().manual_seed(3))
+    box = keep.roll(1, dims=0)
+    assert all(0 < int(b.sum()) < b.numel() for b in box)
+    assert torch.equal(seen["ignore_mask"], mix(box, pads))
+    for name, (label, conf) in zip(("targets_a", "targets_b"), sources):
+        valid = ~mix(box, pads)
+        assert torch.equal(seen[name][0][valid], mix(box, label)[valid].to(seen[name][0].dtype))
+        torch.testing.assert_close(seen[name][1][valid], mix(box, conf)[valid])
+    with torch.no_grad():
+        expected = model_outputs(nets[0](mix(box, images)))[
+            0
+        ]  # network 1's logits on the mixes, as the loss reads them
+    torch.testing.assert_close(seen["args"][0].detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mixing_labeled_crops_is_refused_with_boxes():
+    for method in ("cps", "rrn"):
+        with pytest.raises(ValueError, match=f"semi.{method}.mix_labeled expected false with mask=box"):
+            load_config(None, [f"method={method}", f"semi.{method}.mask=box", f"semi.{method}.mix_labeled=true"])
+
+
 class DisparityOfCrops(torch.nn.Module):
     """The unlabeled crops' disparity or the labeled ones', by batch size."""
 
@@ -268,10 +308,11 @@ def test_single_network_methods_leave_the_new_columns_empty(tiny_config, tmp_pat
 def test_a_killed_run_resumes_both_networks_to_the_same_weights(
     targets, depth, tiny_config, tmp_path, monkeypatch, depth_run
 ):
-    """With a depth run, by its masks and with the depth task (depth heads in both networks)."""
+    """With a depth run: by its masks, with the depth task (depth heads in both networks) and the
+    labeled crops in the mixes."""
     run = [*RUN, f"semi.cps.targets={targets}"]
     if depth:
-        run.append(f"semi.cps.depth_run={depth_run}")
+        run += [f"semi.cps.depth_run={depth_run}", "semi.cps.mix_labeled=true"]
     cli.main(["--config", tiny_config, *run, f"out_dir={tmp_path / 'whole'}"])
 
     # dies after step 7; its last checkpoint is step 6's

@@ -36,7 +36,7 @@ from ..schema import (
     option,
     optional,
 )
-from .base import Method, StepContext, StepOutput, Upsampling, eval_outputs, mix, mixed_pseudo_labels
+from .base import Method, StepContext, StepOutput, Upsampling, eval_outputs, mix
 from .depthmix import (
     DEFAULT_DEPTH_WEIGHT,
     DepthMixConfig,
@@ -82,6 +82,12 @@ class CPSConfig(Section):
         None,
         "colour jitter, grayscale and blur on the mixes (CPS's code has none); null: semi.strong_color",
         optional(BOOLEAN, "true | false | null"),
+    )
+    mix_labeled: bool = option(
+        False,
+        "the step's labeled crops join the mixing with their ground truth as both networks' labels (confidence "
+        "1), as semi.classmix.mix_labeled: data.unlabeled_batch_size + data.batch_size mixes; not with mask=box",
+        BOOLEAN,
     )
     depth_weight: float | None = option(
         None,
@@ -160,6 +166,8 @@ class CPS(Method):
             fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
         if mask_kind(config, cls.name) == "depth" or depth_weight(config, cls.name) > 0:
             check_depth_run(config, cls.name, fail)
+        if config["semi"][cls.name]["mix_labeled"] and mask_kind(config, cls.name) == "box":
+            fail(f"semi.{cls.name}.mix_labeled", "false with mask=box (the boxes are the unlabeled crops')")
         if depth_weight(config, cls.name) > 0 and config["model"]["name"] != BUILT_IN_MODEL:
             fail(f"semi.{cls.name}.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
 
@@ -194,17 +202,27 @@ class CPS(Method):
                 on_sources = [up(model_outputs(eval_outputs(t, images_u))[0]) for t in (ctx.teacher, ctx.peer_teacher)]
             else:
                 on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
-        disparity = self.disparity(images_u) if self.depth is not None else None
+        sources = [(s.label, s.confidence) for s in map(up.stats, on_sources)]  # each labeller's, per crop
+        images, pads, mix_labeled = images_u, pad, self.settings["mix_labeled"]
+        if mix_labeled:  # the labeled crops join in, their ground truth at confidence 1
+            ignored_l = labels_l == ctx.ignore_index
+            images, pads = torch.cat([images_u, images_l]), torch.cat([pad, ignored_l])
+            sources = [
+                (torch.cat([label, labels_l.to(label.dtype)]), torch.cat([conf, (~ignored_l).to(conf.dtype)]))
+                for label, conf in sources
+            ]
+        disparity = self.disparity(images) if self.depth is not None else None
         if self.mask == "box":
             box = box[0]
         else:
-            box = self.class_masks(ctx, pad, up.stats(on_sources[0]).label, disparity)
-        targets = [mixed_pseudo_labels(box, logits, **up.kwargs) for logits in on_sources]
-        mixed, ignored = mix(box, images_u), mix(box, pad)
+            box = self.class_masks(ctx, pads, sources[0][0], disparity)
+        targets = [(mix(box, label), mix(box, conf)) for label, conf in sources]
+        mixed, ignored = mix(box, images), mix(box, pads)
         if self.strong_color:
             mixed = jitter_and_blur(mixed, ctx.host_rng)
         if self.depth_weight > 0:  # the depth task's targets: the labeled crops' and the mixes' disparity
-            depth_target = torch.cat([self.disparity(images_l), mix(box, disparity)])[:, None]
+            labeled_disparity = disparity[len(images_u) :] if mix_labeled else self.disparity(images_l)
+            depth_target = torch.cat([labeled_disparity, mix(box, disparity)])[:, None]
             depth_valid = torch.cat([labels_l != ctx.ignore_index, ~ignored])
         sup, depth, logits_u = 0.0, 0.0, []
         for net in networks:
