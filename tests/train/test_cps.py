@@ -116,7 +116,7 @@ def test_class_and_depth_masks_follow_network_1s_classes_and_the_mixes_get_colou
     draw), mask=depth the classes it puts nearer at their mean disparity (DepthMix's level=class);
     the pseudo-labels come from the sources as with boxes, and the mixes are colour-jittered."""
     overrides = [f"semi.cps.mask={mask}", f"semi.cps.depth_run={depth_run}", "semi.cps.targets=networks"]
-    config = load_config(None, ["method=cps", *overrides, "semi.cps.depth_weight=0"])  # no depth heads here
+    config = load_config(None, ["method=cps", *overrides, "semi.cps.depth_weight=0", "semi.cps.mix_labeled=false"])
     labeled, images_u, pad, _ = cps_batch()
     nets = conv_networks(1, 2)
     method = get("cps")(config, 4)
@@ -232,7 +232,7 @@ def test_the_depth_task_trains_each_network_on_the_labeled_crops_and_mixes_dispa
     torch.testing.assert_close(loss[0.5] - loss[0.0], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_the_depth_task_is_on_by_default_with_the_depth_masks(depth_run):
+def test_the_depth_task_and_the_labeled_crops_mixes_are_on_by_default_with_the_depth_masks(depth_run):
     for method in ("cps", "rrn"):
         run = f"semi.{method}.depth_run={depth_run}"
         for overrides, weight in (
@@ -247,7 +247,13 @@ def test_the_depth_task_is_on_by_default_with_the_depth_masks(depth_run):
         ):
             config = load_config(None, [f"method={method}", *overrides])
             assert cps.depth_weight(config, method) == weight, overrides
+            assert cps.mixes_labeled(config, method) == (mask_kind(config, method) == "depth")
             assert get(method).model_kwargs(config, {}).get("depth_head", False) == (weight > 0)
+        for given, mask in (("false", "depth"), ("true", "class")):
+            config = load_config(
+                None, [f"method={method}", run, f"semi.{method}.mix_labeled={given}", f"semi.{method}.mask={mask}"]
+            )
+            assert cps.mixes_labeled(config, method) == (given == "true")
         with pytest.raises(ValueError, match=f"semi.{method}.depth_run expected a depth run's folder"):
             load_config(None, [f"method={method}", f"semi.{method}.depth_weight=0.1"])
         toy = "model.name=tests.train.toy_method:Model"
@@ -312,7 +318,7 @@ def test_a_killed_run_resumes_both_networks_to_the_same_weights(
     labeled crops in the mixes."""
     run = [*RUN, f"semi.cps.targets={targets}"]
     if depth:
-        run += [f"semi.cps.depth_run={depth_run}", "semi.cps.mix_labeled=true"]
+        run.append(f"semi.cps.depth_run={depth_run}")
     cli.main(["--config", tiny_config, *run, f"out_dir={tmp_path / 'whole'}"])
 
     # dies after step 7; its last checkpoint is step 6's

@@ -114,7 +114,7 @@ def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(f
     for key in ("depth_weight", "level"):  # DepthMix runs saved before these: no depth task, per-pixel masks
         del state["config"]["semi"]["depthmix"][key]
     for method in ("cps", "rrn"):  # CPS and RRN runs saved before these: CPS's boxes, no colour, its labels
-        for key in ("mask", "depth_run", "strong_color", "targets", "depth_weight"):
+        for key in ("mask", "depth_run", "strong_color", "targets", "depth_weight", "mix_labeled"):
             del state["config"]["semi"][method][key]
     state["config"]["train"]["schedule"] = "fast2x"
     old = resume_config(state, str(finished / "last.pt"))
@@ -122,6 +122,7 @@ def test_checkpoints_from_before_a_key_existed_resume_with_the_value_they_used(f
     for method in ("cps", "rrn"):
         assert old["semi"][method]["mask"] == "box" and old["semi"][method]["strong_color"] is False
         assert old["semi"][method]["targets"] == "networks" and old["semi"][method]["depth_weight"] == 0.0
+        assert old["semi"][method]["mix_labeled"] is False
     assert old["train"]["fast2x"]["full_res_lr"] is None and old["train"]["fast2x"]["low_res_batch"] == 1
     assert old["train"]["fast2x"]["low_res_lr"] is None
     schedule = from_config(old, 18)

@@ -83,11 +83,12 @@ class CPSConfig(Section):
         "colour jitter, grayscale and blur on the mixes (CPS's code has none); null: semi.strong_color",
         optional(BOOLEAN, "true | false | null"),
     )
-    mix_labeled: bool = option(
-        False,
+    mix_labeled: bool | None = option(
+        None,
         "the step's labeled crops join the mixing with their ground truth as both networks' labels (confidence "
-        "1), as semi.classmix.mix_labeled: data.unlabeled_batch_size + data.batch_size mixes; not with mask=box",
-        BOOLEAN,
+        "1), as semi.classmix.mix_labeled: data.unlabeled_batch_size + data.batch_size mixes; not with mask=box; "
+        "null: true with mask=depth, else false",
+        optional(BOOLEAN, "true | false | null"),
     )
     depth_weight: float | None = option(
         None,
@@ -119,6 +120,12 @@ def mask_kind(config: dict[str, Any], method: str) -> str:
     if kind is None:
         kind = "class" if depth_run(config, method) is None else "depth"
     return kind
+
+
+def mixes_labeled(config: dict[str, Any], method: str) -> bool:
+    """semi.<method>.mix_labeled, null resolved: true with the depth masks (where it was measured), else false."""
+    given = config["semi"][method]["mix_labeled"]
+    return mask_kind(config, method) == "depth" if given is None else given
 
 
 def depth_weight(config: dict[str, Any], method: str) -> float:
@@ -154,6 +161,7 @@ class CPS(Method):
         super().__init__(config, num_classes)
         self.mask = mask_kind(config, self.name)
         self.depth_weight = depth_weight(config, self.name)
+        self.mix_labeled = mixes_labeled(config, self.name)
         needs_depth = self.mask == "depth" or self.depth_weight > 0
         self.depth = depth_network(config, self.name) if needs_depth else None  # frozen, not in checkpoints
         color = self.settings["strong_color"]
@@ -166,7 +174,7 @@ class CPS(Method):
             fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
         if mask_kind(config, cls.name) == "depth" or depth_weight(config, cls.name) > 0:
             check_depth_run(config, cls.name, fail)
-        if config["semi"][cls.name]["mix_labeled"] and mask_kind(config, cls.name) == "box":
+        if mixes_labeled(config, cls.name) and mask_kind(config, cls.name) == "box":
             fail(f"semi.{cls.name}.mix_labeled", "false with mask=box (the boxes are the unlabeled crops')")
         if depth_weight(config, cls.name) > 0 and config["model"]["name"] != BUILT_IN_MODEL:
             fail(f"semi.{cls.name}.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
@@ -203,8 +211,8 @@ class CPS(Method):
             else:
                 on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
         sources = [(s.label, s.confidence) for s in map(up.stats, on_sources)]  # each labeller's, per crop
-        images, pads, mix_labeled = images_u, pad, self.settings["mix_labeled"]
-        if mix_labeled:  # the labeled crops join in, their ground truth at confidence 1
+        images, pads = images_u, pad
+        if self.mix_labeled:  # the labeled crops join in, their ground truth at confidence 1
             ignored_l = labels_l == ctx.ignore_index
             images, pads = torch.cat([images_u, images_l]), torch.cat([pad, ignored_l])
             sources = [
@@ -221,7 +229,7 @@ class CPS(Method):
         if self.strong_color:
             mixed = jitter_and_blur(mixed, ctx.host_rng)
         if self.depth_weight > 0:  # the depth task's targets: the labeled crops' and the mixes' disparity
-            labeled_disparity = disparity[len(images_u) :] if mix_labeled else self.disparity(images_l)
+            labeled_disparity = disparity[len(images_u) :] if self.mix_labeled else self.disparity(images_l)
             depth_target = torch.cat([labeled_disparity, mix(box, disparity)])[:, None]
             depth_valid = torch.cat([labels_l != ctx.ignore_index, ~ignored])
         sup, depth, logits_u = 0.0, 0.0, []
