@@ -191,16 +191,22 @@ def test_trains_and_checkpoints_both_discriminators_and_their_optimizer(tiny_con
     assert len(adam) == len(state["criterion"]) and all(int(s["step"]) == 18 for s in adam.values())
 
 
-def test_a_killed_run_resumes_networks_discriminators_and_optimizers_exactly(tiny_config, tmp_path, monkeypatch):
-    cli.main(["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'whole'}"])
+@pytest.mark.parametrize("depth", [False, True])
+def test_a_killed_run_resumes_networks_discriminators_and_optimizers_exactly(
+    tiny_config, tmp_path, monkeypatch, depth_run, depth
+):
+    """With a depth run, its defaults too: depth masks, labeled crops in the mixes, depth heads."""
+    run = [*RUN, f"semi.rrn.depth_run={depth_run}"] if depth else RUN
+    cli.main(["--config", tiny_config, *run, f"out_dir={tmp_path / 'whole'}"])
     # dies after step 13 (in the selection's epoch); its last checkpoint is step 12's
-    train_killed_after(13, ["--config", tiny_config, *RUN, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
+    train_killed_after(13, ["--config", tiny_config, *run, f"out_dir={tmp_path / 'killed'}"], monkeypatch)
     cli.main(["--resume", str(tmp_path / "killed"), "train.progress=false"])
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
     assert whole["teacher"] is not None and whole["peer_teacher"] is not None  # semi.rrn.targets=ema
     for key in ("model", "peer", "teacher", "peer_teacher", "criterion"):
         assert all(torch.equal(whole[key][k], resumed[key][k]) for k in whole[key]), key
+    assert any(k.startswith("depth_head.") for k in whole["peer"]) == depth
     for i, s in whole["state_optimizer"]["state"].items():
         assert all(torch.equal(v, resumed["state_optimizer"]["state"][i][k]) for k, v in s.items())
 
@@ -216,7 +222,8 @@ def test_a_checkpoint_without_the_discriminators_or_their_optimizer_is_refused(t
         cli.main(["--resume", str(out), "train.progress=false"])
 
 
-def test_torchrun_two_processes(tiny_config, tmp_path):
+def test_torchrun_two_processes(tiny_config, tmp_path, depth_run):
+    """With a depth run: its masks, the labeled crops in the mixes and both networks' depth heads."""
     out = tmp_path / "ddp"
     result = run_module(
         "torch.distributed.run",
@@ -228,10 +235,12 @@ def test_torchrun_two_processes(tiny_config, tmp_path):
         tiny_config,
         f"out_dir={out}",
         "method=rrn",
+        f"semi.rrn.depth_run={depth_run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 10 and state["state_optimizer"]["state"]
+    assert any(k.startswith("depth_head.") for k in state["peer"])
 
 
 def _free_port():

@@ -8,8 +8,9 @@ mean disparity in the crop (DepthMix's ``level=class``); and the mixes get the s
 jitter and blur (``semi.strong_color``). Each network's pseudo-labels for a mix are mixed from its
 one-pass statistics on the two sources, whatever the mask. CPS's code takes them from the network
 itself in training mode (``targets=networks``); by default they come from an EMA copy of it in eval
-mode (``targets=ema``: a mean teacher per network, what evaluation then reports). With a depth run,
-each network also learns its depth by default (``depth_weight``: DepthMix's depth task)."""
+mode (``targets=ema``: a mean teacher per network, what evaluation then reports). With the depth
+masks, DepthMix's other two defaults apply as well: the labeled crops join the mixes with their
+ground truth (``mix_labeled``), and each network learns the depth run's depth (``depth_weight``)."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class CPSPass:
     cps: torch.Tensor  # the cross pseudo-supervision loss
     depth: torch.Tensor | float  # both networks' depth-task losses, weighted (0.0 without the task)
     mask_ratio: torch.Tensor
-    mixed: torch.Tensor  # the mixed unlabeled images, colour-jittered with strong_color
+    mixed: torch.Tensor  # the mixes (of the labeled crops too with mix_labeled), colour-jittered with strong_color
     ignored: torch.Tensor  # their padding (True = ignore)
     logits: list[torch.Tensor]  # each network's logits on them, as the losses take them (Upsampling)
     up: Upsampling
