@@ -187,46 +187,56 @@ def test_labeled_crops_mix_in_with_their_ground_truth_for_both_networks(monkeypa
     torch.testing.assert_close(seen["args"][0].detach(), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_mixing_labeled_crops_is_refused_with_boxes():
+def test_mixing_labeled_crops_is_refused_with_boxes_and_one_unlabeled_crop_needs_them():
     for method in ("cps", "rrn"):
         with pytest.raises(ValueError, match=f"semi.{method}.mix_labeled expected false with mask=box"):
             load_config(None, [f"method={method}", f"semi.{method}.mask=box", f"semi.{method}.mix_labeled=true"])
+        one = "data.unlabeled_batch_size=1"
+        with pytest.raises(ValueError, match=f"data.unlabeled_batch_size expected at least 2 .* semi.{method}.mix_l"):
+            load_config(None, [f"method={method}", one])
+        load_config(None, [f"method={method}", one, f"semi.{method}.mix_labeled=true"])
 
 
-class DisparityOfCrops(torch.nn.Module):
-    """The unlabeled crops' disparity or the labeled ones', by batch size."""
-
-    def __init__(self, unlabeled, labeled):
-        super().__init__()
-        self.maps = {len(unlabeled): unlabeled, len(labeled): labeled}
+class ImageDisparity(torch.nn.Module):
+    """A disparity computed from each crop itself, whatever the batch holds."""
 
     def forward(self, images):
-        return [self.maps[images.shape[0]][:, None]]
+        return [torch.sigmoid(2 * images.mean(1, keepdim=True))]
 
 
-def test_the_depth_task_trains_each_network_on_the_labeled_crops_and_mixes_disparity(depth_run):
-    labeled, images_u, pad, box = cps_batch()
+@pytest.mark.parametrize("mix_labeled", [False, True])
+def test_the_depth_task_trains_each_network_on_the_labeled_crops_and_mixes_disparity(depth_run, mix_labeled):
+    labeled, _, pad, _ = cps_batch()
     labeled[1][:, :2] = 255  # padding of the labeled crops
     g = torch.Generator().manual_seed(6)
-    # smooth maps (near and far regions, not per-pixel noise that the head's resolution averages out)
-    smooth = lambda n: F.interpolate(torch.rand(n, 1, 4, 4, generator=g), pad.shape[1:], mode="bilinear")[:, 0]  # noqa: E731
-    disparity_u, disparity_l = smooth(3), smooth(2)
+    # smooth images (near and far regions, not per-pixel noise that the head's resolution averages out)
+    smooth = lambda n: F.interpolate(torch.randn(n, 3, 4, 4, generator=g), pad.shape[1:], mode="bilinear")  # noqa: E731
+    images_u, labeled[0] = smooth(3), smooth(2)
     nets = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         nets.append(DeepLabV3Plus(4, width=8, rep_dim=None, depth_head=True).eval())
-    loss = {}
+    loss, boxes = {}, []
     for w in (0.0, 0.5):
-        overrides = [f"semi.cps.depth_run={depth_run}", f"semi.cps.depth_weight={w}", "semi.cps.mask=box"]
-        config = load_config(None, ["method=cps", "semi.cps.targets=networks", "semi.strong_color=false", *overrides])
+        overrides = [f"semi.cps.depth_weight={w}", f"semi.cps.mix_labeled={str(mix_labeled).lower()}"]
+        overrides += ["semi.cps.mask=class", f"semi.cps.depth_run={depth_run}", "semi.cps.targets=networks"]
+        config = load_config(None, ["method=cps", "semi.strong_color=false", *overrides])
         method = get("cps")(config, 4)
-        method.depth = DisparityOfCrops(disparity_u, disparity_l)
-        ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator(), 4, peer=nets[1])
-        loss[w] = method.step(ctx, labeled, [images_u, pad, box]).loss
-    target = torch.cat([disparity_l, mix(box, disparity_u)])[:, None]
-    valid = torch.cat([labeled[1] != 255, ~mix(box, pad)])
+        method.depth = ImageDisparity()
+        method.class_masks = lambda *args, real=method.class_masks: boxes.append(real(*args)) or boxes[-1]
+        ctx = StepContext(nets[0], None, config["semi"], 255, 0, torch.Generator().manual_seed(3), 4, peer=nets[1])
+        loss[w] = method.step(ctx, labeled, [images_u, pad]).loss
+    box = boxes[0]
+    assert torch.equal(boxes[1], box) and len(box) == (5 if mix_labeled else 3)
+    images_l, labels_l = labeled
+    images, pads = images_u, pad
+    if mix_labeled:
+        images, pads = torch.cat([images_u, images_l]), torch.cat([pad, labels_l == 255])
+    disparity = ImageDisparity()(torch.cat([images_l, images]))[0][:, 0]
+    target = torch.cat([disparity[:2], mix(box, disparity[2:])])[:, None]
+    valid = torch.cat([labels_l != 255, ~mix(box, pads)])
     with torch.no_grad():
-        inputs = torch.cat([labeled[0], mix(box, images_u)])
+        inputs = torch.cat([images_l, mix(box, images)])
         expected = sum(0.5 * depth_task_loss(net(inputs)["disparity"], target, valid) for net in nets)
     assert float(expected) > 0
     torch.testing.assert_close(loss[0.5] - loss[0.0], expected, rtol=1e-4, atol=1e-6)

@@ -222,8 +222,10 @@ def test_a_checkpoint_without_the_discriminators_or_their_optimizer_is_refused(t
         cli.main(["--resume", str(out), "train.progress=false"])
 
 
-def test_torchrun_two_processes(tiny_config, tmp_path, depth_run):
-    """With a depth run: its masks, the labeled crops in the mixes and both networks' depth heads."""
+@pytest.mark.parametrize("depth", [False, True])
+def test_torchrun_two_processes(tiny_config, tmp_path, depth_run, depth):
+    """With a depth run, its defaults too: its masks, the labeled crops in the mixes and both
+    networks' depth heads."""
     out = tmp_path / "ddp"
     result = run_module(
         "torch.distributed.run",
@@ -235,12 +237,12 @@ def test_torchrun_two_processes(tiny_config, tmp_path, depth_run):
         tiny_config,
         f"out_dir={out}",
         "method=rrn",
-        f"semi.rrn.depth_run={depth_run}",
+        *([f"semi.rrn.depth_run={depth_run}"] if depth else []),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 10 and state["state_optimizer"]["state"]
-    assert any(k.startswith("depth_head.") for k in state["peer"])
+    assert any(k.startswith("depth_head.") for k in state["peer"]) == depth
 
 
 def _free_port():

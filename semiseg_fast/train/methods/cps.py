@@ -9,8 +9,9 @@ jitter and blur (``semi.strong_color``). Each network's pseudo-labels for a mix 
 one-pass statistics on the two sources, whatever the mask. CPS's code takes them from the network
 itself in training mode (``targets=networks``); by default they come from an EMA copy of it in eval
 mode (``targets=ema``: a mean teacher per network, what evaluation then reports). With the depth
-masks, DepthMix's other two defaults apply as well: the labeled crops join the mixes with their
-ground truth (``mix_labeled``), and each network learns the depth run's depth (``depth_weight``)."""
+masks two more things are on by default: the labeled crops join the mixes with their ground truth
+(``mix_labeled``: Hoyer et al.'s code mixes them; DepthMix's option, off there), and each network
+learns the depth run's depth (``depth_weight``: DepthMix's depth task, on there)."""
 
 from __future__ import annotations
 
@@ -171,6 +172,8 @@ class CPS(Method):
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
+        if config["data"]["unlabeled_batch_size"] < 2 and not mixes_labeled(config, cls.name):
+            fail("data.unlabeled_batch_size", f"at least 2 (mixing pairs crops), or semi.{cls.name}.mix_labeled=true")
         if config["semi"][cls.name]["targets"] == "ema" and config["semi"]["teacher"] != "ema":
             fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
         if mask_kind(config, cls.name) == "depth" or depth_weight(config, cls.name) > 0:
@@ -208,9 +211,9 @@ class CPS(Method):
         # (in training mode, without gradients, as CPS's code makes them; or its EMA copy's, in eval mode).
         with torch.no_grad():
             if self.uses_teacher:
-                on_sources = [up(model_outputs(eval_outputs(t, images_u))[0]) for t in (ctx.teacher, ctx.peer_teacher)]
+                on_sources = [model_outputs(eval_outputs(t, images_u))[0] for t in (ctx.teacher, ctx.peer_teacher)]
             else:
-                on_sources = [up(model_outputs(net(images_u))[0]) for net in networks]
+                on_sources = [model_outputs(net(images_u))[0] for net in networks]
         sources = [(s.label, s.confidence) for s in map(up.stats, on_sources)]  # each labeller's, per crop
         images, pads = images_u, pad
         if self.mix_labeled:  # the labeled crops join in, their ground truth at confidence 1

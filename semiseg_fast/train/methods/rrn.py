@@ -28,6 +28,9 @@ RRN's released code scores whole images):
   Σ_b L_fm,b (+ CPS's depth task, semi.rrn.depth_weight), λ = semi.unsupervised_weight with its
   ramp-up; Σ_b L_D,b trains the discriminators.
 
+With semi.rrn.mix_labeled the mixes hold labeled pixels too: there CPS's term learns the ground
+truth, while the discriminators judge them and the selection trains on them like any other pixel.
+
 Cells and features: D_b's last map has a stride of 16 pixels; a cell's features are that map
 average-pooled over the cell's share of it (adaptive pooling to the grid, so neighbouring cells of
 a map that does not split evenly share a row or column). One cell is s4GAN's global pooling.
