@@ -172,16 +172,18 @@ class CPS(Method):
 
     @classmethod
     def check_config(cls, config: dict[str, Any], fail: Fail) -> None:
-        if config["data"]["unlabeled_batch_size"] < 2 and not mixes_labeled(config, cls.name):
-            fail("data.unlabeled_batch_size", f"at least 2 (mixing pairs crops), or semi.{cls.name}.mix_labeled=true")
-        if config["semi"][cls.name]["targets"] == "ema" and config["semi"]["teacher"] != "ema":
-            fail(f"semi.{cls.name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
-        if mask_kind(config, cls.name) == "depth" or depth_weight(config, cls.name) > 0:
-            check_depth_run(config, cls.name, fail)
-        if mixes_labeled(config, cls.name) and mask_kind(config, cls.name) == "box":
-            fail(f"semi.{cls.name}.mix_labeled", "false with mask=box (the boxes are the unlabeled crops')")
-        if depth_weight(config, cls.name) > 0 and config["model"]["name"] != BUILT_IN_MODEL:
-            fail(f"semi.{cls.name}.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
+        name = cls.name
+        mask, labeled, weight = mask_kind(config, name), mixes_labeled(config, name), depth_weight(config, name)
+        if config["data"]["unlabeled_batch_size"] < 2 and not labeled:
+            fail("data.unlabeled_batch_size", f"at least 2 (mixing pairs crops), or semi.{name}.mix_labeled=true")
+        if config["semi"][name]["targets"] == "ema" and config["semi"]["teacher"] != "ema":
+            fail(f"semi.{name}.targets", "networks with semi.teacher=shared (ema makes EMA teachers)")
+        if mask == "depth" or weight > 0:
+            check_depth_run(config, name, fail)
+        if labeled and mask == "box":
+            fail(f"semi.{name}.mix_labeled", "false with mask=box (the boxes are the unlabeled crops')")
+        if weight > 0 and config["model"]["name"] != BUILT_IN_MODEL:
+            fail(f"semi.{name}.depth_weight", "0 with a model of your own (the depth head is the built-in's)")
 
     @classmethod
     def model_kwargs(cls, config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
