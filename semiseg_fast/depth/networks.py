@@ -48,20 +48,33 @@ class DepthNet(nn.Module):
             [nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, 1, 3)) for c in (half, half, fused, aspp)]
         )
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The features the disparities are read from, at full, 1/2, 1/4 and 1/8 resolution."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's features the decoder reads: the stem's (1/2), the first stage's (1/4) and
+        the last stage's (1/8)."""
         enc = self.encoder
         s2 = enc.stem(x)
         low = enc.layer1(s2)
-        context = self.aspp(enc.layer3(enc.layer2(low)))
+        return s2, low, enc.layer3(enc.layer2(low))
+
+    def decode(self, encoded: tuple[torch.Tensor, ...], size: tuple[int, int]) -> list[torch.Tensor]:
+        """The features the disparities are read from, at full (``size``), 1/2, 1/4 and 1/8
+        resolution, from :meth:`encode`'s."""
+        s2, low, deep = encoded
+        context = self.aspp(deep)
         up = F.interpolate(context, size=low.shape[-2:], mode="bilinear", align_corners=False)
         f4 = self.fuse(torch.cat([self.reduce(low), up], 1))
         f2 = self.up2(torch.cat([F.interpolate(f4, size=s2.shape[-2:], mode="nearest"), s2], 1))
-        f1 = self.up1(F.interpolate(f2, size=x.shape[-2:], mode="nearest"))
+        f1 = self.up1(F.interpolate(f2, size=size, mode="nearest"))
         return [f1, f2, f4, context]
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.decode(self.encode(x), x.shape[-2:])
+
+    def disparities(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.sigmoid(head(f)) for head, f in zip(self.heads, features)]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.sigmoid(head(f)) for head, f in zip(self.heads, self.features(x))]
+        return self.disparities(self.features(x))
 
 
 def cost_volume(a: torch.Tensor, b: torch.Tensor, reach: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..data import CityscapesClips, SyntheticClips, normalize
+from ..models.deeplab import SmallEncoder
 from ..models.pretrained import EMBEDDED_WIDTH, load_pretrained
 from ..train.checkpoint import LAST, CheckpointError, load_checkpoint, save_atomic
 from ..train.progress import ProgressBar
@@ -54,6 +55,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-4, help="the depth network's Adam rate (tenfold lower at the end)")
     p.add_argument("--pose-lr", type=float, default=1e-3, help="the pose network's Adam rate (the same schedule)")
+    p.add_argument(
+        "--encoder-lr", type=float, help="the depth network encoder's Adam rate (the same schedule; default: --lr)"
+    )
+    p.add_argument(
+        "--frozen-epochs", type=int, default=0,
+        help="the first epochs train the depth decoder only: its encoder's weights and statistics stay as they started",
+    )  # fmt: skip
+    p.add_argument(
+        "--feature-distance", type=float, default=0.0,
+        help="weight of the depth encoder's feature distance from its start (Hoyer et al.'s, 1e-2 there); 0: none",
+    )  # fmt: skip
     p.add_argument("--smoothness", type=float, default=1e-3, help="weight of the edge-aware smoothness (Monodepth2's)")
     p.add_argument("--ssim-weight", type=float, default=0.85, help="SSIM's share of the photometric error")
     p.add_argument(
@@ -75,11 +87,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--image-size: expected an integer >= 16, got {args.image_size}")
     if args.width < 4 or args.width % 2:
         p.error(f"--width: expected an even integer >= 4, got {args.width}")
-    for name in ("lr", "pose_lr"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
-            p.error(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
-    if not (math.isfinite(args.smoothness) and args.smoothness >= 0):
-        p.error(f"--smoothness: expected a number >= 0, got {args.smoothness}")
+    for name in ("lr", "pose_lr", "encoder_lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    for name in ("smoothness", "feature_distance"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            p.error(f"--{name.replace('_', '-')}: expected a number >= 0, got {getattr(args, name)}")
+    if not 0 <= args.frozen_epochs <= args.epochs:
+        p.error(f"--frozen-epochs: expected an integer in [0, --epochs={args.epochs}], got {args.frozen_epochs}")
+    if args.feature_distance > 0 and args.pretrained == "none":
+        p.error("--feature-distance: the distance is from the pretrained start; it needs --pretrained other than none")
     if not (math.isfinite(args.blur) and args.blur >= 0):
         p.error(f"--blur: expected a number >= 0, got {args.blur}")
     if not 0 <= args.ssim_weight <= 1:
@@ -144,6 +162,13 @@ def validate(depth_net: DepthNet, val: Dataset, batch_size: int) -> dict[str, fl
     }
 
 
+def starting_encoder(args: argparse.Namespace) -> SmallEncoder:
+    """The depth encoder's start (``--pretrained``), frozen: what the feature distance is from."""
+    holder = DepthNet(args.width)
+    load_pretrained(holder, args.pretrained, "small")
+    return holder.encoder.eval().requires_grad_(False)
+
+
 def write_metrics(path: str, rows: list[dict[str, float]]) -> None:
     with atomic_open(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -162,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     load_pretrained(depth_net, start, "small")
     if start != "none":
         pose_net.start_from(depth_net.encoder)
-    rates = (args.lr, args.pose_lr)
-    optimizer = torch.optim.Adam([{"params": n.parameters(), "lr": r} for n, r in zip((depth_net, pose_net), rates)])
+    reference = starting_encoder(args) if args.feature_distance > 0 else None
+    decoder = [p for name, p in depth_net.named_parameters() if not name.startswith("encoder.")]
+    groups = (decoder, depth_net.encoder.parameters(), pose_net.parameters())
+    rates = (args.lr, args.lr if args.encoder_lr is None else args.encoder_lr, args.pose_lr)
+    optimizer = torch.optim.Adam([{"params": params, "lr": r} for params, r in zip(groups, rates)])
     first_epoch, rows = 0, []
     last = os.path.join(args.out, LAST)
     if args.resume:
@@ -196,27 +224,28 @@ def main(argv: list[str] | None = None) -> int:
         flips = torch.rand(steps, generator=generator) < 0.5
         for group, rate in zip(optimizer.param_groups, rates):
             group["lr"] = rate * (0.1 if epoch >= round(LR_DROP * args.epochs) else 1.0)
+        frozen = epoch < args.frozen_epochs  # no gradient and no statistics for the encoder
+        depth_net.encoder.requires_grad_(not frozen).train(not frozen)
         bar = ProgressBar(steps, desc=f"depth {epoch + 1}/{args.epochs}")
-        totals = torch.zeros(2)
+        totals = torch.zeros(3)
         for step, clips in enumerate(epoch_batches(train, order, args.batch_size, args.workers)):
             frames, intrinsics = clips["frames"], clips["intrinsics"]
             if flips[step]:  # the mirrored clip of a mirrored camera
                 frames = frames.flip(-1)
                 intrinsics = intrinsics.clone()
                 intrinsics[:, 0, 2] = frames.shape[-1] - intrinsics[:, 0, 2]
-            loss, parts = depth_loss(
-                depth_net, pose_net, frames, intrinsics, args.smoothness, args.ssim_weight, args.blur
-            )
+            loss, parts = depth_loss(depth_net, pose_net, frames, intrinsics, args.smoothness, args.ssim_weight,
+                                     args.blur, reference, args.feature_distance)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            totals += torch.stack([parts["photometric"], parts["smoothness"]])
+            totals += torch.stack([parts["photometric"], parts["smoothness"], parts["feature_distance"]])
             bar.set_metrics(photometric=float(parts["photometric"]))
             bar.update(1, images=frames.shape[0])
         bar.close()
         scores = validate(depth_net, val, 4 * args.batch_size)
         rows.append({"epoch": epoch + 1, "photometric": float(totals[0]) / steps,
-                     "smoothness": float(totals[1]) / steps, **scores,
+                     "smoothness": float(totals[1]) / steps, "feature_distance": float(totals[2]) / steps, **scores,
                      "seconds": time.perf_counter() - t0})  # fmt: skip
         print(
             f"epoch {epoch + 1}: abs-rel {scores['abs_rel']:.4f}, delta<1.25 {scores['delta1']:.4f} "

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from semiseg_fast.data import SyntheticClips
+from semiseg_fast.data import SyntheticClips, normalize
 from semiseg_fast.data.clips import ClipGeometry
 from semiseg_fast.depth import (
     DepthNet,
@@ -84,10 +84,33 @@ def test_depth_loss_trains_both_networks():
     assert [tuple(d.shape) for d in disparities] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8), (2, 1, 4, 4)]
     loss, parts = depth_loss(depth_net, pose_net, frames, K)
     loss.backward()
-    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"photometric", "smoothness"}
+    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {"photometric", "smoothness", "feature_distance"}
+    assert parts["feature_distance"] == 0
     for net in (depth_net, pose_net):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     assert any(p.grad.abs().sum() > 0 for p in pose_net.parameters())
+
+
+def test_the_feature_distance_keeps_the_encoder_near_its_start():
+    clips = SyntheticClips(2, (32, 32), seed=0)
+    frames = torch.stack([clips[i]["frames"] for i in range(2)])
+    K = torch.stack([clips[i]["intrinsics"] for i in range(2)])
+    torch.manual_seed(0)
+    depth_net, pose_net, start = DepthNet(8), PoseNet(4), DepthNet(8).encoder.eval()
+    plain, _ = depth_loss(depth_net, pose_net, frames, K)
+    loss, parts = depth_loss(depth_net, pose_net, frames, K, reference=start, feature_distance=0.5)
+    image = normalize(frames[:, 1])
+    deep, deep_start = depth_net.encoder(image)[2].double(), start(image)[2].double()
+    expected = ((deep - deep_start) ** 2).sum(1).sqrt().mean()  # per-position L2 norm over channels
+    assert torch.allclose(parts["feature_distance"].double(), expected, rtol=1e-5)
+    assert torch.allclose(loss, plain + 0.5 * parts["feature_distance"], rtol=1e-5)
+    depth_net.zero_grad()
+    (loss - plain).backward()  # the distance's gradient reaches the encoder only, and not the start
+    assert depth_net.encoder.layer3[1].body[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in depth_net.heads.parameters())
+    assert all(p.grad is None for p in start.parameters())
+    with pytest.raises(ValueError, match="reference"):
+        depth_loss(depth_net, pose_net, frames, K, feature_distance=0.5)
 
 
 def test_the_pose_network_starts_from_the_pretrained_stem_and_first_stage():
@@ -164,10 +187,52 @@ def test_command_trains_scores_and_resumes_exactly(tmp_path, capsys, monkeypatch
     assert os.path.isfile(os.path.join(whole, "previous.pt"))
 
 
+def test_command_trains_the_decoder_first_then_the_encoder_near_its_start(tmp_path, monkeypatch):
+    """Hoyer et al.'s two phases in one run: --frozen-epochs leave the encoder's weights and
+    statistics as they started, then it trains at --encoder-lr with the feature distance; a run
+    stopped in between resumes to the same weights."""
+    weights = str(tmp_path / "start.pt")
+    torch.manual_seed(1)
+    start = DepthNet(8).encoder
+    torch.save(start.state_dict(), weights)
+    hoyer = TINY[:-4] + ["--pretrained", weights, "--threads", "1", "--epochs", "2", "--frozen-epochs", "1",
+                         "--encoder-lr", "1e-5", "--feature-distance", "1e-2"]  # fmt: skip
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    assert main(hoyer + ["--out", whole]) == 0
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    real_save = run.save_atomic
+    monkeypatch.setattr(run, "save_atomic", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(hoyer + ["--out", split])
+    monkeypatch.undo()
+    first = load_checkpoint(os.path.join(split, "last.pt"))["model"]["depth"]
+    for name, value in start.state_dict().items():  # weights and batch-norm statistics alike
+        assert torch.equal(first["encoder." + name], value), name
+    torch.manual_seed(0)  # the command's --seed: its depth network's first decoder
+    assert not torch.equal(first["aspp.project.0.weight"], DepthNet(8).state_dict()["aspp.project.0.weight"])
+    assert main(hoyer + ["--out", split, "--resume"]) == 0
+    a, b = torch.load(os.path.join(whole, "depth.pt")), torch.load(os.path.join(split, "depth.pt"))
+    for name in a["depth"]:
+        assert torch.equal(a["depth"][name], b["depth"][name]), name
+    assert not torch.equal(a["encoder"]["layer3.1.body.1.weight"], start.state_dict()["layer3.1.body.1.weight"])
+    with open(os.path.join(whole, "metrics.csv")) as f:
+        distances = [float(r["feature_distance"]) for r in csv.DictReader(f)]
+    assert distances[0] == 0 and distances[1] > 0  # frozen, the encoder is its start
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--epochs", "0"], "--epochs"),
+        (["--encoder-lr", "0"], "--encoder-lr"),
+        (["--frozen-epochs", "61"], "--frozen-epochs"),
+        (["--frozen-epochs", "-1"], "--frozen-epochs"),
+        (["--feature-distance", "-1"], "--feature-distance"),
+        (["--feature-distance", "0.01"], "--pretrained other than none"),
         (["--lr", "nan"], "--lr"),
         (["--pose-lr", "0"], "--pose-lr"),
         (["--ssim-weight", "2"], "--ssim-weight"),
