@@ -22,7 +22,8 @@ afterwards, one at a time, with ``data.num_workers=1`` (the same batches, prepar
 training thread by a worker process per data stream).
 Finished runs (a ``result.json`` in their folder) are reused and interrupted ones resumed from
 their ``last.pt``, so an interrupted experiment continues where it stopped. Writes
-``DIR/results.json``, ``DIR/table.md`` and ``DIR/plot.png``.
+``DIR/results.json``, ``DIR/table.md``, ``DIR/plot.png`` and ``DIR/pseudo_labels.png`` (the
+pseudo-label quality curves of the first fraction's and seed's run of each method).
 
 ``--quick`` shrinks everything (tiny images, model and budget) to check the pipeline in a minute.
 """
@@ -377,6 +378,20 @@ def plot(
     save_bars(path, panels)
 
 
+def pseudo_label_runs(
+    out: str, results: list[dict[str, Any]], fraction: float, seed: int
+) -> dict[str, list[dict[str, float]]]:
+    """The metrics rows of one run per method: the method table's run at ``fraction`` and ``seed``
+    (not the oracle, not the timed comparison's)."""
+    from .train.metrics_csv import read_csv
+
+    return {
+        r["method"]: read_csv(os.path.join(out, r["name"], "metrics.csv"))
+        for r in results
+        if r["fraction"] == fraction and r["seed"] == seed and not r["timed"] and r["method"] != "oracle"
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m semiseg_fast.experiments",
@@ -465,6 +480,10 @@ def main(argv: list[str] | None = None) -> None:
     _write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
     _write_text(os.path.join(args.out, "table.md"), text)
     plot(os.path.join(args.out, "plot.png"), summary, fractions, methods, epochs)
+    from .train.figures import save_pseudo_label_curves
+
+    runs = pseudo_label_runs(args.out, results, fractions[0], seeds[0])
+    save_pseudo_label_curves(os.path.join(args.out, "pseudo_labels.png"), runs)
     print(text)
 
 

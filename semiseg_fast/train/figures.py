@@ -1,5 +1,6 @@
 """The figures a run leaves behind, drawn with matplotlib: a grid of predictions, the loss, mIoU and
-pseudo-label quality curves, and the grouped bars of the experiment table. Each PNG is written atomically."""
+pseudo-label quality curves, and the experiment table's grouped bars and pseudo-label curves. Each
+PNG is written atomically."""
 
 from __future__ import annotations
 
@@ -117,6 +118,23 @@ def curves_figure(rows: Sequence[dict[str, float]]) -> Figure:
         axes.set_xlabel("step")
         axes.grid(alpha=0.3)
     return figure
+
+
+def save_pseudo_label_curves(path: str, runs: dict[str, Sequence[dict[str, float]]]) -> None:
+    """The pseudo-labels' quality against the step (metrics.csv's pseudo_* columns), a panel per
+    column and a line per run (``runs``: name -> its metrics rows); a run without them is left out."""
+    figure = Figure(figsize=(15, 3.8), dpi=100, layout="constrained")
+    for axes, (key, label, _) in zip(figure.subplots(1, len(PSEUDO_LABEL_SERIES)), PSEUDO_LABEL_SERIES):
+        for name, rows in runs.items():
+            points = _points(rows, key, 100.0)
+            if points:
+                axes.plot(*zip(*points), marker="o", markersize=3, label=name)
+        axes.set_title(f"unlabeled images' pseudo-labels: {label} (%)", fontsize=10)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+        if axes.lines:
+            axes.legend(fontsize=8)
+    _save(figure, path)
 
 
 def save_bars(path: str, panels: Sequence[dict[str, object]]) -> None:

@@ -195,6 +195,7 @@ def test_experiments_quick(tmp_path):
     table = (tmp_path / "exp" / "table.md").read_text()
     assert "| supervised |" in table and "| selftrain |" in table and "speed-up" in table
     assert Image.open(tmp_path / "exp" / "plot.png").size[0] > 0
+    assert Image.open(tmp_path / "exp" / "pseudo_labels.png").size[0] > 0
     runs = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert {(r["method"], r["schedule"], r["timed"]) for r in runs} == {
         ("supervised", "standard", False),

@@ -252,3 +252,17 @@ def test_each_seed_draws_its_labeled_images(tmp_path, monkeypatch, args, splits)
         expected = [] if splits[seed] is None else [str(splits[seed])]
         assert drawn[-1:] == expected, name  # the last one is the one the run takes
     assert len(commands) == 2 * 4  # per seed: supervised, its pseudo-labels, selftrain, the oracle
+
+
+def test_the_pseudo_label_curves_take_one_run_per_method(tmp_path):
+    def run(method, seed, fraction=0.125, timed=False):
+        name = f"{method}-{fraction}-{seed}-{timed}"
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "metrics.csv").write_text(f"step,pseudo_coverage\n10,{seed / 10}\n")
+        return dict(name=name, method=method, seed=seed, fraction=fraction, timed=timed, schedule="standard")
+
+    results = [run(m, s) for m in ("supervised", "fixmatch", "oracle") for s in (0, 1)]
+    results += [run("fixmatch", 0, fraction=0.25), run("supervised", 0, timed=True)]
+    runs = experiments.pseudo_label_runs(str(tmp_path), results, 0.125, 1)
+    assert sorted(runs) == ["fixmatch", "supervised"]
+    assert runs["fixmatch"] == [{"step": 10.0, "pseudo_coverage": 0.1}]
