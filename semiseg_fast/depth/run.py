@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             group["lr"] = rate * (0.1 if epoch >= round(LR_DROP * args.epochs) else 1.0)
         frozen = epoch < args.frozen_epochs  # no gradient and no statistics for the encoder
         depth_net.encoder.requires_grad_(not frozen).train(not frozen)
+        distance_weight = 0.0 if frozen else args.feature_distance  # a frozen encoder is its start: distance 0
         bar = ProgressBar(steps, desc=f"depth {epoch + 1}/{args.epochs}")
         totals = torch.zeros(3)
         for step, clips in enumerate(epoch_batches(train, order, args.batch_size, args.workers)):
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 intrinsics = intrinsics.clone()
                 intrinsics[:, 0, 2] = frames.shape[-1] - intrinsics[:, 0, 2]
             loss, parts = depth_loss(depth_net, pose_net, frames, intrinsics, args.smoothness, args.ssim_weight,
-                                     args.blur, reference, args.feature_distance)  # fmt: skip
+                                     args.blur, reference, distance_weight)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

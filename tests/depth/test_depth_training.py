@@ -152,19 +152,25 @@ TINY = ["--images", "8", "--val-images", "2", "--image-size", "16", "--batch-siz
         "--pretrained", "none", "--threads", "1"]  # fmt: skip
 
 
+def stop_after_the_first_checkpoint(monkeypatch, argv: list[str]) -> None:
+    """Runs the command as if killed right after its first epoch's checkpoint."""
+    real_save = run.save_atomic
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "save_atomic", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    monkeypatch.undo()
+
+
 def test_command_trains_scores_and_resumes_exactly(tmp_path, capsys, monkeypatch):
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert main(TINY + ["--out", whole, "--epochs", "2"]) == 0
 
-    def save_then_stop(*args, **kwargs):  # killed right after the first epoch's checkpoint
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    real_save = run.save_atomic
-    monkeypatch.setattr(run, "save_atomic", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        main(TINY + ["--out", split, "--epochs", "2"])
-    monkeypatch.undo()
+    stop_after_the_first_checkpoint(monkeypatch, TINY + ["--out", split, "--epochs", "2"])
     capsys.readouterr()
     assert main(TINY + ["--out", split, "--epochs", "2", "--lr", "2e-4", "--resume"]) == 2
     assert "other settings" in capsys.readouterr().err
@@ -200,15 +206,7 @@ def test_command_trains_the_decoder_first_then_the_encoder_near_its_start(tmp_pa
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
     assert main(hoyer + ["--out", whole]) == 0
 
-    def save_then_stop(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    real_save = run.save_atomic
-    monkeypatch.setattr(run, "save_atomic", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        main(hoyer + ["--out", split])
-    monkeypatch.undo()
+    stop_after_the_first_checkpoint(monkeypatch, hoyer + ["--out", split])
     first = load_checkpoint(os.path.join(split, "last.pt"))["model"]["depth"]
     for name, value in start.state_dict().items():  # weights and batch-norm statistics alike
         assert torch.equal(first["encoder." + name], value), name
